@@ -1,0 +1,117 @@
+//! Records, values and time: the types every Pacer stage shares.
+//!
+//! A [`Record`] is what the log stores and every stage reads: an offset in a stream
+//! partition, an event time, an optional key, a value (JSON bytes for decoded streams, the
+//! raw payload otherwise) and headers carrying where it came from (MQTT topic, client id…).
+//! This crate does no I/O so that the broker, the log and the query engine can all depend on
+//! it without depending on each other.
+
+use bytes::Bytes;
+use serde_json::{json, Map, Value};
+
+/// Header names Pacer sets on ingested records.
+pub mod header {
+    pub const TOPIC: &str = "mqtt.topic";
+    pub const CLIENT_ID: &str = "mqtt.client_id";
+    pub const USERNAME: &str = "mqtt.username";
+    pub const QOS: &str = "mqtt.qos";
+    pub const RETAIN: &str = "mqtt.retain";
+    /// Offset of the input record a derived record was computed from; lets a query resume
+    /// after a restart without reprocessing or skipping input.
+    pub const INPUT_OFFSET: &str = "pacer.input_offset";
+}
+
+/// A record before the log has given it a place: what producers hand to `append`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
+    /// Event time in milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<(String, Bytes)>,
+}
+
+impl NewRecord {
+    pub fn new(timestamp: i64, key: Option<Bytes>, value: impl Into<Bytes>) -> Self {
+        NewRecord { timestamp, key, value: value.into(), headers: Vec::new() }
+    }
+
+    pub fn with_header(mut self, name: &str, value: impl Into<Bytes>) -> Self {
+        self.headers.push((name.to_string(), value.into()));
+        self
+    }
+}
+
+/// A record as stored in the log: a [`NewRecord`] plus its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<(String, Bytes)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&Bytes> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// The record as one JSON object, the shape `pacer tail`, the SSE feed and the HTTP API
+    /// show. The value is embedded as JSON when it parses as JSON, else as a string.
+    pub fn to_json(&self, stream: &str) -> Value {
+        let headers: Map<String, Value> =
+            self.headers.iter().map(|(n, v)| (n.clone(), Value::String(text(v)))).collect();
+        json!({
+            "stream": stream,
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp": self.timestamp,
+            "key": self.key.as_ref().map(|k| text(k)),
+            "value": bytes_to_json(&self.value),
+            "headers": headers,
+        })
+    }
+}
+
+/// A JSON value for bytes: parsed when they are JSON, else a (lossy) string.
+pub fn bytes_to_json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|_| Value::String(text(bytes)))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Wall-clock time in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_value_is_embedded_and_raw_value_is_text() {
+        let rec = Record {
+            partition: 0,
+            offset: 7,
+            timestamp: 1000,
+            key: Some(Bytes::from_static(b"alice")),
+            value: Bytes::from_static(br#"{"lat":1.5}"#),
+            headers: vec![(header::TOPIC.into(), Bytes::from_static(b"race/alice"))],
+        };
+        let j = rec.to_json("race");
+        assert_eq!(j["value"]["lat"], 1.5);
+        assert_eq!(j["key"], "alice");
+        assert_eq!(j["headers"]["mqtt.topic"], "race/alice");
+
+        let raw = Record { value: Bytes::from_static(b"not json"), ..rec };
+        assert_eq!(raw.to_json("mqtt")["value"], "not json");
+    }
+}
