@@ -21,6 +21,20 @@ pub mod header {
     pub const INPUT_OFFSET: &str = "pacer.input_offset";
 }
 
+/// A message as a device sent it, before ingest rules turn it into records. The broker
+/// produces these; HTTP inputs (OwnTracks HTTP mode, OsmAnd) will too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub client_id: String,
+    pub username: Option<String>,
+    /// When Pacer received it, in milliseconds since the Unix epoch.
+    pub received_at: i64,
+}
+
 /// A record before the log has given it a place: what producers hand to `append`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRecord {

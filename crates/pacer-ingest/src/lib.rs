@@ -1,0 +1,162 @@
+//! Ingest rules: the stage between a device's message and the log.
+//!
+//! A rule matches an MQTT topic filter and says which stream the message goes to, its key
+//! (a template over client id, username, topic levels or a payload field), its event time
+//! (publish time, or a payload field) and how to decode it. Rules are tried in order and the
+//! first match wins, so a catch-all `#` rule belongs last. A payload a rule cannot decode goes
+//! to the `_dead_letters` stream with the reason; nothing is dropped silently.
+
+mod rule;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pacer_core::{header, NewRecord, Publication};
+use pacer_log::Log;
+use serde_json::json;
+
+pub use rule::{Decoder, IngestRule, KeyTemplate, RuleConfig, TimestampUnit};
+
+/// Stream that receives what could not be decoded, with the reason.
+pub const DEAD_LETTERS: &str = "_dead_letters";
+
+/// The rules Pacer runs with when the config names none.
+pub fn default_rules() -> Vec<RuleConfig> {
+    vec![
+        RuleConfig {
+            mqtt: "owntracks/+/+".into(),
+            stream: "locations".into(),
+            format: Decoder::Owntracks,
+            key: Some("{topic[1]}/{topic[2]}".into()),
+            timestamp_field: None,
+            timestamp_unit: TimestampUnit::S,
+        },
+        RuleConfig {
+            mqtt: "race/+".into(),
+            stream: "race".into(),
+            format: Decoder::Json,
+            key: Some("{topic[1]}".into()),
+            timestamp_field: Some("timeepoc".into()),
+            timestamp_unit: TimestampUnit::S,
+        },
+        RuleConfig {
+            mqtt: "#".into(),
+            stream: "mqtt".into(),
+            format: Decoder::Raw,
+            key: Some("{topic}".into()),
+            timestamp_field: None,
+            timestamp_unit: TimestampUnit::Ms,
+        },
+    ]
+}
+
+pub struct Ingest {
+    rules: Vec<IngestRule>,
+    log: Arc<dyn Log>,
+}
+
+impl Ingest {
+    pub fn new(configs: &[RuleConfig], log: Arc<dyn Log>) -> anyhow::Result<Self> {
+        let rules = configs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| IngestRule::new(c).map_err(|e| anyhow::anyhow!("ingest rule {} ({:?}): {e}", i + 1, c.mqtt)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Ingest { rules, log })
+    }
+
+    /// Stores a publication by the first rule that matches its topic. Publications no rule
+    /// matches are not stored (they are still routed to MQTT subscribers).
+    pub async fn ingest(&self, p: &Publication) -> anyhow::Result<()> {
+        let Some(rule) = self.rules.iter().find(|r| r.matches(&p.topic)) else {
+            return Ok(());
+        };
+        let headers = vec![
+            (header::TOPIC.to_string(), Bytes::from(p.topic.clone())),
+            (header::CLIENT_ID.to_string(), Bytes::from(p.client_id.clone())),
+            (header::QOS.to_string(), Bytes::from(p.qos.to_string())),
+            (header::RETAIN.to_string(), Bytes::from(p.retain.to_string())),
+        ];
+        let mut headers = headers;
+        if let Some(user) = &p.username {
+            headers.push((header::USERNAME.to_string(), Bytes::from(user.clone())));
+        }
+        match rule.decode(p) {
+            Ok(decoded) => {
+                let record = NewRecord { timestamp: decoded.timestamp, key: decoded.key, value: decoded.value, headers };
+                self.log.append(rule.stream(), vec![record]).await?;
+            }
+            Err(reason) => {
+                tracing::debug!(topic = %p.topic, client_id = %p.client_id, %reason, "payload sent to dead letters");
+                let value = json!({
+                    "reason": reason,
+                    "stream": rule.stream(),
+                    "topic": p.topic,
+                    "client_id": p.client_id,
+                    "payload_base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &p.payload),
+                });
+                let record = NewRecord {
+                    timestamp: p.received_at,
+                    key: Some(Bytes::from(p.topic.clone())),
+                    value: Bytes::from(value.to_string()),
+                    headers,
+                };
+                self.log.append(DEAD_LETTERS, vec![record]).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl pacer_mqtt::PublishSink for Ingest {
+    async fn accept(&self, publication: &Publication) -> anyhow::Result<()> {
+        self.ingest(publication).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pacer_log::{EmbeddedLog, EmbeddedLogConfig, StartAt};
+
+    fn publication(topic: &str, payload: &str) -> Publication {
+        Publication {
+            topic: topic.into(),
+            payload: Bytes::from(payload.to_string()),
+            qos: 1,
+            retain: false,
+            client_id: "sim".into(),
+            username: None,
+            received_at: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn default_rules_route_decode_and_dead_letter() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.path())).unwrap());
+        let ingest = Ingest::new(&default_rules(), log.clone()).unwrap();
+
+        ingest.ingest(&publication("race/alice", r#"{"who":"alice","timeepoc":1558212482,"lat":-33.8}"#)).await.unwrap();
+        ingest.ingest(&publication("race/bob", "not json")).await.unwrap();
+        ingest.ingest(&publication("sensors/1", "21.5")).await.unwrap();
+
+        let race = log.reader("race", StartAt::Beginning).unwrap().try_batch().await.unwrap();
+        assert_eq!(race.len(), 1);
+        assert_eq!(race[0].timestamp, 1_558_212_482_000);
+        assert_eq!(race[0].key.as_deref(), Some(&b"alice"[..]));
+        assert_eq!(race[0].header(header::TOPIC).map(|v| &v[..]), Some(&b"race/alice"[..]));
+
+        let dead = log.reader(DEAD_LETTERS, StartAt::Beginning).unwrap().try_batch().await.unwrap();
+        assert_eq!(dead.len(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&dead[0].value).unwrap();
+        assert_eq!(v["topic"], "race/bob");
+        assert!(v["reason"].as_str().unwrap().contains("not JSON"), "{v}");
+
+        let raw = log.reader("mqtt", StartAt::Beginning).unwrap().try_batch().await.unwrap();
+        assert_eq!(raw[0].value, Bytes::from("21.5"));
+        assert_eq!(raw[0].timestamp, 5);
+    }
+}

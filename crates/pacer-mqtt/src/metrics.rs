@@ -1,0 +1,34 @@
+//! Counters the broker keeps for `/metrics`.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub connections: Gauge,
+    pub messages_in: Counter,
+    pub bytes_in: Counter,
+    pub messages_out: Counter,
+    pub dropped: Counter,
+    pub malformed: Counter,
+}
+
+impl Metrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("pacer_mqtt_connections", "Open MQTT connections", self.connections.clone());
+        registry.register("pacer_mqtt_messages_in", "PUBLISH packets received", self.messages_in.clone());
+        registry.register("pacer_mqtt_bytes_in", "Payload bytes received in PUBLISH packets", self.bytes_in.clone());
+        registry.register("pacer_mqtt_messages_out", "PUBLISH packets sent to subscribers", self.messages_out.clone());
+        registry.register(
+            "pacer_mqtt_messages_dropped",
+            "Messages dropped because a subscriber's queue was full",
+            self.dropped.clone(),
+        );
+        registry.register(
+            "pacer_mqtt_malformed_packets",
+            "Connections closed because of a malformed packet",
+            self.malformed.clone(),
+        );
+    }
+}
