@@ -1,0 +1,155 @@
+//! A course: a named line that devices move along (a race route, a bus line).
+//!
+//! Progress along it is found with haversine closest points on its segments plus the
+//! cumulative length before each segment (DESIGN: `LineLocatePoint` is planar). Where the
+//! course passes the same place twice (loops, out-and-back, a finish beside the start) the
+//! device's previous progress picks the right pass, and progress never goes backwards on a
+//! GPS glitch.
+
+use geo::{Closest, Distance, Haversine, HaversineClosestPoint, Line, Point};
+
+/// How far behind its last progress a device may be matched (GPS noise), in metres.
+const BACKTRACK_M: f64 = 100.0;
+/// How far ahead of its last progress the search looks first, in metres.
+const LOOKAHEAD_M: f64 = 2000.0;
+/// Beyond this distance from the course inside the look-ahead window, search the rest.
+const OFF_COURSE_M: f64 = 200.0;
+/// Among candidate matches this close to the best one, the earliest along the course wins.
+const TIE_M: f64 = 30.0;
+
+#[derive(Debug, Clone)]
+pub struct Course {
+    pub name: String,
+    points: Vec<Point>,
+    /// Metres from the start to each point.
+    cumulative: Vec<f64>,
+}
+
+impl Course {
+    /// A course from (lon, lat) points. Needs at least two.
+    pub fn new(name: impl Into<String>, lon_lat: Vec<(f64, f64)>) -> anyhow::Result<Self> {
+        let name = name.into();
+        anyhow::ensure!(lon_lat.len() >= 2, "course {name:?} needs at least two points, it has {}", lon_lat.len());
+        let points: Vec<Point> = lon_lat.into_iter().map(|(lon, lat)| Point::new(lon, lat)).collect();
+        let mut cumulative = Vec::with_capacity(points.len());
+        let mut total = 0.0;
+        cumulative.push(0.0);
+        for w in points.windows(2) {
+            total += Haversine.distance(w[0], w[1]);
+            cumulative.push(total);
+        }
+        Ok(Course { name, points, cumulative })
+    }
+
+    /// The first LineString in a GeoJSON document (Feature, FeatureCollection or geometry).
+    pub fn from_geojson(name: impl Into<String>, text: &str) -> anyhow::Result<Self> {
+        let name = name.into();
+        let doc: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| anyhow::anyhow!("course {name:?}: not JSON: {e}"))?;
+        let line = find_line(&doc).ok_or_else(|| anyhow::anyhow!("course {name:?}: no LineString in the GeoJSON"))?;
+        let coords = line
+            .iter()
+            .map(|c| match c.as_array().map(|a| a.as_slice()) {
+                Some([lon, lat, ..]) => Some((lon.as_f64()?, lat.as_f64()?)),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| anyhow::anyhow!("course {name:?}: a coordinate is not [lon, lat]"))?;
+        Course::new(name, coords)
+    }
+
+    pub fn length_m(&self) -> f64 {
+        *self.cumulative.last().unwrap()
+    }
+
+    /// The course as (lon, lat) pairs, for drawing.
+    pub fn lon_lat(&self) -> Vec<[f64; 2]> {
+        self.points.iter().map(|p| [p.x(), p.y()]).collect()
+    }
+
+    /// Metres covered along the course at (lat, lon), given the device's previous progress.
+    pub fn progress(&self, lat: f64, lon: f64, previous: Option<f64>) -> f64 {
+        let here = Point::new(lon, lat);
+        let found = match previous {
+            None => self.best_match(here, 0.0, f64::INFINITY),
+            Some(prev) => {
+                let near = self.best_match(here, prev - BACKTRACK_M, prev + LOOKAHEAD_M);
+                match near {
+                    Some((off, _)) if off <= OFF_COURSE_M => near,
+                    _ => self.best_match(here, prev - BACKTRACK_M, f64::INFINITY).or(near),
+                }
+            }
+        };
+        let progress = found.map_or(0.0, |(_, p)| p);
+        previous.map_or(progress, |prev| progress.max(prev))
+    }
+
+    /// (distance off the course, progress) of the closest point on segments overlapping
+    /// [from, to] metres; among near-ties the earliest.
+    fn best_match(&self, here: Point, from: f64, to: f64) -> Option<(f64, f64)> {
+        let mut candidates = Vec::new();
+        for i in 0..self.points.len() - 1 {
+            if self.cumulative[i + 1] < from || self.cumulative[i] > to {
+                continue;
+            }
+            let (a, b) = (self.points[i], self.points[i + 1]);
+            let closest = match Line::new(a, b).haversine_closest_point(&here) {
+                Closest::Intersection(p) | Closest::SinglePoint(p) => p,
+                Closest::Indeterminate => a,
+            };
+            let off = Haversine.distance(here, closest);
+            let along = self.cumulative[i] + Haversine.distance(a, closest);
+            if (from..=to).contains(&along) {
+                candidates.push((off, along));
+            }
+        }
+        let best = candidates.iter().map(|c| c.0).fold(f64::INFINITY, f64::min);
+        candidates.into_iter().find(|c| c.0 <= best + TIE_M)
+    }
+}
+
+fn find_line(doc: &serde_json::Value) -> Option<&Vec<serde_json::Value>> {
+    match doc.get("type")?.as_str()? {
+        "LineString" => doc.get("coordinates")?.as_array(),
+        "Feature" => find_line(doc.get("geometry")?),
+        "FeatureCollection" => doc.get("features")?.as_array()?.iter().find_map(find_line),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Out 1 km east along the equator and back on the same road.
+    fn out_and_back() -> Course {
+        Course::new("oab", vec![(0.0, 0.0), (0.009, 0.0), (0.0, 0.00001)]).unwrap()
+    }
+
+    #[test]
+    fn progress_follows_the_right_pass_of_an_out_and_back() {
+        let c = out_and_back();
+        assert!((c.length_m() - 2002.0).abs() < 5.0, "{}", c.length_m());
+        let p1 = c.progress(0.0, 0.0045, None);
+        assert!((p1 - 500.0).abs() < 5.0, "outbound {p1}");
+        let turn = c.progress(0.0, 0.0089, Some(p1));
+        let back = c.progress(0.0, 0.0045, Some(turn));
+        assert!((back - 1500.0).abs() < 10.0, "inbound {back}");
+    }
+
+    #[test]
+    fn progress_never_goes_backwards() {
+        let c = out_and_back();
+        let p = c.progress(0.0, 0.0045, Some(600.0));
+        assert_eq!(p, 600.0);
+    }
+
+    #[test]
+    fn geojson_feature_collections_are_read() {
+        let text = r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{},
+            "geometry":{"type":"LineString","coordinates":[[151.2,-33.87],[151.21,-33.87]]}}]}"#;
+        let c = Course::from_geojson("x", text).unwrap();
+        assert_eq!(c.lon_lat().len(), 2);
+        assert!(Course::from_geojson("x", r#"{"type":"Point","coordinates":[1,2]}"#).is_err());
+    }
+}

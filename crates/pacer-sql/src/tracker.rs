@@ -1,0 +1,257 @@
+//! The hand-wired tracking query: latest position, speed, progress and rank per device.
+//!
+//! It reads an input stream of position fixes (JSON with `lat`, `lon` and optionally
+//! `speed` in km/h, `alt`, `batt`) keyed by device, and writes one status record per fix to
+//! its output stream, keyed the same way: a table changelog. The changelog doubles as the
+//! query's checkpoint: each output record carries the input offset it came from, so a restart
+//! rebuilds the table from the changelog and resumes input right after, without loss or
+//! double counting.
+//!
+//! What it computes is what this ksqlDB query would, with a course instead of a straight
+//! line to the finish:
+//! `SELECT who, LATEST_BY_OFFSET(lat), …, TO_FINISH(course, lat, lon), RANK() … GROUP BY who`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pacer_core::{header, NewRecord, Record};
+use pacer_log::{Log, StartAt};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::course::Course;
+use crate::geo_fn::{geo_distance, DistanceUnit};
+
+/// A device counts as finished once it covered this share of the course…
+const FINISH_SHARE: f64 = 0.95;
+/// …and is within this many metres of the end.
+const FINISH_RADIUS_M: f64 = 50.0;
+
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    pub input: String,
+    pub output: String,
+    pub course: Option<Arc<Course>>,
+    /// (lat, lon) of the finish; remaining distance is measured to it when there is no course.
+    pub finish: (f64, f64),
+}
+
+/// One device's row in the status table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub who: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub alt: Option<f64>,
+    pub batt: Option<f64>,
+    /// km/h: as reported, else computed from the previous fix.
+    pub speed: Option<f64>,
+    /// Event time of the fix, ms.
+    pub ts: i64,
+    pub progress_m: Option<f64>,
+    pub to_finish_m: f64,
+    pub finished_at: Option<i64>,
+    pub rank: usize,
+    pub fixes: u64,
+}
+
+pub struct Tracker {
+    config: TrackerConfig,
+    log: Arc<dyn Log>,
+    table: HashMap<String, Status>,
+}
+
+impl Tracker {
+    pub fn new(config: TrackerConfig, log: Arc<dyn Log>) -> Self {
+        Tracker { config, log, table: HashMap::new() }
+    }
+
+    /// Runs until the log closes or fails.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let resume = self.restore().await?;
+        tracing::info!(input = %self.config.input, output = %self.config.output, resume, devices = self.table.len(), "tracker started");
+        let mut reader = self.log.reader(&self.config.input, StartAt::Offset(resume))?;
+        loop {
+            let batch = reader.next_batch().await?;
+            let mut out = Vec::with_capacity(batch.len());
+            let mut dead = Vec::new();
+            for record in &batch {
+                match self.update(record) {
+                    Ok(status) => out.push(status_record(record, &status)),
+                    Err(reason) => dead.push(dead_letter(&self.config.input, record, &reason)),
+                }
+            }
+            if !dead.is_empty() {
+                self.log.append("_dead_letters", dead).await?;
+            }
+            self.log.append(&self.config.output, out).await?;
+        }
+    }
+
+    /// Rebuilds the table from the output changelog; returns the input offset to resume at.
+    async fn restore(&mut self) -> anyhow::Result<u64> {
+        let mut reader = self.log.reader(&self.config.output, StartAt::Beginning)?;
+        let mut resume = 0;
+        loop {
+            let batch = reader.try_batch().await?;
+            if batch.is_empty() {
+                return Ok(resume);
+            }
+            for record in batch {
+                if let Ok(status) = serde_json::from_slice::<Status>(&record.value) {
+                    self.table.insert(status.who.clone(), status);
+                }
+                let input_offset = record
+                    .header(header::INPUT_OFFSET)
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+                if let Some(o) = input_offset {
+                    resume = resume.max(o + 1);
+                }
+            }
+        }
+    }
+
+    /// Applies one fix and returns the device's new status.
+    fn update(&mut self, record: &Record) -> Result<Status, String> {
+        let value: Value = serde_json::from_slice(&record.value).map_err(|e| format!("value is not JSON: {e}"))?;
+        let num = |field: &str| value.get(field).and_then(Value::as_f64);
+        let (Some(lat), Some(lon)) = (num("lat"), num("lon")) else {
+            return Err("fix has no numeric \"lat\" and \"lon\"".into());
+        };
+        if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+            return Err(format!("position ({lat}, {lon}) is out of range"));
+        }
+        let who = match &record.key {
+            Some(k) => String::from_utf8_lossy(k).into_owned(),
+            None => value.get("who").and_then(Value::as_str).ok_or("fix has no key and no \"who\"")?.to_string(),
+        };
+        let previous = self.table.get(&who);
+        let speed = num("speed").or_else(|| {
+            let p = previous?;
+            let hours = (record.timestamp - p.ts) as f64 / 3_600_000.0;
+            (hours > 0.0).then(|| geo_distance(p.lat, p.lon, lat, lon, DistanceUnit::Km) / hours)
+        });
+        let (progress_m, to_finish_m, finished_at) = match &self.config.course {
+            Some(course) => {
+                let progress = course.progress(lat, lon, previous.and_then(|p| p.progress_m));
+                let to_finish = (course.length_m() - progress).max(0.0);
+                let at_end = geo_distance(lat, lon, self.config.finish.0, self.config.finish.1, DistanceUnit::Km)
+                    * 1000.0
+                    <= FINISH_RADIUS_M;
+                let finished = previous.and_then(|p| p.finished_at).or_else(|| {
+                    (progress >= FINISH_SHARE * course.length_m() && at_end).then_some(record.timestamp)
+                });
+                (Some(progress), if finished.is_some() { 0.0 } else { to_finish }, finished)
+            }
+            None => {
+                let d = geo_distance(lat, lon, self.config.finish.0, self.config.finish.1, DistanceUnit::Km);
+                (None, d * 1000.0, None)
+            }
+        };
+        let status = Status {
+            who: who.clone(),
+            lat,
+            lon,
+            alt: num("alt"),
+            batt: num("batt"),
+            speed,
+            ts: record.timestamp,
+            progress_m,
+            to_finish_m,
+            finished_at,
+            rank: 0,
+            fixes: previous.map_or(0, |p| p.fixes) + 1,
+        };
+        self.table.insert(who.clone(), status);
+        self.rerank();
+        Ok(self.table[&who].clone())
+    }
+
+    /// Finished devices first by finish time, then by remaining distance.
+    fn rerank(&mut self) {
+        let mut order: Vec<(&String, &Status)> = self.table.iter().collect();
+        order.sort_by(|a, b| {
+            let fa = a.1.finished_at.unwrap_or(i64::MAX);
+            let fb = b.1.finished_at.unwrap_or(i64::MAX);
+            fa.cmp(&fb).then(a.1.to_finish_m.total_cmp(&b.1.to_finish_m)).then(a.0.cmp(b.0))
+        });
+        let ranks: Vec<(String, usize)> = order.iter().enumerate().map(|(i, (k, _))| ((*k).clone(), i + 1)).collect();
+        for (k, rank) in ranks {
+            self.table.get_mut(&k).unwrap().rank = rank;
+        }
+    }
+}
+
+fn status_record(input: &Record, status: &Status) -> NewRecord {
+    let value = serde_json::to_vec(status).expect("a status serializes");
+    NewRecord::new(input.timestamp, Some(Bytes::from(status.who.clone())), value)
+        .with_header(header::INPUT_OFFSET, Bytes::from(input.offset.to_string()))
+}
+
+fn dead_letter(stream: &str, record: &Record, reason: &str) -> NewRecord {
+    let value = serde_json::json!({
+        "reason": reason,
+        "stream": stream,
+        "offset": record.offset,
+        "value": String::from_utf8_lossy(&record.value),
+    });
+    NewRecord::new(record.timestamp, record.key.clone(), value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pacer_log::{EmbeddedLog, EmbeddedLogConfig};
+
+    fn fix(who: &str, t: i64, lat: f64, lon: f64) -> NewRecord {
+        let v = serde_json::json!({"who": who, "lat": lat, "lon": lon});
+        NewRecord::new(t, Some(Bytes::from(who.to_string())), v.to_string())
+    }
+
+    async fn statuses(log: &Arc<dyn Log>, n: usize) -> Vec<Status> {
+        let mut reader = log.reader("status", StartAt::Beginning).unwrap();
+        let mut out = Vec::new();
+        while out.len() < n {
+            for r in reader.next_batch().await.unwrap() {
+                out.push(serde_json::from_slice(&r.value).unwrap());
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn ranks_by_progress_and_resumes_from_its_changelog_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.path())).unwrap());
+        let course = Arc::new(Course::new("line", vec![(0.0, 0.0), (0.01, 0.0)]).unwrap());
+        let config = TrackerConfig {
+            input: "fixes".into(),
+            output: "status".into(),
+            course: Some(course),
+            finish: (0.0, 0.01),
+        };
+        log.append("fixes", vec![fix("a", 0, 0.0, 0.001), fix("b", 0, 0.0, 0.002), fix("a", 10_000, 0.0, 0.003)])
+            .await
+            .unwrap();
+        let task = tokio::spawn(Tracker::new(config.clone(), log.clone()).run());
+        let s = statuses(&log, 3).await;
+        task.abort();
+        assert_eq!((s[0].who.as_str(), s[0].rank), ("a", 1));
+        assert_eq!((s[1].who.as_str(), s[1].rank), ("b", 1));
+        assert_eq!((s[2].who.as_str(), s[2].rank), ("a", 1));
+        let speed = s[2].speed.unwrap();
+        assert!((speed - 80.0).abs() < 1.0, "222 m in 10 s is about 80 km/h, got {speed}");
+        assert!((s[2].to_finish_m - 778.0).abs() < 3.0, "{}", s[2].to_finish_m);
+
+        // Restart: no input is processed twice, new input continues from the rebuilt table.
+        log.append("fixes", vec![fix("b", 20_000, 0.0, 0.005), fix("b", 30_000, 0.0, 0.01)]).await.unwrap();
+        let task = tokio::spawn(Tracker::new(config, log.clone()).run());
+        let s = statuses(&log, 5).await;
+        task.abort();
+        assert_eq!(s.len(), 5);
+        assert_eq!((s[3].who.as_str(), s[3].rank, s[3].fixes), ("b", 1, 2));
+        assert_eq!(s[4].finished_at, Some(30_000));
+        assert_eq!(s[4].to_finish_m, 0.0);
+    }
+}
