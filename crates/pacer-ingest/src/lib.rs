@@ -84,7 +84,8 @@ impl Ingest {
         }
         match rule.decode(p) {
             Ok(decoded) => {
-                let record = NewRecord { timestamp: decoded.timestamp, key: decoded.key, value: decoded.value, headers };
+                let record =
+                    NewRecord { timestamp: decoded.timestamp, key: decoded.key, value: decoded.value, headers };
                 self.log.append(rule.stream(), vec![record]).await?;
             }
             Err(reason) => {
@@ -139,7 +140,10 @@ mod tests {
         let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.path())).unwrap());
         let ingest = Ingest::new(&default_rules(), log.clone()).unwrap();
 
-        ingest.ingest(&publication("race/alice", r#"{"who":"alice","timeepoc":1558212482,"lat":-33.8}"#)).await.unwrap();
+        ingest
+            .ingest(&publication("race/alice", r#"{"who":"alice","timeepoc":1558212482,"lat":-33.8}"#))
+            .await
+            .unwrap();
         ingest.ingest(&publication("race/bob", "not json")).await.unwrap();
         ingest.ingest(&publication("sensors/1", "21.5")).await.unwrap();
 

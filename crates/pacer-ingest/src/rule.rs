@@ -143,7 +143,9 @@ impl IngestRule {
         pacer_mqtt::topic::validate_topic_filter(&c.mqtt).map_err(|e| format!("mqtt filter: {e}"))?;
         pacer_log::validate_stream_name(&c.stream).map_err(|e| e.to_string())?;
         let (timestamp_field, unit) = match (&c.timestamp_field, c.format) {
-            (Some(f), _) => (Some(f.trim_start_matches("$.").split('.').map(str::to_string).collect()), c.timestamp_unit),
+            (Some(f), _) => {
+                (Some(f.trim_start_matches("$.").split('.').map(str::to_string).collect()), c.timestamp_unit)
+            }
             (None, Decoder::Owntracks) => (Some(vec!["tst".to_string()]), TimestampUnit::S),
             (None, _) => (None, c.timestamp_unit),
         };
@@ -169,9 +171,9 @@ impl IngestRule {
     pub fn decode(&self, p: &Publication) -> Result<Decoded, String> {
         let json = match self.decoder {
             Decoder::Raw => None,
-            Decoder::Json | Decoder::Owntracks => Some(
-                serde_json::from_slice::<Value>(&p.payload).map_err(|e| format!("payload is not JSON: {e}"))?,
-            ),
+            Decoder::Json | Decoder::Owntracks => {
+                Some(serde_json::from_slice::<Value>(&p.payload).map_err(|e| format!("payload is not JSON: {e}"))?)
+            }
         };
         if self.decoder == Decoder::Owntracks {
             let ty = json.as_ref().and_then(|j| j.get("_type")).and_then(Value::as_str);

@@ -91,10 +91,13 @@ struct SegmentInfo {
     index: Vec<(u64, u64)>,
 }
 
+/// Where the writer sends an append's offsets once they are durable.
+type Answer = oneshot::Sender<Result<Vec<u64>>>;
+
 struct AppendRequest {
     stream: String,
     records: Vec<NewRecord>,
-    done: oneshot::Sender<Result<Vec<u64>>>,
+    done: Answer,
 }
 
 impl EmbeddedLog {
@@ -211,7 +214,7 @@ struct Writer {
 struct Pending {
     buf: Vec<u8>,
     index: Vec<(u64, u64)>,
-    answers: Vec<(oneshot::Sender<Result<Vec<u64>>>, Vec<u64>)>,
+    answers: Vec<(Answer, Vec<u64>)>,
     records: u64,
 }
 
@@ -290,9 +293,13 @@ impl Writer {
                     // Cut whatever part of the batch reached the file so the next append
                     // starts on an entry boundary.
                     let _ = writer.file.set_len(writer.len);
-                    writer.last_indexed = writer.shared.segments.read().unwrap().last().map_or(0, |s| {
-                        s.index.last().map_or(0, |&(_, pos)| pos)
-                    });
+                    writer.last_indexed = writer
+                        .shared
+                        .segments
+                        .read()
+                        .unwrap()
+                        .last()
+                        .map_or(0, |s| s.index.last().map_or(0, |&(_, pos)| pos));
                     for (done, _) in p.answers {
                         let path = writer.dir.display().to_string();
                         let source = std::io::Error::new(e.kind(), e.to_string());
@@ -318,8 +325,7 @@ impl Writer {
             self.shared.streams.write().unwrap().insert(stream.to_string(), partition.clone());
             self.shared.created.send_modify(|n| *n += 1);
             tracing::info!(stream, "stream created");
-            let writer =
-                PartitionWriter { shared: partition, dir, file, len: 0, next_offset: 0, last_indexed: 0 };
+            let writer = PartitionWriter { shared: partition, dir, file, len: 0, next_offset: 0, last_indexed: 0 };
             self.partitions.insert(stream.to_string(), writer);
         }
         let writer = self.partitions.get_mut(stream).unwrap();
@@ -488,7 +494,11 @@ impl EmbeddedReader {
                     Some((b, pos, at)) if b == seg.base && at == self.next => pos,
                     _ => {
                         let j = seg.index.partition_point(|&(o, _)| o <= self.next);
-                        if j == 0 { 0 } else { seg.index[j - 1].1 }
+                        if j == 0 {
+                            0
+                        } else {
+                            seg.index[j - 1].1
+                        }
                     }
                 };
                 (seg.base, seg.path.clone(), pos, seg.len)

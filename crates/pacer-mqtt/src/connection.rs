@@ -304,7 +304,9 @@ impl Session {
             Packet::PingRequest => Ok(Some(Packet::PingResponse)),
             Packet::Disconnect => Err(Close::Clean),
             Packet::Connect(_) => Err(Close::Abnormal("protocol error: second CONNECT".into())),
-            other => Err(Close::Abnormal(format!("protocol error: unexpected packet type {}", other.packet_type() >> 4))),
+            other => {
+                Err(Close::Abnormal(format!("protocol error: unexpected packet type {}", other.packet_type() >> 4)))
+            }
         }
     }
 

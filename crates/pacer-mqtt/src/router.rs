@@ -92,12 +92,8 @@ impl Router {
     pub fn route(&self, publication: Arc<Publication>) {
         let clients = self.clients.read().unwrap();
         for (id, client) in clients.iter() {
-            let granted = client
-                .filters
-                .iter()
-                .filter(|(f, _)| topic::matches(f, &publication.topic))
-                .map(|&(_, q)| q)
-                .max();
+            let granted =
+                client.filters.iter().filter(|(f, _)| topic::matches(f, &publication.topic)).map(|&(_, q)| q).max();
             let Some(granted) = granted else { continue };
             let delivery = Delivery { publication: publication.clone(), qos: granted.min(publication.qos) };
             match client.queue.try_send(delivery) {

@@ -102,9 +102,8 @@ impl Tracker {
                 if let Ok(status) = serde_json::from_slice::<Status>(&record.value) {
                     self.table.insert(status.who.clone(), status);
                 }
-                let input_offset = record
-                    .header(header::INPUT_OFFSET)
-                    .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
+                let input_offset =
+                    record.header(header::INPUT_OFFSET).and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
                 if let Some(o) = input_offset {
                     resume = resume.max(o + 1);
                 }
@@ -139,9 +138,9 @@ impl Tracker {
                 let at_end = geo_distance(lat, lon, self.config.finish.0, self.config.finish.1, DistanceUnit::Km)
                     * 1000.0
                     <= FINISH_RADIUS_M;
-                let finished = previous.and_then(|p| p.finished_at).or_else(|| {
-                    (progress >= FINISH_SHARE * course.length_m() && at_end).then_some(record.timestamp)
-                });
+                let finished = previous
+                    .and_then(|p| p.finished_at)
+                    .or_else(|| (progress >= FINISH_SHARE * course.length_m() && at_end).then_some(record.timestamp));
                 (Some(progress), if finished.is_some() { 0.0 } else { to_finish }, finished)
             }
             None => {
@@ -225,12 +224,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(EmbeddedLogConfig::new(dir.path())).unwrap());
         let course = Arc::new(Course::new("line", vec![(0.0, 0.0), (0.01, 0.0)]).unwrap());
-        let config = TrackerConfig {
-            input: "fixes".into(),
-            output: "status".into(),
-            course: Some(course),
-            finish: (0.0, 0.01),
-        };
+        let config =
+            TrackerConfig { input: "fixes".into(), output: "status".into(), course: Some(course), finish: (0.0, 0.01) };
         log.append("fixes", vec![fix("a", 0, 0.0, 0.001), fix("b", 0, 0.0, 0.002), fix("a", 10_000, 0.0, 0.003)])
             .await
             .unwrap();

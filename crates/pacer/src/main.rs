@@ -1,1 +1,165 @@
-fn main(){}
+//! The `pacer` command: `up`, `demo`, `tail`, `sql`.
+
+mod config;
+mod server;
+mod tail;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use config::Config;
+use server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "pacer",
+    version,
+    about = "Telemetry over MQTT, a durable log, live queries and a dashboard, in one program"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Listen {
+    /// Directory of the embedded log [default: pacer-data, or a fresh temporary one for `demo`]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// MQTT listener address [default: 0.0.0.0:1883]
+    #[arg(long)]
+    mqtt_listen: Option<String>,
+    /// HTTP listener address (dashboard, API, /metrics) [default: 0.0.0.0:8080]
+    #[arg(long)]
+    http_listen: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs Pacer: MQTT broker, log, queries, dashboard
+    Up {
+        /// Configuration file; every key has a default
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        listen: Listen,
+    },
+    /// Runs Pacer and replays the 2019 Sydney half marathon into it over MQTT
+    Demo {
+        /// Event time runs this many times faster than real time
+        #[arg(long, default_value_t = 30.0)]
+        speed: f64,
+        /// Stop once the replay is done instead of serving on
+        #[arg(long)]
+        exit_after_replay: bool,
+        #[command(flatten)]
+        listen: Listen,
+    },
+    /// Prints a stream's records as JSON lines, from a running Pacer
+    Tail {
+        stream: String,
+        /// Start at the first record instead of waiting for new ones
+        #[arg(long)]
+        from_beginning: bool,
+        /// Stop after this many records
+        #[arg(long, short = 'n')]
+        limit: Option<u64>,
+        /// Pacer's HTTP address
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "PACER_SERVER")]
+        server: String,
+    },
+    /// Runs a SQL statement on a running Pacer
+    Sql {
+        statement: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "PACER_SERVER")]
+        server: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PACER_LOG").unwrap_or_else(|_| "info,rumqttc=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up { config, listen } => {
+            let mut config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            apply(&mut config, &listen);
+            let mut server = Server::start(config).await?;
+            println!("{}", server.ready_line());
+            server.wait().await
+        }
+        Command::Demo { speed, exit_after_replay, listen } => demo(speed, exit_after_replay, listen).await,
+        Command::Tail { stream, from_beginning, limit, server } => {
+            tail::tail(tail::TailOptions { server, stream, from_beginning, limit }).await
+        }
+        Command::Sql { statement, server } => sql(&server, &statement).await,
+    }
+}
+
+fn apply(config: &mut Config, listen: &Listen) {
+    if let Some(dir) = &listen.data_dir {
+        config.log.dir = dir.clone();
+    }
+    if let Some(addr) = &listen.mqtt_listen {
+        config.mqtt.listen = addr.clone();
+    }
+    if let Some(addr) = &listen.http_listen {
+        config.http.listen = addr.clone();
+    }
+}
+
+async fn demo(speed: f64, exit_after_replay: bool, listen: Listen) -> anyhow::Result<()> {
+    let mut config = Config::default();
+    // A fresh log each run, so every demo starts at the start line.
+    let temp = match &listen.data_dir {
+        Some(_) => None,
+        None => Some(tempfile::Builder::new().prefix("pacer-demo-").tempdir().context("creating a demo data dir")?),
+    };
+    if let Some(t) = &temp {
+        config.log.dir = t.path().to_path_buf();
+    }
+    apply(&mut config, &listen);
+    let mut server = Server::start(config).await?;
+    println!("{}", server.ready_line());
+    let port = server.mqtt_addr.port();
+    let local = format!("http://localhost:{}", server.http_addr.port());
+    println!("Open {local} to watch the 2019 Sydney half marathon at {speed}x.");
+    let fixes = pacer_sim::parse_race(pacer_sim::SYDNEY_HALF_2019)?;
+    let options = pacer_sim::ReplayOptions { host: "127.0.0.1".into(), port, speed };
+    let mut replay = tokio::spawn(pacer_sim::replay_race(fixes, options));
+    let replayed = tokio::select! {
+        result = &mut replay => result.context("replay panicked")??,
+        result = server.wait() => return result,
+    };
+    println!("replay finished: {replayed} fixes published and acknowledged");
+    if exit_after_replay {
+        return Ok(());
+    }
+    println!("serving on; Ctrl-C to stop");
+    server.wait().await
+}
+
+async fn sql(server: &str, statement: &str) -> anyhow::Result<()> {
+    let _ = (server, statement);
+    anyhow::bail!("`pacer sql` needs the streaming SQL engine (issue 5); use `pacer tail` to read streams meanwhile")
+}

@@ -1,0 +1,143 @@
+//! The configuration file (`pacer.toml`): every key has a default, so no file is needed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use pacer_ingest::RuleConfig;
+use pacer_log::FsyncPolicy;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub mqtt: MqttConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    /// Ingest rules, first match wins. Empty: the built-in defaults.
+    pub ingest: Vec<RuleConfig>,
+    pub course: Vec<CourseConfig>,
+    pub tracker: TrackerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub listen: String,
+    pub allow_anonymous: bool,
+    pub max_packet_size: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: String,
+    /// Map tiles; empty string: offline basemap only.
+    pub tile_url: String,
+    pub tile_attribution: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub segment_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CourseConfig {
+    pub name: String,
+    /// GeoJSON file with a LineString, relative to the config file.
+    pub file: PathBuf,
+}
+
+/// The tracking query (until the SQL engine replaces it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackerConfig {
+    pub input: String,
+    pub output: String,
+    /// Name of a `[[course]]`, or `sydney-half` (built in).
+    pub course: Option<String>,
+    /// [lat, lon] of the finish.
+    pub finish: [f64; 2],
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig { listen: "0.0.0.0:1883".into(), allow_anonymous: true, max_packet_size: 1 << 20 }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "0.0.0.0:8080".into(),
+            tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".into(),
+            tile_attribution: "© OpenStreetMap contributors".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { dir: "pacer-data".into(), fsync: FsyncPolicy::Batch, segment_bytes: 128 << 20 }
+    }
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        let (lat, lon) = pacer_sim::SYDNEY_HALF_FINISH;
+        TrackerConfig {
+            input: "race".into(),
+            output: "race_status".into(),
+            course: Some(BUILTIN_COURSE.into()),
+            finish: [lat, lon],
+        }
+    }
+}
+
+pub const BUILTIN_COURSE: &str = "sydney-half";
+
+impl Config {
+    /// Reads a config file. Errors name the file, and TOML errors the line, column and key.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        let mut config: Config =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for course in &mut config.course {
+            if course.file.is_relative() {
+                course.file = base.join(&course.file);
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_key_names_the_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pacer.toml");
+        std::fs::write(&path, "[mqtt]\nlisten = \"127.0.0.1:1884\"\nlisten_port = 3\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("pacer.toml"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn unset_keys_take_their_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pacer.toml");
+        std::fs::write(&path, "[[ingest]]\nmqtt = \"cars/+\"\nstream = \"cars\"\n").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.mqtt.listen, "0.0.0.0:1883");
+        assert_eq!(config.ingest[0].stream, "cars");
+    }
+}

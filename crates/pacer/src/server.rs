@@ -1,0 +1,138 @@
+//! Wiring: the one place that knows every stage. Opens the log, starts the broker with the
+//! ingest rules as its sink, the tracking query and the HTTP server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use pacer_ingest::Ingest;
+use pacer_log::{EmbeddedLog, EmbeddedLogConfig, Log};
+use pacer_mqtt::{Broker, BrokerConfig};
+use pacer_sql::{Course, Tracker, TrackerConfig};
+use pacer_web::{DashboardConfig, LatLon, WebState};
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::config::{Config, BUILTIN_COURSE};
+
+/// A running Pacer: its bound addresses and the tasks that make it up.
+pub struct Server {
+    pub mqtt_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let mut log_config = EmbeddedLogConfig::new(&config.log.dir);
+        log_config.fsync = config.log.fsync;
+        log_config.segment_bytes = config.log.segment_bytes;
+        let embedded = EmbeddedLog::open(log_config)
+            .with_context(|| format!("opening the log in {}", config.log.dir.display()))?;
+        let mut registry = Registry::default();
+        embedded.register_metrics(&mut registry);
+        let log: Arc<dyn Log> = Arc::new(embedded);
+
+        let rules = if config.ingest.is_empty() { pacer_ingest::default_rules() } else { config.ingest.clone() };
+        let ingest = Arc::new(Ingest::new(&rules, log.clone())?);
+        let broker_config =
+            BrokerConfig { allow_anonymous: config.mqtt.allow_anonymous, max_packet_size: config.mqtt.max_packet_size };
+        let broker = Broker::new(broker_config, ingest);
+        broker.register_metrics(&mut registry);
+
+        let courses = load_courses(&config)?;
+        let course = match &config.tracker.course {
+            None => None,
+            Some(name) => Some(
+                courses
+                    .iter()
+                    .find(|c| &c.name == name)
+                    .cloned()
+                    .with_context(|| format!("[tracker] course = {name:?}: no [[course]] has that name"))?,
+            ),
+        };
+        let tracker = Tracker::new(
+            TrackerConfig {
+                input: config.tracker.input.clone(),
+                output: config.tracker.output.clone(),
+                course,
+                finish: (config.tracker.finish[0], config.tracker.finish[1]),
+            },
+            log.clone(),
+        );
+
+        let features: Vec<_> = courses
+            .iter()
+            .map(|c| {
+                json!({"type": "Feature", "properties": {"name": c.name, "length_m": c.length_m()},
+                       "geometry": {"type": "LineString", "coordinates": c.lon_lat()}})
+            })
+            .collect();
+        let web = Arc::new(WebState {
+            log: log.clone(),
+            registry,
+            dashboard: DashboardConfig {
+                live_stream: config.tracker.output.clone(),
+                tile_url: Some(config.http.tile_url.clone()).filter(|u| !u.is_empty()),
+                tile_attribution: config.http.tile_attribution.clone(),
+                finish: Some(LatLon { lat: config.tracker.finish[0], lon: config.tracker.finish[1] }),
+            },
+            courses: json!({"type": "FeatureCollection", "features": features}),
+        });
+
+        let mqtt_listener = TcpListener::bind(&config.mqtt.listen)
+            .await
+            .with_context(|| format!("MQTT listener: cannot bind {}", config.mqtt.listen))?;
+        let http_listener = TcpListener::bind(&config.http.listen)
+            .await
+            .with_context(|| format!("HTTP listener: cannot bind {}", config.http.listen))?;
+        let mqtt_addr = mqtt_listener.local_addr()?;
+        let http_addr = http_listener.local_addr()?;
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move { broker.serve(mqtt_listener).await.context("MQTT server") });
+        tasks.spawn(async move { tracker.run().await.context("tracking query") });
+        tasks.spawn(async move { axum::serve(http_listener, pacer_web::router(web)).await.context("HTTP server") });
+        tracing::info!(%mqtt_addr, %http_addr, data_dir = %config.log.dir.display(), "pacer started");
+        Ok(Server { mqtt_addr, http_addr, tasks })
+    }
+
+    /// Waits until a part stops (which is an error: they run forever) or Ctrl-C.
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        tokio::select! {
+            Some(result) = self.tasks.join_next() => {
+                result.context("a Pacer task panicked")??;
+                anyhow::bail!("a Pacer task stopped unexpectedly")
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("Ctrl-C: stopping");
+                Ok(())
+            }
+        }
+    }
+
+    /// The line tests and scripts wait for: the server is ready to take connections.
+    pub fn ready_line(&self) -> String {
+        format!("pacer ready: mqtt={} http=http://{}", self.mqtt_addr, self.http_addr)
+    }
+}
+
+/// The configured courses, plus the built-in one when the tracker names it.
+fn load_courses(config: &Config) -> anyhow::Result<Vec<Arc<Course>>> {
+    let mut courses = Vec::new();
+    let builtin_wanted = config.tracker.course.as_deref() == Some(BUILTIN_COURSE)
+        && !config.course.iter().any(|c| c.name == BUILTIN_COURSE);
+    if builtin_wanted {
+        courses.push(Arc::new(Course::from_geojson(BUILTIN_COURSE, pacer_sim::SYDNEY_HALF_COURSE)?));
+    }
+    for c in &config.course {
+        let text = std::fs::read_to_string(&c.file)
+            .with_context(|| format!("[[course]] {:?}: reading {}", c.name, c.file.display()))?;
+        let course = Course::from_geojson(c.name.clone(), &text)
+            .with_context(|| format!("[[course]] {:?} in {}", c.name, c.file.display()))?;
+        courses.push(Arc::new(course));
+    }
+    Ok(courses)
+}

@@ -1,0 +1,196 @@
+//! The walking skeleton end to end, as a user runs it: a real `pacer up` process, real
+//! MQTT clients (mosquitto_pub from Debian, rumqttc), the real HTTP API and `pacer tail`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+const PACER: &str = env!("CARGO_BIN_EXE_pacer");
+
+/// A `pacer up` process on free ports; killed (SIGKILL) when dropped.
+struct Pacer {
+    child: Child,
+    mqtt_port: u16,
+    http: String,
+}
+
+impl Pacer {
+    fn start(data_dir: &Path) -> Pacer {
+        let mut child = Command::new(PACER)
+            .args(["up", "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("PACER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start pacer");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines.next().expect("pacer printed nothing").expect("read stdout");
+        let rest =
+            ready.strip_prefix("pacer ready: mqtt=").unwrap_or_else(|| panic!("unexpected first line {ready:?}"));
+        let (mqtt, http) = rest.split_once(" http=").unwrap();
+        let mqtt_port = mqtt.rsplit(':').next().unwrap().parse().unwrap();
+        Pacer { child, mqtt_port, http: http.to_string() }
+    }
+
+    fn mosquitto_pub(&self, topic: &str, qos: u8, message: &str) {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.mqtt_port.to_string(), "-V", "mqttv311"])
+            .args(["-q", &qos.to_string(), "-t", topic, "-m", message, "-i", "skeleton-test"])
+            .status()
+            .expect("mosquitto_pub must be installed (Debian mosquitto-clients)");
+        assert!(status.success(), "mosquitto_pub failed: {status}");
+    }
+
+    fn tail(&self, stream: &str, n: usize) -> Vec<serde_json::Value> {
+        let out = Command::new(PACER)
+            .args(["tail", stream, "--from-beginning", "-n", &n.to_string(), "--server", &self.http])
+            .output()
+            .expect("run pacer tail");
+        assert!(out.status.success(), "pacer tail failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    fn get(&self, path: &str) -> String {
+        let url = format!("{}{path}", self.http);
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async { reqwest::get(&url).await.unwrap().text().await.unwrap() })
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_qos1_publish_is_read_back_by_tail_and_arrives_on_the_live_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(dir.path());
+    pacer.mosquitto_pub("sensors/t1", 1, r#"{"temp":21.5}"#);
+
+    let records = pacer.tail("mqtt", 1);
+    assert_eq!(records[0]["value"]["temp"], 21.5);
+    assert_eq!(records[0]["key"], "sensors/t1");
+    assert_eq!(records[0]["headers"]["mqtt.topic"], "sensors/t1");
+    assert_eq!(records[0]["headers"]["mqtt.qos"], "1");
+    assert_eq!(records[0]["headers"]["mqtt.client_id"], "skeleton-test");
+
+    let url = format!("{}/api/v1/live?stream=mqtt&from=beginning", pacer.http);
+    let first_event = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let response = reqwest::get(&url).await.unwrap();
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut body = response.bytes_stream();
+        let mut text = String::new();
+        while !text.contains("\n\n") {
+            let chunk = tokio::time::timeout(Duration::from_secs(20), body.next()).await.expect("an SSE event");
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+        }
+        text
+    });
+    assert!(first_event.contains("event: records"), "{first_event}");
+    assert!(first_event.contains("id: 0"), "{first_event}");
+    assert!(first_event.contains(r#"\"temp\":21.5"#) || first_event.contains(r#""temp":21.5"#), "{first_event}");
+
+    let metrics = pacer.get("/metrics");
+    assert!(metrics.contains("pacer_mqtt_messages_in_total 1"), "{metrics}");
+    assert!(metrics.contains("pacer_log_records_appended_total 1"), "{metrics}");
+    let streams = pacer.get("/api/v1/streams");
+    assert!(streams.contains(r#""name":"mqtt""#), "{streams}");
+}
+
+#[test]
+fn acknowledged_records_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(dir.path());
+    for i in 0..20 {
+        pacer.mosquitto_pub(
+            &format!("race/r{i}"),
+            1,
+            &format!(r#"{{"who":"r{i}","timeepoc":{i},"lat":-33.87,"lon":151.21}}"#),
+        );
+    }
+    drop(pacer); // SIGKILL: no shutdown path runs
+
+    let pacer = Pacer::start(dir.path());
+    let records = pacer.tail("race", 20);
+    let keys: Vec<_> = records.iter().map(|r| r["key"].as_str().unwrap().to_string()).collect();
+    assert_eq!(keys, (0..20).map(|i| format!("r{i}")).collect::<Vec<_>>());
+    assert_eq!(records[19]["timestamp"], 19_000);
+    // The tracking query resumed from its checkpoint: one status per fix, none twice.
+    let statuses = pacer.tail("race_status", 20);
+    let offsets: Vec<_> = statuses.iter().map(|r| r["headers"]["pacer.input_offset"].clone()).collect();
+    assert_eq!(offsets, (0..20).map(|i| serde_json::Value::from(i.to_string())).collect::<Vec<_>>());
+}
+
+#[test]
+fn undecodable_payloads_go_to_dead_letters_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(dir.path());
+    pacer.mosquitto_pub("race/alice", 1, "lat=1,lon=2");
+    let dead = pacer.tail("_dead_letters", 1);
+    let value = &dead[0]["value"];
+    assert_eq!(value["topic"], "race/alice");
+    assert_eq!(value["stream"], "race");
+    assert!(value["reason"].as_str().unwrap().contains("not JSON"), "{value}");
+    assert_eq!(value["payload_base64"], "bGF0PTEsbG9uPTI=");
+}
+
+#[test]
+fn a_malformed_packet_closes_only_that_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(dir.path());
+    let mut bad = TcpStream::connect(("127.0.0.1", pacer.mqtt_port)).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    bad.write_all(b"\x10\x0c\x00\x04XQTT\x04\x02\x00\x3c\x00\x00").unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(bad.read(&mut buf).unwrap(), 0, "server should close the connection");
+
+    pacer.mosquitto_pub("sensors/after", 1, "still here");
+    assert_eq!(pacer.tail("mqtt", 1)[0]["value"], "still here");
+    assert!(pacer.get("/metrics").contains("pacer_mqtt_malformed_packets_total 1"));
+}
+
+#[tokio::test]
+async fn subscribers_receive_what_publishers_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = tokio::task::spawn_blocking({
+        let path = dir.path().to_path_buf();
+        move || Pacer::start(&path)
+    })
+    .await
+    .unwrap();
+    let (client, mut events) = AsyncClient::new(MqttOptions::new("watcher", "127.0.0.1", pacer.mqtt_port), 10);
+    client.subscribe("race/+", QoS::AtLeastOnce).await.unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.poll().await.expect("MQTT connection") {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    let port = pacer.mqtt_port;
+                    tokio::task::spawn_blocking(move || {
+                        let status = Command::new("mosquitto_pub")
+                            .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-q", "1", "-t", "race/ben"])
+                            .args(["-m", r#"{"who":"ben","timeepoc":1,"lat":-33.87,"lon":151.21}"#])
+                            .status()
+                            .unwrap();
+                        assert!(status.success());
+                    });
+                }
+                Event::Incoming(Packet::Publish(p)) => return p,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("a publish within 30 s");
+    assert_eq!(received.topic, "race/ben");
+    assert_eq!(received.qos, QoS::AtLeastOnce);
+    assert!(String::from_utf8_lossy(&received.payload).contains("\"who\":\"ben\""));
+}
