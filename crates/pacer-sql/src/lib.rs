@@ -7,6 +7,7 @@
 
 pub mod course;
 pub mod geo_fn;
+pub mod pull;
 pub mod tracker;
 
 pub use course::Course;

@@ -78,7 +78,7 @@ impl Tracker {
             let mut dead = Vec::new();
             for record in &batch {
                 match self.update(record) {
-                    Ok(status) => out.push(status_record(record, &status)),
+                    Ok(changed) => out.extend(changed.iter().map(|status| status_record(record, status))),
                     Err(reason) => dead.push(dead_letter(&self.config.input, record, &reason)),
                 }
             }
@@ -111,8 +111,9 @@ impl Tracker {
         }
     }
 
-    /// Applies one fix and returns the device's new status.
-    fn update(&mut self, record: &Record) -> Result<Status, String> {
+    /// Applies one fix. Returns the device's new status, then the status of every other
+    /// device whose rank it changed, so the changelog always holds each device's true rank.
+    fn update(&mut self, record: &Record) -> Result<Vec<Status>, String> {
         let value: Value = serde_json::from_slice(&record.value).map_err(|e| format!("value is not JSON: {e}"))?;
         let num = |field: &str| value.get(field).and_then(Value::as_f64);
         let (Some(lat), Some(lon)) = (num("lat"), num("lon")) else {
@@ -163,22 +164,33 @@ impl Tracker {
             fixes: previous.map_or(0, |p| p.fixes) + 1,
         };
         self.table.insert(who.clone(), status);
-        self.rerank();
-        Ok(self.table[&who].clone())
+        let reranked = self.rerank();
+        let mut changed = vec![self.table[&who].clone()];
+        changed.extend(reranked.iter().filter(|k| **k != who).map(|k| self.table[k].clone()));
+        Ok(changed)
     }
 
-    /// Finished devices first by finish time, then by remaining distance.
-    fn rerank(&mut self) {
+    /// Finished devices first by finish time, then by remaining distance. Returns the
+    /// devices whose rank changed.
+    fn rerank(&mut self) -> Vec<String> {
         let mut order: Vec<(&String, &Status)> = self.table.iter().collect();
         order.sort_by(|a, b| {
             let fa = a.1.finished_at.unwrap_or(i64::MAX);
             let fb = b.1.finished_at.unwrap_or(i64::MAX);
             fa.cmp(&fb).then(a.1.to_finish_m.total_cmp(&b.1.to_finish_m)).then(a.0.cmp(b.0))
         });
-        let ranks: Vec<(String, usize)> = order.iter().enumerate().map(|(i, (k, _))| ((*k).clone(), i + 1)).collect();
+        let ranks: Vec<(String, usize)> = order
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, s))| s.rank != i + 1)
+            .map(|(i, (k, _))| ((*k).clone(), i + 1))
+            .collect();
+        let mut changed = Vec::with_capacity(ranks.len());
         for (k, rank) in ranks {
             self.table.get_mut(&k).unwrap().rank = rank;
+            changed.push(k);
         }
+        changed
     }
 }
 
@@ -230,23 +242,24 @@ mod tests {
             .await
             .unwrap();
         let task = tokio::spawn(Tracker::new(config.clone(), log.clone()).run());
-        let s = statuses(&log, 3).await;
+        let s = statuses(&log, 5).await;
         task.abort();
-        assert_eq!((s[0].who.as_str(), s[0].rank), ("a", 1));
-        assert_eq!((s[1].who.as_str(), s[1].rank), ("b", 1));
-        assert_eq!((s[2].who.as_str(), s[2].rank), ("a", 1));
-        let speed = s[2].speed.unwrap();
+        let ranks = |s: &[Status]| s.iter().map(|x| (x.who.clone(), x.rank)).collect::<Vec<_>>();
+        let expect = |v: &[(&str, usize)]| v.iter().map(|(w, r)| (w.to_string(), *r)).collect::<Vec<_>>();
+        // b passes a: b's new status, then a's, whose rank it changed; then a passes b back.
+        assert_eq!(ranks(&s), expect(&[("a", 1), ("b", 1), ("a", 2), ("a", 1), ("b", 2)]));
+        let speed = s[3].speed.unwrap();
         assert!((speed - 80.0).abs() < 1.0, "222 m in 10 s is about 80 km/h, got {speed}");
-        assert!((s[2].to_finish_m - 778.0).abs() < 3.0, "{}", s[2].to_finish_m);
+        assert!((s[3].to_finish_m - 778.0).abs() < 3.0, "{}", s[3].to_finish_m);
 
         // Restart: no input is processed twice, new input continues from the rebuilt table.
         log.append("fixes", vec![fix("b", 20_000, 0.0, 0.005), fix("b", 30_000, 0.0, 0.01)]).await.unwrap();
         let task = tokio::spawn(Tracker::new(config, log.clone()).run());
-        let s = statuses(&log, 5).await;
+        let s = statuses(&log, 8).await;
         task.abort();
-        assert_eq!(s.len(), 5);
-        assert_eq!((s[3].who.as_str(), s[3].rank, s[3].fixes), ("b", 1, 2));
-        assert_eq!(s[4].finished_at, Some(30_000));
-        assert_eq!(s[4].to_finish_m, 0.0);
+        assert_eq!(ranks(&s[5..]), expect(&[("b", 1), ("a", 2), ("b", 1)]));
+        assert_eq!(s[5].fixes, 2);
+        assert_eq!(s[7].finished_at, Some(30_000));
+        assert_eq!(s[7].to_finish_m, 0.0);
     }
 }

@@ -5,6 +5,7 @@
 //! are log offsets: a client that reconnects with `Last-Event-ID` continues right after the
 //! last record it saw, with no gap and no duplicate.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
 use pacer_log::{Log, StartAt};
@@ -45,6 +46,8 @@ pub struct WebState {
     pub dashboard: DashboardConfig,
     /// Courses as a GeoJSON FeatureCollection.
     pub courses: Value,
+    /// Streams that are table changelogs: pull queries answer with their latest row per key.
+    pub tables: HashSet<String>,
 }
 
 pub fn router(state: Arc<WebState>) -> Router {
@@ -56,6 +59,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/api/v1/courses", get(courses))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/live", get(live))
+        .route("/api/v1/sql", post(sql))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
@@ -86,6 +90,20 @@ async fn metrics(State(state): State<Arc<WebState>>) -> Response {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}")).into_response();
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct SqlRequest {
+    sql: String,
+}
+
+/// Runs a pull query: `{"sql": "SELECT …"}` → `{"columns": […], "rows": [[…], …]}`, or a 400
+/// with `{"error": "…"}` that says where the statement went wrong.
+async fn sql(State(state): State<Arc<WebState>>, Json(request): Json<SqlRequest>) -> Response {
+    match pacer_sql::pull::pull_query(state.log.as_ref(), &state.tables, &request.sql).await {
+        Ok(result) => Json(result).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e.to_string() }))).into_response(),
+    }
 }
 
 #[derive(Debug, Deserialize)]

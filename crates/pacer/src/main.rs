@@ -159,7 +159,47 @@ async fn demo(speed: f64, exit_after_replay: bool, listen: Listen) -> anyhow::Re
     server.wait().await
 }
 
+/// Sends a statement to `POST /api/v1/sql` and prints the rows as an aligned table.
 async fn sql(server: &str, statement: &str) -> anyhow::Result<()> {
-    let _ = (server, statement);
-    anyhow::bail!("`pacer sql` needs the streaming SQL engine (issue 5); use `pacer tail` to read streams meanwhile")
+    let url = format!("{}/api/v1/sql", server.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&serde_json::json!({ "sql": statement }))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach Pacer at {server} (is `pacer up` running?)"))?;
+    let ok = response.status().is_success();
+    let body: serde_json::Value = response.json().await.context("Pacer answered with something other than JSON")?;
+    if !ok {
+        anyhow::bail!("{}", body["error"].as_str().unwrap_or("the statement failed"));
+    }
+    let columns: Vec<String> = serde_json::from_value(body["columns"].clone())?;
+    let rows: Vec<Vec<serde_json::Value>> = serde_json::from_value(body["rows"].clone())?;
+    print!("{}", format_table(&columns, &rows));
+    Ok(())
+}
+
+fn format_table(columns: &[String], rows: &[Vec<serde_json::Value>]) -> String {
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let cells: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(cell).collect()).collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| cells.iter().map(|r| r.get(i).map_or(0, String::len)).chain([c.len()]).max().unwrap_or(0))
+        .collect();
+    let line = |values: &[String]| {
+        let padded: Vec<String> = values.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        format!("|{}|\n", padded.join("|"))
+    };
+    let mut out = line(columns);
+    out.push_str(&format!("|{}|\n", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("+")));
+    for row in &cells {
+        out.push_str(&line(row));
+    }
+    out.push_str(&format!("({} row{})\n", rows.len(), if rows.len() == 1 { "" } else { "s" }));
+    out
 }

@@ -80,6 +80,7 @@ impl Server {
                 finish: Some(LatLon { lat: config.tracker.finish[0], lon: config.tracker.finish[1] }),
             },
             courses: json!({"type": "FeatureCollection", "features": features}),
+            tables: [config.tracker.output.clone()].into(),
         });
 
         let mqtt_listener = TcpListener::bind(&config.mqtt.listen)
