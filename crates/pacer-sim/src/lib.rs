@@ -4,6 +4,8 @@
 //! speed-up factor, one MQTT client per runner as a phone would be, QoS 1, on `race/{who}`
 //! with the seed's JSON as payload.
 
+pub mod bench;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -24,7 +24,7 @@ struct Cli {
 }
 
 #[derive(clap::Args, Clone)]
-struct Listen {
+struct ServerArgs {
     /// Directory of the embedded log [default: pacer-data, or a fresh temporary one for `demo`]
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -34,6 +34,18 @@ struct Listen {
     /// HTTP listener address (dashboard, API, /metrics) [default: 0.0.0.0:8080]
     #[arg(long)]
     http_listen: Option<String>,
+    /// When the log fsyncs: always, batch (group commit) or off [default: batch]
+    #[arg(long, value_parser = parse_fsync)]
+    fsync: Option<pacer_log::FsyncPolicy>,
+}
+
+fn parse_fsync(s: &str) -> Result<pacer_log::FsyncPolicy, String> {
+    match s {
+        "always" => Ok(pacer_log::FsyncPolicy::Always),
+        "batch" => Ok(pacer_log::FsyncPolicy::Batch),
+        "off" => Ok(pacer_log::FsyncPolicy::Off),
+        _ => Err(format!("{s:?}: expected always, batch or off")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -44,7 +56,7 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         #[command(flatten)]
-        listen: Listen,
+        server: ServerArgs,
     },
     /// Runs Pacer and replays the 2019 Sydney half marathon into it over MQTT
     Demo {
@@ -55,7 +67,7 @@ enum Command {
         #[arg(long)]
         exit_after_replay: bool,
         #[command(flatten)]
-        listen: Listen,
+        server: ServerArgs,
     },
     /// Prints a stream's records as JSON lines, from a running Pacer
     Tail {
@@ -75,6 +87,34 @@ enum Command {
         statement: String,
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "PACER_SERVER")]
         server: String,
+    },
+    /// Measures a broker (Pacer or any other) with real MQTT clients
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Publish throughput and PUBLISH→PUBACK latency
+    Publish {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Messages each client publishes
+        #[arg(long, default_value_t = 25_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 200)]
+        payload_bytes: usize,
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+        /// Unacknowledged publishes each client keeps open
+        #[arg(long, default_value_t = 100)]
+        inflight: u16,
     },
 }
 
@@ -98,17 +138,31 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up { config, listen } => {
+        Command::Up { config, server: args } => {
             let mut config = match config {
                 Some(path) => Config::load(&path)?,
                 None => Config::default(),
             };
-            apply(&mut config, &listen);
+            apply(&mut config, &args);
             let mut server = Server::start(config).await?;
             println!("{}", server.ready_line());
             server.wait().await
         }
-        Command::Demo { speed, exit_after_replay, listen } => demo(speed, exit_after_replay, listen).await,
+        Command::Demo { speed, exit_after_replay, server } => demo(speed, exit_after_replay, server).await,
+        Command::Bench { bench: Bench::Publish { host, port, clients, messages, payload_bytes, qos, inflight } } => {
+            let bench = pacer_sim::bench::PublishBench {
+                host,
+                port,
+                clients,
+                messages_per_client: messages,
+                payload_bytes,
+                qos,
+                inflight,
+            };
+            let report = pacer_sim::bench::publish(bench).await?;
+            println!("{report}");
+            Ok(())
+        }
         Command::Tail { stream, from_beginning, limit, server } => {
             tail::tail(tail::TailOptions { server, stream, from_beginning, limit }).await
         }
@@ -116,29 +170,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn apply(config: &mut Config, listen: &Listen) {
-    if let Some(dir) = &listen.data_dir {
+/// Command-line flags win over the config file.
+fn apply(config: &mut Config, args: &ServerArgs) {
+    if let Some(dir) = &args.data_dir {
         config.log.dir = dir.clone();
     }
-    if let Some(addr) = &listen.mqtt_listen {
+    if let Some(addr) = &args.mqtt_listen {
         config.mqtt.listen = addr.clone();
     }
-    if let Some(addr) = &listen.http_listen {
+    if let Some(addr) = &args.http_listen {
         config.http.listen = addr.clone();
+    }
+    if let Some(fsync) = args.fsync {
+        config.log.fsync = fsync;
     }
 }
 
-async fn demo(speed: f64, exit_after_replay: bool, listen: Listen) -> anyhow::Result<()> {
+async fn demo(speed: f64, exit_after_replay: bool, args: ServerArgs) -> anyhow::Result<()> {
     let mut config = Config::default();
     // A fresh log each run, so every demo starts at the start line.
-    let temp = match &listen.data_dir {
+    let temp = match &args.data_dir {
         Some(_) => None,
         None => Some(tempfile::Builder::new().prefix("pacer-demo-").tempdir().context("creating a demo data dir")?),
     };
     if let Some(t) = &temp {
         config.log.dir = t.path().to_path_buf();
     }
-    apply(&mut config, &listen);
+    apply(&mut config, &args);
     let mut server = Server::start(config).await?;
     println!("{}", server.ready_line());
     let port = server.mqtt_addr.port();

@@ -1,0 +1,120 @@
+//! The load generator behind `pacer bench publish`: N MQTT clients publish M messages each
+//! as fast as their in-flight window allows, against any broker, and report throughput and
+//! the time from sending each PUBLISH to its PUBACK.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+
+#[derive(Debug, Clone)]
+pub struct PublishBench {
+    pub host: String,
+    pub port: u16,
+    pub clients: usize,
+    pub messages_per_client: usize,
+    pub payload_bytes: usize,
+    pub qos: u8,
+    /// Unacknowledged publishes a client keeps open.
+    pub inflight: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub messages: usize,
+    pub elapsed: Duration,
+    /// PUBLISH → PUBACK, sorted; empty for QoS 0.
+    pub ack_latencies: Vec<Duration>,
+}
+
+impl BenchReport {
+    pub fn rate(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn latency_quantile(&self, q: f64) -> Option<Duration> {
+        let n = self.ack_latencies.len();
+        (n > 0).then(|| self.ack_latencies[((n - 1) as f64 * q).round() as usize])
+    }
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} messages in {:.2} s: {:.0} msg/s", self.messages, self.elapsed.as_secs_f64(), self.rate())?;
+        if let (Some(p50), Some(p99)) = (self.latency_quantile(0.5), self.latency_quantile(0.99)) {
+            write!(f, ", ack latency p50 {:.2} ms, p99 {:.2} ms", ms(p50), ms(p99))?;
+        }
+        Ok(())
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+pub async fn publish(b: PublishBench) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(b.qos <= 1, "--qos {}: the benchmark measures QoS 0 and 1", b.qos);
+    let total = (b.clients * b.messages_per_client) as u64;
+    let progress = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} msgs {per_sec} eta {eta}").expect("valid template"),
+    );
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..b.clients {
+        let (b, progress) = (b.clone(), progress.clone());
+        tasks.push(tokio::spawn(async move { run_client(i, b, progress).await }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = start.elapsed();
+    progress.finish_and_clear();
+    latencies.sort_unstable();
+    Ok(BenchReport { messages: total as usize, elapsed, ack_latencies: latencies })
+}
+
+async fn run_client(i: usize, b: PublishBench, progress: ProgressBar) -> anyhow::Result<Vec<Duration>> {
+    let mut options = MqttOptions::new(format!("pacer-bench-{i}"), b.host.clone(), b.port);
+    options.set_inflight(b.inflight).set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(options, b.inflight as usize * 2);
+    let qos = if b.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+    let topic = format!("bench/{i}");
+    let payload = vec![b'x'; b.payload_bytes];
+    let n = b.messages_per_client;
+    let publisher = tokio::spawn(async move {
+        for _ in 0..n {
+            client.publish(topic.as_str(), qos, false, payload.clone()).await?;
+        }
+        anyhow::Ok(client)
+    });
+    let mut sent_at: HashMap<u16, Instant> = HashMap::new();
+    let mut latencies = Vec::with_capacity(n);
+    let mut done = 0;
+    while done < n {
+        match events.poll().await? {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if qos == QoS::AtMostOnce {
+                    done += 1;
+                    progress.inc(1);
+                } else {
+                    sent_at.insert(pkid, Instant::now());
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(t) = sent_at.remove(&ack.pkid) {
+                    latencies.push(t.elapsed());
+                }
+                done += 1;
+                progress.inc(1);
+            }
+            _ => {}
+        }
+    }
+    let client = publisher.await??;
+    client.disconnect().await?;
+    // Let the DISCONNECT go out so the broker sees a clean close.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async { while events.poll().await.is_ok() {} }).await;
+    Ok(latencies)
+}
