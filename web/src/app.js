@@ -79,6 +79,7 @@ function connect(stream) {
       if (!s || typeof s.lat !== 'number') continue;
       addTrailPoint(s);
       pending.set(s.who, s);
+      if (firstTs === null || s.ts < firstTs) firstTs = s.ts;
     }
     if (!renderQueued) {
       renderQueued = true;
@@ -97,17 +98,16 @@ function runner(who) {
     iconSize: null,
   });
   const marker = L.marker([0, 0], { icon, title: who, riseOnHover: true });
-  const trail = L.polyline([], { color, weight: 3, opacity: 0.8, interactive: false }).addTo(map);
-  r = { marker, trail, color, status: null, rank: null, added: false };
+  const trail = L.polyline([], { color, weight: 3, opacity: 0.8, interactive: false, className: 'trail' }).addTo(map);
+  r = { marker, trail, color, points: [], status: null, rank: null, added: false };
   runners.set(who, r);
   return r;
 }
 
 function addTrailPoint(s) {
   const r = runner(s.who);
-  const pts = r.trail.getLatLngs();
-  pts.push([s.lat, s.lon]);
-  if (pts.length > TRAIL_POINTS) pts.splice(0, pts.length - TRAIL_POINTS);
+  r.points.push(L.latLng(s.lat, s.lon));
+  if (r.points.length > TRAIL_POINTS) r.points.splice(0, r.points.length - TRAIL_POINTS);
 }
 
 function render() {
@@ -121,8 +121,7 @@ function render() {
       r.marker.getElement().dataset.who = who;
       r.added = true;
     }
-    r.trail.redraw();
-    if (firstTs === null || s.ts < firstTs) firstTs = s.ts;
+    r.trail.setLatLngs(r.points);
   }
   pending = new Map();
   renderTable();
@@ -147,7 +146,7 @@ function renderTable() {
       <td><span class="swatch" style="background:${r.color}"></span>${escapeHtml(who)}</td>
       <td>${toFinish}</td>
       <td>${s.progress_m == null ? '—' : km(s.progress_m)}</td>
-      <td>${s.speed == null ? '—' : s.speed.toFixed(1) + ' km/h'}</td>
+      <td>${s.speed == null ? '—' : s.speed.toFixed(1)}</td>
       <td>${gap}</td></tr>`);
   });
   body.innerHTML = html.join('');

@@ -43,8 +43,11 @@ test('the demo shows four moving runners and a league table led by the least rem
     assert.deepEqual(rows.map((r) => r.rank), [1, 2, 3, 4]);
     for (let i = 1; i < rows.length; i++) assert.ok(rows[i - 1].toFinish <= rows[i].toFinish, JSON.stringify(rows));
 
-    // The offline basemap and the course are drawn (no internet here for tiles).
-    assert.ok(await page.$$eval('path.leaflet-interactive, .leaflet-overlay-pane path', (p) => p.length) >= 2);
+    // Each runner leaves a trail; the course and the offline basemap are drawn (no tiles here).
+    const trails = await page.$$eval('path.trail', (ps) => ps.map((p) => (p.getAttribute('d') || '').split('L').length));
+    assert.equal(trails.length, 4);
+    assert.ok(trails.every((points) => points >= 2), `trail points: ${trails}`);
+    assert.ok(await page.$$eval('.leaflet-overlay-pane path', (p) => p.length) >= 6, 'basemap, course and trails');
     assert.ok(await page.$('.leaflet-control-scale'), 'scale bar');
 
     await mkdir(outputDir, { recursive: true });

@@ -163,13 +163,17 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut acks: FuturesOrdered<BoxFuture<'static, anyhow::Result<Option<Packet>>>> = FuturesOrdered::new();
-        let idle_limit = match self.keep_alive {
-            0 => Duration::from_secs(u64::MAX / 4),
-            k => Duration::from_millis(k as u64 * 1500),
-        };
+        // MQTT-3.1.2-24: silence for 1.5 × keep-alive ends the connection; 0 turns it off.
+        let idle_limit = (self.keep_alive > 0).then(|| Duration::from_millis(self.keep_alive as u64 * 1500));
         loop {
+            let next_packet = async {
+                match idle_limit {
+                    Some(limit) => tokio::time::timeout(limit, transport.next()).await,
+                    None => Ok(transport.next().await),
+                }
+            };
             tokio::select! {
-                packet = tokio::time::timeout(idle_limit, transport.next()) => {
+                packet = next_packet => {
                     let packet = match packet {
                         Err(_) => return Close::Abnormal("keep-alive expired".into()),
                         Ok(None) => return Close::Abnormal("connection closed by client".into()),

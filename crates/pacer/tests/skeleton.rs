@@ -256,3 +256,29 @@ fn pacer_sql_answers_a_pull_query_on_the_tracking_table() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("Line: 1, Column"), "{err}");
 }
+
+#[test]
+fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives_and_its_will_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(dir.path());
+    let mut device = TcpStream::connect(("127.0.0.1", pacer.mqtt_port)).unwrap();
+    device.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // CONNECT, MQTT 3.1.1, clean session + will (QoS 0), keep-alive 1 s, client id "dev1",
+    // will "offline" on status/dev1.
+    let mut connect = vec![0x10, 38, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x06, 0, 1];
+    connect.extend_from_slice(b"\x00\x04dev1\x00\x0bstatus/dev1\x00\x07offline");
+    device.write_all(&connect).unwrap();
+    let mut connack = [0u8; 4];
+    device.read_exact(&mut connack).unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 8];
+    assert_eq!(device.read(&mut buf).unwrap(), 0, "the broker should close the silent connection");
+    assert!(started.elapsed() >= Duration::from_millis(1400), "closed after {:?}", started.elapsed());
+
+    let will = pacer.tail("mqtt", 1);
+    assert_eq!(will[0]["value"], "offline");
+    assert_eq!(will[0]["headers"]["mqtt.topic"], "status/dev1");
+    assert_eq!(will[0]["headers"]["mqtt.client_id"], "dev1");
+}
