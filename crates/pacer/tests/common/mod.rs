@@ -1,0 +1,94 @@
+//! A real `pacer up` process for end-to-end tests, and the clients tests drive it with.
+#![allow(dead_code)] // each test binary uses its own part of the helpers
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+pub const PACER: &str = env!("CARGO_BIN_EXE_pacer");
+
+/// A `pacer up` process on free ports; killed (SIGKILL) when dropped.
+pub struct Pacer {
+    pub child: Child,
+    pub mqtt_port: u16,
+    pub http: String,
+}
+
+impl Pacer {
+    pub fn start(data_dir: &Path) -> Pacer {
+        let mut child = Command::new(PACER)
+            .args(["up", "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("PACER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start pacer");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines.next().expect("pacer printed nothing").expect("read stdout");
+        let rest =
+            ready.strip_prefix("pacer ready: mqtt=").unwrap_or_else(|| panic!("unexpected first line {ready:?}"));
+        let (mqtt, http) = rest.split_once(" http=").unwrap();
+        let mqtt_port = mqtt.rsplit(':').next().unwrap().parse().unwrap();
+        Pacer { child, mqtt_port, http: http.to_string() }
+    }
+
+    pub fn mosquitto_pub(&self, topic: &str, qos: u8, message: &str) {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.mqtt_port.to_string(), "-V", "mqttv311"])
+            .args(["-q", &qos.to_string(), "-t", topic, "-m", message, "-i", "skeleton-test"])
+            .status()
+            .expect("mosquitto_pub must be installed (Debian mosquitto-clients)");
+        assert!(status.success(), "mosquitto_pub failed: {status}");
+    }
+
+    pub fn tail(&self, stream: &str, n: usize) -> Vec<serde_json::Value> {
+        let out = Command::new(PACER)
+            .args(["tail", stream, "--from-beginning", "-n", &n.to_string(), "--server", &self.http])
+            .output()
+            .expect("run pacer tail");
+        assert!(out.status.success(), "pacer tail failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// Reads the live feed of `stream` from the beginning until a record satisfies `done`.
+    pub fn wait_for_record(&self, stream: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let url = format!("{}/api/v1/live?stream={stream}&from=beginning", self.http);
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let mut body = reqwest::get(&url).await.unwrap().bytes_stream();
+            let mut text = String::new();
+            loop {
+                let chunk = tokio::time::timeout(Duration::from_secs(30), body.next()).await.expect("a record in 30 s");
+                text.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+                while let Some(end) = text.find("\n\n") {
+                    let event: String = text.drain(..end + 2).collect();
+                    let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+                    let records: Vec<serde_json::Value> = serde_json::from_str(data).unwrap();
+                    if let Some(found) = records.into_iter().find(|r| done(r)) {
+                        return found;
+                    }
+                }
+            }
+        })
+    }
+
+    pub fn sql(&self, statement: &str) -> std::process::Output {
+        Command::new(PACER).args(["sql", "--server", &self.http, statement]).output().unwrap()
+    }
+
+    pub fn get(&self, path: &str) -> String {
+        let url = format!("{}{path}", self.http);
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async { reqwest::get(&url).await.unwrap().text().await.unwrap() })
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
