@@ -16,8 +16,8 @@ pub mod header {
     pub const USERNAME: &str = "mqtt.username";
     pub const QOS: &str = "mqtt.qos";
     pub const RETAIN: &str = "mqtt.retain";
-    /// Offset of the input record a derived record was computed from; lets a query resume
-    /// after a restart without reprocessing or skipping input.
+    /// `partition:offset` of the input record a derived record was computed from; lets a
+    /// query resume after a restart without reprocessing or skipping input.
     pub const INPUT_OFFSET: &str = "pacer.input_offset";
 }
 

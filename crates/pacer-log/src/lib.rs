@@ -3,15 +3,22 @@
 //! [`Log`] is the interface the rest of Pacer sees; [`EmbeddedLog`] implements it with
 //! segment files on local disk. A Kafka backend implements the same trait, so callers never
 //! know which one runs. The contract callers rely on: when `append` returns, the records are
-//! durable (fsynced, or acknowledged by the cluster) and visible to readers in offset order.
+//! durable (fsynced, or acknowledged by the cluster) and visible to readers in offset order
+//! within their partition.
+//!
+//! Streams are partitioned by key with Kafka's partitioner (murmur2 of the key bytes), so a
+//! key lands in the partition a Java client would pick; records without a key are spread
+//! round-robin.
 
 mod embedded;
+mod positions;
 mod segment;
 
 use async_trait::async_trait;
 use pacer_core::{NewRecord, Record};
 
 pub use embedded::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy};
+pub use positions::Positions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -25,47 +32,75 @@ pub enum LogError {
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;
 
-/// Where a reader starts.
+/// Where a record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// Where a reader starts, in every partition of its stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartAt {
     Beginning,
     /// Only records appended after the reader was created.
     End,
-    Offset(u64),
+    /// The first record whose timestamp is at or after this time (ms), per partition.
+    Timestamp(i64),
+    /// The next offset per partition; partitions not named start at the beginning.
+    Positions(Positions),
 }
 
-/// What `/api/v1/streams` and `pacer tail` show about a stream.
+/// What `/api/v1/streams` and `SHOW STREAMS` show about a stream.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StreamInfo {
     pub name: String,
     pub partitions: u32,
-    /// Offset the next record will get (partition 0 for now).
-    pub end_offset: u64,
+    /// Records currently kept (retention may have dropped older ones).
+    pub records: u64,
     pub bytes: u64,
+    /// Offset the next record of each partition will get.
+    pub end_offsets: Vec<u64>,
+    /// Event time of the oldest record kept and the latest event time seen, ms.
+    pub first_timestamp: Option<i64>,
+    pub last_timestamp: Option<i64>,
 }
 
 #[async_trait]
 pub trait Log: Send + Sync + 'static {
-    /// Appends records to `stream`, creating it if needed, and returns their offsets once
-    /// they are durable.
-    async fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<u64>>;
+    /// Appends records to `stream`, creating it if needed, and returns where each landed,
+    /// in order, once they are durable.
+    async fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Appended>>;
 
-    /// A reader over `stream`. A stream that does not exist yet is waited for.
+    /// A reader over every partition of `stream`. A stream that does not exist yet is waited for.
     fn reader(&self, stream: &str, start: StartAt) -> Result<Box<dyn StreamReader>>;
 
+    /// User streams; internal ones (named `__…`) are left out.
     fn streams(&self) -> Vec<StreamInfo>;
+
+    /// Stores a consumer's positions durably under `group`, as Kafka stores committed offsets.
+    async fn commit_positions(&self, group: &str, stream: &str, positions: &Positions) -> Result<()>;
+
+    /// The positions last committed by `group` for `stream`.
+    fn committed_positions(&self, group: &str, stream: &str) -> Option<Positions>;
 }
 
 #[async_trait]
 pub trait StreamReader: Send {
-    /// The next records in offset order; waits until at least one is there.
+    /// The next records; waits until at least one is there. Records of one partition come
+    /// in offset order; partitions interleave.
     async fn next_batch(&mut self) -> Result<Vec<Record>>;
 
     /// Records available now without waiting (possibly none).
     async fn try_batch(&mut self) -> Result<Vec<Record>>;
 
-    /// The offset of the next record this reader returns.
-    fn position(&self) -> u64;
+    /// The next offset this reader returns, per partition.
+    fn positions(&self) -> Positions;
+}
+
+/// The partition Kafka's default partitioner picks for `key` among `partitions`.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    (murmur2::murmur2(key, murmur2::KAFKA_SEED) & 0x7fff_ffff) % partitions
 }
 
 /// Checks a stream name against the rules Kafka applies to topic names, so every stream can
@@ -85,4 +120,26 @@ pub fn validate_stream_name(name: &str) -> Result<()> {
         return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Kafka's own test vectors (UtilsTest.testMurmur2), as signed 32-bit results.
+    #[test]
+    fn murmur2_matches_kafka() {
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973932308),
+            (b"foobar", -790332482),
+            (b"a-little-bit-long-string", -985981536),
+            (b"a-little-bit-longer-string", -1486304829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+            (b"abc", 479470107),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(murmur2::murmur2(key, murmur2::KAFKA_SEED) as i32, expected, "{}", String::from_utf8_lossy(key));
+        }
+        assert_eq!(partition_for_key(b"foobar", 3), ((-790332482i32 as u32) & 0x7fff_ffff) % 3);
+    }
 }

@@ -46,10 +46,17 @@ pub async fn pull_query(log: &dyn Log, tables: &HashSet<String>, sql: &str) -> R
             .into_iter()
             .map(|s| {
                 let kind = if tables.contains(&s.name) { "TABLE" } else { "STREAM" };
-                vec![Value::from(s.name), Value::from(kind), Value::from(s.end_offset), Value::from(s.bytes)]
+                vec![
+                    Value::from(s.name),
+                    Value::from(kind),
+                    Value::from(s.partitions),
+                    Value::from(s.records),
+                    Value::from(s.bytes),
+                ]
             })
             .collect();
-        return Ok(QueryResult { columns: vec!["name".into(), "kind".into(), "records".into(), "bytes".into()], rows });
+        let columns = ["name", "kind", "partitions", "records", "bytes"].map(String::from).to_vec();
+        return Ok(QueryResult { columns, rows });
     }
 
     let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| syntax_error(sql, e))?;

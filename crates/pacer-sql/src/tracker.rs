@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pacer_core::{header, NewRecord, Record};
-use pacer_log::{Log, StartAt};
+use pacer_log::{Log, Positions, StartAt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -70,8 +70,8 @@ impl Tracker {
     /// Runs until the log closes or fails.
     pub async fn run(mut self) -> anyhow::Result<()> {
         let resume = self.restore().await?;
-        tracing::info!(input = %self.config.input, output = %self.config.output, resume, devices = self.table.len(), "tracker started");
-        let mut reader = self.log.reader(&self.config.input, StartAt::Offset(resume))?;
+        tracing::info!(input = %self.config.input, output = %self.config.output, %resume, devices = self.table.len(), "tracker started");
+        let mut reader = self.log.reader(&self.config.input, StartAt::Positions(resume))?;
         loop {
             let batch = reader.next_batch().await?;
             let mut out = Vec::with_capacity(batch.len());
@@ -89,10 +89,10 @@ impl Tracker {
         }
     }
 
-    /// Rebuilds the table from the output changelog; returns the input offset to resume at.
-    async fn restore(&mut self) -> anyhow::Result<u64> {
+    /// Rebuilds the table from the output changelog; returns the input positions to resume at.
+    async fn restore(&mut self) -> anyhow::Result<Positions> {
         let mut reader = self.log.reader(&self.config.output, StartAt::Beginning)?;
-        let mut resume = 0;
+        let mut resume = Positions::new();
         loop {
             let batch = reader.try_batch().await?;
             if batch.is_empty() {
@@ -102,10 +102,11 @@ impl Tracker {
                 if let Ok(status) = serde_json::from_slice::<Status>(&record.value) {
                     self.table.insert(status.who.clone(), status);
                 }
-                let input_offset =
-                    record.header(header::INPUT_OFFSET).and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok());
-                if let Some(o) = input_offset {
-                    resume = resume.max(o + 1);
+                let input = record.header(header::INPUT_OFFSET).and_then(|v| std::str::from_utf8(v).ok());
+                if let Some((p, o)) = input.and_then(|v| v.split_once(':')) {
+                    if let (Ok(p), Ok(o)) = (p.parse(), o.parse()) {
+                        resume.advance_past(p, o);
+                    }
                 }
             }
         }
@@ -197,7 +198,7 @@ impl Tracker {
 fn status_record(input: &Record, status: &Status) -> NewRecord {
     let value = serde_json::to_vec(status).expect("a status serializes");
     NewRecord::new(input.timestamp, Some(Bytes::from(status.who.clone())), value)
-        .with_header(header::INPUT_OFFSET, Bytes::from(input.offset.to_string()))
+        .with_header(header::INPUT_OFFSET, Bytes::from(format!("{}:{}", input.partition, input.offset)))
 }
 
 fn dead_letter(stream: &str, record: &Record, reason: &str) -> NewRecord {

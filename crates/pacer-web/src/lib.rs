@@ -2,8 +2,8 @@
 //!
 //! Everything here reads the log; nothing writes it. The live feed (`/api/v1/live`) is a
 //! Server-Sent Events stream of a log stream's records, batched per read, whose event ids
-//! are log offsets: a client that reconnects with `Last-Event-ID` continues right after the
-//! last record it saw, with no gap and no duplicate.
+//! are the reader's positions (`partition:next_offset,…`): a client that reconnects with
+//! `Last-Event-ID` continues right after the last record it saw, with no gap and no duplicate.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
-use pacer_log::{Log, StartAt};
+use pacer_log::{Log, Positions, StartAt};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -109,7 +109,7 @@ async fn sql(State(state): State<Arc<WebState>>, Json(request): Json<SqlRequest>
 #[derive(Debug, Deserialize)]
 struct LiveQuery {
     stream: String,
-    /// `beginning`, `end` (default) or an offset.
+    /// `beginning`, `end` (default), `time:<ms>` or positions `partition:offset,…`.
     from: Option<String>,
 }
 
@@ -121,17 +121,23 @@ async fn live(
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|last| StartAt::Offset(last + 1));
-    let start =
-        match (resume, q.from.as_deref()) {
-            (Some(start), _) => start,
-            (None, None | Some("end")) => StartAt::End,
-            (None, Some("beginning")) => StartAt::Beginning,
-            (None, Some(n)) => StartAt::Offset(n.parse().map_err(|_| {
-                (StatusCode::BAD_REQUEST, format!("from={n:?}: expected 'beginning', 'end' or an offset"))
+        .and_then(|v| v.parse::<Positions>().ok())
+        .map(StartAt::Positions);
+    let start = match (resume, q.from.as_deref()) {
+        (Some(start), _) => start,
+        (None, None | Some("end")) => StartAt::End,
+        (None, Some("beginning")) => StartAt::Beginning,
+        (None, Some(other)) => match (other.strip_prefix("time:"), other.parse::<Positions>()) {
+            (Some(ms), _) => StartAt::Timestamp(ms.parse().map_err(|_| {
+                (StatusCode::BAD_REQUEST, format!("from={other:?}: expected time:<milliseconds since the epoch>"))
             })?),
-        };
+            (None, Ok(positions)) => StartAt::Positions(positions),
+            (None, Err(e)) => {
+                let expected = "expected 'beginning', 'end', 'time:<ms>' or positions like '0:15,1:7'";
+                return Err((StatusCode::BAD_REQUEST, format!("from={other:?}: {e}; {expected}")));
+            }
+        },
+    };
     let reader = state.log.reader(&q.stream, start).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let stream_name = q.stream.clone();
     let events = futures::stream::unfold(Some(reader), move |reader| {
@@ -140,10 +146,9 @@ async fn live(
             let mut reader = reader?;
             match reader.next_batch().await {
                 Ok(batch) => {
-                    let last = batch.last().map_or(0, |r| r.offset);
                     let records: Vec<Value> = batch.iter().map(|r| r.to_json(&stream_name)).collect();
-                    let event =
-                        Event::default().event("records").id(last.to_string()).data(Value::from(records).to_string());
+                    let id = reader.positions().to_string();
+                    let event = Event::default().event("records").id(id).data(Value::from(records).to_string());
                     Some((Ok(event), Some(reader)))
                 }
                 Err(e) => {

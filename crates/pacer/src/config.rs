@@ -41,7 +41,13 @@ pub struct HttpConfig {
 pub struct LogConfig {
     pub dir: PathBuf,
     pub fsync: FsyncPolicy,
+    /// Partitions of each new stream.
+    pub partitions: u32,
     pub segment_bytes: u64,
+    pub segment_ms: u64,
+    /// Kafka's `retention.ms` and `retention.bytes` (per partition); unset keeps everything.
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,7 +88,15 @@ impl Default for HttpConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { dir: "pacer-data".into(), fsync: FsyncPolicy::Batch, segment_bytes: 128 << 20 }
+        LogConfig {
+            dir: "pacer-data".into(),
+            fsync: FsyncPolicy::Batch,
+            partitions: 1,
+            segment_bytes: 128 << 20,
+            segment_ms: 24 * 3600 * 1000,
+            retention_ms: None,
+            retention_bytes: None,
+        }
     }
 }
 

@@ -28,7 +28,11 @@ impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let mut log_config = EmbeddedLogConfig::new(&config.log.dir);
         log_config.fsync = config.log.fsync;
+        log_config.partitions = config.log.partitions;
         log_config.segment_bytes = config.log.segment_bytes;
+        log_config.segment_ms = Some(config.log.segment_ms);
+        log_config.retention_ms = config.log.retention_ms;
+        log_config.retention_bytes = config.log.retention_bytes;
         let embedded = EmbeddedLog::open(log_config)
             .with_context(|| format!("opening the log in {}", config.log.dir.display()))?;
         let mut registry = Registry::default();

@@ -115,7 +115,7 @@ fn every_acknowledged_publish_survives_repeated_kill_9() {
     }
 
     let streams: serde_json::Value = serde_json::from_str(&pacer.get("/api/v1/streams")).unwrap();
-    let stored = streams["streams"].as_array().unwrap().iter().find(|s| s["name"] == "mqtt").unwrap()["end_offset"]
+    let stored = streams["streams"].as_array().unwrap().iter().find(|s| s["name"] == "mqtt").unwrap()["records"]
         .as_u64()
         .unwrap() as usize;
     let records = pacer.tail("mqtt", stored);

@@ -39,7 +39,7 @@ fn a_qos1_publish_is_read_back_by_tail_and_arrives_on_the_live_feed() {
         text
     });
     assert!(first_event.contains("event: records"), "{first_event}");
-    assert!(first_event.contains("id: 0"), "{first_event}");
+    assert!(first_event.contains("id: 0:1"), "{first_event}");
     assert!(first_event.contains(r#"\"temp\":21.5"#) || first_event.contains(r#""temp":21.5"#), "{first_event}");
 
     let metrics = pacer.get("/metrics");
@@ -52,7 +52,11 @@ fn a_qos1_publish_is_read_back_by_tail_and_arrives_on_the_live_feed() {
 #[test]
 fn acknowledged_records_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let pacer = Pacer::start(dir.path());
+    let config = dir.path().join("pacer.toml");
+    std::fs::write(&config, "[log]\npartitions = 3\n").unwrap();
+    let data = dir.path().join("data");
+    let start = || Pacer::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let pacer = start();
     for i in 0..20 {
         pacer.mosquitto_pub(
             &format!("race/r{i}"),
@@ -62,11 +66,15 @@ fn acknowledged_records_survive_kill_9() {
     }
     drop(pacer); // SIGKILL: no shutdown path runs
 
-    let pacer = Pacer::start(dir.path());
+    let pacer = start();
     let records = pacer.tail("race", 20);
-    let keys: Vec<_> = records.iter().map(|r| r["key"].as_str().unwrap().to_string()).collect();
+    let mut keys: Vec<_> = records.iter().map(|r| r["key"].as_str().unwrap().to_string()).collect();
+    keys.sort_by_key(|k| k[1..].parse::<u32>().unwrap());
     assert_eq!(keys, (0..20).map(|i| format!("r{i}")).collect::<Vec<_>>());
-    assert_eq!(records[19]["timestamp"], 19_000);
+    let partitions: std::collections::BTreeSet<_> = records.iter().map(|r| r["partition"].as_u64().unwrap()).collect();
+    assert_eq!(partitions.len(), 3, "20 keys spread over the 3 partitions");
+    let r19 = records.iter().find(|r| r["key"] == "r19").unwrap();
+    assert_eq!(r19["timestamp"], 19_000);
     // The tracking query resumed from its checkpoint: after one more fix of r0 has gone
     // through it, every runner counts exactly the fixes it sent, none twice.
     pacer.mosquitto_pub("race/r0", 1, r#"{"who":"r0","timeepoc":100,"lat":-33.87,"lon":151.21}"#);

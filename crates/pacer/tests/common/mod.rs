@@ -19,9 +19,15 @@ pub struct Pacer {
 
 impl Pacer {
     pub fn start(data_dir: &Path) -> Pacer {
+        Pacer::start_with(data_dir, &[])
+    }
+
+    /// Starts `pacer up` with extra arguments, e.g. `--config FILE`.
+    pub fn start_with(data_dir: &Path, args: &[&str]) -> Pacer {
         let mut child = Command::new(PACER)
             .args(["up", "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env("PACER_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
