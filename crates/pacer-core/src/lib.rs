@@ -98,6 +98,18 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Parses a point in time as users write it: milliseconds since the Unix epoch, or RFC 3339 /
+/// ISO 8601 with an offset (`2019-05-19T07:08:02Z`, `2019-05-19T17:08:02+10:00`).
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("{text:?} is neither milliseconds since the epoch nor an RFC 3339 time ({e})"))
+}
+
 /// Wall-clock time in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -106,6 +118,14 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_parse_as_milliseconds_or_rfc3339() {
+        assert_eq!(parse_time("1558212482000"), Ok(1_558_212_482_000));
+        assert_eq!(parse_time("2019-05-18T20:48:02Z"), Ok(1_558_212_482_000));
+        assert_eq!(parse_time("2019-05-19T06:48:02.5+10:00"), Ok(1_558_212_482_500));
+        assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
+    }
 
     #[test]
     fn json_value_is_embedded_and_raw_value_is_text() {

@@ -1,23 +1,20 @@
 //! Pacer's HTTP side: the embedded dashboard, the live feed, the API and `/metrics`.
 //!
-//! Everything here reads the log; nothing writes it. The live feed (`/api/v1/live`) is a
-//! Server-Sent Events stream of a log stream's records, batched per read, whose event ids
-//! are the reader's positions (`partition:next_offset,…`): a client that reconnects with
-//! `Last-Event-ID` continues right after the last record it saw, with no gap and no duplicate.
+//! It reads the log for the dashboard, the live feed and queries; the one way it writes is
+//! `POST /api/v1/streams/{name}/records`, an input like MQTT.
+
+mod live;
+mod records;
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::Stream;
-use pacer_log::{Log, Positions, StartAt};
+use pacer_log::Log;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -58,7 +55,8 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/api/v1/config", get(config))
         .route("/api/v1/courses", get(courses))
         .route("/api/v1/streams", get(streams))
-        .route("/api/v1/live", get(live))
+        .route("/api/v1/streams/{name}/records", get(records::read).post(records::append))
+        .route("/api/v1/live", get(live::live))
         .route("/api/v1/sql", post(sql))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -97,67 +95,16 @@ struct SqlRequest {
     sql: String,
 }
 
+/// An API error as JSON: `{"error": "…"}`.
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
 /// Runs a pull query: `{"sql": "SELECT …"}` → `{"columns": […], "rows": [[…], …]}`, or a 400
 /// with `{"error": "…"}` that says where the statement went wrong.
 async fn sql(State(state): State<Arc<WebState>>, Json(request): Json<SqlRequest>) -> Response {
     match pacer_sql::pull::pull_query(state.log.as_ref(), &state.tables, &request.sql).await {
         Ok(result) => Json(result).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e.to_string() }))).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct LiveQuery {
-    stream: String,
-    /// `beginning`, `end` (default), `time:<ms>` or positions `partition:offset,…`.
-    from: Option<String>,
-}
-
-async fn live(
-    State(state): State<Arc<WebState>>,
-    Query(q): Query<LiveQuery>,
-    headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, (StatusCode, String)> {
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<Positions>().ok())
-        .map(StartAt::Positions);
-    let start = match (resume, q.from.as_deref()) {
-        (Some(start), _) => start,
-        (None, None | Some("end")) => StartAt::End,
-        (None, Some("beginning")) => StartAt::Beginning,
-        (None, Some(other)) => match (other.strip_prefix("time:"), other.parse::<Positions>()) {
-            (Some(ms), _) => StartAt::Timestamp(ms.parse().map_err(|_| {
-                (StatusCode::BAD_REQUEST, format!("from={other:?}: expected time:<milliseconds since the epoch>"))
-            })?),
-            (None, Ok(positions)) => StartAt::Positions(positions),
-            (None, Err(e)) => {
-                let expected = "expected 'beginning', 'end', 'time:<ms>' or positions like '0:15,1:7'";
-                return Err((StatusCode::BAD_REQUEST, format!("from={other:?}: {e}; {expected}")));
-            }
-        },
-    };
-    let reader = state.log.reader(&q.stream, start).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-    let stream_name = q.stream.clone();
-    let events = futures::stream::unfold(Some(reader), move |reader| {
-        let stream_name = stream_name.clone();
-        async move {
-            let mut reader = reader?;
-            match reader.next_batch().await {
-                Ok(batch) => {
-                    let records: Vec<Value> = batch.iter().map(|r| r.to_json(&stream_name)).collect();
-                    let id = reader.positions().to_string();
-                    let event = Event::default().event("records").id(id).data(Value::from(records).to_string());
-                    Some((Ok(event), Some(reader)))
-                }
-                Err(e) => {
-                    tracing::warn!(stream = %stream_name, error = %e, "live feed ended");
-                    let event = Event::default().event("error").data(e.to_string());
-                    Some((Ok(event), None))
-                }
-            }
-        }
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -1,6 +1,7 @@
 //! The `pacer` command: `up`, `demo`, `tail`, `sql`.
 
 mod config;
+mod produce;
 mod server;
 mod tail;
 
@@ -73,12 +74,27 @@ enum Command {
     Tail {
         stream: String,
         /// Start at the first record instead of waiting for new ones
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from")]
         from_beginning: bool,
+        /// Start at the first record at or after this time (ms since the epoch or RFC 3339)
+        #[arg(long)]
+        from: Option<String>,
+        /// Only records with this key
+        #[arg(long)]
+        key: Option<String>,
         /// Stop after this many records
         #[arg(long, short = 'n')]
         limit: Option<u64>,
         /// Pacer's HTTP address
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "PACER_SERVER")]
+        server: String,
+    },
+    /// Appends JSON lines from stdin to a stream of a running Pacer
+    Produce {
+        stream: String,
+        /// Key of every record
+        #[arg(long)]
+        key: Option<String>,
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "PACER_SERVER")]
         server: String,
     },
@@ -163,9 +179,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
-        Command::Tail { stream, from_beginning, limit, server } => {
-            tail::tail(tail::TailOptions { server, stream, from_beginning, limit }).await
+        Command::Tail { stream, from_beginning, from, key, limit, server } => {
+            tail::tail(tail::TailOptions { server, stream, from_beginning, from_time: from, key, limit }).await
         }
+        Command::Produce { stream, key, server } => produce::produce(&server, &stream, key.as_deref()).await,
         Command::Sql { statement, server } => sql(&server, &statement).await,
     }
 }

@@ -8,15 +8,26 @@ pub struct TailOptions {
     pub server: String,
     pub stream: String,
     pub from_beginning: bool,
+    /// Start at this time (ms since the epoch or RFC 3339).
+    pub from_time: Option<String>,
+    pub key: Option<String>,
     pub limit: Option<u64>,
 }
 
 pub async fn tail(o: TailOptions) -> anyhow::Result<()> {
-    let from = if o.from_beginning { "beginning" } else { "end" };
+    let from = match (&o.from_time, o.from_beginning) {
+        (Some(t), _) => format!("time:{}", pacer_core::parse_time(t).map_err(|e| anyhow::anyhow!("--from: {e}"))?),
+        (None, true) => "beginning".to_string(),
+        (None, false) => "end".to_string(),
+    };
     let url = format!("{}/api/v1/live", o.server.trim_end_matches('/'));
+    let mut query = vec![("stream", o.stream.clone()), ("from", from)];
+    if let Some(key) = &o.key {
+        query.push(("key", key.clone()));
+    }
     let response = reqwest::Client::new()
         .get(&url)
-        .query(&[("stream", o.stream.as_str()), ("from", from)])
+        .query(&query)
         .send()
         .await
         .with_context(|| format!("cannot reach Pacer at {} (is `pacer up` running?)", o.server))?;

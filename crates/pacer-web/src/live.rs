@@ -1,0 +1,93 @@
+//! `/api/v1/live`: a Server-Sent Events stream of a log stream's records, batched per read.
+//!
+//! Event ids are the reader's positions (`partition:next_offset,…`): a client that reconnects
+//! with `Last-Event-ID` continues right after the last record it saw, with no gap and no
+//! duplicate.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use pacer_log::{Positions, StartAt, StreamReader};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{error, WebState};
+
+#[derive(Debug, Deserialize)]
+pub struct LiveQuery {
+    stream: String,
+    /// `beginning`, `end` (default), `time:<ms or RFC 3339>` or positions `partition:offset,…`.
+    from: Option<String>,
+    /// Only records with this key.
+    key: Option<String>,
+}
+
+pub async fn live(State(state): State<Arc<WebState>>, Query(q): Query<LiveQuery>, headers: HeaderMap) -> Response {
+    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<Positions>().ok());
+    let start = match resume {
+        Some(positions) => StartAt::Positions(positions),
+        None => match parse_start(q.from.as_deref()) {
+            Ok(start) => start,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        },
+    };
+    match state.log.reader(&q.stream, start) {
+        Ok(reader) => events(reader, q.stream, q.key).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// Where a reader starts, as the `from` parameter says.
+pub fn parse_start(from: Option<&str>) -> Result<StartAt, String> {
+    Ok(match from {
+        None | Some("end") => StartAt::End,
+        Some("beginning") => StartAt::Beginning,
+        Some(other) => match other.strip_prefix("time:") {
+            Some(t) => StartAt::Timestamp(pacer_core::parse_time(t).map_err(|e| format!("from={other:?}: {e}"))?),
+            None => StartAt::Positions(other.parse().map_err(|e| {
+                format!("from={other:?}: {e}; expected 'beginning', 'end', 'time:<time>' or positions like '0:15,1:7'")
+            })?),
+        },
+    })
+}
+
+fn events(
+    reader: Box<dyn StreamReader>,
+    stream: String,
+    key: Option<String>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let events = futures::stream::unfold(Some(reader), move |reader| {
+        let (stream, key) = (stream.clone(), key.clone());
+        async move {
+            let mut reader = reader?;
+            loop {
+                match reader.next_batch().await {
+                    Ok(batch) => {
+                        let records: Vec<Value> = batch
+                            .iter()
+                            .filter(|r| key.as_ref().is_none_or(|k| r.key.as_deref() == Some(k.as_bytes())))
+                            .map(|r| r.to_json(&stream))
+                            .collect();
+                        if records.is_empty() {
+                            continue;
+                        }
+                        let id = reader.positions().to_string();
+                        let event = Event::default().event("records").id(id).data(Value::from(records).to_string());
+                        return Some((Ok(event), Some(reader)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(%stream, error = %e, "live feed ended");
+                        return Some((Ok(Event::default().event("error").data(e.to_string())), None));
+                    }
+                }
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

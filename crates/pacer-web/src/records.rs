@@ -1,0 +1,126 @@
+//! `/api/v1/streams/{name}/records`: read a stream over a time range, or append to it.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use pacer_core::{now_ms, parse_time, NewRecord};
+use pacer_log::StartAt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::{error, WebState};
+
+/// Records one GET returns when it names no limit, and at most.
+const DEFAULT_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 100_000;
+
+#[derive(Debug, Deserialize)]
+pub struct RecordsQuery {
+    /// Event time range, ms since the epoch or RFC 3339; both ends included.
+    from: Option<String>,
+    to: Option<String>,
+    key: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn read(
+    State(state): State<Arc<WebState>>,
+    Path(name): Path<String>,
+    Query(q): Query<RecordsQuery>,
+) -> Response {
+    if !state.log.streams().iter().any(|s| s.name == name) {
+        return error(StatusCode::NOT_FOUND, format!("no stream named {name:?}"));
+    }
+    let time = |t: &Option<String>, what: &str| {
+        t.as_deref().map(parse_time).transpose().map_err(|e| error(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+    };
+    let (from, to) = match (time(&q.from, "from"), time(&q.to, "to")) {
+        (Ok(from), Ok(to)) => (from, to),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+    let start = from.map_or(StartAt::Beginning, StartAt::Timestamp);
+    let mut reader = match state.log.reader(&name, start) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let batch = match reader.try_batch().await {
+            Ok(b) if b.is_empty() => break,
+            Ok(b) => b,
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        // Event times are not ordered across a partition, so the range is a filter.
+        out.extend(
+            batch
+                .iter()
+                .filter(|r| from.is_none_or(|f| r.timestamp >= f) && to.is_none_or(|t| r.timestamp <= t))
+                .filter(|r| q.key.as_ref().is_none_or(|k| r.key.as_deref() == Some(k.as_bytes())))
+                .map(|r| r.to_json(&name))
+                .take(limit - out.len()),
+        );
+    }
+    Json(json!({ "records": out })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRecordJson {
+    key: Option<String>,
+    value: Value,
+    /// ms since the epoch or RFC 3339; default: now.
+    timestamp: Option<Value>,
+}
+
+/// Appends a JSON array of `{key, value, timestamp}`; answers once they are durable.
+pub async fn append(
+    State(state): State<Arc<WebState>>,
+    Path(name): Path<String>,
+    body: Result<Json<Vec<NewRecordJson>>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(items) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, format!("expected a JSON array of {{key, value, timestamp}}: {e}"))
+        }
+    };
+    let mut records = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let timestamp = match &item.timestamp {
+            None | Some(Value::Null) => now_ms(),
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(ms) => ms,
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("record {i}: timestamp {n} is not whole milliseconds"),
+                    )
+                }
+            },
+            Some(Value::String(s)) => match parse_time(s) {
+                Ok(ms) => ms,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("record {i}: timestamp: {e}")),
+            },
+            Some(other) => {
+                return error(StatusCode::BAD_REQUEST, format!("record {i}: timestamp {other} is not a time"))
+            }
+        };
+        records.push(NewRecord::new(timestamp, item.key.map(Bytes::from), item.value.to_string()));
+    }
+    match state.log.append(&name, records).await {
+        Ok(appended) => {
+            let positions: Vec<Value> =
+                appended.iter().map(|a| json!({"partition": a.partition, "offset": a.offset})).collect();
+            Json(json!({ "appended": positions })).into_response()
+        }
+        Err(pacer_log::LogError::InvalidStreamName { name, reason }) => {
+            error(StatusCode::BAD_REQUEST, format!("invalid stream name {name:?}: {reason}"))
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")),
+    }
+}
