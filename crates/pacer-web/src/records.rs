@@ -35,12 +35,11 @@ pub async fn read(
     if !state.log.streams().iter().any(|s| s.name == name) {
         return error(StatusCode::NOT_FOUND, format!("no stream named {name:?}"));
     }
-    let time = |t: &Option<String>, what: &str| {
-        t.as_deref().map(parse_time).transpose().map_err(|e| error(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
-    };
+    let time =
+        |t: &Option<String>, what: &str| t.as_deref().map(parse_time).transpose().map_err(|e| format!("{what}: {e}"));
     let (from, to) = match (time(&q.from, "from"), time(&q.to, "to")) {
         (Ok(from), Ok(to)) => (from, to),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
     let start = from.map_or(StartAt::Beginning, StartAt::Timestamp);
