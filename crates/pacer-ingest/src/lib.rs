@@ -25,28 +25,27 @@ pub const DEAD_LETTERS: &str = "_dead_letters";
 pub fn default_rules() -> Vec<RuleConfig> {
     vec![
         RuleConfig {
-            mqtt: "owntracks/+/+".into(),
-            stream: "locations".into(),
+            mqtt: Some("owntracks/+/+".into()),
+            stream: Some("locations".into()),
             format: Decoder::Owntracks,
             key: Some("{topic[1]}/{topic[2]}".into()),
-            timestamp_field: None,
-            timestamp_unit: TimestampUnit::S,
+            ..Default::default()
         },
         RuleConfig {
-            mqtt: "race/+".into(),
-            stream: "race".into(),
+            mqtt: Some("race/+".into()),
+            stream: Some("race".into()),
             format: Decoder::Json,
             key: Some("{topic[1]}".into()),
             timestamp_field: Some("timeepoc".into()),
             timestamp_unit: TimestampUnit::S,
+            ..Default::default()
         },
         RuleConfig {
-            mqtt: "#".into(),
-            stream: "mqtt".into(),
+            mqtt: Some("#".into()),
+            stream: Some("mqtt".into()),
             format: Decoder::Raw,
             key: Some("{topic}".into()),
-            timestamp_field: None,
-            timestamp_unit: TimestampUnit::Ms,
+            ..Default::default()
         },
     ]
 }
@@ -58,11 +57,10 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn new(configs: &[RuleConfig], log: Arc<dyn Log>) -> anyhow::Result<Self> {
-        let rules = configs
-            .iter()
-            .enumerate()
-            .map(|(i, c)| IngestRule::new(c).map_err(|e| anyhow::anyhow!("ingest rule {} ({:?}): {e}", i + 1, c.mqtt)))
-            .collect::<anyhow::Result<_>>()?;
+        let mut rules = Vec::new();
+        for (i, c) in configs.iter().enumerate() {
+            rules.extend(IngestRule::from_config(c).map_err(|e| anyhow::anyhow!("[[ingest]] rule {}: {e}", i + 1))?);
+        }
         Ok(Ingest { rules, log })
     }
 

@@ -5,13 +5,24 @@ use pacer_core::Publication;
 use serde::Deserialize;
 use serde_json::Value;
 
-/// A rule as written in the config file (`[[ingest]]`).
-#[derive(Debug, Clone, Deserialize)]
+/// A rule as written in the config file (`[[ingest]]`). It matches topics by exactly one of
+/// `mqtt`, `regex` or `topic_regex_list`.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
-    /// MQTT topic filter the rule applies to.
-    pub mqtt: String,
-    pub stream: String,
+    /// MQTT topic filter, e.g. `owntracks/+/+`.
+    #[serde(default)]
+    pub mqtt: Option<String>,
+    /// Regular expression the whole topic must match.
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Confluent MQTT Proxy's `topic.regex.list`: `kafka_topic:regex, …`, pasted as is; each
+    /// pair becomes a rule into that stream.
+    #[serde(default)]
+    pub topic_regex_list: Option<String>,
+    /// Target stream (not with `topic_regex_list`, which names its own).
+    #[serde(default)]
+    pub stream: Option<String>,
     #[serde(default)]
     pub format: Decoder,
     /// Key template, e.g. `{clientid}`, `{topic[1]}/{topic[2]}`, `{$.who}`. None: no key.
@@ -42,6 +53,8 @@ pub enum TimestampUnit {
     S,
     #[default]
     Ms,
+    /// An RFC 3339 / ISO 8601 string such as `2019-05-19T07:08:02Z`.
+    Iso8601,
 }
 
 /// A key template compiled into its parts.
@@ -116,13 +129,58 @@ impl KeyTemplate {
     }
 }
 
+fn required_stream(c: &RuleConfig) -> Result<String, String> {
+    c.stream.clone().ok_or_else(|| "stream: missing (which stream do matching messages go to?)".to_string())
+}
+
+/// A regex that must match the whole topic, as Confluent's proxy and Kafka Connect match.
+fn anchored(re: &str) -> Result<Matcher, String> {
+    regex::Regex::new(&format!("^(?:{re})$")).map(Matcher::Regex).map_err(|e| format!("regex {re:?}: {e}"))
+}
+
+fn parse_topic_regex_list(list: &str) -> Result<Vec<(Matcher, String)>, String> {
+    let pairs: Vec<&str> = list.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+    if pairs.is_empty() {
+        return Err("topic_regex_list is empty".into());
+    }
+    pairs
+        .into_iter()
+        .map(|pair| {
+            let (topic, re) = pair
+                .split_once(':')
+                .ok_or_else(|| format!("topic_regex_list entry {pair:?}: expected kafka_topic:regex"))?;
+            Ok((anchored(re.trim())?, topic.trim().to_string()))
+        })
+        .collect()
+}
+
 fn lookup<'a>(json: &'a Value, path: &[String]) -> Option<&'a Value> {
     path.iter().try_fold(json, |v, k| v.get(k))
 }
 
+#[derive(Debug)]
+enum Matcher {
+    Filter(String),
+    Regex(regex::Regex),
+}
+
+/// Milliseconds from a timestamp field: a number (or numeric string) in the unit, or an
+/// RFC 3339 string.
+fn event_time(v: &Value, unit: TimestampUnit) -> Result<i64, String> {
+    let number = v.as_f64().or_else(|| v.as_str()?.trim().parse::<f64>().ok());
+    match (unit, number, v.as_str()) {
+        (TimestampUnit::S, Some(n), _) => Ok((n * 1000.0).round() as i64),
+        (TimestampUnit::Ms, Some(n), _) => Ok(n.round() as i64),
+        (TimestampUnit::Iso8601, _, Some(s)) => pacer_core::parse_time(s),
+        (TimestampUnit::Iso8601, _, None) => Err(format!("{v} is not an RFC 3339 string")),
+        (_, None, _) => Err(format!("{v} is not a number")),
+    }
+}
+
 /// A rule ready to run.
+#[derive(Debug)]
 pub struct IngestRule {
-    filter: String,
+    matcher: Matcher,
     stream: String,
     decoder: Decoder,
     key: Option<KeyTemplate>,
@@ -139,9 +197,22 @@ pub struct Decoded {
 }
 
 impl IngestRule {
-    pub fn new(c: &RuleConfig) -> Result<Self, String> {
-        pacer_mqtt::topic::validate_topic_filter(&c.mqtt).map_err(|e| format!("mqtt filter: {e}"))?;
-        pacer_log::validate_stream_name(&c.stream).map_err(|e| e.to_string())?;
+    /// The rules a config entry stands for: one, or one per pair of a `topic_regex_list`.
+    pub fn from_config(c: &RuleConfig) -> Result<Vec<Self>, String> {
+        let matchers = match (&c.mqtt, &c.regex, &c.topic_regex_list) {
+            (Some(filter), None, None) => {
+                pacer_mqtt::topic::validate_topic_filter(filter).map_err(|e| format!("mqtt = {filter:?}: {e}"))?;
+                vec![(Matcher::Filter(filter.clone()), required_stream(c)?)]
+            }
+            (None, Some(re), None) => vec![(anchored(re)?, required_stream(c)?)],
+            (None, None, Some(list)) => {
+                if c.stream.is_some() {
+                    return Err("stream: not allowed with topic_regex_list, whose pairs name their streams".into());
+                }
+                parse_topic_regex_list(list)?
+            }
+            _ => return Err("give exactly one of mqtt, regex or topic_regex_list".into()),
+        };
         let (timestamp_field, unit) = match (&c.timestamp_field, c.format) {
             (Some(f), _) => {
                 (Some(f.trim_start_matches("$.").split('.').map(str::to_string).collect()), c.timestamp_unit)
@@ -149,18 +220,28 @@ impl IngestRule {
             (None, Decoder::Owntracks) => (Some(vec!["tst".to_string()]), TimestampUnit::S),
             (None, _) => (None, c.timestamp_unit),
         };
-        Ok(IngestRule {
-            filter: c.mqtt.clone(),
-            stream: c.stream.clone(),
-            decoder: c.format,
-            key: c.key.as_deref().map(KeyTemplate::parse).transpose()?,
-            timestamp_field,
-            unit,
-        })
+        let key = c.key.as_deref().map(KeyTemplate::parse).transpose()?;
+        matchers
+            .into_iter()
+            .map(|(matcher, stream)| {
+                pacer_log::validate_stream_name(&stream).map_err(|e| e.to_string())?;
+                Ok(IngestRule {
+                    matcher,
+                    stream,
+                    decoder: c.format,
+                    key: key.clone(),
+                    timestamp_field: timestamp_field.clone(),
+                    unit,
+                })
+            })
+            .collect()
     }
 
     pub fn matches(&self, topic: &str) -> bool {
-        pacer_mqtt::topic::matches(&self.filter, topic)
+        match &self.matcher {
+            Matcher::Filter(f) => pacer_mqtt::topic::matches(f, topic),
+            Matcher::Regex(re) => re.is_match(topic),
+        }
     }
 
     pub fn stream(&self) -> &str {
@@ -183,13 +264,9 @@ impl IngestRule {
         }
         let timestamp = match (&self.timestamp_field, &json) {
             (Some(path), Some(j)) => {
-                let v = lookup(j, path)
-                    .and_then(Value::as_f64)
-                    .ok_or_else(|| format!("timestamp field $.{} missing or not a number", path.join(".")))?;
-                match self.unit {
-                    TimestampUnit::S => (v * 1000.0).round() as i64,
-                    TimestampUnit::Ms => v.round() as i64,
-                }
+                let field = format!("$.{}", path.join("."));
+                let v = lookup(j, path).ok_or_else(|| format!("timestamp field {field} missing"))?;
+                event_time(v, self.unit).map_err(|e| format!("timestamp field {field}: {e}"))?
             }
             _ => p.received_at,
         };
@@ -225,7 +302,7 @@ mod tests {
 
     #[test]
     fn owntracks_time_is_tst_seconds() {
-        let rule = IngestRule::new(&crate::default_rules()[0]).unwrap();
+        let rule = IngestRule::from_config(&crate::default_rules()[0]).unwrap().remove(0);
         let p = Publication {
             topic: "owntracks/alice/phone".into(),
             payload: Bytes::from_static(br#"{"_type":"location","tst":10,"lat":1,"lon":2}"#),
@@ -240,5 +317,55 @@ mod tests {
         assert_eq!(d.key.as_deref(), Some(&b"alice/phone"[..]));
         let bad = Publication { payload: Bytes::from_static(br#"{"lat":1}"#), ..p };
         assert!(rule.decode(&bad).unwrap_err().contains("_type"));
+    }
+
+    fn publication(topic: &str, payload: &'static str) -> Publication {
+        Publication {
+            topic: topic.into(),
+            payload: Bytes::from_static(payload.as_bytes()),
+            qos: 1,
+            retain: false,
+            client_id: "c1".into(),
+            username: None,
+            received_at: 0,
+        }
+    }
+
+    #[test]
+    fn confluent_topic_regex_lists_paste_as_is() {
+        let c = RuleConfig {
+            topic_regex_list: Some("emergency_generators:emergency_generators/.*, temps:.*temperature".into()),
+            ..Default::default()
+        };
+        let rules = IngestRule::from_config(&c).unwrap();
+        assert_eq!(rules.iter().map(|r| r.stream()).collect::<Vec<_>>(), ["emergency_generators", "temps"]);
+        assert!(rules[0].matches("emergency_generators/gen-7"));
+        assert!(!rules[0].matches("x/emergency_generators/gen-7"), "the regex matches the whole topic");
+        assert!(rules[1].matches("site/1/temperature"));
+        let bad = RuleConfig { topic_regex_list: Some("no-colon-here".into()), ..Default::default() };
+        assert!(IngestRule::from_config(&bad).unwrap_err().contains("expected kafka_topic:regex"));
+        let both = RuleConfig { mqtt: Some("#".into()), regex: Some(".*".into()), ..Default::default() };
+        assert!(IngestRule::from_config(&both).unwrap_err().contains("exactly one"));
+    }
+
+    #[test]
+    fn event_time_from_seconds_milliseconds_or_iso8601() {
+        let rule = |unit| {
+            let c = RuleConfig {
+                mqtt: Some("#".into()),
+                stream: Some("s".into()),
+                timestamp_field: Some("$.t".into()),
+                timestamp_unit: unit,
+                ..Default::default()
+            };
+            IngestRule::from_config(&c).unwrap().remove(0)
+        };
+        let at = |unit, payload| rule(unit).decode(&publication("a", payload)).map(|d| d.timestamp);
+        assert_eq!(at(TimestampUnit::S, r#"{"t":1558212482}"#), Ok(1_558_212_482_000));
+        assert_eq!(at(TimestampUnit::S, r#"{"t":"1558212482"}"#), Ok(1_558_212_482_000));
+        assert_eq!(at(TimestampUnit::Ms, r#"{"t":1558212482123}"#), Ok(1_558_212_482_123));
+        assert_eq!(at(TimestampUnit::Iso8601, r#"{"t":"2019-05-18T20:48:02Z"}"#), Ok(1_558_212_482_000));
+        assert!(at(TimestampUnit::Iso8601, r#"{"t":12}"#).unwrap_err().contains("not an RFC 3339 string"));
+        assert!(at(TimestampUnit::S, r#"{"x":1}"#).unwrap_err().contains("$.t missing"));
     }
 }

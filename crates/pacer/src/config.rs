@@ -152,6 +152,6 @@ mod tests {
         std::fs::write(&path, "[[ingest]]\nmqtt = \"cars/+\"\nstream = \"cars\"\n").unwrap();
         let config = Config::load(&path).unwrap();
         assert_eq!(config.mqtt.listen, "0.0.0.0:1883");
-        assert_eq!(config.ingest[0].stream, "cars");
+        assert_eq!(config.ingest[0].stream.as_deref(), Some("cars"));
     }
 }

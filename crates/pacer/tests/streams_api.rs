@@ -102,3 +102,30 @@ fn the_records_api_appends_and_reads_time_ranges() {
     assert_eq!(bus["first_timestamp"], 1_795_334_400_000i64);
     assert_eq!(bus["last_timestamp"], 1_795_334_520_000i64);
 }
+
+#[test]
+fn a_pasted_confluent_topic_regex_list_routes_messages_to_its_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pacer.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[ingest]]
+topic_regex_list = "emergency_generators:emergency_generators/.*, temps:.*/temperature"
+key = "{clientid}"
+timestamp_field = "ts"
+timestamp_unit = "iso8601"
+"#,
+    )
+    .unwrap();
+    let pacer = Pacer::start_with(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    pacer.mosquitto_pub("emergency_generators/gen-7", 1, r#"{"fuel":420,"ts":"2026-11-22T08:00:00Z"}"#);
+    pacer.mosquitto_pub("site/3/temperature", 1, r#"{"c":21.5,"ts":"2026-11-22T08:00:01+01:00"}"#);
+
+    let generators = tail(&pacer, &["emergency_generators", "--from-beginning", "-n", "1"]);
+    assert_eq!(generators[0]["value"]["fuel"], 420);
+    assert_eq!(generators[0]["key"], "skeleton-test");
+    assert_eq!(generators[0]["timestamp"], 1_795_334_400_000i64);
+    let temps = tail(&pacer, &["temps", "--from-beginning", "-n", "1"]);
+    assert_eq!(temps[0]["timestamp"], 1_795_334_400_000i64 - 3_600_000 + 1000);
+}
