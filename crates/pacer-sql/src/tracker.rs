@@ -83,9 +83,26 @@ impl Tracker {
                 }
             }
             if !dead.is_empty() {
-                self.log.append("_dead_letters", dead).await?;
+                self.append_until_stored("_dead_letters", dead).await?;
             }
-            self.log.append(&self.config.output, out).await?;
+            self.append_until_stored(&self.config.output, out).await?;
+        }
+    }
+
+    /// Appends, retrying while the log refuses (a full disk, say): the query waits rather
+    /// than dropping results or stopping Pacer, and continues once the log takes writes again.
+    async fn append_until_stored(&self, stream: &str, records: Vec<NewRecord>) -> anyhow::Result<()> {
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            match self.log.append(stream, records.clone()).await {
+                Ok(_) => return Ok(()),
+                Err(e @ pacer_log::LogError::Closed) => return Err(e.into()),
+                Err(e) => {
+                    tracing::error!(stream, error = %e, retry_in = ?delay, "query output not stored; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! The `pacer` command: `up`, `demo`, `tail`, `sql`.
 
+mod bench;
 mod config;
 mod produce;
 mod server;
@@ -113,6 +114,26 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Append, replay and start-up of the embedded log, per fsync policy
+    Log {
+        /// Records appended per policy
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 200)]
+        record_bytes: usize,
+        /// Concurrent producers (think: MQTT connections)
+        #[arg(long, default_value_t = 64)]
+        producers: usize,
+        /// Records per append call
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Directory on the disk to measure
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Policies to measure, comma-separated
+        #[arg(long, default_value = "always,batch,off", value_delimiter = ',', value_parser = parse_fsync)]
+        fsync: Vec<pacer_log::FsyncPolicy>,
+    },
     /// Publish throughput and PUBLISH→PUBACK latency
     Publish {
         #[arg(long, default_value = "127.0.0.1")]
@@ -165,6 +186,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server.wait().await
         }
         Command::Demo { speed, exit_after_replay, server } => demo(speed, exit_after_replay, server).await,
+        Command::Bench { bench: Bench::Log { records, record_bytes, producers, batch, dir, fsync } } => {
+            bench::log(bench::LogBench { records, record_bytes, producers, batch, dir, policies: fsync }).await
+        }
         Command::Bench { bench: Bench::Publish { host, port, clients, messages, payload_bytes, qos, inflight } } => {
             let bench = pacer_sim::bench::PublishBench {
                 host,
