@@ -6,6 +6,7 @@
 //! first match wins, so a catch-all `#` rule belongs last. A payload a rule cannot decode goes
 //! to the `_dead_letters` stream with the reason; nothing is dropped silently.
 
+mod broker_store;
 mod rule;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use pacer_core::{header, NewRecord, Publication};
 use pacer_log::Log;
 use serde_json::json;
 
+pub use broker_store::LogBrokerStore;
 pub use rule::{Decoder, IngestRule, KeyTemplate, RuleConfig, TimestampUnit};
 
 /// Stream that receives what could not be decoded, with the reason.

@@ -8,6 +8,7 @@
 mod connection;
 mod metrics;
 mod router;
+mod session;
 pub mod topic;
 
 use std::net::SocketAddr;
@@ -29,16 +30,62 @@ pub trait PublishSink: Send + Sync + 'static {
     async fn accept(&self, publication: &Publication) -> anyhow::Result<()>;
 }
 
+/// Where the broker keeps what must survive a restart: retained messages and the
+/// subscriptions of persistent sessions. Each call returns once the change is durable.
+#[async_trait]
+pub trait BrokerStore: Send + Sync + 'static {
+    /// Stores a topic's retained message; an empty payload clears it.
+    async fn save_retained(&self, publication: &Publication) -> anyhow::Result<()>;
+    /// Stores a persistent session's subscriptions; None: the session is gone.
+    async fn save_session(&self, client_id: &str, subscriptions: Option<&[(String, u8)]>) -> anyhow::Result<()>;
+    /// Everything saved: retained messages, and persistent sessions with their subscriptions.
+    async fn load(&self) -> anyhow::Result<StoredState>;
+}
+
+#[derive(Debug, Default)]
+pub struct StoredState {
+    pub retained: Vec<Publication>,
+    pub sessions: Vec<(String, Vec<(String, u8)>)>,
+}
+
+/// A store that keeps nothing: retained messages and sessions last until the process ends.
+pub struct MemoryOnly;
+
+#[async_trait]
+impl BrokerStore for MemoryOnly {
+    async fn save_retained(&self, _: &Publication) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn save_session(&self, _: &str, _: Option<&[(String, u8)]>) -> anyhow::Result<()> {
+        Ok(())
+    }
+    async fn load(&self) -> anyhow::Result<StoredState> {
+        Ok(StoredState::default())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     pub allow_anonymous: bool,
     /// Largest packet accepted; a bigger one closes the connection.
     pub max_packet_size: u32,
+    /// Outbound QoS 1/2 messages a client may have unacknowledged at once.
+    pub max_inflight: usize,
+    /// Messages a session may have waiting; more are dropped for it, counted and logged.
+    pub max_queued: usize,
+    /// Topic filters nobody may subscribe to (SUBACK failure).
+    pub deny_subscribe: Vec<String>,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig { allow_anonymous: true, max_packet_size: 1 << 20 }
+        BrokerConfig {
+            allow_anonymous: true,
+            max_packet_size: 1 << 20,
+            max_inflight: 20,
+            max_queued: 10_000,
+            deny_subscribe: Vec::new(),
+        }
     }
 }
 
@@ -50,23 +97,43 @@ struct Shared {
     config: BrokerConfig,
     router: Router,
     sink: Arc<dyn PublishSink>,
+    store: Arc<dyn BrokerStore>,
     metrics: Metrics,
 }
 
 impl Shared {
-    /// Makes a publication durable, then routes it to subscribers.
+    /// Makes a publication durable (and, when retained, its retained copy), then routes it.
     async fn accept(&self, publication: Publication) -> anyhow::Result<()> {
         self.sink.accept(&publication).await?;
-        self.router.route(Arc::new(publication));
+        let publication = Arc::new(publication);
+        if publication.retain {
+            self.store.save_retained(&publication).await?;
+            self.router.set_retained(&publication);
+        }
+        self.router.route(&publication);
         Ok(())
     }
 }
 
 impl Broker {
-    pub fn new(config: BrokerConfig, sink: Arc<dyn PublishSink>) -> Self {
+    /// A broker with what `store` kept from earlier runs.
+    pub async fn start(
+        config: BrokerConfig,
+        sink: Arc<dyn PublishSink>,
+        store: Arc<dyn BrokerStore>,
+    ) -> anyhow::Result<Self> {
         let metrics = Metrics::default();
-        let router = Router::new(metrics.clone());
-        Broker { shared: Arc::new(Shared { config, router, sink, metrics }) }
+        let router = Router::new(config.max_queued, metrics.clone());
+        let stored = store.load().await?;
+        for p in stored.retained {
+            router.set_retained(&Arc::new(p));
+        }
+        let sessions = stored.sessions.len();
+        for (client_id, subscriptions) in stored.sessions {
+            router.restore_session(&client_id, subscriptions);
+        }
+        tracing::info!(retained = router.retained_count(), sessions, "broker state restored");
+        Ok(Broker { shared: Arc::new(Shared { config, router, sink, store, metrics }) })
     }
 
     pub fn register_metrics(&self, registry: &mut Registry) {

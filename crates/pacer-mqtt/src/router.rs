@@ -1,109 +1,157 @@
-//! The router: who is connected, what they subscribed to, and delivery of publications to
-//! them.
+//! The router: sessions by client id, retained messages, and delivery of publications.
 //!
-//! Each connected client has a bounded queue. Routing never waits on a subscriber: when a
-//! queue is full the message is dropped for that subscriber, counted and logged, so one slow
-//! subscriber cannot hold up publishers or anybody else.
-// The subscription table is a flat list per client, matched one by one; a topic trie
-// replaces it when the broker issue brings large subscription counts.
+//! Routing never waits on a subscriber: a publication is put on each matching session's
+//! queue and the session's connection is woken. A queue has a limit; a message that does not
+//! fit is dropped for that subscriber, counted in /metrics and logged, never silently.
+// Subscriptions are matched session by session; a topic trie replaces that when subscription
+// counts grow (see the broker issue).
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use pacer_core::Publication;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
+use crate::session::{Attached, Delivery, SessionState};
 use crate::topic;
 
-/// Capacity of a client's delivery queue.
-pub const QUEUE_CAPACITY: usize = 1024;
-
-/// A message on its way to one subscriber, at the QoS it is delivered with.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub publication: Arc<Publication>,
-    pub qos: u8,
-}
-
-struct Client {
-    generation: u64,
-    filters: Vec<(String, u8)>,
-    queue: mpsc::Sender<Delivery>,
-    /// Told when another connection takes over this client id.
-    kick: Arc<Notify>,
-}
+pub type Session = Arc<Mutex<SessionState>>;
 
 pub struct Router {
-    clients: RwLock<HashMap<String, Client>>,
-    next_generation: std::sync::atomic::AtomicU64,
+    sessions: RwLock<HashMap<String, Session>>,
+    retained: RwLock<BTreeMap<String, Arc<Publication>>>,
+    next_generation: AtomicU64,
+    max_queued: usize,
     metrics: Metrics,
 }
 
-/// What a connection gets when it registers.
-pub struct Registration {
+/// What a connection gets when it attaches to a session.
+pub struct Connected {
+    pub session: Session,
+    pub session_present: bool,
+    /// A persistent session of this client id was ended by this clean start.
+    pub discarded_persistent: bool,
     pub generation: u64,
-    pub queue: mpsc::Receiver<Delivery>,
+    pub wake: Arc<Notify>,
     pub kick: Arc<Notify>,
 }
 
 impl Router {
-    pub fn new(metrics: Metrics) -> Self {
-        Router { clients: RwLock::default(), next_generation: Default::default(), metrics }
+    pub fn new(max_queued: usize, metrics: Metrics) -> Self {
+        Router {
+            sessions: RwLock::default(),
+            retained: RwLock::default(),
+            next_generation: AtomicU64::new(1),
+            max_queued,
+            metrics,
+        }
     }
 
-    /// Registers a connection for `client_id`, disconnecting an earlier one with the same id
-    /// (MQTT-3.1.4-2).
-    pub fn register(&self, client_id: &str) -> Registration {
-        let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+    /// Restores a persistent session (after a restart), offline until its client connects.
+    pub fn restore_session(&self, client_id: &str, subscriptions: Vec<(String, u8)>) {
+        let mut state = SessionState::new(true);
+        state.subscriptions = subscriptions;
+        self.sessions.write().unwrap().insert(client_id.to_string(), Arc::new(Mutex::new(state)));
+    }
+
+    /// Attaches a new connection to `client_id`'s session, disconnecting an earlier one
+    /// (MQTT-3.1.4-2). A clean start discards what the session had.
+    pub fn connect(&self, client_id: &str, clean: bool) -> Connected {
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let wake = Arc::new(Notify::new());
         let kick = Arc::new(Notify::new());
-        let client = Client { generation, filters: Vec::new(), queue: tx, kick: kick.clone() };
-        if let Some(old) = self.clients.write().unwrap().insert(client_id.to_string(), client) {
-            old.kick.notify_one();
-        }
-        Registration { generation, queue: rx, kick }
-    }
-
-    pub fn unregister(&self, client_id: &str, generation: u64) {
-        let mut clients = self.clients.write().unwrap();
-        if clients.get(client_id).is_some_and(|c| c.generation == generation) {
-            clients.remove(client_id);
-        }
-    }
-
-    pub fn subscribe(&self, client_id: &str, filter: &str, qos: u8) {
-        if let Some(c) = self.clients.write().unwrap().get_mut(client_id) {
-            match c.filters.iter_mut().find(|(f, _)| f == filter) {
-                Some(existing) => existing.1 = qos,
-                None => c.filters.push((filter.to_string(), qos)),
-            }
-        }
-    }
-
-    pub fn unsubscribe(&self, client_id: &str, filter: &str) {
-        if let Some(c) = self.clients.write().unwrap().get_mut(client_id) {
-            c.filters.retain(|(f, _)| f != filter);
-        }
-    }
-
-    /// Hands `publication` to every client with a matching subscription. A client gets it
-    /// once, at the highest QoS among its matching filters, capped by the publication's.
-    pub fn route(&self, publication: Arc<Publication>) {
-        let clients = self.clients.read().unwrap();
-        for (id, client) in clients.iter() {
-            let granted =
-                client.filters.iter().filter(|(f, _)| topic::matches(f, &publication.topic)).map(|&(_, q)| q).max();
-            let Some(granted) = granted else { continue };
-            let delivery = Delivery { publication: publication.clone(), qos: granted.min(publication.qos) };
-            match client.queue.try_send(delivery) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(d)) => {
-                    self.metrics.dropped.inc();
-                    tracing::warn!(client_id = %id, topic = %d.publication.topic, qos = d.qos, "subscriber queue full; message dropped for this subscriber");
+        let attached = Attached { generation, wake: wake.clone(), kick: kick.clone() };
+        let mut sessions = self.sessions.write().unwrap();
+        let existing = sessions.get(client_id).cloned();
+        let mut discarded_persistent = false;
+        let (session, session_present) = match existing {
+            Some(session) => {
+                let mut state = session.lock().unwrap();
+                if let Some(old) = state.connection.take() {
+                    old.kick.notify_one();
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                if clean || !state.persistent {
+                    discarded_persistent = state.persistent;
+                    drop(state);
+                    let fresh = Arc::new(Mutex::new(SessionState::new(!clean)));
+                    sessions.insert(client_id.to_string(), fresh.clone());
+                    (fresh, false)
+                } else {
+                    drop(state);
+                    (session, true)
+                }
             }
+            None => {
+                let fresh = Arc::new(Mutex::new(SessionState::new(!clean)));
+                sessions.insert(client_id.to_string(), fresh.clone());
+                (fresh, false)
+            }
+        };
+        session.lock().unwrap().connection = Some(attached);
+        Connected { session, session_present, discarded_persistent, generation, wake, kick }
+    }
+
+    /// Detaches a connection. A clean session ends with it; a persistent one stays and keeps
+    /// queueing. Returns whether the session ended.
+    pub fn disconnect(&self, client_id: &str, generation: u64) -> bool {
+        let mut sessions = self.sessions.write().unwrap();
+        let Some(session) = sessions.get(client_id).cloned() else { return false };
+        let mut state = session.lock().unwrap();
+        if state.connection.as_ref().is_none_or(|c| c.generation != generation) {
+            return false; // taken over: the session belongs to the newer connection now
         }
+        state.connection = None;
+        if !state.persistent {
+            drop(state);
+            sessions.remove(client_id);
+            return true;
+        }
+        false
+    }
+
+    /// Puts `publication` on the queue of every session with a matching subscription: once
+    /// per session, at the highest matching QoS, capped by the publication's.
+    pub fn route(&self, publication: &Arc<Publication>) {
+        let sessions = self.sessions.read().unwrap();
+        for (client_id, session) in sessions.iter() {
+            let mut state = session.lock().unwrap();
+            let Some(granted) = state.granted_qos(&publication.topic) else { continue };
+            let qos = granted.min(publication.qos);
+            // An offline persistent session queues QoS 1 and 2 only, as mosquitto does.
+            if state.connection.is_none() && qos == 0 {
+                continue;
+            }
+            self.enqueue(client_id, &mut state, Delivery { publication: publication.clone(), qos, retain: false });
+        }
+    }
+
+    pub fn enqueue(&self, client_id: &str, state: &mut SessionState, delivery: Delivery) {
+        if state.queue.len() >= self.max_queued {
+            self.metrics.dropped.inc();
+            tracing::warn!(%client_id, topic = %delivery.publication.topic, qos = delivery.qos, queued = state.queue.len(), "session queue full (mqtt.max_queued); message dropped for this subscriber");
+            return;
+        }
+        state.queue.push_back(delivery);
+        state.wake();
+    }
+
+    /// Stores or (empty payload) clears the retained message of a topic.
+    pub fn set_retained(&self, publication: &Arc<Publication>) {
+        let mut retained = self.retained.write().unwrap();
+        if publication.payload.is_empty() {
+            retained.remove(&publication.topic);
+        } else {
+            retained.insert(publication.topic.clone(), publication.clone());
+        }
+    }
+
+    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Publication>> {
+        self.retained.read().unwrap().values().filter(|p| topic::matches(filter, &p.topic)).cloned().collect()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        self.retained.read().unwrap().len()
     }
 }

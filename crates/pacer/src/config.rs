@@ -25,6 +25,12 @@ pub struct MqttConfig {
     pub listen: String,
     pub allow_anonymous: bool,
     pub max_packet_size: u32,
+    /// Outbound QoS 1/2 messages a client may have unacknowledged at once.
+    pub max_inflight: usize,
+    /// Messages a session may have waiting before more are dropped (counted and logged).
+    pub max_queued: usize,
+    /// Topic filters nobody may subscribe to.
+    pub deny_subscribe: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -72,7 +78,15 @@ pub struct TrackerConfig {
 
 impl Default for MqttConfig {
     fn default() -> Self {
-        MqttConfig { listen: "0.0.0.0:1883".into(), allow_anonymous: true, max_packet_size: 1 << 20 }
+        let broker = pacer_mqtt::BrokerConfig::default();
+        MqttConfig {
+            listen: "0.0.0.0:1883".into(),
+            allow_anonymous: broker.allow_anonymous,
+            max_packet_size: broker.max_packet_size,
+            max_inflight: broker.max_inflight,
+            max_queued: broker.max_queued,
+            deny_subscribe: broker.deny_subscribe,
+        }
     }
 }
 

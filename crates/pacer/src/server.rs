@@ -41,9 +41,15 @@ impl Server {
 
         let rules = if config.ingest.is_empty() { pacer_ingest::default_rules() } else { config.ingest.clone() };
         let ingest = Arc::new(Ingest::new(&rules, log.clone())?);
-        let broker_config =
-            BrokerConfig { allow_anonymous: config.mqtt.allow_anonymous, max_packet_size: config.mqtt.max_packet_size };
-        let broker = Broker::new(broker_config, ingest);
+        let broker_config = BrokerConfig {
+            allow_anonymous: config.mqtt.allow_anonymous,
+            max_packet_size: config.mqtt.max_packet_size,
+            max_inflight: config.mqtt.max_inflight.max(1),
+            max_queued: config.mqtt.max_queued,
+            deny_subscribe: config.mqtt.deny_subscribe.clone(),
+        };
+        let store = Arc::new(pacer_ingest::LogBrokerStore::new(log.clone()));
+        let broker = Broker::start(broker_config, ingest, store).await.context("restoring the broker's state")?;
         broker.register_metrics(&mut registry);
 
         let courses = load_courses(&config)?;
