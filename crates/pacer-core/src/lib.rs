@@ -23,7 +23,7 @@ pub mod header {
 
 /// A message as a device sent it, before ingest rules turn it into records. The broker
 /// produces these; HTTP inputs (OwnTracks HTTP mode, OsmAnd) will too.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Publication {
     pub topic: String,
     pub payload: Bytes,
@@ -33,6 +33,19 @@ pub struct Publication {
     pub username: Option<String>,
     /// When Pacer received it, in milliseconds since the Unix epoch.
     pub received_at: i64,
+    pub properties: MessageProperties,
+}
+
+/// What MQTT 5 lets a message carry besides its payload; passed on to subscribers as sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageProperties {
+    pub payload_is_utf8: bool,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    pub user_properties: Vec<(String, String)>,
+    /// When the message expires, ms since the Unix epoch (MQTT 5 message expiry interval).
+    pub expires_at: Option<i64>,
 }
 
 /// A record before the log has given it a place: what producers hand to `append`.

@@ -11,10 +11,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pacer_core::{header, NewRecord, Publication, Record};
 use pacer_log::{Log, StartAt};
-use pacer_mqtt::{BrokerStore, StoredState};
+use pacer_mqtt::{BrokerStore, SessionRecord, StoredState};
 
 const RETAINED: &str = "__retained";
 const SESSIONS: &str = "__sessions";
+/// Header with a retained message's MQTT 5 expiry, ms since the epoch.
+const EXPIRES_AT: &str = "mqtt.expires_at";
 
 pub struct LogBrokerStore {
     log: Arc<dyn Log>,
@@ -52,16 +54,19 @@ impl LogBrokerStore {
 #[async_trait]
 impl BrokerStore for LogBrokerStore {
     async fn save_retained(&self, p: &Publication) -> anyhow::Result<()> {
-        let record = NewRecord::new(p.received_at, Some(Bytes::from(p.topic.clone())), p.payload.clone())
+        let mut record = NewRecord::new(p.received_at, Some(Bytes::from(p.topic.clone())), p.payload.clone())
             .with_header(header::QOS, Bytes::from(p.qos.to_string()))
             .with_header(header::CLIENT_ID, Bytes::from(p.client_id.clone()));
+        if let Some(at) = p.properties.expires_at {
+            record = record.with_header(EXPIRES_AT, Bytes::from(at.to_string()));
+        }
         self.log.append(RETAINED, vec![record]).await?;
         Ok(())
     }
 
-    async fn save_session(&self, client_id: &str, subscriptions: Option<&[(String, u8)]>) -> anyhow::Result<()> {
-        let value = match subscriptions {
-            Some(subs) => serde_json::to_vec(subs)?,
+    async fn save_session(&self, client_id: &str, session: Option<&SessionRecord>) -> anyhow::Result<()> {
+        let value = match session {
+            Some(record) => serde_json::to_vec(record)?,
             None => Vec::new(),
         };
         let record = NewRecord::new(pacer_core::now_ms(), Some(Bytes::from(client_id.to_string())), value);
@@ -79,17 +84,21 @@ impl BrokerStore for LogBrokerStore {
                 topic: text(r.key.as_ref().unwrap()),
                 qos: r.header(header::QOS).and_then(|q| text(q).parse().ok()).unwrap_or(0),
                 client_id: r.header(header::CLIENT_ID).map(text).unwrap_or_default(),
-                payload: r.value,
+                payload: r.value.clone(),
                 retain: true,
                 username: None,
                 received_at: r.timestamp,
+                properties: pacer_core::MessageProperties {
+                    expires_at: r.header(EXPIRES_AT).and_then(|t| text(t).parse().ok()),
+                    ..Default::default()
+                },
             })
             .collect();
         let mut sessions = Vec::new();
         for r in self.latest(SESSIONS).await? {
             let client_id = text(r.key.as_ref().unwrap());
-            match serde_json::from_slice(&r.value) {
-                Ok(subs) => sessions.push((client_id, subs)),
+            match serde_json::from_slice::<SessionRecord>(&r.value) {
+                Ok(record) => sessions.push((client_id, record)),
                 Err(e) => tracing::error!(%client_id, error = %e, "stored session unreadable; skipped"),
             }
         }

@@ -131,6 +131,7 @@ mod tests {
             client_id: "sim".into(),
             username: None,
             received_at: 5,
+            ..Default::default()
         }
     }
 

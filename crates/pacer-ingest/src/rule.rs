@@ -292,6 +292,7 @@ mod tests {
             client_id: "c1".into(),
             username: Some("alice".into()),
             received_at: 0,
+            ..Default::default()
         };
         let json: Value = serde_json::from_slice(&p.payload).unwrap();
         let t = KeyTemplate::parse("{topic[1]}/{topic[2]}:{clientid}:{username}:{$.tid}").unwrap();
@@ -311,6 +312,7 @@ mod tests {
             client_id: "c1".into(),
             username: None,
             received_at: 0,
+            ..Default::default()
         };
         let d = rule.decode(&p).unwrap();
         assert_eq!(d.timestamp, 10_000);
@@ -328,6 +330,7 @@ mod tests {
             client_id: "c1".into(),
             username: None,
             received_at: 0,
+            ..Default::default()
         }
     }
 

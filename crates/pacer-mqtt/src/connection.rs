@@ -1,12 +1,13 @@
-//! One client connection: the MQTT 3.1.1 session state machine.
+//! One client connection: the session state machine, for MQTT 3.1.1 and 5.0 alike.
 //!
 //! Inbound publishes are handed to the [`PublishSink`](crate::PublishSink) and acknowledged
 //! only when it says the record is durable. Several publishes can be in that wait at once
 //! (clients keep their in-flight window open), and their acks go out in the order the
 //! publishes came, as MQTT-4.6.0 requires. Outbound messages come from the session's queue,
-//! at most `max_inflight` unacknowledged at a time.
+//! no more unacknowledged at a time than the client's Receive Maximum and `max_inflight`.
 
-use std::num::NonZeroU16;
+use std::collections::HashMap;
+use std::num::{NonZeroU16, NonZeroU32};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,32 +15,50 @@ use bytestring::ByteString;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
-use pacer_core::{now_ms, Publication};
+use pacer_core::{now_ms, MessageProperties, Publication};
 use rmqtt_codec::types::{Publish, QoS};
-use rmqtt_codec::v3::{ConnectAck, ConnectAckReason, Packet, SubscribeReturnCode};
+use rmqtt_codec::v5::PublishProperties;
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use rmqtt_codec::{v3, v5, MqttCodec, MqttPacket};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::Framed;
 
-use crate::router::{Connected, Session};
-use crate::session::{Delivery, Inflight};
+use crate::connect::{self, ConnectRequest, Refusal};
+use crate::router::Session;
+use crate::session::{parse_shared, Delivery, Inflight, Subscription, NEVER_EXPIRES};
 use crate::topic;
+use crate::wire::{self, In, Out, Version};
 use crate::Shared;
 
 /// How long a client has to send CONNECT after opening the socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Transport<S> = Framed<S, MqttCodec>;
-type Acks = FuturesOrdered<BoxFuture<'static, anyhow::Result<Option<Packet>>>>;
 
-/// Why a connection ended; logged when it does.
+/// An ack (or NACK) that goes out once the work behind it is durable.
+struct AckDone {
+    out: Option<Out>,
+    /// It acknowledges an inbound QoS 1 publish (counted against Receive Maximum).
+    inbound_qos1: bool,
+}
+
+type Acks = FuturesOrdered<BoxFuture<'static, anyhow::Result<AckDone>>>;
+
+/// Why a connection ended.
 #[derive(Debug)]
 enum Close {
-    /// The client sent DISCONNECT: no will.
-    Clean,
-    /// Anything else: the will is published.
-    Abnormal(String),
+    /// The client sent DISCONNECT.
+    Client { with_will: bool, session_expiry: Option<u32> },
+    /// Anything else; `reason` is sent to MQTT 5 clients in a DISCONNECT when given.
+    Abnormal { why: String, reason: Option<u8> },
+}
+
+fn abnormal(why: impl Into<String>) -> Close {
+    Close::Abnormal { why: why.into(), reason: None }
+}
+
+fn protocol_error(why: impl Into<String>, reason: u8) -> Close {
+    Close::Abnormal { why: why.into(), reason: Some(reason) }
 }
 
 pub async fn serve<S>(stream: S, peer: String, shared: Arc<Shared>)
@@ -61,52 +80,56 @@ where
         }
     };
     let max = shared.config.max_packet_size;
-    if version == ProtocolVersion::MQTT5 {
-        // MQTT 5 arrives with the broker issue; say so in its own terms rather than hang up.
-        *transport.codec_mut() = MqttCodec::V5(v5::Codec::new(max, max));
-        let _ = transport.next().await;
-        let ack = v5::ConnectAck {
-            reason_code: v5::ConnectAckReason::UnsupportedProtocolVersion,
-            reason_string: Some("this Pacer speaks MQTT 3.1.1; MQTT 5 is not supported yet".into()),
-            ..Default::default()
-        };
-        let _ = transport.send(MqttPacket::V5(v5::Packet::ConnectAck(Box::new(ack)))).await;
-        tracing::info!(%peer, "refused an MQTT 5 client: only MQTT 3.1.1 is supported yet");
-        return;
-    }
-    *transport.codec_mut() = MqttCodec::V3(v3::Codec::new(max));
-    let connect = match transport.next().await {
-        Some(Ok((MqttPacket::V3(Packet::Connect(c)), _))) => c,
+    *transport.codec_mut() = match version {
+        ProtocolVersion::MQTT3 => MqttCodec::V3(v3::Codec::new(max)),
+        ProtocolVersion::MQTT5 => MqttCodec::V5(v5::Codec::new(max, 0)),
+    };
+    let request = match transport.next().await {
+        Some(Ok((packet, _))) => match ConnectRequest::from_packet(packet) {
+            Some(r) => r,
+            None => return,
+        },
         Some(Err(e)) => {
             shared.metrics.malformed.inc();
             tracing::warn!(%peer, error = %e, "malformed CONNECT; closing connection");
             return;
         }
-        _ => return,
+        None => return,
     };
+    let version = request.version;
+    if let MqttCodec::V5(codec) = transport.codec_mut() {
+        *codec = v5::Codec::new(max, request.maximum_packet_size.unwrap_or(0));
+    }
 
-    let refuse = |code| MqttPacket::V3(Packet::ConnectAck(ConnectAck { return_code: code, session_present: false }));
-    let client_id = if connect.client_id.is_empty() {
-        if !connect.clean_session {
-            let _ = transport.send(refuse(ConnectAckReason::IdentifierRejected)).await;
+    let refuse = |why| connect::refusal(version, why);
+    if request.auth_method.is_some() {
+        let _ = transport.send(refuse(Refusal::BadAuthenticationMethod)).await;
+        return;
+    }
+    let mut assigned = None;
+    let client_id = if request.client_id.is_empty() {
+        if version == Version::V3 && !request.clean_start {
+            let _ = transport.send(refuse(Refusal::IdentifierRejected)).await;
             return;
         }
-        format!("pacer-{:016x}", rand_id())
+        let id = format!("pacer-{:016x}", rand_id());
+        assigned = (version == Version::V5).then(|| id.clone());
+        id
     } else {
-        connect.client_id.to_string()
+        request.client_id.clone()
     };
-    if !shared.config.allow_anonymous && connect.username.is_none() {
-        let _ = transport.send(refuse(ConnectAckReason::NotAuthorized)).await;
+    if !shared.config.allow_anonymous && request.username.is_none() {
+        let _ = transport.send(refuse(Refusal::NotAuthorized)).await;
         tracing::info!(%peer, %client_id, "refused anonymous client");
         return;
     }
 
-    let connected = shared.router.connect(&client_id, connect.clean_session);
-    // A persistent session is recorded before CONNACK; a clean start ends a stored one.
-    let stored = if !connect.clean_session {
-        let subscriptions = connected.session.lock().unwrap().subscriptions.clone();
-        shared.store.save_session(&client_id, Some(&subscriptions)).await
-    } else if connected.discarded_persistent {
+    let connected = shared.router.connect(&client_id, request.clean_start, request.session_expiry);
+    // A lasting session is recorded before CONNACK; a clean start ends a stored one.
+    let stored = if request.session_expiry > 0 {
+        let record = connected.session.lock().unwrap().record();
+        shared.store.save_session(&client_id, Some(&record)).await
+    } else if connected.discarded_stored {
         shared.store.save_session(&client_id, None).await
     } else {
         Ok(())
@@ -114,74 +137,174 @@ where
     if let Err(e) = stored {
         tracing::error!(%client_id, error = %e, "could not store the session; refusing the connection");
         shared.router.disconnect(&client_id, connected.generation);
-        let _ = transport.send(refuse(ConnectAckReason::ServiceUnavailable)).await;
+        let _ = transport.send(refuse(Refusal::ServerUnavailable)).await;
         return;
     }
-    let ack =
-        ConnectAck { return_code: ConnectAckReason::ConnectionAccepted, session_present: connected.session_present };
-    if transport.send(MqttPacket::V3(Packet::ConnectAck(ack))).await.is_err() {
+    let max_keep_alive = shared.config.max_keep_alive;
+    let (keep_alive, server_keep_alive) = match version {
+        Version::V5 if request.keep_alive == 0 || request.keep_alive > max_keep_alive => {
+            (max_keep_alive, (max_keep_alive != u16::MAX).then_some(max_keep_alive))
+        }
+        _ => (request.keep_alive, None),
+    };
+    let connack =
+        connect::accepted(version, &shared.config, connected.session_present, assigned.as_deref(), server_keep_alive);
+    if transport.send(connack).await.is_err() {
         shared.router.disconnect(&client_id, connected.generation);
         return;
     }
     shared.metrics.connections.inc();
-    tracing::info!(%peer, %client_id, keep_alive = connect.keep_alive, clean = connect.clean_session, session_present = connected.session_present, "client connected");
+    tracing::info!(%peer, %client_id, ?version, keep_alive, clean_start = request.clean_start, session_expiry = request.session_expiry, session_present = connected.session_present, "client connected");
 
-    let will = connect.last_will.clone();
-    let username = connect.username.as_ref().map(|u| u.to_string());
     let generation = connected.generation;
     let mut conn = Connection {
         shared: shared.clone(),
+        version,
         client_id: client_id.clone(),
-        username: username.clone(),
-        keep_alive: connect.keep_alive,
+        username: request.username.clone(),
+        keep_alive,
         session: connected.session.clone(),
+        send_window: match version {
+            Version::V3 => shared.config.max_inflight,
+            Version::V5 => shared.config.max_inflight.min(request.receive_maximum as usize),
+        },
+        max_packet_to_client: request.maximum_packet_size,
+        alias_max_to_client: request.topic_alias_maximum,
+        aliases_in: HashMap::new(),
+        aliases_out: HashMap::new(),
+        inbound_qos1: 0,
     };
-    let close = conn.run(&mut transport, connected).await;
-    shared.router.disconnect(&client_id, generation);
+    let close = conn.run(&mut transport, &connected.wake, &connected.kick).await;
+    if let Close::Abnormal { reason: Some(reason), why } = &close {
+        if let Some(packet) = wire::encode(version, Out::Disconnect { reason: *reason, message: why.clone() }) {
+            let _ = transport.send(packet).await;
+            // Read what the client still sends until it closes, so closing does not reset
+            // the connection (a TCP RST) before it has read the DISCONNECT.
+            let _ = transport.get_mut().shutdown().await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), async { while transport.next().await.is_some() {} }).await;
+        }
+    }
     shared.metrics.connections.dec();
-    match close {
-        Close::Clean => tracing::info!(%peer, %client_id, "client disconnected"),
-        Close::Abnormal(reason) => {
-            tracing::info!(%peer, %client_id, %reason, "connection lost");
-            if let Some(will) = will {
-                let publication = Publication {
-                    topic: will.topic.to_string(),
-                    payload: will.message,
-                    qos: will.qos.value(),
-                    retain: will.retain,
-                    client_id: client_id.clone(),
-                    username,
-                    received_at: now_ms(),
-                };
-                if let Err(e) = shared.accept(publication).await {
-                    tracing::error!(%client_id, error = %e, "could not store the will message");
+
+    // MQTT 5 lets DISCONNECT change the session expiry.
+    let mut expiry = request.session_expiry;
+    if let Close::Client { session_expiry: Some(e), .. } = close {
+        connected.session.lock().unwrap().expiry_secs = e;
+        expiry = e;
+    }
+    match shared.router.disconnect(&client_id, generation) {
+        Some(stays) => {
+            if expiry != request.session_expiry {
+                let record = connected.session.lock().unwrap().record();
+                if let Err(e) = shared.store.save_session(&client_id, Some(&record)).await {
+                    tracing::error!(%client_id, error = %e, "could not store the session's new expiry");
                 }
             }
+            if stays != NEVER_EXPIRES {
+                schedule_expiry(&shared, &client_id, generation);
+            }
+        }
+        None if request.session_expiry > 0 && expiry == 0 => {
+            if let Err(e) = shared.store.save_session(&client_id, None).await {
+                tracing::error!(%client_id, error = %e, "could not delete the ended session");
+            }
+        }
+        None => {}
+    }
+
+    let publish_will = match &close {
+        Close::Client { with_will, .. } => {
+            tracing::info!(%peer, %client_id, "client disconnected");
+            *with_will
+        }
+        Close::Abnormal { why, .. } => {
+            tracing::info!(%peer, %client_id, reason = %why, "connection lost");
+            true
+        }
+    };
+    if let (true, Some(will)) = (publish_will, request.will) {
+        let delay = will.delay_secs.min(expiry);
+        let publication = connect::will_publication(will.publication, &client_id, request.username);
+        if delay == 0 {
+            publish_will_now(&shared, publication).await;
+        } else {
+            // Published unless the client is back within the delay (MQTT 5 §3.1.3.2.2).
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(delay as u64)).await;
+                if !shared.router.resumed_since(&client_id, generation) {
+                    publish_will_now(&shared, connect::will_publication(publication, &client_id, None)).await;
+                }
+            });
         }
     }
 }
 
+async fn publish_will_now(shared: &Arc<Shared>, publication: Publication) {
+    let client_id = publication.client_id.clone();
+    if let Err(e) = shared.accept(publication).await {
+        tracing::error!(%client_id, error = %e, "could not store the will message");
+    }
+}
+
+/// Ends the session of `client_id` once its expiry passes with its client away.
+pub(crate) fn schedule_expiry(shared: &Arc<Shared>, client_id: &str, generation: u64) {
+    let expiry = {
+        let Some(session) = shared.router.session(client_id) else { return };
+        let state = session.lock().unwrap();
+        state.expiry_secs
+    };
+    if expiry == NEVER_EXPIRES || expiry == 0 {
+        return;
+    }
+    let (shared, client_id) = (shared.clone(), client_id.to_string());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(expiry as u64)).await;
+        if shared.router.expire(&client_id, generation) {
+            tracing::info!(%client_id, expiry, "session expired");
+            if let Err(e) = shared.store.save_session(&client_id, None).await {
+                tracing::error!(%client_id, error = %e, "could not delete the expired session");
+            }
+        }
+    });
+}
+
 struct Connection {
     shared: Arc<Shared>,
+    version: Version,
     client_id: String,
     username: Option<String>,
     keep_alive: u16,
     session: Session,
+    /// Outbound QoS 1/2 messages unacknowledged at once, at most.
+    send_window: usize,
+    max_packet_to_client: Option<u32>,
+    alias_max_to_client: u16,
+    aliases_in: HashMap<u16, String>,
+    aliases_out: HashMap<String, u16>,
+    /// Inbound QoS 1 publishes not acknowledged yet.
+    inbound_qos1: usize,
 }
 
 impl Connection {
-    async fn run<S>(&mut self, transport: &mut Transport<S>, connected: Connected) -> Close
+    async fn run<S>(
+        &mut self,
+        transport: &mut Transport<S>,
+        wake: &tokio::sync::Notify,
+        kick: &tokio::sync::Notify,
+    ) -> Close
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut acks: Acks = FuturesOrdered::new();
         // What was in flight when the client went away goes out again first (MQTT-4.4.0-1).
         let resend = self.redeliveries();
-        if let Err(e) = self.send_all(transport, resend).await {
-            return Close::Abnormal(format!("write failed: {e}"));
+        if let Err(e) = self.send(transport, resend).await {
+            return abnormal(format!("write failed: {e}"));
         }
-        connected.wake.notify_one();
-        // MQTT-3.1.2-24: silence for 1.5 × keep-alive ends the connection; 0 turns it off.
+        wake.notify_one();
+        // Silence for 1.5 × keep-alive ends the connection (MQTT-3.1.2-24); 0 turns it off.
         let idle_limit = (self.keep_alive > 0).then(|| Duration::from_millis(self.keep_alive as u64 * 1500));
         loop {
             let next_packet = async {
@@ -193,60 +316,63 @@ impl Connection {
             tokio::select! {
                 packet = next_packet => {
                     let packet = match packet {
-                        Err(_) => return Close::Abnormal("keep-alive expired".into()),
-                        Ok(None) => return Close::Abnormal("connection closed by client".into()),
+                        Err(_) => return protocol_error("keep-alive expired", 0x8D),
+                        Ok(None) => return abnormal("connection closed by client"),
                         Ok(Some(Err(e))) => {
                             self.shared.metrics.malformed.inc();
-                            return Close::Abnormal(format!("malformed packet: {e}"));
+                            return protocol_error(format!("malformed packet: {e}"), 0x81);
                         }
-                        Ok(Some(Ok((MqttPacket::V3(p), _)))) => p,
-                        Ok(Some(Ok(_))) => return Close::Abnormal("unexpected packet version".into()),
+                        Ok(Some(Ok((packet, _)))) => match wire::decode(packet) {
+                            Some(p) => p,
+                            None => return protocol_error("unexpected packet", 0x82),
+                        },
                     };
                     match self.handle(packet, &mut acks) {
                         Ok(replies) => {
-                            if let Err(e) = self.send_all(transport, replies).await {
-                                return Close::Abnormal(format!("write failed: {e}"));
+                            if let Err(e) = self.send(transport, replies).await {
+                                return abnormal(format!("write failed: {e}"));
                             }
                         }
                         Err(close) => {
                             // Acks owed for publishes already being stored still go out.
-                            while let Some(Ok(Some(ack))) = acks.next().await {
-                                let _ = transport.feed(MqttPacket::V3(ack)).await;
+                            while let Some(Ok(done)) = acks.next().await {
+                                let _ = self.send(transport, done.out.into_iter().collect()).await;
                             }
-                            let _ = transport.flush().await;
                             return close;
                         }
                     }
                 }
                 Some(result) = acks.next(), if !acks.is_empty() => {
                     match result {
-                        Ok(Some(ack)) => {
-                            if let Err(e) = transport.send(MqttPacket::V3(ack)).await {
-                                return Close::Abnormal(format!("write failed: {e}"));
+                        Ok(done) => {
+                            if done.inbound_qos1 {
+                                self.inbound_qos1 -= 1;
+                            }
+                            if let Err(e) = self.send(transport, done.out.into_iter().collect()).await {
+                                return abnormal(format!("write failed: {e}"));
                             }
                         }
-                        Ok(None) => {}
                         Err(e) => {
                             // Not durable, so not acknowledged: closing makes the client resend.
-                            tracing::error!(client_id = %self.client_id, error = %e, "publish not stored; closing so the client retries");
-                            return Close::Abnormal(format!("store failed: {e}"));
+                            tracing::error!(client_id = %self.client_id, error = %e, "not stored; closing so the client retries");
+                            return abnormal(format!("store failed: {e}"));
                         }
                     }
                 }
-                _ = connected.wake.notified() => {
+                _ = wake.notified() => {
                     let packets = self.next_deliveries();
-                    if let Err(e) = self.send_all(transport, packets).await {
-                        return Close::Abnormal(format!("write failed: {e}"));
+                    if let Err(e) = self.send(transport, packets).await {
+                        return abnormal(format!("write failed: {e}"));
                     }
                 }
-                _ = connected.kick.notified() => {
-                    return Close::Abnormal("another connection took over the client id".into());
+                _ = kick.notified() => {
+                    return protocol_error("another connection took over the client id", 0x8E);
                 }
             }
         }
     }
 
-    async fn send_all<S>(&self, transport: &mut Transport<S>, packets: Vec<Packet>) -> std::io::Result<()>
+    async fn send<S>(&self, transport: &mut Transport<S>, packets: Vec<Out>) -> std::io::Result<()>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -254,23 +380,25 @@ impl Connection {
             return Ok(());
         }
         for p in packets {
-            if matches!(p, Packet::Publish(_)) {
+            if matches!(p, Out::Publish(_)) {
                 self.shared.metrics.messages_out.inc();
             }
-            transport.feed(MqttPacket::V3(p)).await.map_err(std::io::Error::other)?;
+            if let Some(packet) = wire::encode(self.version, p) {
+                transport.feed(packet).await.map_err(std::io::Error::other)?;
+            }
         }
         transport.flush().await.map_err(std::io::Error::other)
     }
 
     /// Handles one packet from the client: the replies to send now, or the end.
-    fn handle(&mut self, packet: Packet, acks: &mut Acks) -> Result<Vec<Packet>, Close> {
+    fn handle(&mut self, packet: In, acks: &mut Acks) -> Result<Vec<Out>, Close> {
         match packet {
-            Packet::Publish(publish) => self.publish(*publish, acks).map(|r| r.into_iter().collect()),
-            Packet::PublishRelease { packet_id } => {
+            In::Publish(publish) => self.publish(*publish, acks).map(|r| r.into_iter().collect()),
+            In::PubRel(packet_id) => {
                 self.session.lock().unwrap().inbound_qos2.remove(&packet_id.get());
-                Ok(vec![Packet::PublishComplete { packet_id }])
+                Ok(vec![Out::PubComp(packet_id)])
             }
-            Packet::PublishAck { packet_id } => {
+            In::PubAck(packet_id) => {
                 let mut state = self.session.lock().unwrap();
                 if state.inflight.get(&packet_id.get()).is_some_and(|i| i.delivery.qos == 1) {
                     state.inflight.remove(&packet_id.get());
@@ -278,66 +406,78 @@ impl Connection {
                 drop(state);
                 Ok(self.next_deliveries())
             }
-            Packet::PublishReceived { packet_id } => {
+            In::PubRec(packet_id) => {
                 let mut state = self.session.lock().unwrap();
                 if let Some(inflight) = state.inflight.get_mut(&packet_id.get()) {
                     inflight.released = true;
                 }
-                Ok(vec![Packet::PublishRelease { packet_id }])
+                Ok(vec![Out::PubRel(packet_id)])
             }
-            Packet::PublishComplete { packet_id } => {
+            In::PubComp(packet_id) => {
                 self.session.lock().unwrap().inflight.remove(&packet_id.get());
                 Ok(self.next_deliveries())
             }
-            Packet::Subscribe { packet_id, topic_filters } => {
-                let (status, persist) = self.subscribe(&topic_filters);
-                let ack = Packet::SubscribeAck { packet_id, status };
-                match persist {
-                    None => Ok(vec![ack]),
-                    Some(subscriptions) => {
-                        self.persist_then(acks, subscriptions, ack);
-                        Ok(Vec::new())
-                    }
-                }
+            In::Subscribe { packet_id, id, filters } => {
+                let (codes, persist) = self.subscribe(id, &filters);
+                Ok(self.ack_after_persist(acks, persist, Out::SubAck { packet_id, codes }))
             }
-            Packet::Unsubscribe { packet_id, topic_filters } => {
+            In::Unsubscribe { packet_id, filters } => {
                 let mut state = self.session.lock().unwrap();
-                state.subscriptions.retain(|(f, _)| !topic_filters.iter().any(|u| u == f.as_str()));
-                let persist = state.persistent.then(|| state.subscriptions.clone());
-                drop(state);
-                let ack = Packet::UnsubscribeAck { packet_id };
-                match persist {
-                    None => Ok(vec![ack]),
-                    Some(subscriptions) => {
-                        self.persist_then(acks, subscriptions, ack);
-                        Ok(Vec::new())
-                    }
+                let mut codes = Vec::with_capacity(filters.len());
+                for f in &filters {
+                    let (share, filter) = parse_shared(f).unwrap_or((None, f.clone()));
+                    let before = state.subscriptions.len();
+                    state.subscriptions.retain(|s| !(s.filter == filter && s.share == share));
+                    codes.push(if state.subscriptions.len() < before { 0x00 } else { 0x11 });
                 }
+                let persist = state.persistent().then(|| state.record());
+                drop(state);
+                Ok(self.ack_after_persist(acks, persist, Out::UnsubAck { packet_id, codes }))
             }
-            Packet::PingRequest => Ok(vec![Packet::PingResponse]),
-            Packet::Disconnect => Err(Close::Clean),
-            Packet::Connect(_) => Err(Close::Abnormal("protocol error: second CONNECT".into())),
-            other => {
-                Err(Close::Abnormal(format!("protocol error: unexpected packet type {}", other.packet_type() >> 4)))
-            }
+            In::Ping => Ok(vec![Out::PingResp]),
+            In::Disconnect { session_expiry, with_will } => Err(Close::Client { with_will, session_expiry }),
+            In::Unexpected(what) => Err(protocol_error(format!("protocol error: {what}"), 0x82)),
         }
     }
 
-    fn publish(&mut self, publish: Publish, acks: &mut Acks) -> Result<Option<Packet>, Close> {
+    fn publish(&mut self, mut publish: Publish, acks: &mut Acks) -> Result<Option<Out>, Close> {
+        let props = publish.properties.take().unwrap_or_default();
+        if let Some(alias) = props.topic_alias {
+            if alias.get() > self.shared.config.topic_alias_maximum {
+                return Err(protocol_error(format!("topic alias {alias} above the maximum"), 0x94));
+            }
+            if publish.topic.is_empty() {
+                match self.aliases_in.get(&alias.get()) {
+                    Some(topic) => publish.topic = ByteString::from(topic.as_str()),
+                    None => return Err(protocol_error(format!("topic alias {alias} was never set"), 0x82)),
+                }
+            } else {
+                self.aliases_in.insert(alias.get(), publish.topic.to_string());
+            }
+        }
         if let Err(reason) = topic::validate_topic_name(&publish.topic) {
-            return Err(Close::Abnormal(format!("protocol error: {reason}")));
+            return Err(protocol_error(format!("protocol error: {reason}"), 0x90));
         }
         self.shared.metrics.messages_in.inc();
         self.shared.metrics.bytes_in.inc_by(publish.payload.len() as u64);
         let packet_id = publish.packet_id;
         let qos = publish.qos;
-        if qos == QoS::ExactlyOnce {
-            let id = packet_id.map_or(0, NonZeroU16::get);
-            if !self.session.lock().unwrap().inbound_qos2.insert(id) {
-                // Already stored: acknowledge again, do not store twice.
-                return Ok(packet_id.map(|packet_id| Packet::PublishReceived { packet_id }));
+        {
+            let mut state = self.session.lock().unwrap();
+            if qos != QoS::AtMostOnce
+                && self.inbound_qos1 + state.inbound_qos2.len() >= self.shared.config.receive_maximum as usize
+            {
+                return Err(protocol_error("more unacknowledged publishes than Receive Maximum", 0x93));
+            }
+            if qos == QoS::ExactlyOnce {
+                let id = packet_id.map_or(0, NonZeroU16::get);
+                if !state.inbound_qos2.insert(id) {
+                    // Already stored: acknowledge again, do not store twice.
+                    return Ok(packet_id.map(|packet_id| Out::PubRec { packet_id, reason: 0, message: None }));
+                }
             }
         }
+        let now = now_ms();
         let publication = Publication {
             topic: publish.topic.to_string(),
             payload: publish.payload,
@@ -345,72 +485,135 @@ impl Connection {
             retain: publish.retain,
             client_id: self.client_id.clone(),
             username: self.username.clone(),
-            received_at: now_ms(),
+            received_at: now,
+            properties: MessageProperties {
+                payload_is_utf8: props.is_utf8_payload,
+                content_type: props.content_type.map(|s| s.to_string()),
+                response_topic: props.response_topic.map(|s| s.to_string()),
+                correlation_data: props.correlation_data,
+                user_properties: props.user_properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                expires_at: props.message_expiry_interval.map(|s| now + s.get() as i64 * 1000),
+            },
         };
-        let shared = self.shared.clone();
+        if qos == QoS::AtLeastOnce {
+            self.inbound_qos1 += 1;
+        }
+        let (shared, session, version) = (self.shared.clone(), self.session.clone(), self.version);
+        let client_id = self.client_id.clone();
         acks.push_back(Box::pin(async move {
-            shared.accept(publication).await?;
-            Ok(match (qos, packet_id) {
-                (QoS::AtLeastOnce, Some(packet_id)) => Some(Packet::PublishAck { packet_id }),
-                (QoS::ExactlyOnce, Some(packet_id)) => Some(Packet::PublishReceived { packet_id }),
+            let stored = shared.accept(publication).await;
+            let inbound_qos1 = qos == QoS::AtLeastOnce;
+            let (reason, message) = match stored {
+                Ok(()) => (0, None),
+                // MQTT 5 can refuse a publish in its ack; 3.1.1 can only close the connection.
+                Err(e) if version == Version::V5 => {
+                    tracing::error!(%client_id, error = %e, "publish refused: not stored");
+                    let full = e.to_string().contains("No space left");
+                    (if full { 0x97 } else { 0x80 }, Some(format!("not stored: {e}")))
+                }
+                Err(e) => return Err(e),
+            };
+            let out = match (qos, packet_id) {
+                (QoS::AtLeastOnce, Some(packet_id)) => Some(Out::PubAck { packet_id, reason, message }),
+                (QoS::ExactlyOnce, Some(packet_id)) => {
+                    if reason != 0 {
+                        session.lock().unwrap().inbound_qos2.remove(&packet_id.get());
+                    }
+                    Some(Out::PubRec { packet_id, reason, message })
+                }
                 _ => None,
-            })
+            };
+            Ok(AckDone { out, inbound_qos1 })
         }));
         Ok(None)
     }
 
-    /// Applies a SUBSCRIBE; returns the SUBACK codes and, for a persistent session, the
-    /// subscriptions to store before the SUBACK goes out.
-    fn subscribe(&mut self, filters: &[(ByteString, QoS)]) -> (Vec<SubscribeReturnCode>, Option<Vec<(String, u8)>>) {
+    /// Applies a SUBSCRIBE; returns the SUBACK codes and, for a lasting session, what to
+    /// store before the SUBACK goes out.
+    fn subscribe(
+        &mut self,
+        id: Option<u32>,
+        filters: &[(String, wire::SubOptions)],
+    ) -> (Vec<u8>, Option<crate::SessionRecord>) {
         let mut state = self.session.lock().unwrap();
-        let mut status = Vec::with_capacity(filters.len());
-        for (filter, qos) in filters {
-            let refused = match topic::validate_topic_filter(filter) {
-                Err(reason) => Some(reason),
-                Ok(()) if self.shared.config.deny_subscribe.iter().any(|d| topic::matches(d, filter)) => {
-                    Some("denied by mqtt.deny_subscribe")
+        let mut codes = Vec::with_capacity(filters.len());
+        for (requested, options) in filters {
+            let parsed = parse_shared(requested).and_then(|(share, filter)| {
+                topic::validate_topic_filter(&filter)?;
+                Ok((share, filter))
+            });
+            let (share, filter) = match parsed {
+                Ok(p) => p,
+                Err(reason) => {
+                    tracing::info!(client_id = %self.client_id, filter = %requested, reason, "subscription refused");
+                    codes.push(if self.version == Version::V5 { 0x8F } else { 0x80 });
+                    continue;
                 }
-                Ok(()) => None,
             };
-            if let Some(reason) = refused {
-                tracing::info!(client_id = %self.client_id, %filter, reason, "subscription refused");
-                status.push(SubscribeReturnCode::Failure);
+            if self.shared.config.deny_subscribe.iter().any(|d| topic::matches(d, &filter) || d == &filter) {
+                tracing::info!(client_id = %self.client_id, %filter, "subscription refused by mqtt.deny_subscribe");
+                codes.push(0x80);
                 continue;
             }
-            let granted = qos.value();
-            match state.subscriptions.iter_mut().find(|(f, _)| f == filter.as_ref() as &str) {
-                Some(existing) => existing.1 = granted,
-                None => state.subscriptions.push((filter.to_string(), granted)),
+            let subscription = Subscription { filter: filter.clone(), share: share.clone(), options: *options, id };
+            let existed = match state.subscriptions.iter_mut().find(|s| s.filter == filter && s.share == share) {
+                Some(existing) => {
+                    *existing = subscription;
+                    true
+                }
+                None => {
+                    state.subscriptions.push(subscription);
+                    false
+                }
+            };
+            // Retained messages for the subscription, flagged as retained (MQTT-3.3.1-8);
+            // never for shared subscriptions, and as Retain Handling says.
+            let send_retained = share.is_none()
+                && match options.retain_handling {
+                    0 => true,
+                    1 => !existed,
+                    _ => false,
+                };
+            if send_retained {
+                for p in self.shared.router.retained_matching(&filter) {
+                    let delivery = Delivery {
+                        qos: options.qos.min(p.qos),
+                        publication: p,
+                        retain: true,
+                        subscription_ids: id.into_iter().collect(),
+                    };
+                    self.shared.router.enqueue(&self.client_id, &mut state, delivery);
+                }
             }
-            // Retained messages for the new subscription, flagged as retained (MQTT-3.3.1-8).
-            for p in self.shared.router.retained_matching(filter) {
-                let delivery = Delivery { qos: granted.min(p.qos), publication: p, retain: true };
-                self.shared.router.enqueue(&self.client_id, &mut state, delivery);
-            }
-            tracing::debug!(client_id = %self.client_id, %filter, granted, "subscribed");
-            status.push(SubscribeReturnCode::Success(*qos));
+            tracing::debug!(client_id = %self.client_id, %filter, qos = options.qos, "subscribed");
+            codes.push(options.qos);
         }
-        let persist = state.persistent.then(|| state.subscriptions.clone());
-        (status, persist)
+        let persist = state.persistent().then(|| state.record());
+        (codes, persist)
     }
 
-    /// Sends `ack` once the session's subscriptions are stored.
-    fn persist_then(&self, acks: &mut Acks, subscriptions: Vec<(String, u8)>, ack: Packet) {
+    /// `ack` now, or once the session is stored when it has to be.
+    fn ack_after_persist(&self, acks: &mut Acks, persist: Option<crate::SessionRecord>, ack: Out) -> Vec<Out> {
+        let Some(record) = persist else { return vec![ack] };
         let (shared, client_id) = (self.shared.clone(), self.client_id.clone());
         acks.push_back(Box::pin(async move {
-            shared.store.save_session(&client_id, Some(&subscriptions)).await?;
-            Ok(Some(ack))
+            shared.store.save_session(&client_id, Some(&record)).await?;
+            Ok(AckDone { out: Some(ack), inbound_qos1: false })
         }));
+        Vec::new()
     }
 
-    /// Messages from the session's queue, as many as the in-flight window allows.
-    fn next_deliveries(&self) -> Vec<Packet> {
-        let mut state = self.session.lock().unwrap();
+    /// Messages from the session's queue, as many as the send window allows. Expired ones
+    /// and ones larger than the client accepts are dropped.
+    fn next_deliveries(&mut self) -> Vec<Out> {
+        let session = self.session.clone();
+        let mut state = session.lock().unwrap();
         let mut out = Vec::new();
-        while state.inflight.len() < self.shared.config.max_inflight {
+        while state.inflight.len() < self.send_window {
             let Some(delivery) = state.queue.pop_front() else { break };
             let packet_id = (delivery.qos > 0).then(|| state.allocate_packet_id());
-            out.push(publish_packet(&delivery, packet_id, false));
+            let Some(packet) = self.publish_packet(&delivery, packet_id, false) else { continue };
+            out.push(packet);
             if let Some(id) = packet_id {
                 state.inflight.insert(id, Inflight { delivery, released: false });
             }
@@ -420,38 +623,103 @@ impl Connection {
 
     /// What a reconnecting client gets again: unacknowledged PUBLISHes with DUP set, and
     /// PUBRELs for QoS 2 messages it had received.
-    fn redeliveries(&self) -> Vec<Packet> {
-        let state = self.session.lock().unwrap();
-        state
-            .inflight
-            .iter()
-            .map(|(&id, inflight)| {
-                let packet_id = NonZeroU16::new(id).expect("packet ids are never 0");
-                if inflight.released {
-                    Packet::PublishRelease { packet_id }
-                } else {
-                    publish_packet(&inflight.delivery, Some(id), true)
+    fn redeliveries(&mut self) -> Vec<Out> {
+        let session = self.session.clone();
+        let state = session.lock().unwrap();
+        let mut out = Vec::new();
+        for (&id, inflight) in &state.inflight {
+            let packet_id = NonZeroU16::new(id).expect("packet ids are never 0");
+            if inflight.released {
+                out.push(Out::PubRel(packet_id));
+            } else if let Some(p) = self.publish_packet(&inflight.delivery, Some(id), true) {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// The PUBLISH for a delivery, with MQTT 5 properties and a topic alias when the client
+    /// accepts them; None when it expired or is larger than the client's Maximum Packet Size.
+    fn publish_packet(&mut self, delivery: &Delivery, packet_id: Option<u16>, dup: bool) -> Option<Out> {
+        let p = &delivery.publication;
+        let expiry_secs = match p.properties.expires_at {
+            None => None,
+            Some(at) => {
+                let left = at - now_ms();
+                if left <= 0 {
+                    tracing::debug!(client_id = %self.client_id, topic = %p.topic, "message expired before delivery");
+                    return None;
                 }
-            })
-            .collect()
+                Some((left as u64).div_ceil(1000) as u32)
+            }
+        };
+        let mut topic = ByteString::from(p.topic.as_str());
+        let mut properties = None;
+        if self.version == Version::V5 {
+            let mut alias = None;
+            if self.alias_max_to_client > 0 {
+                match self.aliases_out.get(&p.topic) {
+                    Some(&a) => {
+                        alias = Some(a);
+                        topic = ByteString::new();
+                    }
+                    None if self.aliases_out.len() < self.alias_max_to_client as usize => {
+                        let a = self.aliases_out.len() as u16 + 1;
+                        self.aliases_out.insert(p.topic.clone(), a);
+                        alias = Some(a);
+                    }
+                    None => {}
+                }
+            }
+            let props = &p.properties;
+            properties = Some(PublishProperties {
+                topic_alias: alias.and_then(NonZeroU16::new),
+                correlation_data: props.correlation_data.clone(),
+                message_expiry_interval: expiry_secs.and_then(NonZeroU32::new),
+                content_type: props.content_type.as_deref().map(ByteString::from),
+                user_properties: props
+                    .user_properties
+                    .iter()
+                    .map(|(k, v)| (ByteString::from(k.as_str()), ByteString::from(v.as_str())))
+                    .collect(),
+                is_utf8_payload: props.payload_is_utf8,
+                response_topic: props.response_topic.as_deref().map(ByteString::from),
+                subscription_ids: delivery.subscription_ids.iter().filter_map(|&i| NonZeroU32::new(i)).collect(),
+            });
+        }
+        if let Some(max) = self.max_packet_to_client {
+            if estimated_size(p, properties.as_ref()) > max as usize {
+                tracing::debug!(client_id = %self.client_id, topic = %p.topic, max, "message larger than the client's Maximum Packet Size; not sent");
+                return None;
+            }
+        }
+        let qos = match delivery.qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        };
+        Some(Out::Publish(Box::new(Publish {
+            dup,
+            retain: delivery.retain,
+            qos,
+            topic,
+            packet_id: packet_id.and_then(NonZeroU16::new),
+            payload: p.payload.clone(),
+            properties,
+        })))
     }
 }
 
-fn publish_packet(delivery: &Delivery, packet_id: Option<u16>, dup: bool) -> Packet {
-    let qos = match delivery.qos {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    };
-    Packet::Publish(Box::new(Publish {
-        dup,
-        retain: delivery.retain,
-        qos,
-        topic: ByteString::from(delivery.publication.topic.as_str()),
-        packet_id: packet_id.and_then(NonZeroU16::new),
-        payload: delivery.publication.payload.clone(),
-        properties: None,
-    }))
+/// An upper bound of a PUBLISH packet's encoded size.
+fn estimated_size(p: &Publication, properties: Option<&PublishProperties>) -> usize {
+    let props = properties.map_or(0, |pr| {
+        16 + pr.user_properties.iter().map(|(k, v)| k.len() + v.len() + 5).sum::<usize>()
+            + pr.content_type.as_ref().map_or(0, |s| s.len() + 3)
+            + pr.response_topic.as_ref().map_or(0, |s| s.len() + 3)
+            + pr.correlation_data.as_ref().map_or(0, |s| s.len() + 3)
+            + pr.subscription_ids.len() * 5
+    });
+    1 + 4 + 2 + p.topic.len() + 2 + props + p.payload.len()
 }
 
 fn rand_id() -> u64 {

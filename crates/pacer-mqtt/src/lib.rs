@@ -5,11 +5,13 @@
 //! [`PublishSink`] (in Pacer: the ingest rules appending to the log) has made it durable.
 //! Only then is it routed to subscribers, so nobody sees a message that could be lost.
 
+mod connect;
 mod connection;
 mod metrics;
 mod router;
 mod session;
 pub mod topic;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +23,8 @@ use tokio::net::TcpListener;
 
 pub use metrics::Metrics;
 use router::Router;
+pub use session::{SessionRecord, Subscription};
+pub use wire::SubOptions;
 
 /// Where accepted publications go before they are acknowledged.
 #[async_trait]
@@ -36,8 +40,8 @@ pub trait PublishSink: Send + Sync + 'static {
 pub trait BrokerStore: Send + Sync + 'static {
     /// Stores a topic's retained message; an empty payload clears it.
     async fn save_retained(&self, publication: &Publication) -> anyhow::Result<()>;
-    /// Stores a persistent session's subscriptions; None: the session is gone.
-    async fn save_session(&self, client_id: &str, subscriptions: Option<&[(String, u8)]>) -> anyhow::Result<()>;
+    /// Stores a persistent session (expiry and subscriptions); None: the session is gone.
+    async fn save_session(&self, client_id: &str, session: Option<&SessionRecord>) -> anyhow::Result<()>;
     /// Everything saved: retained messages, and persistent sessions with their subscriptions.
     async fn load(&self) -> anyhow::Result<StoredState>;
 }
@@ -45,7 +49,7 @@ pub trait BrokerStore: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct StoredState {
     pub retained: Vec<Publication>,
-    pub sessions: Vec<(String, Vec<(String, u8)>)>,
+    pub sessions: Vec<(String, SessionRecord)>,
 }
 
 /// A store that keeps nothing: retained messages and sessions last until the process ends.
@@ -56,7 +60,7 @@ impl BrokerStore for MemoryOnly {
     async fn save_retained(&self, _: &Publication) -> anyhow::Result<()> {
         Ok(())
     }
-    async fn save_session(&self, _: &str, _: Option<&[(String, u8)]>) -> anyhow::Result<()> {
+    async fn save_session(&self, _: &str, _: Option<&SessionRecord>) -> anyhow::Result<()> {
         Ok(())
     }
     async fn load(&self) -> anyhow::Result<StoredState> {
@@ -75,6 +79,14 @@ pub struct BrokerConfig {
     pub max_queued: usize,
     /// Topic filters nobody may subscribe to (SUBACK failure).
     pub deny_subscribe: Vec<String>,
+    /// MQTT 5 Receive Maximum: unacknowledged QoS 1/2 publishes a client may send at once;
+    /// one more ends the connection with DISCONNECT 0x93.
+    pub receive_maximum: u16,
+    /// MQTT 5 topic aliases a client may use towards the broker.
+    pub topic_alias_maximum: u16,
+    /// Longest keep-alive allowed; a client asking for more (or 0) is told this one
+    /// (MQTT 5 Server Keep Alive; 3.1.1 clients are held to what they asked).
+    pub max_keep_alive: u16,
 }
 
 impl Default for BrokerConfig {
@@ -85,6 +97,9 @@ impl Default for BrokerConfig {
             max_inflight: 20,
             max_queued: 10_000,
             deny_subscribe: Vec::new(),
+            receive_maximum: u16::MAX,
+            topic_alias_maximum: 10,
+            max_keep_alive: u16::MAX,
         }
     }
 }
@@ -128,12 +143,17 @@ impl Broker {
         for p in stored.retained {
             router.set_retained(&Arc::new(p));
         }
-        let sessions = stored.sessions.len();
-        for (client_id, subscriptions) in stored.sessions {
-            router.restore_session(&client_id, subscriptions);
+        let restored: Vec<String> = stored.sessions.iter().map(|(id, _)| id.clone()).collect();
+        for (client_id, record) in stored.sessions {
+            router.restore_session(&client_id, record);
         }
-        tracing::info!(retained = router.retained_count(), sessions, "broker state restored");
-        Ok(Broker { shared: Arc::new(Shared { config, router, sink, store, metrics }) })
+        tracing::info!(retained = router.retained_count(), sessions = restored.len(), "broker state restored");
+        let shared = Arc::new(Shared { config, router, sink, store, metrics });
+        // Restored sessions are away from now on: their expiry clock starts now.
+        for client_id in restored {
+            connection::schedule_expiry(&shared, &client_id, 0);
+        }
+        Ok(Broker { shared })
     }
 
     pub fn register_metrics(&self, registry: &mut Registry) {

@@ -7,22 +7,32 @@
 // counts grow (see the broker issue).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use pacer_core::Publication;
+use pacer_core::{now_ms, Publication};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
-use crate::session::{Attached, Delivery, SessionState};
+use crate::session::{Attached, Delivery, SessionRecord, SessionState};
 use crate::topic;
 
 pub type Session = Arc<Mutex<SessionState>>;
+
+/// A session subscribed in a share group, while a publication is routed.
+struct ShareMember<'a> {
+    client_id: &'a String,
+    session: &'a Session,
+    qos: u8,
+    id: Option<u32>,
+}
 
 pub struct Router {
     sessions: RwLock<HashMap<String, Session>>,
     retained: RwLock<BTreeMap<String, Arc<Publication>>>,
     next_generation: AtomicU64,
+    /// Picks the member of a share group that gets the next message.
+    share_turn: AtomicUsize,
     max_queued: usize,
     metrics: Metrics,
 }
@@ -31,8 +41,8 @@ pub struct Router {
 pub struct Connected {
     pub session: Session,
     pub session_present: bool,
-    /// A persistent session of this client id was ended by this clean start.
-    pub discarded_persistent: bool,
+    /// A stored session of this client id was ended by this clean start.
+    pub discarded_stored: bool,
     pub generation: u64,
     pub wake: Arc<Notify>,
     pub kick: Arc<Notify>,
@@ -44,86 +54,155 @@ impl Router {
             sessions: RwLock::default(),
             retained: RwLock::default(),
             next_generation: AtomicU64::new(1),
+            share_turn: AtomicUsize::new(0),
             max_queued,
             metrics,
         }
     }
 
-    /// Restores a persistent session (after a restart), offline until its client connects.
-    pub fn restore_session(&self, client_id: &str, subscriptions: Vec<(String, u8)>) {
-        let mut state = SessionState::new(true);
-        state.subscriptions = subscriptions;
+    /// Restores a stored session (after a restart), offline until its client connects.
+    pub fn restore_session(&self, client_id: &str, record: SessionRecord) {
+        let mut state = SessionState::new(record.expiry_secs);
+        state.subscriptions = record.subscriptions;
         self.sessions.write().unwrap().insert(client_id.to_string(), Arc::new(Mutex::new(state)));
     }
 
     /// Attaches a new connection to `client_id`'s session, disconnecting an earlier one
     /// (MQTT-3.1.4-2). A clean start discards what the session had.
-    pub fn connect(&self, client_id: &str, clean: bool) -> Connected {
+    pub fn connect(&self, client_id: &str, clean_start: bool, expiry_secs: u32) -> Connected {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Notify::new());
         let kick = Arc::new(Notify::new());
-        let attached = Attached { generation, wake: wake.clone(), kick: kick.clone() };
         let mut sessions = self.sessions.write().unwrap();
-        let existing = sessions.get(client_id).cloned();
-        let mut discarded_persistent = false;
-        let (session, session_present) = match existing {
+        let mut discarded_stored = false;
+        let resumed = match sessions.get(client_id).cloned() {
             Some(session) => {
                 let mut state = session.lock().unwrap();
                 if let Some(old) = state.connection.take() {
                     old.kick.notify_one();
                 }
-                if clean || !state.persistent {
-                    discarded_persistent = state.persistent;
-                    drop(state);
-                    let fresh = Arc::new(Mutex::new(SessionState::new(!clean)));
-                    sessions.insert(client_id.to_string(), fresh.clone());
-                    (fresh, false)
+                if clean_start || !state.persistent() {
+                    discarded_stored = state.persistent();
+                    None
                 } else {
+                    state.expiry_secs = expiry_secs;
                     drop(state);
-                    (session, true)
+                    Some(session)
                 }
             }
-            None => {
-                let fresh = Arc::new(Mutex::new(SessionState::new(!clean)));
-                sessions.insert(client_id.to_string(), fresh.clone());
-                (fresh, false)
-            }
+            None => None,
         };
-        session.lock().unwrap().connection = Some(attached);
-        Connected { session, session_present, discarded_persistent, generation, wake, kick }
+        let session_present = resumed.is_some();
+        let session = resumed.unwrap_or_else(|| {
+            let fresh = Arc::new(Mutex::new(SessionState::new(expiry_secs)));
+            sessions.insert(client_id.to_string(), fresh.clone());
+            fresh
+        });
+        session.lock().unwrap().connection = Some(Attached { generation, wake: wake.clone(), kick: kick.clone() });
+        Connected { session, session_present, discarded_stored, generation, wake, kick }
     }
 
-    /// Detaches a connection. A clean session ends with it; a persistent one stays and keeps
-    /// queueing. Returns whether the session ended.
-    pub fn disconnect(&self, client_id: &str, generation: u64) -> bool {
+    /// Detaches a connection. A session with expiry 0 ends with it; others stay and keep
+    /// queueing. Returns the session's expiry if it stays, None if it ended or was taken over.
+    pub fn disconnect(&self, client_id: &str, generation: u64) -> Option<u32> {
         let mut sessions = self.sessions.write().unwrap();
-        let Some(session) = sessions.get(client_id).cloned() else { return false };
+        let session = sessions.get(client_id).cloned()?;
         let mut state = session.lock().unwrap();
         if state.connection.as_ref().is_none_or(|c| c.generation != generation) {
-            return false; // taken over: the session belongs to the newer connection now
+            return None; // taken over: the session belongs to the newer connection now
         }
         state.connection = None;
-        if !state.persistent {
+        state.detached_generation = generation;
+        if !state.persistent() {
             drop(state);
             sessions.remove(client_id);
-            return true;
+            return None;
         }
-        false
+        Some(state.expiry_secs)
+    }
+
+    pub fn session(&self, client_id: &str) -> Option<Session> {
+        self.sessions.read().unwrap().get(client_id).cloned()
+    }
+
+    /// Whether a connection resumed the session `generation` left (a will is then not sent).
+    pub fn resumed_since(&self, client_id: &str, generation: u64) -> bool {
+        self.sessions.read().unwrap().get(client_id).is_some_and(|s| {
+            let state = s.lock().unwrap();
+            state.connection.is_some() || state.detached_generation != generation
+        })
+    }
+
+    /// Ends a session whose expiry passed while its client stayed away.
+    pub fn expire(&self, client_id: &str, generation: u64) -> bool {
+        let mut sessions = self.sessions.write().unwrap();
+        let away = sessions.get(client_id).is_some_and(|s| {
+            let state = s.lock().unwrap();
+            state.connection.is_none() && state.detached_generation == generation
+        });
+        if away {
+            sessions.remove(client_id);
+        }
+        away
     }
 
     /// Puts `publication` on the queue of every session with a matching subscription: once
-    /// per session, at the highest matching QoS, capped by the publication's.
+    /// per session, at the highest matching QoS capped by the publication's, carrying the ids
+    /// of all the subscriptions it matched. Each share group gets one copy.
     pub fn route(&self, publication: &Arc<Publication>) {
         let sessions = self.sessions.read().unwrap();
+        let mut groups: BTreeMap<(String, String), Vec<ShareMember>> = BTreeMap::new();
         for (client_id, session) in sessions.iter() {
             let mut state = session.lock().unwrap();
-            let Some(granted) = state.granted_qos(&publication.topic) else { continue };
+            let mut best: Option<u8> = None;
+            let mut retain_as_published = false;
+            let mut ids = Vec::new();
+            for sub in &state.subscriptions {
+                if !topic::matches(&sub.filter, &publication.topic) {
+                    continue;
+                }
+                if sub.options.no_local && publication.client_id == *client_id {
+                    continue;
+                }
+                if let Some(group) = &sub.share {
+                    groups.entry((group.clone(), sub.filter.clone())).or_default().push(ShareMember {
+                        client_id,
+                        session,
+                        qos: sub.options.qos,
+                        id: sub.id,
+                    });
+                    continue;
+                }
+                best = Some(best.map_or(sub.options.qos, |b| b.max(sub.options.qos)));
+                retain_as_published |= sub.options.retain_as_published;
+                ids.extend(sub.id);
+            }
+            let Some(granted) = best else { continue };
             let qos = granted.min(publication.qos);
-            // An offline persistent session queues QoS 1 and 2 only, as mosquitto does.
+            // An offline session queues QoS 1 and 2 only, as mosquitto does.
             if state.connection.is_none() && qos == 0 {
                 continue;
             }
-            self.enqueue(client_id, &mut state, Delivery { publication: publication.clone(), qos, retain: false });
+            let delivery = Delivery {
+                publication: publication.clone(),
+                qos,
+                retain: retain_as_published && publication.retain,
+                subscription_ids: ids,
+            };
+            self.enqueue(client_id, &mut state, delivery);
+        }
+        for members in groups.into_values() {
+            // Prefer members that are connected; among them, take turns.
+            let online: Vec<_> = members.iter().filter(|m| m.session.lock().unwrap().connection.is_some()).collect();
+            let pool: Vec<_> = if online.is_empty() { members.iter().collect() } else { online };
+            let chosen = pool[self.share_turn.fetch_add(1, Ordering::Relaxed) % pool.len()];
+            let delivery = Delivery {
+                publication: publication.clone(),
+                qos: chosen.qos.min(publication.qos),
+                retain: false,
+                subscription_ids: chosen.id.into_iter().collect(),
+            };
+            self.enqueue(chosen.client_id, &mut chosen.session.lock().unwrap(), delivery);
         }
     }
 
@@ -147,8 +226,16 @@ impl Router {
         }
     }
 
+    /// Retained messages matching `filter` that have not expired.
     pub fn retained_matching(&self, filter: &str) -> Vec<Arc<Publication>> {
-        self.retained.read().unwrap().values().filter(|p| topic::matches(filter, &p.topic)).cloned().collect()
+        let now = now_ms();
+        self.retained
+            .read()
+            .unwrap()
+            .values()
+            .filter(|p| topic::matches(filter, &p.topic) && p.properties.expires_at.is_none_or(|t| t > now))
+            .cloned()
+            .collect()
     }
 
     pub fn retained_count(&self) -> usize {

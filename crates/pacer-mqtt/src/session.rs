@@ -1,9 +1,9 @@
 //! What the broker keeps per client id, across its connections: subscriptions, messages
 //! queued for it, messages in flight to it, and QoS 2 publishes it has not released yet.
 //!
-//! A clean session lives as long as its connection. A persistent one (clean session = 0)
-//! outlives it: messages keep queueing while the client is away and go out when it is back,
-//! unacknowledged ones first again, with DUP set.
+//! A session whose expiry is 0 (MQTT 3.1.1 clean session, MQTT 5 without Session Expiry)
+//! lives as long as its connection. Others outlive it: messages keep queueing while the
+//! client is away and go out when it is back, unacknowledged ones first again, with DUP set.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -11,13 +11,36 @@ use std::sync::Arc;
 use pacer_core::Publication;
 use tokio::sync::Notify;
 
-/// A message on its way to one subscriber, at the QoS it is delivered with.
+use crate::wire::SubOptions;
+
+/// Session expiry meaning "never" (MQTT 5: 0xFFFFFFFF; a 3.1.1 persistent session).
+pub const NEVER_EXPIRES: u32 = u32::MAX;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Subscription {
+    pub filter: String,
+    /// Share group of a `$share/{group}/{filter}` subscription.
+    pub share: Option<String>,
+    pub options: SubOptions,
+    /// MQTT 5 subscription identifier.
+    pub id: Option<u32>,
+}
+
+/// A session as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionRecord {
+    pub expiry_secs: u32,
+    pub subscriptions: Vec<Subscription>,
+}
+
+/// A message on its way to one subscriber.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub publication: Arc<Publication>,
     pub qos: u8,
-    /// Sent because of a new subscription to a retained message.
     pub retain: bool,
+    /// Identifiers of the subscriptions it matched (MQTT 5).
+    pub subscription_ids: Vec<u32>,
 }
 
 /// An outbound QoS 1/2 message the client has not finished acknowledging.
@@ -38,31 +61,37 @@ pub struct Attached {
 }
 
 pub struct SessionState {
-    pub persistent: bool,
-    pub subscriptions: Vec<(String, u8)>,
+    pub expiry_secs: u32,
+    pub subscriptions: Vec<Subscription>,
     pub queue: VecDeque<Delivery>,
     pub inflight: BTreeMap<u16, Inflight>,
     pub inbound_qos2: HashSet<u16>,
     next_packet_id: u16,
     pub connection: Option<Attached>,
+    /// Generation of the connection that last left, to tell whether it came back since.
+    pub detached_generation: u64,
 }
 
 impl SessionState {
-    pub fn new(persistent: bool) -> Self {
+    pub fn new(expiry_secs: u32) -> Self {
         SessionState {
-            persistent,
+            expiry_secs,
             subscriptions: Vec::new(),
             queue: VecDeque::new(),
             inflight: BTreeMap::new(),
             inbound_qos2: HashSet::new(),
             next_packet_id: 1,
             connection: None,
+            detached_generation: 0,
         }
     }
 
-    /// The highest QoS among this session's subscriptions matching `topic`.
-    pub fn granted_qos(&self, topic: &str) -> Option<u8> {
-        self.subscriptions.iter().filter(|(f, _)| crate::topic::matches(f, topic)).map(|&(_, q)| q).max()
+    pub fn persistent(&self) -> bool {
+        self.expiry_secs > 0
+    }
+
+    pub fn record(&self) -> SessionRecord {
+        SessionRecord { expiry_secs: self.expiry_secs, subscriptions: self.subscriptions.clone() }
     }
 
     pub fn allocate_packet_id(&mut self) -> u16 {
@@ -80,4 +109,14 @@ impl SessionState {
             c.wake.notify_one();
         }
     }
+}
+
+/// Splits `$share/{group}/{filter}` into its group and filter.
+pub fn parse_shared(filter: &str) -> Result<(Option<String>, String), &'static str> {
+    let Some(rest) = filter.strip_prefix("$share/") else { return Ok((None, filter.to_string())) };
+    let (group, filter) = rest.split_once('/').ok_or("a shared subscription needs $share/{group}/{filter}")?;
+    if group.is_empty() || group.contains(['+', '#']) {
+        return Err("the share group name must be non-empty and without wildcards");
+    }
+    Ok((Some(group.to_string()), filter.to_string()))
 }

@@ -31,6 +31,12 @@ pub struct MqttConfig {
     pub max_queued: usize,
     /// Topic filters nobody may subscribe to.
     pub deny_subscribe: Vec<String>,
+    /// MQTT 5 Receive Maximum offered to clients.
+    pub receive_maximum: u16,
+    /// MQTT 5 topic aliases clients may use.
+    pub topic_alias_maximum: u16,
+    /// Longest keep-alive allowed (MQTT 5 Server Keep Alive).
+    pub max_keep_alive: u16,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +92,9 @@ impl Default for MqttConfig {
             max_inflight: broker.max_inflight,
             max_queued: broker.max_queued,
             deny_subscribe: broker.deny_subscribe,
+            receive_maximum: broker.receive_maximum,
+            topic_alias_maximum: broker.topic_alias_maximum,
+            max_keep_alive: broker.max_keep_alive,
         }
     }
 }

@@ -47,6 +47,9 @@ impl Server {
             max_inflight: config.mqtt.max_inflight.max(1),
             max_queued: config.mqtt.max_queued,
             deny_subscribe: config.mqtt.deny_subscribe.clone(),
+            receive_maximum: config.mqtt.receive_maximum.max(1),
+            topic_alias_maximum: config.mqtt.topic_alias_maximum,
+            max_keep_alive: config.mqtt.max_keep_alive.max(1),
         };
         let store = Arc::new(pacer_ingest::LogBrokerStore::new(log.clone()));
         let broker = Broker::start(broker_config, ingest, store).await.context("restoring the broker's state")?;

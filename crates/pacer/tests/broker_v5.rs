@@ -1,0 +1,163 @@
+//! MQTT 5 with a real MQTT 5 client (rumqttc's v5 module): properties passed through,
+//! subscription identifiers, no-local, shared subscriptions, assigned client ids.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::Pacer;
+use rumqttc::v5::mqttbytes::v5::{ConnAck, Filter, Packet, Publish, PublishProperties, SubscribeProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+
+fn client(pacer: &Pacer, id: &str) -> (AsyncClient, EventLoop) {
+    let mut o = MqttOptions::new(id, "127.0.0.1", pacer.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    AsyncClient::new(o, 20)
+}
+
+async fn connack(events: &mut EventLoop) -> ConnAck {
+    loop {
+        if let Event::Incoming(Packet::ConnAck(ack)) = events.poll().await.expect("connect") {
+            return ack;
+        }
+    }
+}
+
+async fn suback(events: &mut EventLoop) {
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = events.poll().await.expect("subscribe") {
+            return;
+        }
+    }
+}
+
+async fn puback(events: &mut EventLoop) {
+    loop {
+        if let Event::Incoming(Packet::PubAck(_)) = events.poll().await.expect("publish") {
+            return;
+        }
+    }
+}
+
+/// Polls until `n` PUBLISHes arrived, or gives up after `wait` and returns what came.
+async fn received(events: &mut EventLoop, n: usize, wait: Duration) -> Vec<Publish> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        while out.len() < n {
+            if let Event::Incoming(Packet::Publish(p)) = events.poll().await.expect("receive") {
+                out.push(p);
+            }
+        }
+    })
+    .await;
+    out
+}
+
+fn start(dir: &std::path::Path) -> Pacer {
+    tokio::task::block_in_place(|| Pacer::start(dir))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_subscription_ids_and_no_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start(dir.path());
+    let (sub, mut sub_events) = client(&pacer, "dispatcher");
+    connack(&mut sub_events).await;
+    let props = SubscribeProperties { id: Some(7), user_properties: Vec::new() };
+    sub.subscribe_with_properties("vehicles/+/cmd", QoS::AtLeastOnce, props).await.unwrap();
+    suback(&mut sub_events).await;
+    let props = SubscribeProperties { id: Some(9), user_properties: Vec::new() };
+    let mut own = Filter::new("vehicles/#", QoS::AtLeastOnce);
+    own.nolocal = true;
+    sub.subscribe_many_with_properties([own], props).await.unwrap();
+    suback(&mut sub_events).await;
+
+    let (publisher, mut pub_events) = client(&pacer, "vehicle-3");
+    connack(&mut pub_events).await;
+    let properties = PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(600),
+        response_topic: Some("vehicles/3/reply".into()),
+        correlation_data: Some(Bytes::from_static(b"req-42")),
+        user_properties: vec![("fleet".into(), "north".into())],
+        content_type: Some("application/json".into()),
+        ..Default::default()
+    };
+    publisher
+        .publish_with_properties("vehicles/3/cmd", QoS::AtLeastOnce, false, r#"{"stop":true}"#, properties)
+        .await
+        .unwrap();
+    puback(&mut pub_events).await;
+
+    let got = received(&mut sub_events, 1, Duration::from_secs(20)).await;
+    let p = got.first().expect("the subscriber gets the message");
+    let props = p.properties.clone().expect("MQTT 5 properties");
+    assert_eq!(props.content_type.as_deref(), Some("application/json"));
+    assert_eq!(props.response_topic.as_deref(), Some("vehicles/3/reply"));
+    assert_eq!(props.correlation_data.as_deref(), Some(&b"req-42"[..]));
+    assert_eq!(props.user_properties, vec![("fleet".to_string(), "north".to_string())]);
+    assert_eq!(props.payload_format_indicator, Some(1));
+    assert!(props.message_expiry_interval.is_some_and(|s| (590..=600).contains(&s)), "{props:?}");
+    let mut ids = props.subscription_identifiers.clone();
+    ids.sort();
+    assert_eq!(ids, [7, 9], "one PUBLISH carries the ids of both matching subscriptions");
+
+    // no-local: the dispatcher's own publish on vehicles/# reaches it only through the
+    // subscription without no-local (id 7 matches vehicles/+/cmd).
+    sub.publish("vehicles/9/cmd", QoS::AtLeastOnce, false, "go").await.unwrap();
+    let own = received(&mut sub_events, 1, Duration::from_secs(20)).await;
+    let ids = own[0].properties.clone().unwrap().subscription_identifiers;
+    assert_eq!(ids, [7]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_subscription_gives_each_message_to_one_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start(dir.path());
+    let (a, mut a_events) = client(&pacer, "worker-a");
+    let (b, mut b_events) = client(&pacer, "worker-b");
+    connack(&mut a_events).await;
+    connack(&mut b_events).await;
+    a.subscribe("$share/workers/jobs/#", QoS::AtLeastOnce).await.unwrap();
+    suback(&mut a_events).await;
+    b.subscribe("$share/workers/jobs/#", QoS::AtLeastOnce).await.unwrap();
+    suback(&mut b_events).await;
+
+    let (publisher, mut pub_events) = client(&pacer, "scheduler");
+    connack(&mut pub_events).await;
+    for i in 0..10 {
+        publisher.publish(format!("jobs/{i}"), QoS::AtLeastOnce, false, format!("job {i}")).await.unwrap();
+        puback(&mut pub_events).await;
+    }
+    // Collect from both workers until ten jobs arrived in all; each must be a different job.
+    let (mut got_a, mut got_b) = (Vec::new(), Vec::new());
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while got_a.len() + got_b.len() < 10 {
+            tokio::select! {
+                e = a_events.poll() => if let Event::Incoming(Packet::Publish(p)) = e.unwrap() { got_a.push(p.payload) },
+                e = b_events.poll() => if let Event::Incoming(Packet::Publish(p)) = e.unwrap() { got_b.push(p.payload) },
+            }
+        }
+    })
+    .await
+    .expect("ten jobs within 30 s");
+    let mut all: Vec<_> = got_a.iter().chain(&got_b).cloned().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 10, "each job exactly once");
+    assert!(!got_a.is_empty() && !got_b.is_empty(), "both workers get work: {} + {}", got_a.len(), got_b.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_client_id_is_assigned_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start(dir.path());
+    let (_c, mut events) = client(&pacer, "");
+    let ack = connack(&mut events).await;
+    let props = ack.properties.expect("CONNACK properties");
+    assert!(props.assigned_client_identifier.is_some_and(|id| id.starts_with("pacer-")));
+    assert_ne!(props.shared_subscription_available, Some(0), "absent or 1 means available");
+    assert!(props.topic_alias_max.is_some_and(|m| m > 0));
+}
