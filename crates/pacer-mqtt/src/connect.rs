@@ -26,6 +26,7 @@ pub struct ConnectRequest {
     pub clean_start: bool,
     pub keep_alive: u16,
     pub username: Option<String>,
+    pub password: Option<bytes::Bytes>,
     pub will: Option<Will>,
     /// 0: the session ends with the connection; NEVER_EXPIRES for a 3.1.1 persistent one.
     pub session_expiry: u32,
@@ -45,6 +46,7 @@ impl ConnectRequest {
                 clean_start: c.clean_session,
                 keep_alive: c.keep_alive,
                 username: c.username.map(|u| u.to_string()),
+                password: c.password,
                 will: c.last_will.map(|w| Will {
                     publication: Publication {
                         topic: w.topic.to_string(),
@@ -67,6 +69,7 @@ impl ConnectRequest {
                 clean_start: c.clean_start,
                 keep_alive: c.keep_alive,
                 username: c.username.map(|u| u.to_string()),
+                password: c.password,
                 will: c.last_will.map(|w| Will {
                     publication: Publication {
                         topic: w.topic.to_string(),
@@ -105,6 +108,7 @@ impl ConnectRequest {
 #[derive(Debug, Clone, Copy)]
 pub enum Refusal {
     IdentifierRejected,
+    BadCredentials,
     NotAuthorized,
     ServerUnavailable,
     BadAuthenticationMethod,
@@ -115,6 +119,7 @@ pub fn refusal(version: Version, why: Refusal) -> MqttPacket {
         Version::V3 => {
             let return_code = match why {
                 Refusal::IdentifierRejected => v3::ConnectAckReason::IdentifierRejected,
+                Refusal::BadCredentials => v3::ConnectAckReason::BadUserNameOrPassword,
                 Refusal::NotAuthorized | Refusal::BadAuthenticationMethod => v3::ConnectAckReason::NotAuthorized,
                 Refusal::ServerUnavailable => v3::ConnectAckReason::ServiceUnavailable,
             };
@@ -123,6 +128,7 @@ pub fn refusal(version: Version, why: Refusal) -> MqttPacket {
         Version::V5 => {
             let reason_code = match why {
                 Refusal::IdentifierRejected => v5::ConnectAckReason::ClientIdentifierNotValid,
+                Refusal::BadCredentials => v5::ConnectAckReason::BadUserNameOrPassword,
                 Refusal::NotAuthorized => v5::ConnectAckReason::NotAuthorized,
                 Refusal::ServerUnavailable => v5::ConnectAckReason::ServerUnavailable,
                 Refusal::BadAuthenticationMethod => v5::ConnectAckReason::BadAuthenticationMethod,

@@ -5,6 +5,7 @@
 //! [`PublishSink`] (in Pacer: the ingest rules appending to the log) has made it durable.
 //! Only then is it routed to subscribers, so nobody sees a message that could be lost.
 
+pub mod auth;
 mod connect;
 mod connection;
 mod metrics;
@@ -108,8 +109,16 @@ pub struct Broker {
     shared: Arc<Shared>,
 }
 
+/// Who may connect and what they may do; None: anyone, anything (`allow_anonymous` aside).
+#[derive(Default)]
+pub struct Security {
+    pub passwords: Option<auth::PasswordFile>,
+    pub acl: Option<Arc<auth::Acl>>,
+}
+
 struct Shared {
     config: BrokerConfig,
+    security: Security,
     router: Router,
     sink: Arc<dyn PublishSink>,
     store: Arc<dyn BrokerStore>,
@@ -134,11 +143,12 @@ impl Broker {
     /// A broker with what `store` kept from earlier runs.
     pub async fn start(
         config: BrokerConfig,
+        security: Security,
         sink: Arc<dyn PublishSink>,
         store: Arc<dyn BrokerStore>,
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::default();
-        let router = Router::new(config.max_queued, metrics.clone());
+        let router = Router::new(config.max_queued, security.acl.clone(), metrics.clone());
         let stored = store.load().await?;
         for p in stored.retained {
             router.set_retained(&Arc::new(p));
@@ -148,7 +158,7 @@ impl Broker {
             router.restore_session(&client_id, record);
         }
         tracing::info!(retained = router.retained_count(), sessions = restored.len(), "broker state restored");
-        let shared = Arc::new(Shared { config, router, sink, store, metrics });
+        let shared = Arc::new(Shared { config, security, router, sink, store, metrics });
         // Restored sessions are away from now on: their expiry clock starts now.
         for client_id in restored {
             connection::schedule_expiry(&shared, &client_id, 0);

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub messages_out: Counter,
     pub dropped: Counter,
     pub malformed: Counter,
+    pub denied: Counter,
 }
 
 impl Metrics {
@@ -25,6 +26,7 @@ impl Metrics {
             "Messages dropped because a subscriber's queue was full",
             self.dropped.clone(),
         );
+        registry.register("pacer_mqtt_denied", "Publishes and subscriptions the ACL refused", self.denied.clone());
         registry.register(
             "pacer_mqtt_malformed_packets",
             "Connections closed because of a malformed packet",

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use pacer_core::{now_ms, Publication};
 use tokio::sync::Notify;
 
+use crate::auth::{Access, Acl};
 use crate::metrics::Metrics;
 use crate::session::{Attached, Delivery, SessionRecord, SessionState};
 use crate::topic;
@@ -34,6 +35,8 @@ pub struct Router {
     /// Picks the member of a share group that gets the next message.
     share_turn: AtomicUsize,
     max_queued: usize,
+    /// Read permissions, checked for every message on its way to a subscriber.
+    acl: Option<Arc<Acl>>,
     metrics: Metrics,
 }
 
@@ -49,15 +52,23 @@ pub struct Connected {
 }
 
 impl Router {
-    pub fn new(max_queued: usize, metrics: Metrics) -> Self {
+    pub fn new(max_queued: usize, acl: Option<Arc<Acl>>, metrics: Metrics) -> Self {
         Router {
             sessions: RwLock::default(),
             retained: RwLock::default(),
             next_generation: AtomicU64::new(1),
             share_turn: AtomicUsize::new(0),
             max_queued,
+            acl,
             metrics,
         }
+    }
+
+    /// Whether the ACL lets this session's client receive messages on `topic_name`.
+    pub fn may_read(&self, state: &SessionState, client_id: &str, topic_name: &str) -> bool {
+        self.acl
+            .as_ref()
+            .is_none_or(|acl| acl.allows_topic(state.username.as_deref(), client_id, topic_name, Access::Read))
     }
 
     /// Restores a stored session (after a restart), offline until its client connects.
@@ -69,7 +80,7 @@ impl Router {
 
     /// Attaches a new connection to `client_id`'s session, disconnecting an earlier one
     /// (MQTT-3.1.4-2). A clean start discards what the session had.
-    pub fn connect(&self, client_id: &str, clean_start: bool, expiry_secs: u32) -> Connected {
+    pub fn connect(&self, client_id: &str, username: Option<&str>, clean_start: bool, expiry_secs: u32) -> Connected {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Notify::new());
         let kick = Arc::new(Notify::new());
@@ -98,7 +109,11 @@ impl Router {
             sessions.insert(client_id.to_string(), fresh.clone());
             fresh
         });
-        session.lock().unwrap().connection = Some(Attached { generation, wake: wake.clone(), kick: kick.clone() });
+        {
+            let mut state = session.lock().unwrap();
+            state.connection = Some(Attached { generation, wake: wake.clone(), kick: kick.clone() });
+            state.username = username.map(str::to_string);
+        }
         Connected { session, session_present, discarded_stored, generation, wake, kick }
     }
 
@@ -178,6 +193,9 @@ impl Router {
                 ids.extend(sub.id);
             }
             let Some(granted) = best else { continue };
+            if !self.may_read(&state, client_id, &publication.topic) {
+                continue;
+            }
             let qos = granted.min(publication.qos);
             // An offline session queues QoS 1 and 2 only, as mosquitto does.
             if state.connection.is_none() && qos == 0 {
@@ -193,6 +211,13 @@ impl Router {
         }
         for members in groups.into_values() {
             // Prefer members that are connected; among them, take turns.
+            let members: Vec<_> = members
+                .into_iter()
+                .filter(|m| self.may_read(&m.session.lock().unwrap(), m.client_id, &publication.topic))
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
             let online: Vec<_> = members.iter().filter(|m| m.session.lock().unwrap().connection.is_some()).collect();
             let pool: Vec<_> = if online.is_empty() { members.iter().collect() } else { online };
             let chosen = pool[self.share_turn.fetch_add(1, Ordering::Relaxed) % pool.len()];

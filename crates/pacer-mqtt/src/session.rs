@@ -70,6 +70,8 @@ pub struct SessionState {
     pub connection: Option<Attached>,
     /// Generation of the connection that last left, to tell whether it came back since.
     pub detached_generation: u64,
+    /// The user the client authenticated as, for read permissions.
+    pub username: Option<String>,
 }
 
 impl SessionState {
@@ -83,6 +85,7 @@ impl SessionState {
             next_packet_id: 1,
             connection: None,
             detached_generation: 0,
+            username: None,
         }
     }
 

@@ -37,6 +37,10 @@ pub struct MqttConfig {
     pub topic_alias_maximum: u16,
     /// Longest keep-alive allowed (MQTT 5 Server Keep Alive).
     pub max_keep_alive: u16,
+    /// mosquitto_passwd format; relative to the config file.
+    pub password_file: Option<PathBuf>,
+    /// mosquitto ACL format; relative to the config file.
+    pub acl_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +99,8 @@ impl Default for MqttConfig {
             receive_maximum: broker.receive_maximum,
             topic_alias_maximum: broker.topic_alias_maximum,
             max_keep_alive: broker.max_keep_alive,
+            password_file: None,
+            acl_file: None,
         }
     }
 }
@@ -144,11 +150,16 @@ impl Config {
         let mut config: Config =
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for course in &mut config.course {
-            if course.file.is_relative() {
-                course.file = base.join(&course.file);
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
+        };
+        for course in &mut config.course {
+            resolve(&mut course.file);
         }
+        config.mqtt.password_file.as_mut().map(resolve);
+        config.mqtt.acl_file.as_mut().map(resolve);
         Ok(config)
     }
 }

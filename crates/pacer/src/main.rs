@@ -105,6 +105,17 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "PACER_SERVER")]
         server: String,
     },
+    /// Adds, changes or removes a user in a mosquitto-format password file
+    Passwd {
+        file: PathBuf,
+        user: String,
+        /// The password; read from the first line of stdin when not given
+        #[arg(long)]
+        password: Option<String>,
+        /// Remove the user instead
+        #[arg(long, short = 'D')]
+        delete: bool,
+    },
     /// Measures a broker (Pacer or any other) with real MQTT clients
     Bench {
         #[command(subcommand)]
@@ -205,6 +216,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tail { stream, from_beginning, from, key, limit, server } => {
             tail::tail(tail::TailOptions { server, stream, from_beginning, from_time: from, key, limit }).await
+        }
+        Command::Passwd { file, user, password, delete } => {
+            let password = match (delete, password) {
+                (true, _) => None,
+                (false, Some(p)) => Some(p),
+                (false, None) => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).context("reading the password from stdin")?;
+                    Some(line.trim_end_matches(['\n', '\r']).to_string())
+                }
+            };
+            anyhow::ensure!(password.as_deref() != Some(""), "the password is empty");
+            pacer_mqtt::auth::update_password_file(&file, &user, password.as_deref())?;
+            eprintln!("{} {user} in {}", if delete { "removed" } else { "set" }, file.display());
+            Ok(())
         }
         Command::Produce { stream, key, server } => produce::produce(&server, &stream, key.as_deref()).await,
         Command::Sql { statement, server } => sql(&server, &statement).await,

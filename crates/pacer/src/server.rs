@@ -51,8 +51,13 @@ impl Server {
             topic_alias_maximum: config.mqtt.topic_alias_maximum,
             max_keep_alive: config.mqtt.max_keep_alive.max(1),
         };
+        let security = pacer_mqtt::Security {
+            passwords: config.mqtt.password_file.as_deref().map(pacer_mqtt::auth::PasswordFile::load).transpose()?,
+            acl: config.mqtt.acl_file.as_deref().map(pacer_mqtt::auth::Acl::load).transpose()?.map(Arc::new),
+        };
         let store = Arc::new(pacer_ingest::LogBrokerStore::new(log.clone()));
-        let broker = Broker::start(broker_config, ingest, store).await.context("restoring the broker's state")?;
+        let broker =
+            Broker::start(broker_config, security, ingest, store).await.context("restoring the broker's state")?;
         broker.register_metrics(&mut registry);
 
         let courses = load_courses(&config)?;
