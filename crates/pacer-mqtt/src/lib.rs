@@ -12,6 +12,7 @@ mod metrics;
 mod router;
 mod session;
 pub mod topic;
+mod transport;
 mod wire;
 
 use std::net::SocketAddr;
@@ -170,24 +171,46 @@ impl Broker {
         self.shared.metrics.register(registry);
     }
 
-    /// Accepts connections until the task is dropped; each runs on its own task.
+    /// Accepts MQTT over TCP until the task is dropped; each connection runs on its own task.
     pub async fn serve(&self, listener: TcpListener) -> anyhow::Result<()> {
         loop {
-            let (socket, peer) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = socket.set_nodelay(true);
-            tokio::spawn(connection::serve(socket, peer_name(peer), self.shared.clone()));
+            let Some((socket, peer)) = accept(&listener).await else { continue };
+            tokio::spawn(connection::serve(socket, peer.to_string(), self.shared.clone()));
         }
+    }
+
+    /// Accepts MQTT over TLS, with the certificate and key in these PEM files.
+    pub fn serve_tls(
+        &self,
+        listener: TcpListener,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static> {
+        let acceptor = transport::tls_acceptor(cert, key)?;
+        Ok(transport::serve_tls(self.shared.clone(), listener, acceptor))
+    }
+
+    /// Accepts MQTT over WebSocket (subprotocol `mqtt`).
+    pub fn serve_websocket(
+        &self,
+        listener: TcpListener,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
+        transport::serve_websocket(self.shared.clone(), listener)
     }
 }
 
-fn peer_name(peer: SocketAddr) -> String {
-    peer.to_string()
+/// The next connection; None after a failed accept (out of file descriptors and the like),
+/// having backed off so the loop does not spin.
+async fn accept(listener: &TcpListener) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    match listener.accept().await {
+        Ok((socket, peer)) => {
+            let _ = socket.set_nodelay(true);
+            Some((socket, peer))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            None
+        }
+    }
 }

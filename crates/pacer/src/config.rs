@@ -23,6 +23,12 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     pub listen: String,
+    /// MQTT over TLS ("" = off), with `tls_cert` and `tls_key` (PEM; relative to the config file).
+    pub tls_listen: String,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// MQTT over WebSocket, subprotocol `mqtt` ("" = off).
+    pub websocket_listen: String,
     pub allow_anonymous: bool,
     pub max_packet_size: u32,
     /// Outbound QoS 1/2 messages a client may have unacknowledged at once.
@@ -91,6 +97,10 @@ impl Default for MqttConfig {
         let broker = pacer_mqtt::BrokerConfig::default();
         MqttConfig {
             listen: "0.0.0.0:1883".into(),
+            tls_listen: String::new(),
+            tls_cert: None,
+            tls_key: None,
+            websocket_listen: String::new(),
             allow_anonymous: broker.allow_anonymous,
             max_packet_size: broker.max_packet_size,
             max_inflight: broker.max_inflight,
@@ -160,6 +170,8 @@ impl Config {
         }
         config.mqtt.password_file.as_mut().map(resolve);
         config.mqtt.acl_file.as_mut().map(resolve);
+        config.mqtt.tls_cert.as_mut().map(resolve);
+        config.mqtt.tls_key.as_mut().map(resolve);
         Ok(config)
     }
 }

@@ -21,6 +21,8 @@ use crate::config::{Config, BUILTIN_COURSE};
 pub struct Server {
     pub mqtt_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    pub websocket_addr: Option<SocketAddr>,
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
@@ -111,11 +113,32 @@ impl Server {
         let http_addr = http_listener.local_addr()?;
 
         let mut tasks = JoinSet::new();
+        let mut tls_addr = None;
+        if !config.mqtt.tls_listen.is_empty() {
+            let (Some(cert), Some(key)) = (&config.mqtt.tls_cert, &config.mqtt.tls_key) else {
+                anyhow::bail!("[mqtt] tls_listen needs tls_cert and tls_key (PEM files)");
+            };
+            let listener = TcpListener::bind(&config.mqtt.tls_listen)
+                .await
+                .with_context(|| format!("MQTT TLS listener: cannot bind {}", config.mqtt.tls_listen))?;
+            tls_addr = Some(listener.local_addr()?);
+            let serving = broker.serve_tls(listener, cert, key)?;
+            tasks.spawn(async move { serving.await.context("MQTT TLS server") });
+        }
+        let mut websocket_addr = None;
+        if !config.mqtt.websocket_listen.is_empty() {
+            let listener = TcpListener::bind(&config.mqtt.websocket_listen)
+                .await
+                .with_context(|| format!("MQTT WebSocket listener: cannot bind {}", config.mqtt.websocket_listen))?;
+            websocket_addr = Some(listener.local_addr()?);
+            let serving = broker.serve_websocket(listener);
+            tasks.spawn(async move { serving.await.context("MQTT WebSocket server") });
+        }
         tasks.spawn(async move { broker.serve(mqtt_listener).await.context("MQTT server") });
         tasks.spawn(async move { tracker.run().await.context("tracking query") });
         tasks.spawn(async move { axum::serve(http_listener, pacer_web::router(web)).await.context("HTTP server") });
         tracing::info!(%mqtt_addr, %http_addr, data_dir = %config.log.dir.display(), "pacer started");
-        Ok(Server { mqtt_addr, http_addr, tasks })
+        Ok(Server { mqtt_addr, http_addr, tls_addr, websocket_addr, tasks })
     }
 
     /// Waits until a part stops (which is an error: they run forever) or Ctrl-C.
@@ -134,7 +157,14 @@ impl Server {
 
     /// The line tests and scripts wait for: the server is ready to take connections.
     pub fn ready_line(&self) -> String {
-        format!("pacer ready: mqtt={} http=http://{}", self.mqtt_addr, self.http_addr)
+        let mut line = format!("pacer ready: mqtt={} http=http://{}", self.mqtt_addr, self.http_addr);
+        if let Some(addr) = self.tls_addr {
+            line.push_str(&format!(" mqtts={addr}"));
+        }
+        if let Some(addr) = self.websocket_addr {
+            line.push_str(&format!(" ws={addr}"));
+        }
+        line
     }
 }
 

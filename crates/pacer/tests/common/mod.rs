@@ -15,6 +15,8 @@ pub struct Pacer {
     pub child: Child,
     pub mqtt_port: u16,
     pub http: String,
+    /// Other listeners from the ready line, e.g. "mqtts" and "ws", by name.
+    pub listeners: std::collections::HashMap<String, String>,
 }
 
 impl Pacer {
@@ -34,11 +36,12 @@ impl Pacer {
             .expect("start pacer");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let ready = lines.next().expect("pacer printed nothing").expect("read stdout");
-        let rest =
-            ready.strip_prefix("pacer ready: mqtt=").unwrap_or_else(|| panic!("unexpected first line {ready:?}"));
-        let (mqtt, http) = rest.split_once(" http=").unwrap();
-        let mqtt_port = mqtt.rsplit(':').next().unwrap().parse().unwrap();
-        Pacer { child, mqtt_port, http: http.to_string() }
+        let rest = ready.strip_prefix("pacer ready: ").unwrap_or_else(|| panic!("unexpected first line {ready:?}"));
+        let mut listeners: std::collections::HashMap<String, String> =
+            rest.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
+        let mqtt_port = listeners.remove("mqtt").unwrap().rsplit(':').next().unwrap().parse().unwrap();
+        let http = listeners.remove("http").unwrap();
+        Pacer { child, mqtt_port, http, listeners }
     }
 
     pub fn mosquitto_pub(&self, topic: &str, qos: u8, message: &str) {

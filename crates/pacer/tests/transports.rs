@@ -1,0 +1,87 @@
+//! MQTT over TLS (checked by mosquitto_pub against a CA it trusts) and over WebSocket
+//! (rumqttc's websocket transport), against a real `pacer up`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::Pacer;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+
+/// A throw-away CA and a server certificate for localhost and 127.0.0.1 signed by it.
+fn write_certificates(dir: &Path) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params.distinguished_name.push(DnType::CommonName, "Pacer test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &ca).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+}
+
+fn start_with_config(dir: &Path, config: &str) -> Pacer {
+    std::fs::write(dir.join("pacer.toml"), config).unwrap();
+    Pacer::start_with(&dir.join("data"), &["--config", dir.join("pacer.toml").to_str().unwrap()])
+}
+
+#[test]
+fn mosquitto_pub_publishes_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certificates(dir.path());
+    let pacer = start_with_config(
+        dir.path(),
+        "[mqtt]\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\n",
+    );
+    let port = pacer.listeners["mqtts"].rsplit(':').next().unwrap().to_string();
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "localhost", "-p", &port, "--cafile"])
+        .arg(dir.path().join("ca.pem"))
+        .args(["-q", "1", "-t", "secure/t1", "-m", "over tls"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let records = pacer.tail("mqtt", 1);
+    assert_eq!(records[0]["value"], "over tls");
+
+    // A client that does not trust the certificate is turned away by its own check.
+    let untrusting = Command::new("mosquitto_pub")
+        .args(["-h", "localhost", "-p", &port, "--cafile", "/etc/ssl/certs/ca-certificates.crt"])
+        .args(["-q", "1", "-t", "secure/t1", "-m", "x"])
+        .output()
+        .unwrap();
+    assert!(!untrusting.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_talks_mqtt_over_websocket() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer =
+        tokio::task::block_in_place(|| start_with_config(dir.path(), "[mqtt]\nwebsocket_listen = \"127.0.0.1:0\"\n"));
+    let port: u16 = pacer.listeners["ws"].rsplit(':').next().unwrap().parse().unwrap();
+    let mut options = MqttOptions::new("browser-like", format!("ws://127.0.0.1:{port}/mqtt"), port);
+    options.set_transport(Transport::Ws).set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(options, 10);
+    client.subscribe("buses/#", QoS::AtLeastOnce).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.poll().await.expect("websocket connection") {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    client.publish("buses/24", QoS::AtLeastOnce, false, "at Victoria").await.unwrap();
+                }
+                Event::Incoming(Packet::Publish(p)) => return p,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the message comes back over the websocket");
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("buses/24", &b"at Victoria"[..]));
+}
