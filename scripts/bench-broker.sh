@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Broker benchmark: QoS 1 publish throughput and PUBLISH→PUBACK latency of Pacer (log fsync
-# batch, and fsync off) against mosquitto on this machine, with the same load generator
-# (`pacer bench publish`, rumqttc clients), rounds interleaved so noise hits all alike.
-# Prints every run and the median per broker. Env: RUNS, CLIENTS, MESSAGES, PAYLOAD.
+# Broker benchmark: Pacer against mosquitto on this machine, same load generator (`pacer
+# bench`, rumqttc clients), rounds interleaved so noise hits both alike. Pacer runs with its
+# default ingest rules, so every message is also appended to the log (fsync batch: durable
+# before PUBACK). Prints every run and the median per case and broker.
+# Env: RUNS (default 5), MESSAGES (per publisher, default 50000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=${RUNS:-5}; clients=${CLIENTS:-4}; messages=${MESSAGES:-25000}; payload=${PAYLOAD:-200}
+runs=${RUNS:-5}; messages=${MESSAGES:-50000}
 
 command -v mosquitto >/dev/null || { apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; }
 cargo build --release --quiet
@@ -15,27 +16,36 @@ trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 
 printf 'listener 18831 127.0.0.1\nallow_anonymous true\n' > "$tmp/mosquitto.conf"
 mosquitto -c "$tmp/mosquitto.conf" 2>"$tmp/mosquitto.log" &
-"$pacer" up --data-dir "$tmp/batch" --fsync batch --mqtt-listen 127.0.0.1:18832 --http-listen 127.0.0.1:0 >"$tmp/batch.out" 2>&1 &
-"$pacer" up --data-dir "$tmp/off" --fsync off --mqtt-listen 127.0.0.1:18833 --http-listen 127.0.0.1:0 >"$tmp/off.out" 2>&1 &
-for port in 18831 18832 18833; do
+PACER_LOG=warn "$pacer" up --data-dir "$tmp/pacer" --mqtt-listen 127.0.0.1:18832 --http-listen 127.0.0.1:0 >"$tmp/pacer.out" 2>&1 &
+for port in 18831 18832; do
   for _ in $(seq 100); do mosquitto_pub -p $port -t ready -m 1 2>/dev/null && break; sleep 0.1; done
 done
 
-echo "$(nproc) cores; $clients clients x $messages messages of $payload bytes, QoS 1, inflight 100; $runs rounds"
+cases=(
+  "publish-qos1-4clients|publish --clients 4 --messages $messages --qos 1"
+  "publish-qos0-1client|publish --clients 1 --messages $((messages * 2)) --qos 0"
+  "pubsub-qos0-1to1|pubsub --messages $messages --qos 0"
+  "pubsub-qos1-1to1|pubsub --messages $messages --qos 1"
+)
+echo "$(nproc) cores, $(mosquitto -h 2>/dev/null | head -1), $runs rounds, 200-206 byte payloads"
 for round in $(seq "$runs"); do
-  for target in mosquitto:18831 pacer-fsync-batch:18832 pacer-fsync-off:18833; do
-    name=${target%%:*}; port=${target##*:}
-    line=$("$pacer" bench publish --port "$port" --clients "$clients" --messages "$messages" --payload-bytes "$payload")
-    echo "round $round $name: $line"
-    echo "$line" | sed -E 's/.* ([0-9]+) msg\/s.*p50 ([0-9.]+) ms, p99 ([0-9.]+) ms.*/\1 \2 \3/' >> "$tmp/$name.txt"
+  for case in "${cases[@]}"; do
+    name=${case%%|*}; args=${case#*|}
+    for broker in mosquitto:18831 pacer:18832; do
+      line=$("$pacer" bench $args --port "${broker##*:}" 2>/dev/null | tail -1)
+      echo "round $round $name ${broker%%:*}: $line"
+      rate=$(echo "$line" | grep -oE '[0-9]+ msg/s' | head -1 | cut -d' ' -f1)
+      p50=$(echo "$line" | grep -oE 'p50 [0-9.]+' | cut -d' ' -f2)
+      echo "$rate ${p50:-0}" >> "$tmp/$name.${broker%%:*}"
+    done
   done
 done
 echo
-printf '%-20s %12s %10s %10s\n' broker "msg/s" "p50 ms" "p99 ms"
-for name in mosquitto pacer-fsync-batch pacer-fsync-off; do
-  median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-  rate=$(cut -d' ' -f1 "$tmp/$name.txt" | median)
-  p50=$(cut -d' ' -f2 "$tmp/$name.txt" | median)
-  p99=$(cut -d' ' -f3 "$tmp/$name.txt" | median)
-  printf '%-20s %12s %10s %10s\n' "$name" "$rate" "$p50" "$p99"
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+printf '%-24s %12s %12s %8s %12s %12s\n' case "mosquitto/s" "pacer/s" ratio "mosq p50ms" "pacer p50ms"
+for case in "${cases[@]}"; do
+  name=${case%%|*}
+  m=$(cut -d' ' -f1 "$tmp/$name.mosquitto" | median); p=$(cut -d' ' -f1 "$tmp/$name.pacer" | median)
+  ml=$(cut -d' ' -f2 "$tmp/$name.mosquitto" | median); pl=$(cut -d' ' -f2 "$tmp/$name.pacer" | median)
+  printf '%-24s %12s %12s %8s %12s %12s\n' "$name" "$m" "$p" "$(awk "BEGIN {printf \"%.2f\", $p / $m}")" "$ml" "$pl"
 done

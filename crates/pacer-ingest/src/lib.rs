@@ -69,25 +69,42 @@ impl Ingest {
     /// Stores a publication by the first rule that matches its topic. Publications no rule
     /// matches are not stored (they are still routed to MQTT subscribers).
     pub async fn ingest(&self, p: &Publication) -> anyhow::Result<()> {
-        let Some(rule) = self.rules.iter().find(|r| r.matches(&p.topic)) else {
-            return Ok(());
-        };
-        let headers = vec![
+        self.ingest_all(std::slice::from_ref(p)).await
+    }
+
+    /// Stores publications in order, with one append per target stream: a burst from one
+    /// connection costs one durable write per stream, not one per message.
+    pub async fn ingest_all(&self, publications: &[Publication]) -> anyhow::Result<()> {
+        let mut by_stream: Vec<(&str, Vec<NewRecord>)> = Vec::new();
+        for p in publications {
+            let Some((stream, record)) = self.record_for(p) else { continue };
+            match by_stream.iter_mut().find(|(s, _)| *s == stream) {
+                Some((_, records)) => records.push(record),
+                None => by_stream.push((stream, vec![record])),
+            }
+        }
+        let appends = by_stream.into_iter().map(|(stream, records)| self.log.append(stream, records));
+        futures::future::try_join_all(appends).await?;
+        Ok(())
+    }
+
+    /// The stream and record a publication becomes: by its rule, or a dead letter.
+    fn record_for<'a>(&'a self, p: &Publication) -> Option<(&'a str, NewRecord)> {
+        let rule = self.rules.iter().find(|r| r.matches(&p.topic))?;
+        let mut headers = vec![
             (header::TOPIC.to_string(), Bytes::from(p.topic.clone())),
             (header::CLIENT_ID.to_string(), Bytes::from(p.client_id.clone())),
             (header::QOS.to_string(), Bytes::from(p.qos.to_string())),
             (header::RETAIN.to_string(), Bytes::from(p.retain.to_string())),
         ];
-        let mut headers = headers;
         if let Some(user) = &p.username {
             headers.push((header::USERNAME.to_string(), Bytes::from(user.clone())));
         }
-        match rule.decode(p) {
-            Ok(decoded) => {
-                let record =
-                    NewRecord { timestamp: decoded.timestamp, key: decoded.key, value: decoded.value, headers };
-                self.log.append(rule.stream(), vec![record]).await?;
-            }
+        Some(match rule.decode(p) {
+            Ok(decoded) => (
+                rule.stream(),
+                NewRecord { timestamp: decoded.timestamp, key: decoded.key, value: decoded.value, headers },
+            ),
             Err(reason) => {
                 tracing::debug!(topic = %p.topic, client_id = %p.client_id, %reason, "payload sent to dead letters");
                 let value = json!({
@@ -103,17 +120,16 @@ impl Ingest {
                     value: Bytes::from(value.to_string()),
                     headers,
                 };
-                self.log.append(DEAD_LETTERS, vec![record]).await?;
+                (DEAD_LETTERS, record)
             }
-        }
-        Ok(())
+        })
     }
 }
 
 #[async_trait]
 impl pacer_mqtt::PublishSink for Ingest {
-    async fn accept(&self, publication: &Publication) -> anyhow::Result<()> {
-        self.ingest(publication).await
+    async fn accept(&self, publications: &[Publication]) -> anyhow::Result<()> {
+        self.ingest_all(publications).await
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytestring::ByteString;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use pacer_core::{now_ms, MessageProperties, Publication};
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::PublishProperties;
@@ -36,12 +36,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Transport<S> = Framed<S, MqttCodec>;
 
-/// An ack (or NACK) that goes out once the work behind it is durable.
+/// Acks (or NACKs) that go out once the work behind them is durable.
 struct AckDone {
-    out: Option<Out>,
-    /// It acknowledges an inbound QoS 1 publish (counted against Receive Maximum).
-    inbound_qos1: bool,
+    outs: Vec<Out>,
+    /// Inbound QoS 1 publishes they acknowledge (counted against Receive Maximum).
+    inbound_qos1: usize,
 }
+
+/// A publish of the current burst: to be stored, or already decided (denied by the ACL).
+enum Pending {
+    Store { publication: Box<Publication>, qos: QoS, packet_id: Option<NonZeroU16> },
+    Decided(Out),
+}
+
+/// Packets handled in one go when several are already buffered: their publishes are stored
+/// with one durable write.
+const MAX_BURST: usize = 256;
 
 type Acks = FuturesOrdered<BoxFuture<'static, anyhow::Result<AckDone>>>;
 
@@ -260,7 +270,7 @@ where
 
 async fn publish_will_now(shared: &Arc<Shared>, publication: Publication) {
     let client_id = publication.client_id.clone();
-    if let Err(e) = shared.accept(publication).await {
+    if let Err(e) = shared.accept(vec![publication]).await {
         tracing::error!(%client_id, error = %e, "could not store the will message");
     }
 }
@@ -332,40 +342,57 @@ impl Connection {
             };
             tokio::select! {
                 packet = next_packet => {
-                    let packet = match packet {
-                        Err(_) => return protocol_error("keep-alive expired", 0x8D),
-                        Ok(None) => return abnormal("connection closed by client"),
-                        Ok(Some(Err(e))) => {
-                            self.shared.metrics.malformed.inc();
-                            return protocol_error(format!("malformed packet: {e}"), 0x81);
+                    let mut burst = vec![packet];
+                    // Whatever else is already buffered joins this round, so a burst of
+                    // publishes is stored with one durable write.
+                    while burst.len() < MAX_BURST {
+                        match transport.next().now_or_never() {
+                            Some(p) => burst.push(Ok(p)),
+                            None => break,
                         }
-                        Ok(Some(Ok((packet, _)))) => match wire::decode(packet) {
-                            Some(p) => p,
-                            None => return protocol_error("unexpected packet", 0x82),
-                        },
-                    };
-                    match self.handle(packet, &mut acks) {
-                        Ok(replies) => {
-                            if let Err(e) = self.send(transport, replies).await {
-                                return abnormal(format!("write failed: {e}"));
+                    }
+                    let mut batch = Vec::new();
+                    let mut replies = Vec::new();
+                    let mut closing = None;
+                    for packet in burst {
+                        let packet = match packet {
+                            Err(_) => Err(protocol_error("keep-alive expired", 0x8D)),
+                            Ok(None) => Err(abnormal("connection closed by client")),
+                            Ok(Some(Err(e))) => {
+                                self.shared.metrics.malformed.inc();
+                                Err(protocol_error(format!("malformed packet: {e}"), 0x81))
+                            }
+                            Ok(Some(Ok((packet, _)))) => {
+                                wire::decode(packet).ok_or_else(|| protocol_error("unexpected packet", 0x82))
+                            }
+                        };
+                        match packet.and_then(|p| self.handle(p, &mut batch, &mut acks)) {
+                            Ok(r) => replies.extend(r),
+                            Err(close) => {
+                                closing = Some(close);
+                                break;
                             }
                         }
-                        Err(close) => {
-                            // Acks owed for publishes already being stored still go out.
-                            while let Some(Ok(done)) = acks.next().await {
-                                let _ = self.send(transport, done.out.into_iter().collect()).await;
-                            }
-                            return close;
+                    }
+                    if !batch.is_empty() {
+                        acks.push_back(self.store(batch));
+                    }
+                    if let Err(e) = self.send(transport, replies).await {
+                        return abnormal(format!("write failed: {e}"));
+                    }
+                    if let Some(close) = closing {
+                        // Acks owed for publishes already being stored still go out.
+                        while let Some(Ok(done)) = acks.next().await {
+                            let _ = self.send(transport, done.outs).await;
                         }
+                        return close;
                     }
                 }
                 Some(result) = acks.next(), if !acks.is_empty() => {
                     match result {
                         Ok(done) => {
-                            if done.inbound_qos1 {
-                                self.inbound_qos1 -= 1;
-                            }
-                            if let Err(e) = self.send(transport, done.out.into_iter().collect()).await {
+                            self.inbound_qos1 -= done.inbound_qos1;
+                            if let Err(e) = self.send(transport, done.outs).await {
                                 return abnormal(format!("write failed: {e}"));
                             }
                         }
@@ -408,9 +435,9 @@ impl Connection {
     }
 
     /// Handles one packet from the client: the replies to send now, or the end.
-    fn handle(&mut self, packet: In, acks: &mut Acks) -> Result<Vec<Out>, Close> {
+    fn handle(&mut self, packet: In, batch: &mut Vec<Pending>, acks: &mut Acks) -> Result<Vec<Out>, Close> {
         match packet {
-            In::Publish(publish) => self.publish(*publish, acks).map(|r| r.into_iter().collect()),
+            In::Publish(publish) => self.publish(*publish, batch).map(|r| r.into_iter().collect()),
             In::PubRel(packet_id) => {
                 self.session.lock().unwrap().inbound_qos2.remove(&packet_id.get());
                 Ok(vec![Out::PubComp(packet_id)])
@@ -435,10 +462,12 @@ impl Connection {
                 Ok(self.next_deliveries())
             }
             In::Subscribe { packet_id, id, filters } => {
+                self.flush(batch, acks);
                 let (codes, persist) = self.subscribe(id, &filters);
                 Ok(self.ack_after_persist(acks, persist, Out::SubAck { packet_id, codes }))
             }
             In::Unsubscribe { packet_id, filters } => {
+                self.flush(batch, acks);
                 let mut state = self.session.lock().unwrap();
                 let mut codes = Vec::with_capacity(filters.len());
                 for f in &filters {
@@ -457,7 +486,7 @@ impl Connection {
         }
     }
 
-    fn publish(&mut self, mut publish: Publish, acks: &mut Acks) -> Result<Option<Out>, Close> {
+    fn publish(&mut self, mut publish: Publish, batch: &mut Vec<Pending>) -> Result<Option<Out>, Close> {
         let props = publish.properties.take().unwrap_or_default();
         if let Some(alias) = props.topic_alias {
             if alias.get() > self.shared.config.topic_alias_maximum {
@@ -492,8 +521,8 @@ impl Connection {
                     (QoS::ExactlyOnce, Some(packet_id)) => Some(Out::PubRec { packet_id, reason, message }),
                     _ => None,
                 };
-                // Through the ack queue, so acks stay in publish order.
-                acks.push_back(Box::pin(async move { Ok(AckDone { out, inbound_qos1: false }) }));
+                // In the batch, so acks stay in publish order.
+                batch.extend(out.map(Pending::Decided));
                 return Ok(None);
             }
         }
@@ -533,34 +562,63 @@ impl Connection {
         if qos == QoS::AtLeastOnce {
             self.inbound_qos1 += 1;
         }
+        batch.push(Pending::Store { publication: Box::new(publication), qos, packet_id });
+        Ok(None)
+    }
+
+    /// Queues the current burst's publishes for storing, so what follows is acked after them.
+    fn flush(&self, batch: &mut Vec<Pending>, acks: &mut Acks) {
+        if !batch.is_empty() {
+            acks.push_back(self.store(std::mem::take(batch)));
+        }
+    }
+
+    /// Stores a burst of publishes with one durable write and yields their acks in order.
+    fn store(&self, batch: Vec<Pending>) -> BoxFuture<'static, anyhow::Result<AckDone>> {
         let (shared, session, version) = (self.shared.clone(), self.session.clone(), self.version);
         let client_id = self.client_id.clone();
-        acks.push_back(Box::pin(async move {
-            let stored = shared.accept(publication).await;
-            let inbound_qos1 = qos == QoS::AtLeastOnce;
-            let (reason, message) = match stored {
+        Box::pin(async move {
+            let mut publications = Vec::new();
+            let mut plan = Vec::with_capacity(batch.len());
+            for pending in batch {
+                match pending {
+                    Pending::Store { publication, qos, packet_id } => {
+                        publications.push(*publication);
+                        plan.push(Err((qos, packet_id)));
+                    }
+                    Pending::Decided(out) => plan.push(Ok(out)),
+                }
+            }
+            let (reason, message) = match shared.accept(publications).await {
                 Ok(()) => (0, None),
                 // MQTT 5 can refuse a publish in its ack; 3.1.1 can only close the connection.
                 Err(e) if version == Version::V5 => {
-                    tracing::error!(%client_id, error = %e, "publish refused: not stored");
+                    tracing::error!(%client_id, error = %e, "publishes refused: not stored");
                     let full = e.to_string().contains("No space left");
                     (if full { 0x97 } else { 0x80 }, Some(format!("not stored: {e}")))
                 }
                 Err(e) => return Err(e),
             };
-            let out = match (qos, packet_id) {
-                (QoS::AtLeastOnce, Some(packet_id)) => Some(Out::PubAck { packet_id, reason, message }),
-                (QoS::ExactlyOnce, Some(packet_id)) => {
-                    if reason != 0 {
-                        session.lock().unwrap().inbound_qos2.remove(&packet_id.get());
+            let mut outs = Vec::with_capacity(plan.len());
+            let mut inbound_qos1 = 0;
+            for step in plan {
+                match step {
+                    Ok(decided) => outs.push(decided),
+                    Err((QoS::AtLeastOnce, Some(packet_id))) => {
+                        inbound_qos1 += 1;
+                        outs.push(Out::PubAck { packet_id, reason, message: message.clone() });
                     }
-                    Some(Out::PubRec { packet_id, reason, message })
+                    Err((QoS::ExactlyOnce, Some(packet_id))) => {
+                        if reason != 0 {
+                            session.lock().unwrap().inbound_qos2.remove(&packet_id.get());
+                        }
+                        outs.push(Out::PubRec { packet_id, reason, message: message.clone() });
+                    }
+                    Err(_) => {}
                 }
-                _ => None,
-            };
-            Ok(AckDone { out, inbound_qos1 })
-        }));
-        Ok(None)
+            }
+            Ok(AckDone { outs, inbound_qos1 })
+        })
     }
 
     /// Applies a SUBSCRIBE; returns the SUBACK codes and, for a lasting session, what to
@@ -643,7 +701,7 @@ impl Connection {
         let (shared, client_id) = (self.shared.clone(), self.client_id.clone());
         acks.push_back(Box::pin(async move {
             shared.store.save_session(&client_id, Some(&record)).await?;
-            Ok(AckDone { out: Some(ack), inbound_qos1: false })
+            Ok(AckDone { outs: vec![ack], inbound_qos1: 0 })
         }));
         Vec::new()
     }

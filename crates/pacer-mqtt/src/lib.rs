@@ -31,9 +31,10 @@ pub use wire::SubOptions;
 /// Where accepted publications go before they are acknowledged.
 #[async_trait]
 pub trait PublishSink: Send + Sync + 'static {
-    /// Returns once the publication is durable (or has been put where it belongs, e.g. the
-    /// dead-letter stream). An error means nothing is acknowledged.
-    async fn accept(&self, publication: &Publication) -> anyhow::Result<()>;
+    /// Returns once the publications are durable (or have been put where they belong, e.g.
+    /// the dead-letter stream). They come in the order their client sent them, a burst at a
+    /// time. An error means none of them is acknowledged.
+    async fn accept(&self, publications: &[Publication]) -> anyhow::Result<()>;
 }
 
 /// Where the broker keeps what must survive a restart: retained messages and the
@@ -97,7 +98,7 @@ impl Default for BrokerConfig {
             allow_anonymous: true,
             max_packet_size: 1 << 20,
             max_inflight: 20,
-            max_queued: 10_000,
+            max_queued: 100_000,
             deny_subscribe: Vec::new(),
             receive_maximum: u16::MAX,
             topic_alias_maximum: 10,
@@ -127,15 +128,17 @@ struct Shared {
 }
 
 impl Shared {
-    /// Makes a publication durable (and, when retained, its retained copy), then routes it.
-    async fn accept(&self, publication: Publication) -> anyhow::Result<()> {
-        self.sink.accept(&publication).await?;
-        let publication = Arc::new(publication);
-        if publication.retain {
-            self.store.save_retained(&publication).await?;
-            self.router.set_retained(&publication);
+    /// Makes publications durable (and the retained ones' retained copies), then routes them.
+    async fn accept(&self, publications: Vec<Publication>) -> anyhow::Result<()> {
+        self.sink.accept(&publications).await?;
+        for publication in publications {
+            let publication = Arc::new(publication);
+            if publication.retain {
+                self.store.save_retained(&publication).await?;
+                self.router.set_retained(&publication);
+            }
+            self.router.route(&publication);
         }
-        self.router.route(&publication);
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 
@@ -117,4 +118,156 @@ async fn run_client(i: usize, b: PublishBench, progress: ProgressBar) -> anyhow:
     // Let the DISCONNECT go out so the broker sees a clean close.
     let _ = tokio::time::timeout(Duration::from_secs(1), async { while events.poll().await.is_ok() {} }).await;
     Ok(latencies)
+}
+
+/// Publishers and subscribers through a broker: how many messages a second get through, and
+/// how long each takes from the publisher's send to the subscriber's receipt.
+#[derive(Debug, Clone)]
+pub struct PubSubBench {
+    pub host: String,
+    pub port: u16,
+    pub publishers: usize,
+    pub subscribers: usize,
+    pub messages_per_publisher: usize,
+    pub payload_bytes: usize,
+    pub qos: u8,
+}
+
+#[derive(Debug, Clone)]
+pub struct PubSubReport {
+    pub expected: usize,
+    pub received: usize,
+    pub elapsed: Duration,
+    /// Send → receive, sorted.
+    pub latencies: Vec<Duration>,
+}
+
+impl PubSubReport {
+    fn quantile(&self, q: f64) -> Duration {
+        let n = self.latencies.len();
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        self.latencies[((n - 1) as f64 * q).round() as usize]
+    }
+}
+
+impl std::fmt::Display for PubSubReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{} delivered in {:.2} s: {:.0} msg/s, latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms",
+            self.received,
+            self.expected,
+            self.elapsed.as_secs_f64(),
+            self.received as f64 / self.elapsed.as_secs_f64(),
+            ms(self.quantile(0.5)),
+            ms(self.quantile(0.99)),
+            ms(self.quantile(0.999)),
+        )
+    }
+}
+
+pub async fn pubsub(b: PubSubBench) -> anyhow::Result<PubSubReport> {
+    anyhow::ensure!(b.qos <= 1, "--qos {}: the benchmark measures QoS 0 and 1", b.qos);
+    anyhow::ensure!(b.payload_bytes >= 8, "--payload-bytes must be at least 8 (the send time travels in it)");
+    let qos = if b.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+    let expected = b.publishers * b.messages_per_publisher * b.subscribers;
+    let origin = Instant::now();
+    let progress = ProgressBar::new(expected as u64)
+        .with_style(ProgressStyle::with_template("{bar:40} {pos}/{len} delivered {per_sec}").expect("valid template"));
+
+    // Subscribers first, each subscribed before anyone publishes.
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(b.subscribers.max(1));
+    let mut subscribers = Vec::new();
+    for i in 0..b.subscribers {
+        let mut options = MqttOptions::new(format!("pacer-bench-sub-{i}"), b.host.clone(), b.port);
+        options.set_keep_alive(Duration::from_secs(30)).set_inflight(1000);
+        let (client, mut events) = AsyncClient::new(options, 1000);
+        client.subscribe("bench/pubsub/#", qos).await?;
+        let (ready, progress) = (ready_tx.clone(), progress.clone());
+        let want = b.publishers * b.messages_per_publisher;
+        subscribers.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(want);
+            let mut last = Duration::ZERO;
+            loop {
+                let event = if latencies.is_empty() {
+                    events.poll().await?
+                } else {
+                    // After the flow stops for 5 s, what has not come is not coming.
+                    match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
+                        Ok(e) => e?,
+                        Err(_) => break,
+                    }
+                };
+                match event {
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        let _ = ready.send(()).await;
+                    }
+                    Event::Incoming(Packet::Publish(p)) => {
+                        let sent = u64::from_le_bytes(p.payload[..8].try_into().expect("8-byte send time"));
+                        last = origin.elapsed();
+                        latencies.push(last.saturating_sub(Duration::from_nanos(sent)));
+                        progress.inc(1);
+                        if latencies.len() == want {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let _ = client.disconnect().await;
+            anyhow::Ok((latencies, last))
+        }));
+    }
+    for _ in 0..b.subscribers {
+        ready_rx.recv().await.context("a subscriber failed before subscribing")?;
+    }
+
+    let start = origin.elapsed();
+    let mut publishers = Vec::new();
+    for i in 0..b.publishers {
+        let mut options = MqttOptions::new(format!("pacer-bench-pub-{i}"), b.host.clone(), b.port);
+        options.set_keep_alive(Duration::from_secs(30)).set_inflight(100);
+        let (client, mut events) = AsyncClient::new(options, 200);
+        let n = b.messages_per_publisher;
+        let payload_bytes = b.payload_bytes;
+        publishers.push(tokio::spawn(async move {
+            let topic = format!("bench/pubsub/{i}");
+            let sender = tokio::spawn(async move {
+                for _ in 0..n {
+                    let mut payload = vec![b'x'; payload_bytes];
+                    payload[..8].copy_from_slice(&(origin.elapsed().as_nanos() as u64).to_le_bytes());
+                    client.publish(topic.as_str(), qos, false, payload).await?;
+                }
+                anyhow::Ok(client)
+            });
+            let mut done = 0;
+            while done < n {
+                match events.poll().await? {
+                    Event::Outgoing(Outgoing::Publish(_)) if qos == QoS::AtMostOnce => done += 1,
+                    Event::Incoming(Packet::PubAck(_)) => done += 1,
+                    _ => {}
+                }
+            }
+            let client = sender.await??;
+            client.disconnect().await?;
+            let _ = tokio::time::timeout(Duration::from_secs(1), async { while events.poll().await.is_ok() {} }).await;
+            anyhow::Ok(())
+        }));
+    }
+    for p in publishers {
+        p.await??;
+    }
+    let mut latencies = Vec::new();
+    let mut last = start;
+    for s in subscribers {
+        let (got, at) = s.await??;
+        latencies.extend(got);
+        last = last.max(at);
+    }
+    progress.finish_and_clear();
+    latencies.sort_unstable();
+    // From the first publish to the last delivery (the subscribers' idle wait is not counted).
+    Ok(PubSubReport { expected, received: latencies.len(), elapsed: last - start, latencies })
 }

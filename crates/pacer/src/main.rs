@@ -125,6 +125,24 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Publishers → broker → subscribers: delivered msg/s and send-to-receive latency
+    Pubsub {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        #[arg(long, default_value_t = 1)]
+        subscribers: usize,
+        /// Messages each publisher sends
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 206)]
+        payload_bytes: usize,
+        #[arg(long, default_value_t = 0)]
+        qos: u8,
+    },
     /// Append, replay and start-up of the embedded log, per fsync policy
     Log {
         /// Records appended per policy
@@ -197,6 +215,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server.wait().await
         }
         Command::Demo { speed, exit_after_replay, server } => demo(speed, exit_after_replay, server).await,
+        Command::Bench {
+            bench: Bench::Pubsub { host, port, publishers, subscribers, messages, payload_bytes, qos },
+        } => {
+            let bench = pacer_sim::bench::PubSubBench {
+                host,
+                port,
+                publishers,
+                subscribers,
+                messages_per_publisher: messages,
+                payload_bytes,
+                qos,
+            };
+            println!("{}", pacer_sim::bench::pubsub(bench).await?);
+            Ok(())
+        }
         Command::Bench { bench: Bench::Log { records, record_bytes, producers, batch, dir, fsync } } => {
             bench::log(bench::LogBench { records, record_bytes, producers, batch, dir, policies: fsync }).await
         }
