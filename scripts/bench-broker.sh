@@ -34,8 +34,8 @@ for round in $(seq "$runs"); do
     for broker in mosquitto:18831 pacer:18832; do
       line=$("$pacer" bench $args --port "${broker##*:}" 2>/dev/null | tail -1)
       echo "round $round $name ${broker%%:*}: $line"
-      rate=$(echo "$line" | grep -oE '[0-9]+ msg/s' | head -1 | cut -d' ' -f1)
-      p50=$(echo "$line" | grep -oE 'p50 [0-9.]+' | cut -d' ' -f2)
+      rate=$(echo "$line" | grep -oE '[0-9]+ msg/s' | head -1 | cut -d' ' -f1 || true)
+      p50=$(echo "$line" | grep -oE 'p50 [0-9.]+' | cut -d' ' -f2 || true)
       echo "$rate ${p50:-0}" >> "$tmp/$name.${broker%%:*}"
     done
   done
