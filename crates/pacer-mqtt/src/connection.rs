@@ -14,17 +14,18 @@ use std::time::Duration;
 use bytestring::ByteString;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
-use futures::{FutureExt, SinkExt, StreamExt};
+
+use futures::StreamExt;
 use pacer_core::{now_ms, MessageProperties, Publication};
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::PublishProperties;
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use rmqtt_codec::{v3, v5, MqttCodec, MqttPacket};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::codec::Framed;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::auth::Access;
 use crate::connect::{self, ConnectRequest, Refusal};
+use crate::framing::Transport;
 use crate::router::Session;
 use crate::session::{parse_shared, Delivery, Inflight, Subscription, NEVER_EXPIRES};
 use crate::topic;
@@ -33,8 +34,6 @@ use crate::Shared;
 
 /// How long a client has to send CONNECT after opening the socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-type Transport<S> = Framed<S, MqttCodec>;
 
 /// Acks (or NACKs) that go out once the work behind them is durable.
 struct AckDone {
@@ -76,7 +75,7 @@ pub async fn serve<S>(stream: S, peer: String, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut transport = Framed::new(stream, MqttCodec::Version(VersionCodec));
+    let mut transport = Transport::new(stream, MqttCodec::Version(VersionCodec));
     let version = match tokio::time::timeout(CONNECT_TIMEOUT, transport.next()).await {
         Ok(Some(Ok((MqttPacket::Version(v), _)))) => v,
         Ok(Some(Err(e))) => {
@@ -207,7 +206,7 @@ where
             let _ = transport.send(packet).await;
             // Read what the client still sends until it closes, so closing does not reset
             // the connection (a TCP RST) before it has read the DISCONNECT.
-            let _ = transport.get_mut().shutdown().await;
+            let _ = transport.shutdown().await;
             let _ =
                 tokio::time::timeout(Duration::from_secs(2), async { while transport.next().await.is_some() {} }).await;
         }
@@ -346,8 +345,8 @@ impl Connection {
                     // Whatever else is already buffered joins this round, so a burst of
                     // publishes is stored with one durable write.
                     while burst.len() < MAX_BURST {
-                        match transport.next().now_or_never() {
-                            Some(p) => burst.push(Ok(p)),
+                        match transport.next_buffered() {
+                            Some(p) => burst.push(Ok(Some(p))),
                             None => break,
                         }
                     }
@@ -428,10 +427,10 @@ impl Connection {
                 self.shared.metrics.messages_out.inc();
             }
             if let Some(packet) = wire::encode(self.version, p) {
-                transport.feed(packet).await.map_err(std::io::Error::other)?;
+                transport.feed(packet).map_err(std::io::Error::other)?;
             }
         }
-        transport.flush().await.map_err(std::io::Error::other)
+        transport.flush().await
     }
 
     /// Handles one packet from the client: the replies to send now, or the end.

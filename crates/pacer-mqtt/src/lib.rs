@@ -8,6 +8,7 @@
 pub mod auth;
 mod connect;
 mod connection;
+mod framing;
 mod metrics;
 mod router;
 mod session;

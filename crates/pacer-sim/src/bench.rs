@@ -271,3 +271,50 @@ pub async fn pubsub(b: PubSubBench) -> anyhow::Result<PubSubReport> {
     // From the first publish to the last delivery (the subscribers' idle wait is not counted).
     Ok(PubSubReport { expected, received: latencies.len(), elapsed: last - start, latencies })
 }
+
+/// Idle connections: opens `count` MQTT connections (CONNECT, CONNACK) spread over several
+/// 127.0.0.x source addresses, holds them for `hold`, then closes them.
+#[derive(Debug, Clone)]
+pub struct ConnectionsBench {
+    pub host: String,
+    pub port: u16,
+    pub count: usize,
+    pub hold: Duration,
+}
+
+pub async fn connections(b: ConnectionsBench) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target: std::net::SocketAddr =
+        format!("{}:{}", b.host, b.port).parse().context("--host must be an IP address")?;
+    let progress = ProgressBar::new(b.count as u64)
+        .with_style(ProgressStyle::with_template("{bar:40} {pos}/{len} connected {per_sec}").expect("valid template"));
+    let started = Instant::now();
+    let mut held = Vec::with_capacity(b.count);
+    for i in 0..b.count {
+        // Each source address has its own ~28k ephemeral ports.
+        let source: std::net::IpAddr = format!("127.0.0.{}", 2 + i / 20_000).parse()?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind((source, 0).into())?;
+        let mut stream = socket.connect(target).await.with_context(|| format!("connection {i}"))?;
+        let id = format!("idle-{i:06}");
+        // CONNECT, MQTT 3.1.1, clean session, keep-alive 0 (none), the client id.
+        let mut connect = vec![0x10, (10 + 2 + id.len()) as u8, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0];
+        connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        connect.extend_from_slice(id.as_bytes());
+        stream.write_all(&connect).await?;
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack).await.with_context(|| format!("CONNACK for connection {i}"))?;
+        anyhow::ensure!(connack == [0x20, 2, 0, 0], "connection {i} refused: {connack:?}");
+        held.push(stream);
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    println!(
+        "{} connections open in {:.1} s; holding them for {} s",
+        held.len(),
+        started.elapsed().as_secs_f64(),
+        b.hold.as_secs()
+    );
+    tokio::time::sleep(b.hold).await;
+    Ok(())
+}

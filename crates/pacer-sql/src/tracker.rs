@@ -2,10 +2,14 @@
 //!
 //! It reads an input stream of position fixes (JSON with `lat`, `lon` and optionally
 //! `speed` in km/h, `alt`, `batt`) keyed by device, and writes one status record per fix to
-//! its output stream, keyed the same way: a table changelog. The changelog doubles as the
-//! query's checkpoint: each output record carries the input offset it came from, so a restart
-//! rebuilds the table from the changelog and resumes input right after, without loss or
-//! double counting.
+//! its output stream, keyed the same way: a table changelog.
+//!
+//! Checkpoints: after each batch's output is durable, the query commits its input positions
+//! to the log. Each output record carries the input position it came from, so a restart
+//! rebuilds the table from the changelog records at or before the committed positions and
+//! resumes input right after them. Output of a batch cut short by a crash (it can be durable
+//! in some partitions and not in others) is ignored and computed again, so nothing is lost
+//! and nothing counted twice.
 //!
 //! What it computes is what this ksqlDB query would, with a course instead of a straight
 //! line to the finish:
@@ -67,11 +71,17 @@ impl Tracker {
         Tracker { config, log, table: HashMap::new() }
     }
 
+    /// The consumer group its input positions are committed under.
+    fn group(&self) -> String {
+        format!("query:{}", self.config.output)
+    }
+
     /// Runs until the log closes or fails.
     pub async fn run(mut self) -> anyhow::Result<()> {
-        let resume = self.restore().await?;
-        tracing::info!(input = %self.config.input, output = %self.config.output, %resume, devices = self.table.len(), "tracker started");
-        let mut reader = self.log.reader(&self.config.input, StartAt::Positions(resume))?;
+        let committed = self.log.committed_positions(&self.group(), &self.config.input).unwrap_or_default();
+        self.restore(&committed).await?;
+        tracing::info!(input = %self.config.input, output = %self.config.output, resume = %committed, devices = self.table.len(), "tracker started");
+        let mut reader = self.log.reader(&self.config.input, StartAt::Positions(committed))?;
         loop {
             let batch = reader.next_batch().await?;
             let mut out = Vec::with_capacity(batch.len());
@@ -86,6 +96,7 @@ impl Tracker {
                 self.append_until_stored("_dead_letters", dead).await?;
             }
             self.append_until_stored(&self.config.output, out).await?;
+            self.log.commit_positions(&self.group(), &self.config.input, &reader.positions()).await?;
         }
     }
 
@@ -106,24 +117,24 @@ impl Tracker {
         }
     }
 
-    /// Rebuilds the table from the output changelog; returns the input positions to resume at.
-    async fn restore(&mut self) -> anyhow::Result<Positions> {
+    /// Rebuilds the table from the changelog records of inputs before `committed`.
+    async fn restore(&mut self, committed: &Positions) -> anyhow::Result<()> {
         let mut reader = self.log.reader(&self.config.output, StartAt::Beginning)?;
-        let mut resume = Positions::new();
         loop {
             let batch = reader.try_batch().await?;
             if batch.is_empty() {
-                return Ok(resume);
+                return Ok(());
             }
             for record in batch {
+                let input = record.header(header::INPUT_OFFSET).and_then(|v| std::str::from_utf8(v).ok());
+                let checkpointed = input.and_then(|v| v.split_once(':')).is_some_and(|(p, o)| {
+                    matches!((p.parse(), o.parse::<u64>()), (Ok(p), Ok(o)) if committed.get(p).is_some_and(|next| o < next))
+                });
+                if !checkpointed {
+                    continue; // from a batch the crash cut short: it is computed again
+                }
                 if let Ok(status) = serde_json::from_slice::<Status>(&record.value) {
                     self.table.insert(status.who.clone(), status);
-                }
-                let input = record.header(header::INPUT_OFFSET).and_then(|v| std::str::from_utf8(v).ok());
-                if let Some((p, o)) = input.and_then(|v| v.split_once(':')) {
-                    if let (Ok(p), Ok(o)) = (p.parse(), o.parse()) {
-                        resume.advance_past(p, o);
-                    }
                 }
             }
         }
@@ -238,6 +249,16 @@ mod tests {
         NewRecord::new(t, Some(Bytes::from(who.to_string())), v.to_string())
     }
 
+    /// Waits until the query committed `positions` of its input (an event in the log).
+    async fn committed(log: &Arc<dyn Log>, positions: &str) {
+        let mut reader = log.reader("__consumer_positions", StartAt::Beginning).unwrap();
+        loop {
+            if reader.next_batch().await.unwrap().iter().any(|r| r.value == positions.as_bytes()) {
+                return;
+            }
+        }
+    }
+
     async fn statuses(log: &Arc<dyn Log>, n: usize) -> Vec<Status> {
         let mut reader = log.reader("status", StartAt::Beginning).unwrap();
         let mut out = Vec::new();
@@ -261,6 +282,7 @@ mod tests {
             .unwrap();
         let task = tokio::spawn(Tracker::new(config.clone(), log.clone()).run());
         let s = statuses(&log, 5).await;
+        committed(&log, "0:3").await;
         task.abort();
         let ranks = |s: &[Status]| s.iter().map(|x| (x.who.clone(), x.rank)).collect::<Vec<_>>();
         let expect = |v: &[(&str, usize)]| v.iter().map(|(w, r)| (w.to_string(), *r)).collect::<Vec<_>>();

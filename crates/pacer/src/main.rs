@@ -7,6 +7,7 @@ mod server;
 mod tail;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -125,6 +126,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Opens many idle MQTT connections and holds them (to measure memory per connection)
+    Connections {
+        /// An IP address: sources are spread over 127.0.0.2, 127.0.0.3, …
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Seconds to hold them open
+        #[arg(long, default_value_t = 30)]
+        hold: u64,
+    },
     /// Publishers → broker → subscribers: delivered msg/s and send-to-receive latency
     Pubsub {
         #[arg(long, default_value = "127.0.0.1")]
@@ -215,38 +229,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server.wait().await
         }
         Command::Demo { speed, exit_after_replay, server } => demo(speed, exit_after_replay, server).await,
-        Command::Bench {
-            bench: Bench::Pubsub { host, port, publishers, subscribers, messages, payload_bytes, qos },
-        } => {
-            let bench = pacer_sim::bench::PubSubBench {
-                host,
-                port,
-                publishers,
-                subscribers,
-                messages_per_publisher: messages,
-                payload_bytes,
-                qos,
-            };
-            println!("{}", pacer_sim::bench::pubsub(bench).await?);
-            Ok(())
-        }
-        Command::Bench { bench: Bench::Log { records, record_bytes, producers, batch, dir, fsync } } => {
-            bench::log(bench::LogBench { records, record_bytes, producers, batch, dir, policies: fsync }).await
-        }
-        Command::Bench { bench: Bench::Publish { host, port, clients, messages, payload_bytes, qos, inflight } } => {
-            let bench = pacer_sim::bench::PublishBench {
-                host,
-                port,
-                clients,
-                messages_per_client: messages,
-                payload_bytes,
-                qos,
-                inflight,
-            };
-            let report = pacer_sim::bench::publish(bench).await?;
-            println!("{report}");
-            Ok(())
-        }
+        Command::Bench { bench } => run_bench(bench).await,
         Command::Tail { stream, from_beginning, from, key, limit, server } => {
             tail::tail(tail::TailOptions { server, stream, from_beginning, from_time: from, key, limit }).await
         }
@@ -267,6 +250,46 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Produce { stream, key, server } => produce::produce(&server, &stream, key.as_deref()).await,
         Command::Sql { statement, server } => sql(&server, &statement).await,
+    }
+}
+
+/// `pacer bench …`: measurements against a running broker, or of the log in-process.
+async fn run_bench(bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Connections { host, port, count, hold } => {
+            let bench = pacer_sim::bench::ConnectionsBench { host, port, count, hold: Duration::from_secs(hold) };
+            pacer_sim::bench::connections(bench).await
+        }
+        Bench::Pubsub { host, port, publishers, subscribers, messages, payload_bytes, qos } => {
+            let bench = pacer_sim::bench::PubSubBench {
+                host,
+                port,
+                publishers,
+                subscribers,
+                messages_per_publisher: messages,
+                payload_bytes,
+                qos,
+            };
+            println!("{}", pacer_sim::bench::pubsub(bench).await?);
+            Ok(())
+        }
+        Bench::Log { records, record_bytes, producers, batch, dir, fsync } => {
+            bench::log(bench::LogBench { records, record_bytes, producers, batch, dir, policies: fsync }).await
+        }
+        Bench::Publish { host, port, clients, messages, payload_bytes, qos, inflight } => {
+            let bench = pacer_sim::bench::PublishBench {
+                host,
+                port,
+                clients,
+                messages_per_client: messages,
+                payload_bytes,
+                qos,
+                inflight,
+            };
+            let report = pacer_sim::bench::publish(bench).await?;
+            println!("{report}");
+            Ok(())
+        }
     }
 }
 

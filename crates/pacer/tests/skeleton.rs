@@ -79,6 +79,10 @@ fn acknowledged_records_survive_kill_9() {
     // through it, every runner counts exactly the fixes it sent, none twice.
     pacer.mosquitto_pub("race/r0", 1, r#"{"who":"r0","timeepoc":100,"lat":-33.87,"lon":151.21}"#);
     pacer.wait_for_record("race_status", |r| r["key"] == "r0" && r["value"]["fixes"] == 2);
+    // The partitions are consumed independently: wait until every runner has a status.
+    for i in 1..20 {
+        pacer.wait_for_record("race_status", |r| r["key"] == format!("r{i}").as_str());
+    }
     let out = pacer.sql("SELECT who, fixes FROM race_status");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();

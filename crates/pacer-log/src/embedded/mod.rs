@@ -236,9 +236,19 @@ impl Log for EmbeddedLog {
     async fn commit_positions(&self, group: &str, stream: &str, positions: &Positions) -> Result<()> {
         let key = Bytes::from(format!("{group}\0{stream}"));
         let record = NewRecord::new(now_ms(), Some(key), positions.to_string());
-        self.append_internal(CONSUMER_POSITIONS, vec![record]).await?;
-        self.shared.committed.lock().unwrap().insert((group.to_string(), stream.to_string()), positions.clone());
-        Ok(())
+        // Visible in this process as soon as the record can be (a task cancelled right after
+        // the append must not leave the old positions behind); undone if the append fails.
+        let slot = (group.to_string(), stream.to_string());
+        let previous = self.shared.committed.lock().unwrap().insert(slot.clone(), positions.clone());
+        let result = self.append_internal(CONSUMER_POSITIONS, vec![record]).await;
+        if result.is_err() {
+            let mut committed = self.shared.committed.lock().unwrap();
+            match previous {
+                Some(p) => committed.insert(slot, p),
+                None => committed.remove(&slot),
+            };
+        }
+        result.map(|_| ())
     }
 
     fn committed_positions(&self, group: &str, stream: &str) -> Option<Positions> {

@@ -62,24 +62,30 @@ impl Pacer {
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
-    /// Reads the live feed of `stream` from the beginning until a record satisfies `done`.
+    /// Reads the live feed of `stream` from the beginning until a record satisfies `done`;
+    /// fails the test after 30 s.
     pub fn wait_for_record(&self, stream: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
         let url = format!("{}/api/v1/live?stream={stream}&from=beginning", self.http);
         tokio::runtime::Runtime::new().unwrap().block_on(async {
-            let mut body = reqwest::get(&url).await.unwrap().bytes_stream();
-            let mut text = String::new();
-            loop {
-                let chunk = tokio::time::timeout(Duration::from_secs(30), body.next()).await.expect("a record in 30 s");
-                text.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
-                while let Some(end) = text.find("\n\n") {
-                    let event: String = text.drain(..end + 2).collect();
-                    let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
-                    let records: Vec<serde_json::Value> = serde_json::from_str(data).unwrap();
-                    if let Some(found) = records.into_iter().find(|r| done(r)) {
-                        return found;
+            let search = async {
+                let mut body = reqwest::get(&url).await.unwrap().bytes_stream();
+                let mut text = String::new();
+                while let Some(chunk) = body.next().await {
+                    text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+                    while let Some(end) = text.find("\n\n") {
+                        let event: String = text.drain(..end + 2).collect();
+                        let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
+                        let records: Vec<serde_json::Value> = serde_json::from_str(data).unwrap();
+                        if let Some(found) = records.into_iter().find(|r| done(r)) {
+                            return found;
+                        }
                     }
                 }
-            }
+                panic!("the live feed of {stream} ended");
+            };
+            tokio::time::timeout(Duration::from_secs(30), search)
+                .await
+                .unwrap_or_else(|_| panic!("no matching record on {stream} within 30 s"))
         })
     }
 
