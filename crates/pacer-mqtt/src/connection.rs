@@ -75,6 +75,11 @@ pub async fn serve<S>(stream: S, peer: String, shared: Arc<Shared>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Ok(_slot) = shared.connection_slots.clone().try_acquire_owned() else {
+        shared.metrics.refused.inc();
+        tracing::warn!(%peer, max = shared.config.max_connections, "connection refused: mqtt.max_connections reached");
+        return;
+    };
     let mut transport = Transport::new(stream, MqttCodec::Version(VersionCodec));
     let version = match tokio::time::timeout(CONNECT_TIMEOUT, transport.next()).await {
         Ok(Some(Ok((MqttPacket::Version(v), _)))) => v,

@@ -77,6 +77,8 @@ pub struct BrokerConfig {
     pub allow_anonymous: bool,
     /// Largest packet accepted; a bigger one closes the connection.
     pub max_packet_size: u32,
+    /// Open connections at most, over all transports; more are closed at once and counted.
+    pub max_connections: usize,
     /// Outbound QoS 1/2 messages a client may have unacknowledged at once.
     pub max_inflight: usize,
     /// Messages a session may have waiting; more are dropped for it, counted and logged.
@@ -98,6 +100,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             allow_anonymous: true,
             max_packet_size: 1 << 20,
+            max_connections: 100_000,
             max_inflight: 20,
             max_queued: 100_000,
             deny_subscribe: Vec::new(),
@@ -121,6 +124,8 @@ pub struct Security {
 
 struct Shared {
     config: BrokerConfig,
+    /// One permit per connection allowed.
+    connection_slots: Arc<tokio::sync::Semaphore>,
     security: Security,
     router: Router,
     sink: Arc<dyn PublishSink>,
@@ -163,7 +168,8 @@ impl Broker {
             router.restore_session(&client_id, record);
         }
         tracing::info!(retained = router.retained_count(), sessions = restored.len(), "broker state restored");
-        let shared = Arc::new(Shared { config, security, router, sink, store, metrics });
+        let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+        let shared = Arc::new(Shared { config, connection_slots, security, router, sink, store, metrics });
         // Restored sessions are away from now on: their expiry clock starts now.
         for client_id in restored {
             connection::schedule_expiry(&shared, &client_id, 0);

@@ -13,6 +13,7 @@ pub struct Metrics {
     pub dropped: Counter,
     pub malformed: Counter,
     pub denied: Counter,
+    pub refused: Counter,
 }
 
 impl Metrics {
@@ -27,6 +28,11 @@ impl Metrics {
             self.dropped.clone(),
         );
         registry.register("pacer_mqtt_denied", "Publishes and subscriptions the ACL refused", self.denied.clone());
+        registry.register(
+            "pacer_mqtt_connections_refused",
+            "Connections closed because mqtt.max_connections were open",
+            self.refused.clone(),
+        );
         registry.register(
             "pacer_mqtt_malformed_packets",
             "Connections closed because of a malformed packet",

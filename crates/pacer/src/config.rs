@@ -31,6 +31,8 @@ pub struct MqttConfig {
     pub websocket_listen: String,
     pub allow_anonymous: bool,
     pub max_packet_size: u32,
+    /// Open connections at most, over all transports.
+    pub max_connections: usize,
     /// Outbound QoS 1/2 messages a client may have unacknowledged at once.
     pub max_inflight: usize,
     /// Messages a session may have waiting before more are dropped (counted and logged).
@@ -103,6 +105,7 @@ impl Default for MqttConfig {
             websocket_listen: String::new(),
             allow_anonymous: broker.allow_anonymous,
             max_packet_size: broker.max_packet_size,
+            max_connections: broker.max_connections,
             max_inflight: broker.max_inflight,
             max_queued: broker.max_queued,
             deny_subscribe: broker.deny_subscribe,

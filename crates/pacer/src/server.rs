@@ -46,6 +46,7 @@ impl Server {
         let broker_config = BrokerConfig {
             allow_anonymous: config.mqtt.allow_anonymous,
             max_packet_size: config.mqtt.max_packet_size,
+            max_connections: config.mqtt.max_connections,
             max_inflight: config.mqtt.max_inflight.max(1),
             max_queued: config.mqtt.max_queued,
             deny_subscribe: config.mqtt.deny_subscribe.clone(),

@@ -212,3 +212,34 @@ fn a_silent_client_is_dropped_after_one_and_a_half_keep_alives_and_its_will_is_s
     assert_eq!(will[0]["headers"]["mqtt.topic"], "status/dev1");
     assert_eq!(will[0]["headers"]["mqtt.client_id"], "dev1");
 }
+
+#[test]
+fn connections_past_max_connections_are_closed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pacer.toml"), "[mqtt]\nmax_connections = 2\n").unwrap();
+    let config = dir.path().join("pacer.toml");
+    let pacer = Pacer::start_with(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    let connect = |id: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", pacer.mqtt_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut packet = vec![0x10, (12 + id.len()) as u8, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0];
+        packet.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        packet.extend_from_slice(id.as_bytes());
+        s.write_all(&packet).unwrap();
+        let mut answer = [0u8; 4];
+        // Closed with the CONNECT unread, the socket may say reset instead of end of stream.
+        let n = match s.read(&mut answer) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            other => other.unwrap(),
+        };
+        (s, answer[..n].to_vec())
+    };
+    let (_a, first) = connect("one");
+    let (_b, second) = connect("two");
+    let (_c, third) = connect("three");
+    assert_eq!(first, [0x20, 2, 0, 0]);
+    assert_eq!(second, [0x20, 2, 0, 0]);
+    assert!(third.is_empty(), "the third connection is closed without CONNACK: {third:?}");
+    let metrics = pacer.get("/metrics");
+    assert!(metrics.contains("pacer_mqtt_connections_refused_total 1"), "{metrics}");
+}
