@@ -161,3 +161,50 @@ async fn an_empty_client_id_is_assigned_one() {
     assert_ne!(props.shared_subscription_available, Some(0), "absent or 1 means available");
     assert!(props.topic_alias_max.is_some_and(|m| m > 0));
 }
+
+/// Connects `id` with the given clean start and session expiry; returns whether a session
+/// was present.
+async fn session_present(
+    pacer: &Pacer,
+    id: &str,
+    clean_start: bool,
+    expiry: Option<u32>,
+) -> (AsyncClient, EventLoop, bool) {
+    let mut o = MqttOptions::new(id, "127.0.0.1", pacer.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30)).set_clean_start(clean_start).set_session_expiry_interval(expiry);
+    let (client, mut events) = AsyncClient::new(o, 20);
+    let present = connack(&mut events).await.session_present;
+    (client, events, present)
+}
+
+async fn leave(client: AsyncClient, mut events: EventLoop) {
+    client.disconnect().await.unwrap();
+    while events.poll().await.is_ok() {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_expiry_decides_whether_a_session_outlives_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start(dir.path());
+    // No Session Expiry: the session ends with the connection.
+    let (c, e, present) = session_present(&pacer, "sensor-1", true, None).await;
+    assert!(!present);
+    leave(c, e).await;
+    let (c, e, present) = session_present(&pacer, "sensor-1", false, None).await;
+    assert!(!present, "expiry 0: nothing to resume");
+    leave(c, e).await;
+
+    // An expiry: the session and its subscription wait, and messages queue for it.
+    let (c, mut e, _) = session_present(&pacer, "sensor-2", true, Some(300)).await;
+    c.subscribe("alarms/#", QoS::AtLeastOnce).await.unwrap();
+    suback(&mut e).await;
+    leave(c, e).await;
+    let (publisher, mut pub_events) = client(&pacer, "alarm-source");
+    connack(&mut pub_events).await;
+    publisher.publish("alarms/smoke", QoS::AtLeastOnce, false, "room 4").await.unwrap();
+    puback(&mut pub_events).await;
+    let (_c, mut e, present) = session_present(&pacer, "sensor-2", false, Some(300)).await;
+    assert!(present);
+    let got = received(&mut e, 1, Duration::from_secs(20)).await;
+    assert_eq!(got.first().map(|p| &p.payload[..]), Some(&b"room 4"[..]));
+}
