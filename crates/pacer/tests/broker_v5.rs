@@ -208,3 +208,29 @@ async fn session_expiry_decides_whether_a_session_outlives_its_connection() {
     let got = received(&mut e, 1, Duration::from_secs(20)).await;
     assert_eq!(got.first().map(|p| &p.payload[..]), Some(&b"room 4"[..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_repeat_as_aliases_to_clients_that_accept_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start(dir.path());
+    let mut o = MqttOptions::new("tram-board", "127.0.0.1", pacer.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30)).set_topic_alias_max(Some(5));
+    let (sub, mut sub_events) = AsyncClient::new(o, 20);
+    connack(&mut sub_events).await;
+    sub.subscribe("trams/#", QoS::AtLeastOnce).await.unwrap();
+    suback(&mut sub_events).await;
+
+    let (publisher, mut pub_events) = client(&pacer, "tram-7");
+    connack(&mut pub_events).await;
+    for stop in ["Central", "Museum"] {
+        publisher.publish("trams/7", QoS::AtLeastOnce, false, stop).await.unwrap();
+        puback(&mut pub_events).await;
+    }
+    let got = received(&mut sub_events, 2, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 2);
+    let alias = |p: &Publish| p.properties.as_ref().and_then(|pr| pr.topic_alias);
+    // The first PUBLISH sets alias 1 for the topic; the second carries only the alias.
+    assert_eq!((&got[0].topic[..], alias(&got[0])), (&b"trams/7"[..], Some(1)));
+    assert_eq!((&got[1].topic[..], alias(&got[1])), (&b""[..], Some(1)));
+    assert_eq!(&got[1].payload[..], b"Museum");
+}
