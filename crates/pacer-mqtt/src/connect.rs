@@ -47,16 +47,9 @@ impl ConnectRequest {
                 keep_alive: c.keep_alive,
                 username: c.username.map(|u| u.to_string()),
                 password: c.password,
-                will: c.last_will.map(|w| Will {
-                    publication: Publication {
-                        topic: w.topic.to_string(),
-                        payload: w.message,
-                        qos: w.qos.value(),
-                        retain: w.retain,
-                        ..Default::default()
-                    },
-                    delay_secs: 0,
-                }),
+                will: c
+                    .last_will
+                    .map(|w| Will { publication: will_message(&w.topic, w.message, w.qos, w.retain), delay_secs: 0 }),
                 session_expiry: if c.clean_session { 0 } else { NEVER_EXPIRES },
                 receive_maximum: u16::MAX,
                 maximum_packet_size: None,
@@ -72,10 +65,6 @@ impl ConnectRequest {
                 password: c.password,
                 will: c.last_will.map(|w| Will {
                     publication: Publication {
-                        topic: w.topic.to_string(),
-                        payload: w.message,
-                        qos: w.qos.value(),
-                        retain: w.retain,
                         properties: MessageProperties {
                             payload_is_utf8: w.is_utf8_payload.unwrap_or(false),
                             content_type: w.content_type.map(|s| s.to_string()),
@@ -89,7 +78,7 @@ impl ConnectRequest {
                             // Counted from when the will is published; set then.
                             expires_at: w.message_expiry_interval.map(|s| s.get() as i64),
                         },
-                        ..Default::default()
+                        ..will_message(&w.topic, w.message, w.qos, w.retain)
                     },
                     delay_secs: w.will_delay_interval_sec.unwrap_or(0),
                 }),
@@ -102,6 +91,11 @@ impl ConnectRequest {
             _ => None,
         }
     }
+}
+
+/// A will's message as either version carries it; sender and time are set when it is sent.
+fn will_message(topic: &str, payload: bytes::Bytes, qos: QoS, retain: bool) -> Publication {
+    Publication { topic: topic.to_string(), payload, qos: qos.value(), retain, ..Default::default() }
 }
 
 /// Why a CONNECT is refused.

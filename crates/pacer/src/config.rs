@@ -94,6 +94,23 @@ pub struct TrackerConfig {
     pub finish: [f64; 2],
 }
 
+impl MqttConfig {
+    /// The broker's own settings; listeners and files are wired by the server.
+    pub fn broker(&self) -> pacer_mqtt::BrokerConfig {
+        pacer_mqtt::BrokerConfig {
+            allow_anonymous: self.allow_anonymous,
+            max_packet_size: self.max_packet_size,
+            max_connections: self.max_connections,
+            max_inflight: self.max_inflight.max(1),
+            max_queued: self.max_queued,
+            deny_subscribe: self.deny_subscribe.clone(),
+            receive_maximum: self.receive_maximum.max(1),
+            topic_alias_maximum: self.topic_alias_maximum,
+            max_keep_alive: self.max_keep_alive.max(1),
+        }
+    }
+}
+
 impl Default for MqttConfig {
     fn default() -> Self {
         let broker = pacer_mqtt::BrokerConfig::default();

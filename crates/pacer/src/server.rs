@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use pacer_ingest::Ingest;
 use pacer_log::{EmbeddedLog, EmbeddedLogConfig, Log};
-use pacer_mqtt::{Broker, BrokerConfig};
+use pacer_mqtt::Broker;
 use pacer_sql::{Course, Tracker, TrackerConfig};
 use pacer_web::{DashboardConfig, LatLon, WebState};
 use prometheus_client::registry::Registry;
@@ -43,17 +43,7 @@ impl Server {
 
         let rules = if config.ingest.is_empty() { pacer_ingest::default_rules() } else { config.ingest.clone() };
         let ingest = Arc::new(Ingest::new(&rules, log.clone())?);
-        let broker_config = BrokerConfig {
-            allow_anonymous: config.mqtt.allow_anonymous,
-            max_packet_size: config.mqtt.max_packet_size,
-            max_connections: config.mqtt.max_connections,
-            max_inflight: config.mqtt.max_inflight.max(1),
-            max_queued: config.mqtt.max_queued,
-            deny_subscribe: config.mqtt.deny_subscribe.clone(),
-            receive_maximum: config.mqtt.receive_maximum.max(1),
-            topic_alias_maximum: config.mqtt.topic_alias_maximum,
-            max_keep_alive: config.mqtt.max_keep_alive.max(1),
-        };
+        let broker_config = config.mqtt.broker();
         let security = pacer_mqtt::Security {
             passwords: config.mqtt.password_file.as_deref().map(pacer_mqtt::auth::PasswordFile::load).transpose()?,
             acl: config.mqtt.acl_file.as_deref().map(pacer_mqtt::auth::Acl::load).transpose()?.map(Arc::new),
