@@ -24,8 +24,9 @@ pub use positions::Positions;
 pub enum LogError {
     #[error("invalid stream name {name:?}: {reason}")]
     InvalidStreamName { name: String, reason: &'static str },
-    #[error("log I/O error on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    /// The cause is part of the message (not a `source`), so error chains do not print it twice.
+    #[error("log I/O error on {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("the log is closed")]
     Closed,
 }

@@ -3,6 +3,7 @@
 
 mod partition;
 mod reader;
+mod sync;
 mod writer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -136,8 +137,15 @@ impl EmbeddedLog {
             committed: Mutex::new(HashMap::new()),
         });
         load_committed(&shared)?;
-        let writer = Writer::new(shared.clone())?;
+        let (sync_tx, sync_rx) = mpsc::sync_channel(writer::SYNC_QUEUE);
+        let (failures_tx, failures_rx) = mpsc::channel();
+        let writer = Writer::new(shared.clone(), sync_tx, failures_rx)?;
         let (tx, rx) = mpsc::channel();
+        let sync_shared = shared.clone();
+        std::thread::Builder::new()
+            .name("pacer-log-sync".into())
+            .spawn(move || sync::run(sync_shared, sync_rx, failures_tx))
+            .map_err(io_err(&shared.config.dir))?;
         std::thread::Builder::new()
             .name("pacer-log-writer".into())
             .spawn(move || writer.run(rx))

@@ -170,7 +170,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 pub fn io_err(path: &Path) -> impl Fn(std::io::Error) -> LogError + '_ {
-    move |source| LogError::Io { path: path.display().to_string(), source }
+    move |error| LogError::Io { path: path.display().to_string(), error }
 }
 
 pub fn segment_path(dir: &Path, base: u64) -> PathBuf {
@@ -235,7 +235,9 @@ impl Partition {
                         if next != expected {
                             tracing::warn!(path = %path.display(), next, expected, "sealed segment ends before the next one starts; offsets in between are gone");
                         }
-                        info.write_indexes()?;
+                        if let Err(e) = info.write_indexes() {
+                            tracing::warn!(error = %e, "index files not written; the segment is scanned again at the next start");
+                        }
                     }
                     info
                 }
@@ -293,7 +295,7 @@ impl Partition {
                     hint = None; // retention deleted the segment under us: look again
                     continue;
                 }
-                Err(source) => return Err(LogError::Io { path: path.display().to_string(), source }),
+                Err(error) => return Err(LogError::Io { path: path.display().to_string(), error }),
             };
             let mut at = 0usize;
             let mut corrupt = None;
@@ -473,11 +475,15 @@ fn scan_segment(path: &Path, base: u64) -> Result<(SegmentInfo, u64)> {
                     continue;
                 }
                 tracing::warn!(path = %path.display(), at = pos, dropped_bytes = bytes.len() - pos, reason, "truncating a torn tail");
-                OpenOptions::new()
+                let cut = OpenOptions::new()
                     .write(true)
                     .open(path)
-                    .and_then(|f| f.set_len(pos as u64).and_then(|_| f.sync_all()))
-                    .map_err(io_err(path))?;
+                    .and_then(|f| f.set_len(pos as u64).and_then(|_| f.sync_all()));
+                if let Err(e) = cut {
+                    // Readers stop at the committed end anyway; the writer cuts the file when
+                    // it can open it for writing.
+                    tracing::warn!(path = %path.display(), error = %e, "cannot cut the torn tail now");
+                }
                 break;
             }
         }

@@ -1,16 +1,15 @@
 //! The writer thread: every append goes through it.
 //!
-//! It takes every request waiting in its queue, writes them, and makes them durable with one
-//! fsync per touched partition before answering any of them: group commit, so many publishers
-//! share the cost of a sync. Readers never see a record before it is durable, because a
-//! partition's committed end only moves after the sync. Between requests it rolls segments
-//! by age and applies retention.
+//! It takes every request waiting in its queue, encodes and writes them, and hands the written
+//! group to the sync thread (`sync`), which makes it durable with one fsync per touched
+//! partition before answering any of them: group commit, so many publishers share the cost of
+//! a sync. While one group is being synced the writer already writes the next, so encoding
+//! overlaps the disk's flush. Between requests it rolls segments by age and applies retention.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -18,14 +17,18 @@ use pacer_core::{now_ms, NewRecord};
 use tokio::sync::oneshot;
 
 use super::partition::{io_err, segment_path, Partition, SegmentInfo};
+use super::sync::{fail_entries, Entry, InFlight, SyncJob, Written, WrittenGroup};
 use super::{Shared, StreamState};
 use crate::segment;
-use crate::{partition_for_key, Appended, LogError, Result};
+use crate::{partition_for_key, Appended, Result};
 
 /// Requests one group commit takes at most, so a flood cannot delay the first ack forever.
 const MAX_GROUP: usize = 4096;
 /// How often segments are checked for age and retention when no appends arrive.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Written groups waiting for the sync thread at most (its next sync covers all of them);
+/// beyond it the writer waits, and the requests arriving meanwhile make the next group larger.
+pub const SYNC_QUEUE: usize = 16;
 
 /// Where the writer sends an append's result once it is durable.
 pub type Answer = oneshot::Sender<Result<Vec<Appended>>>;
@@ -39,9 +42,29 @@ pub struct AppendRequest {
 /// The writer's own state of a partition: the open active segment.
 struct PartitionWriter {
     shared: Arc<Partition>,
-    file: File,
+    /// None while it cannot be opened for writing (a read-only data directory): appends to
+    /// the partition are refused with the reason and opening is tried again at each one.
+    file: Option<SegmentFile>,
+    /// Bytes written, synced or not.
     len: u64,
     next_offset: u64,
+}
+
+struct SegmentFile {
+    append: File,
+    /// The same file for the sync thread.
+    sync: Arc<File>,
+}
+
+impl PartitionWriter {
+    fn open(&mut self) -> std::io::Result<&mut SegmentFile> {
+        if self.file.is_none() {
+            let path = self.shared.segments.read().unwrap().last().expect("a partition has a segment").path.clone();
+            self.file = Some(open_segment(&path, self.len)?);
+            tracing::info!(path = %path.display(), "segment open for appending");
+        }
+        Ok(self.file.as_mut().unwrap())
+    }
 }
 
 struct StreamWriter {
@@ -54,32 +77,23 @@ pub struct Writer {
     shared: Arc<Shared>,
     streams: HashMap<String, StreamWriter>,
     last_maintenance: Instant,
-}
-
-/// One record in a partition's share of a group commit.
-struct Entry {
-    /// Index of its request in the group.
-    request: usize,
-    /// Byte position in the partition's buffer.
-    at: u64,
-    timestamp: i64,
-}
-
-/// One request being committed: where its records go and whether that worked.
-struct InFlight {
-    done: Answer,
-    appended: Vec<Appended>,
-    failed: Option<LogError>,
+    sync: mpsc::SyncSender<SyncJob>,
+    /// A message per failed sync: the partitions must be cut back before the next write.
+    sync_failures: mpsc::Receiver<()>,
 }
 
 impl Writer {
-    pub fn new(shared: Arc<Shared>) -> Result<Writer> {
+    pub fn new(
+        shared: Arc<Shared>,
+        sync: mpsc::SyncSender<SyncJob>,
+        sync_failures: mpsc::Receiver<()>,
+    ) -> Result<Writer> {
         let mut streams = HashMap::new();
         for (name, state) in shared.streams.read().unwrap().iter() {
-            let partitions = state.partitions.iter().map(|p| open_writer(p.clone())).collect::<Result<Vec<_>>>()?;
+            let partitions = state.partitions.iter().map(|p| open_writer(p.clone())).collect();
             streams.insert(name.clone(), StreamWriter { state: state.clone(), partitions, round_robin: 0 });
         }
-        Ok(Writer { shared, streams, last_maintenance: Instant::now() })
+        Ok(Writer { shared, streams, last_maintenance: Instant::now(), sync, sync_failures })
     }
 
     pub fn run(mut self, requests: mpsc::Receiver<AppendRequest>) {
@@ -108,15 +122,18 @@ impl Writer {
     }
 
     fn commit(&mut self, group: Vec<AppendRequest>) {
-        let mut in_flight: Vec<InFlight> = Vec::with_capacity(group.len());
+        if self.sync_failures.try_iter().count() > 0 {
+            self.rewind_to_durable();
+        }
+        let mut requests: Vec<InFlight> = Vec::with_capacity(group.len());
         // (stream, partition) → the bytes to write and what each entry in them is.
         let mut pending: HashMap<(String, u32), (Vec<u8>, Vec<Entry>)> = HashMap::new();
         for req in group {
-            let r = in_flight.len();
+            let r = requests.len();
             let stream = match self.stream_writer(&req.stream) {
                 Ok(s) => s,
                 Err(e) => {
-                    in_flight.push(InFlight { done: req.done, appended: Vec::new(), failed: Some(e) });
+                    requests.push(InFlight { done: req.done, appended: Vec::new(), failed: Some(e) });
                     continue;
                 }
             };
@@ -137,55 +154,61 @@ impl Writer {
                 segment::encode(offset, rec, buf);
                 appended.push(Appended { partition, offset });
             }
-            in_flight.push(InFlight { done: req.done, appended, failed: None });
+            requests.push(InFlight { done: req.done, appended, failed: None });
         }
 
-        let fsync = self.shared.config.fsync;
-        let mut touched_streams = Vec::new();
+        let mut parts = Vec::with_capacity(pending.len());
         for ((stream, partition), (buf, entries)) in pending {
             let sw = self.streams.get_mut(&stream).expect("writer exists for pending stream");
             let writer = &mut sw.partitions[partition as usize];
-            match write_durably(writer, &buf, fsync) {
-                Ok(()) => {
-                    if fsync != super::FsyncPolicy::Off {
-                        self.shared.metrics.fsyncs.inc();
-                    }
-                    let mut segments = writer.shared.segments.write().unwrap();
-                    let active = segments.last_mut().expect("a partition has a segment");
-                    for (k, entry) in entries.iter().enumerate() {
-                        active.note_entry(writer.next_offset + k as u64, writer.len + entry.at, entry.timestamp);
-                    }
+            let written = writer.open().and_then(|f| f.append.write_all(&buf).map(|()| f.sync.clone()));
+            match written {
+                Ok(file) => {
+                    parts.push(Written {
+                        stream: sw.state.clone(),
+                        partition: writer.shared.clone(),
+                        file,
+                        first_offset: writer.next_offset,
+                        start: writer.len,
+                        bytes: buf.len() as u64,
+                        entries,
+                    });
                     writer.len += buf.len() as u64;
-                    active.len = writer.len;
-                    drop(segments);
-                    writer.next_offset += entries.len() as u64;
-                    writer.shared.end.store(writer.next_offset, Ordering::Release);
-                    self.shared.metrics.records.inc_by(entries.len() as u64);
-                    self.shared.metrics.bytes.inc_by(buf.len() as u64);
-                    touched_streams.push(sw.state.clone());
+                    writer.next_offset += parts.last().unwrap().entries.len() as u64;
                 }
                 Err(e) => {
                     tracing::error!(stream, partition, error = %e, "append failed; records not acknowledged");
                     // Cut what reached the file so the next append starts on an entry boundary.
-                    let _ = writer.file.set_len(writer.len);
-                    for &Entry { request: r, .. } in &entries {
-                        if in_flight[r].failed.is_none() {
-                            let path = writer.shared.dir.display().to_string();
-                            let source = std::io::Error::new(e.kind(), e.to_string());
-                            in_flight[r].failed = Some(LogError::Io { path, source });
-                        }
+                    if let Some(f) = &writer.file {
+                        let _ = f.append.set_len(writer.len);
                     }
+                    fail_entries(&mut requests, &entries, &writer.shared, &e);
                 }
             }
         }
-        for state in touched_streams {
-            state.appended.send_modify(|n| *n += 1);
+        // Blocks while the sync thread is behind, so the next group grows instead.
+        if self.sync.send(SyncJob::Group(WrittenGroup { parts, requests })).is_err() {
+            tracing::error!("the log's sync thread is gone; appends cannot be acknowledged");
         }
-        for f in in_flight {
-            let _ = f.done.send(match f.failed {
-                Some(e) => Err(e),
-                None => Ok(f.appended),
-            });
+    }
+
+    /// After a failed sync, cuts every partition back to what is durable: what was written
+    /// after it may not be on disk, and none of it was acknowledged.
+    fn rewind_to_durable(&mut self) {
+        drain(&self.sync);
+        while self.sync_failures.try_recv().is_ok() {}
+        for sw in self.streams.values_mut() {
+            for writer in &mut sw.partitions {
+                let durable_len = writer.shared.segments.read().unwrap().last().map_or(0, |s| s.len);
+                if writer.len != durable_len {
+                    tracing::warn!(partition = %writer.shared.dir.display(), from = writer.len, to = durable_len, "cutting records whose sync failed");
+                    if let Some(Err(e)) = writer.file.as_ref().map(|f| f.append.set_len(durable_len)) {
+                        tracing::error!(error = %e, "could not cut records whose sync failed");
+                    }
+                    writer.len = durable_len;
+                    writer.next_offset = writer.shared.end();
+                }
+            }
         }
     }
 
@@ -201,13 +224,17 @@ impl Writer {
                 shared_parts.push(Arc::new(Partition::recover(id, &dir)?));
             }
             let state = Arc::new(StreamState::new(shared_parts));
-            let writers = state.partitions.iter().map(|p| open_writer(p.clone())).collect::<Result<Vec<_>>>()?;
+            let writers = state.partitions.iter().map(|p| open_writer(p.clone())).collect();
             self.shared.streams.write().unwrap().insert(stream.to_string(), state.clone());
             self.shared.created.send_modify(|n| *n += 1);
             tracing::info!(stream, partitions, "stream created");
             self.streams.insert(stream.to_string(), StreamWriter { state, partitions: writers, round_robin: 0 });
         }
         let segment_bytes = self.shared.config.segment_bytes;
+        if self.streams[stream].partitions.iter().any(|w| w.len >= segment_bytes) {
+            // The sealed segment's index must hold every entry before it is written.
+            drain(&self.sync);
+        }
         let sw = self.streams.get_mut(stream).unwrap();
         for writer in &mut sw.partitions {
             if writer.len >= segment_bytes {
@@ -229,6 +256,7 @@ impl Writer {
                     active.len > 0 && active.opened.elapsed() >= Duration::from_millis(ms)
                 });
                 if aged {
+                    drain(&self.sync);
                     if let Err(e) = roll(writer) {
                         tracing::error!(error = %e, "could not roll an aged segment");
                     }
@@ -240,40 +268,52 @@ impl Writer {
     }
 }
 
-fn open_writer(partition: Arc<Partition>) -> Result<PartitionWriter> {
+/// Waits until every written group went through the sync thread.
+fn drain(sync: &mpsc::SyncSender<SyncJob>) {
+    let (done, wait) = mpsc::channel();
+    if sync.send(SyncJob::Barrier(done)).is_ok() {
+        let _ = wait.recv();
+    }
+}
+
+fn open_writer(partition: Arc<Partition>) -> PartitionWriter {
     let (path, len) = {
         let segments = partition.segments.read().unwrap();
         let active = segments.last().expect("a partition has a segment");
         (active.path.clone(), active.len)
     };
-    let file = open_segment(&path)?;
+    let file = match open_segment(&path, len) {
+        Ok(file) => Some(file),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "segment cannot be opened for appending; its records stay readable, appends to it are refused until it can");
+            None
+        }
+    };
     let next_offset = partition.end();
-    Ok(PartitionWriter { shared: partition, file, len, next_offset })
+    PartitionWriter { shared: partition, file, len, next_offset }
 }
 
 /// Seals the active segment (its index files written) and starts a new one.
 fn roll(writer: &mut PartitionWriter) -> Result<()> {
     writer.shared.segments.read().unwrap().last().unwrap().write_indexes()?;
     let path = segment_path(&writer.shared.dir, writer.next_offset);
-    writer.file = open_segment(&path)?;
+    writer.file = Some(open_segment(&path, 0).map_err(io_err(&path))?);
     writer.len = 0;
     writer.shared.segments.write().unwrap().push(SegmentInfo::empty(writer.next_offset, path));
     Ok(())
 }
 
-fn write_durably(writer: &mut PartitionWriter, buf: &[u8], fsync: super::FsyncPolicy) -> std::io::Result<()> {
-    writer.file.write_all(buf)?;
-    if fsync != super::FsyncPolicy::Off {
-        writer.file.sync_data()?;
+/// Opens a segment for appending after its first `len` bytes: whatever follows them was
+/// never acknowledged (a torn write recovery could not cut, or a failed sync).
+fn open_segment(path: &Path, len: u64) -> std::io::Result<SegmentFile> {
+    let append = OpenOptions::new().create(true).append(true).open(path)?;
+    if append.metadata()?.len() > len {
+        append.set_len(len)?;
     }
-    Ok(())
-}
-
-fn open_segment(path: &Path) -> Result<File> {
-    let file = OpenOptions::new().create(true).append(true).open(path).map_err(io_err(path))?;
     // The new directory entry must survive a crash too.
     if let Some(dir) = path.parent() {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+        File::open(dir)?.sync_all()?;
     }
-    Ok(file)
+    let sync = Arc::new(append.try_clone()?);
+    Ok(SegmentFile { append, sync })
 }
