@@ -6,6 +6,7 @@
 //! functions.
 
 pub mod course;
+pub mod engine;
 pub mod geo_fn;
 pub mod pull;
 pub mod tracker;
