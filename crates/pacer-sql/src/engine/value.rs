@@ -210,3 +210,16 @@ impl From<bool> for Value {
         Value::Bool(b)
     }
 }
+
+/// Checkpointed state holds values as JSON, which keeps integers and doubles apart.
+impl serde::Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Json::deserialize(deserializer).map(|json| Value::from_json(&json))
+    }
+}
