@@ -4,5 +4,7 @@ pub mod aggregate;
 pub mod ast;
 pub mod expr;
 pub mod functions;
+pub mod operator;
 pub mod parse;
+pub mod plan;
 pub mod value;

@@ -230,6 +230,9 @@ impl Grammar<'_> {
                 break;
             }
         }
+        if [size, advance, gap].into_iter().flatten().any(|d| d == 0) {
+            return self.fail("window sizes, advances and gaps greater than zero");
+        }
         let kind = match shape {
             Shape::Tumbling => {
                 WindowKind::Tumbling { size: size.map_or_else(|| self.fail("SIZE in a TUMBLING window"), Ok)? }
@@ -262,9 +265,6 @@ impl Grammar<'_> {
             },
             _ => return self.p.expected("a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS)", unit),
         };
-        if n <= 0 {
-            return self.fail("a duration greater than zero");
-        }
         Ok(n * ms)
     }
 

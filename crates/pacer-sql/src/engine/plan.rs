@@ -1,0 +1,438 @@
+//! From a parsed SELECT and the source it reads to a plan: which fields to decode, the
+//! filter, and either a projection or a grouped aggregation, with every name and type
+//! checked. Nothing here touches the log.
+
+use sqlparser::ast::{self as sql, FunctionArg, FunctionArgExpr, FunctionArguments, SelectItem};
+
+use super::aggregate::{is_aggregate, AggregateCall};
+use super::ast::{Emit, Select, SourceKind, Window};
+use super::expr::{compile, plan_error, Expr, PlanError, Scope};
+use super::value::DataType;
+
+/// A declared column of a source.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Column {
+    pub name: String,
+    #[serde(with = "type_text")]
+    pub data_type: DataType,
+    /// Read from (and written to) the record key.
+    pub key: bool,
+}
+
+/// A stream or table queries can read: a log stream and how its records look.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Source {
+    pub name: String,
+    pub kind: SourceKind,
+    /// The log stream (Kafka topic) holding its records.
+    pub topic: String,
+    /// Declared columns; empty for a log stream nobody declared, whose JSON fields are
+    /// readable by name with type ANY.
+    pub columns: Vec<Column>,
+    /// The column that holds event time, when not the record timestamp.
+    pub timestamp: Option<String>,
+    /// Windowed tables are keyed by key and window start.
+    pub windowed: bool,
+}
+
+/// Pseudo columns every input row has, at these slots.
+pub const ROWTIME: usize = 0;
+pub const ROWKEY: usize = 1;
+pub const ROWPARTITION: usize = 2;
+pub const ROWOFFSET: usize = 3;
+/// The whole JSON value, for `SELECT *` over an undeclared stream.
+pub const WHOLE_VALUE: usize = 4;
+/// Slot of the first decoded field.
+pub const FIRST_FIELD: usize = 5;
+const PSEUDO: [(&str, DataType); 4] = [
+    ("ROWTIME", DataType::BigInt),
+    ("ROWKEY", DataType::String),
+    ("ROWPARTITION", DataType::Int),
+    ("ROWOFFSET", DataType::BigInt),
+];
+
+/// A field the decoder puts into the row, at `FIRST_FIELD + its index`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    pub name: String,
+    pub data_type: DataType,
+    pub key: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub source: Source,
+    pub fields: Vec<Field>,
+    /// Index into `fields` of the event-time column.
+    pub timestamp_field: Option<usize>,
+    pub filter: Option<Expr>,
+    pub shape: Shape,
+    pub output: Vec<Column>,
+    pub emit: Emit,
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Shape {
+    /// One output row per input row. `key` is PARTITION BY (else the input key stays).
+    Project { items: Vec<Item>, key: Option<Expr> },
+    /// Grouped (and maybe windowed) aggregation. Items and HAVING read the grouped row:
+    /// group values, then WINDOWSTART and WINDOWEND, then aggregate results.
+    Aggregate {
+        group_by: Vec<Expr>,
+        calls: Vec<AggregateCall>,
+        window: Option<Window>,
+        having: Option<Expr>,
+        items: Vec<Item>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum Item {
+    Expr(Expr),
+    /// Every field of the JSON value of an undeclared stream.
+    WholeValue,
+}
+
+pub fn plan(select: &Select, source: &Source) -> Result<Plan, PlanError> {
+    let mut input = InputScope { source, fields: Vec::new() };
+    if !source.columns.is_empty() {
+        input.fields = source
+            .columns
+            .iter()
+            .map(|c| Field { name: c.name.clone(), data_type: c.data_type.clone(), key: c.key })
+            .collect();
+    }
+    let timestamp_field = match &source.timestamp {
+        Some(name) => Some(input.column(name)?.0 - FIRST_FIELD),
+        None => None,
+    };
+    let filter = match &select.selection {
+        Some(e) => Some(compile(e, &mut input)?.0),
+        None => None,
+    };
+    let grouped = !select.group_by.is_empty() || select.items.iter().any(has_aggregate);
+    if select.window.is_some() && !grouped {
+        return plan_error("WINDOW needs GROUP BY (or an aggregate)");
+    }
+    if select.having.is_some() && !grouped {
+        return plan_error("HAVING needs GROUP BY");
+    }
+    let (shape, output) = if grouped {
+        if !select.partition_by.is_empty() {
+            return plan_error("PARTITION BY cannot be combined with GROUP BY (the group is the key)");
+        }
+        let mut group_by = Vec::new();
+        let mut group_types = Vec::new();
+        for e in &select.group_by {
+            let (compiled, t) = compile(e, &mut input)?;
+            group_by.push(compiled);
+            group_types.push(t);
+        }
+        let mut scope = GroupScope { input: &mut input, group_sql: &select.group_by, group_types, calls: Vec::new() };
+        let (mut items, mut output) = select_items(&select.items, &mut scope, source)?;
+        // Windowed rows always say which window they are: the table's identity is the key
+        // and the window start.
+        if select.window.is_some() {
+            for (offset, name) in ["WINDOWSTART", "WINDOWEND"].into_iter().enumerate() {
+                if !output.iter().any(|c| c.name.eq_ignore_ascii_case(name)) {
+                    let slot = window_start_slot(select.group_by.len()) + offset;
+                    items.push(Item::Expr(Expr::Column(slot)));
+                    output.push(Column { name: name.into(), data_type: DataType::BigInt, key: false });
+                }
+            }
+        }
+        let having = match &select.having {
+            Some(e) => Some(compile(e, &mut scope)?.0),
+            None => None,
+        };
+        let calls = scope.calls;
+        (Shape::Aggregate { group_by, calls, window: select.window, having, items }, output)
+    } else {
+        if select.emit == Emit::Final {
+            return plan_error("EMIT FINAL needs a windowed aggregation");
+        }
+        let key = match select.partition_by.as_slice() {
+            [] => None,
+            [e] => Some(compile(e, &mut input)?.0),
+            _ => return plan_error("PARTITION BY takes one expression"),
+        };
+        let (items, output) = select_items(&select.items, &mut input, source)?;
+        (Shape::Project { items, key }, output)
+    };
+    if matches!(select.window.map(|w| w.kind), Some(super::ast::WindowKind::Session { .. })) {
+        return plan_error("SESSION windows are not supported yet (TUMBLING and HOPPING are)");
+    }
+    Ok(Plan {
+        source: source.clone(),
+        fields: input.fields,
+        timestamp_field,
+        filter,
+        shape,
+        output,
+        emit: select.emit,
+        limit: select.limit,
+    })
+}
+
+fn select_items(
+    items: &[SelectItem],
+    scope: &mut dyn Scope,
+    source: &Source,
+) -> Result<(Vec<Item>, Vec<Column>), PlanError> {
+    let mut out = Vec::new();
+    let mut columns = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let (e, name) = match item {
+            SelectItem::UnnamedExpr(e) => (e, output_name(e, i)),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, alias.value.clone()),
+            SelectItem::ExprWithAliases { .. } => return plan_error(format!("{item}: one alias per column")),
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => {
+                if source.columns.is_empty() {
+                    out.push(Item::WholeValue);
+                    columns.push(Column { name: "*".into(), data_type: DataType::Any, key: false });
+                    continue;
+                }
+                for c in &source.columns {
+                    let (slot, t) = scope.column(&c.name)?;
+                    out.push(Item::Expr(Expr::Column(slot)));
+                    columns.push(Column { name: c.name.clone(), data_type: t, key: false });
+                }
+                continue;
+            }
+        };
+        let (compiled, t) = compile(e, scope)?;
+        if columns.iter().any(|c: &Column| c.name.eq_ignore_ascii_case(&name)) {
+            return plan_error(format!("{name}: two output columns have this name; give one an alias with AS"));
+        }
+        out.push(Item::Expr(compiled));
+        columns.push(Column { name, data_type: t, key: false });
+    }
+    Ok((out, columns))
+}
+
+/// ksqlDB's names for unaliased columns: the column's own name, else KSQL_COL_n.
+fn output_name(e: &sql::Expr, i: usize) -> String {
+    match e {
+        sql::Expr::Identifier(id) => id.value.clone(),
+        sql::Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()).unwrap_or_default(),
+        sql::Expr::BinaryOp { right, op: sql::BinaryOperator::Arrow, .. } => right.to_string(),
+        _ => format!("KSQL_COL_{i}"),
+    }
+}
+
+fn has_aggregate(item: &SelectItem) -> bool {
+    let e = match item {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+        _ => return false,
+    };
+    let mut found = false;
+    let _ = sql::visit_expressions(e, |e| {
+        if let sql::Expr::Function(f) = e {
+            found |= is_aggregate(&f.name.to_string());
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    found
+}
+
+/// Names in WHERE, GROUP BY and the arguments of aggregates: the input row.
+struct InputScope<'a> {
+    source: &'a Source,
+    fields: Vec<Field>,
+}
+
+impl Scope for InputScope<'_> {
+    fn column(&mut self, name: &str) -> Result<(usize, DataType), PlanError> {
+        if let Some(i) = PSEUDO.iter().position(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            return Ok((i, PSEUDO[i].1.clone()));
+        }
+        if let Some(i) = self.fields.iter().position(|f| f.name.eq_ignore_ascii_case(name)) {
+            return Ok((FIRST_FIELD + i, self.fields[i].data_type.clone()));
+        }
+        if !self.source.columns.is_empty() {
+            let known: Vec<&str> = self.source.columns.iter().map(|c| c.name.as_str()).collect();
+            return plan_error(format!("{name}: no such column in {} (it has {})", self.source.name, known.join(", ")));
+        }
+        // An undeclared stream: any JSON field, typed at run time.
+        self.fields.push(Field { name: name.to_string(), data_type: DataType::Any, key: false });
+        Ok((FIRST_FIELD + self.fields.len() - 1, DataType::Any))
+    }
+}
+
+/// Names after GROUP BY: grouped expressions, window bounds and aggregates.
+struct GroupScope<'a, 'b> {
+    input: &'a mut InputScope<'b>,
+    group_sql: &'a [sql::Expr],
+    group_types: Vec<DataType>,
+    calls: Vec<AggregateCall>,
+}
+
+/// Where the grouped row keeps WINDOWSTART, WINDOWEND and the first aggregate.
+pub fn window_start_slot(groups: usize) -> usize {
+    groups
+}
+
+pub fn first_aggregate_slot(groups: usize) -> usize {
+    groups + 2
+}
+
+impl Scope for GroupScope<'_, '_> {
+    fn column(&mut self, name: &str) -> Result<(usize, DataType), PlanError> {
+        let groups = self.group_sql.len();
+        if name.eq_ignore_ascii_case("WINDOWSTART") {
+            return Ok((window_start_slot(groups), DataType::BigInt));
+        }
+        if name.eq_ignore_ascii_case("WINDOWEND") {
+            return Ok((window_start_slot(groups) + 1, DataType::BigInt));
+        }
+        for (i, g) in self.group_sql.iter().enumerate() {
+            let plain = match g {
+                sql::Expr::Identifier(id) => Some(&id.value),
+                sql::Expr::CompoundIdentifier(parts) => parts.last().map(|p| &p.value),
+                _ => None,
+            };
+            if plain.is_some_and(|p| p.eq_ignore_ascii_case(name)) {
+                return Ok((i, self.group_types[i].clone()));
+            }
+        }
+        plan_error(format!(
+            "{name}: not in GROUP BY; group by it or use it inside an aggregate such as LATEST_BY_OFFSET({name})"
+        ))
+    }
+
+    fn replace(&mut self, e: &sql::Expr) -> Result<Option<(usize, DataType)>, PlanError> {
+        let text = e.to_string();
+        if let Some(i) = self.group_sql.iter().position(|g| g.to_string().eq_ignore_ascii_case(&text)) {
+            return Ok(Some((i, self.group_types[i].clone())));
+        }
+        let sql::Expr::Function(f) = e else { return Ok(None) };
+        let name = f.name.to_string();
+        if !is_aggregate(&name) {
+            return Ok(None);
+        }
+        let args: Vec<&FunctionArg> = match &f.args {
+            FunctionArguments::List(list) => list.args.iter().collect(),
+            _ => Vec::new(),
+        };
+        let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment == Some(sql::DuplicateTreatment::Distinct));
+        let (arg, k) = match args.as_slice() {
+            [] | [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)] => (None, None),
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(a))] => (Some(compile(a, self.input)?), None),
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(a)), FunctionArg::Unnamed(FunctionArgExpr::Expr(k))] => {
+                let k = k
+                    .to_string()
+                    .parse::<i64>()
+                    .map_err(|_| PlanError(format!("{e}: the second argument must be a whole number")))?;
+                (Some(compile(a, self.input)?), Some(k))
+            }
+            _ => return plan_error(format!("{e}: unsupported arguments")),
+        };
+        let name = if distinct && name.eq_ignore_ascii_case("COUNT") { "COUNT_DISTINCT".to_string() } else { name };
+        let call = AggregateCall::new(&name, arg, k)?;
+        let t = call.output.clone();
+        self.calls.push(call);
+        Ok(Some((first_aggregate_slot(self.group_sql.len()) + self.calls.len() - 1, t)))
+    }
+}
+
+/// DataType in its SQL spelling inside the catalog's JSON.
+mod type_text {
+    use super::DataType;
+
+    pub fn serialize<S: serde::Serializer>(t: &DataType, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_string())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DataType, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        parse_type(&text).ok_or_else(|| serde::de::Error::custom(format!("unknown type {text}")))
+    }
+
+    pub fn parse_type(text: &str) -> Option<DataType> {
+        let sql = format!("CREATE STREAM t (c {text})");
+        match super::super::parse::parse(&sql).ok()?.pop()? {
+            super::super::ast::Statement::CreateSource { mut columns, .. } => columns.pop().map(|c| c.data_type),
+            _ => None,
+        }
+        .or_else(|| (text == "ANY").then_some(DataType::Any))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ast::Statement;
+    use crate::engine::parse::parse;
+
+    fn select(sql: &str) -> Select {
+        match parse(sql).unwrap().pop().unwrap() {
+            Statement::Select(s) => *s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn race() -> Source {
+        let columns = [
+            ("who", DataType::String),
+            ("lat", DataType::Double),
+            ("lon", DataType::Double),
+            ("speed", DataType::Double),
+        ]
+        .into_iter()
+        .map(|(n, t)| Column { name: n.into(), data_type: t, key: false })
+        .collect();
+        Source {
+            name: "race_stream".into(),
+            kind: SourceKind::Stream,
+            topic: "race".into(),
+            columns,
+            timestamp: None,
+            windowed: false,
+        }
+    }
+
+    #[test]
+    fn grouped_queries_resolve_groups_windows_and_aggregates() {
+        let s = select(
+            "SELECT who, WINDOWSTART AS ws, MIN(speed) AS lo, COUNT(*) n, AVG(speed) * 2 AS twice FROM race_stream
+             WINDOW TUMBLING (SIZE 5 MINUTES) GROUP BY who HAVING COUNT(*) > 1",
+        );
+        let p = plan(&s, &race()).unwrap();
+        let names: Vec<_> = p.output.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["who", "ws", "lo", "n", "twice", "WINDOWSTART", "WINDOWEND"]);
+        let Shape::Aggregate { calls, items, .. } = &p.shape else { panic!() };
+        assert_eq!(calls.len(), 4, "MIN, COUNT, AVG, and HAVING's COUNT");
+        assert!(matches!(items[1], Item::Expr(Expr::Column(1))), "WINDOWSTART after the one group column");
+        assert_eq!(p.output[3].data_type, DataType::BigInt);
+    }
+
+    #[test]
+    fn mistakes_are_named_before_running() {
+        let e = plan(&select("SELECT who, speed FROM race_stream GROUP BY who"), &race()).unwrap_err().0;
+        assert!(e.contains("speed: not in GROUP BY"), "{e}");
+        let e = plan(&select("SELECT who FROM race_stream WHERE altitude > 3"), &race()).unwrap_err().0;
+        assert!(e.contains("altitude: no such column in race_stream"), "{e}");
+        let e = plan(&select("SELECT who FROM race_stream EMIT FINAL"), &race()).unwrap_err().0;
+        assert!(e.contains("EMIT FINAL needs"), "{e}");
+        let e = plan(&select("SELECT SUM(who) FROM race_stream GROUP BY lat"), &race()).unwrap_err().0;
+        assert!(e.contains("expected a number, got STRING"), "{e}");
+    }
+
+    #[test]
+    fn undeclared_streams_read_fields_by_name() {
+        let mut source = race();
+        source.columns.clear();
+        let p = plan(&select("SELECT *, batt + 1 AS b FROM race WHERE who = 'ben'"), &source).unwrap();
+        let names: Vec<_> = p.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["who", "batt"]);
+        assert!(matches!(&p.shape, Shape::Project { items, .. } if matches!(items[0], Item::WholeValue)));
+    }
+
+    #[test]
+    fn types_round_trip_through_the_catalog() {
+        for t in ["DOUBLE", "ARRAY<STRUCT<a INTEGER, b ARRAY<STRING>>>", "MAP<STRING, BIGINT>", "DECIMAL(10, 2)"] {
+            assert_eq!(type_text::parse_type(t).map(|t| t.to_string()).as_deref(), Some(t));
+        }
+    }
+}
