@@ -33,7 +33,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::format::{Fixed, Item, Numeric, Pad, Parsed, StrftimeItems};
 use chrono::{
-    DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeDelta, TimeZone, Timelike,
+    DateTime, Datelike, FixedOffset, Months, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeDelta, TimeZone, Timelike,
 };
 use chrono_tz::{OffsetName, Tz};
 use regex::Regex;
@@ -177,7 +177,10 @@ fn cast_to_integer(value: &Value, to: &DataType, min: i64, max: i64) -> Result<V
 /// (`2020-05-26`, `2020-05-26T23:59`); a space may stand for the `T`.
 fn parse_iso_timestamp(text: &str) -> Result<i64, String> {
     let invalid = || {
-        format!("cannot parse '{text}' as a TIMESTAMP: expected yyyy-MM-ddTHH:mm:ss.SSS with an optional offset, e.g. 2020-05-26T23:59:58.000+02:00")
+        format!(
+            "cannot parse '{text}' as a TIMESTAMP: expected yyyy-MM-ddTHH:mm:ss.SSS with an optional offset, \
+             e.g. 2020-05-26T23:59:58.000+02:00"
+        )
     };
     let (date_text, rest) = text.split_once(['T', ' ']).unwrap_or((text, ""));
     let (time_text, offset_seconds) = if let Some(time) = rest.strip_suffix(['Z', 'z']) {
@@ -285,43 +288,43 @@ macro_rules! scalar {
 static FUNCTIONS: &[ScalarFunction] = &[
     // Numbers
     scalar!("ABS", 1, 1, [Num] => same_as_first, abs),
-    scalar!("CEIL", 1, 1, [Num] => same_as_first, |args: &[Value]| integral(args, f64::ceil)),
-    scalar!("FLOOR", 1, 1, [Num] => same_as_first, |args: &[Value]| integral(args, f64::floor)),
-    scalar!("ROUND", 1, 2, [Num, Int] => rounded_type, |args: &[Value]| round_or_trunc(args, Rounding::HalfUp)),
-    scalar!("TRUNC", 1, 2, [Num, Int] => rounded_type, |args: &[Value]| round_or_trunc(args, Rounding::TowardZero)),
+    scalar!("CEIL", 1, 1, [Num] => same_as_first, |args| integral(args, f64::ceil)),
+    scalar!("FLOOR", 1, 1, [Num] => same_as_first, |args| integral(args, f64::floor)),
+    scalar!("ROUND", 1, 2, [Num, Int] => rounded_type, |args| round_or_trunc(args, Rounding::HalfUp)),
+    scalar!("TRUNC", 1, 2, [Num, Int] => rounded_type, |args| round_or_trunc(args, Rounding::TowardZero)),
     scalar!("SIGN", 1, 1, [Num] -> DataType::Int, sign),
-    scalar!("SQRT", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::sqrt)),
-    scalar!("CBRT", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::cbrt)),
-    scalar!("EXP", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::exp)),
-    scalar!("LN", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::ln)),
+    scalar!("SQRT", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::sqrt)),
+    scalar!("CBRT", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::cbrt)),
+    scalar!("EXP", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::exp)),
+    scalar!("LN", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::ln)),
     scalar!("LOG", 1, 2, [Num] -> DataType::Double, log),
-    scalar!("POWER", 2, 2, [Num] -> DataType::Double, |args: &[Value]| binary(args, f64::powf)),
-    scalar!("PI", 0, 0, [] -> DataType::Double, |_: &[Value]| Ok(Value::Double(std::f64::consts::PI))),
-    scalar!("DEGREES", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::to_degrees)),
-    scalar!("RADIANS", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::to_radians)),
-    scalar!("SIN", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::sin)),
-    scalar!("COS", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::cos)),
-    scalar!("TAN", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::tan)),
-    scalar!("COT", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, |x| 1.0 / x.tan())),
-    scalar!("ASIN", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::asin)),
-    scalar!("ACOS", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::acos)),
-    scalar!("ATAN", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::atan)),
-    scalar!("ATAN2", 2, 2, [Num] -> DataType::Double, |args: &[Value]| binary(args, f64::atan2)),
-    scalar!("SINH", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::sinh)),
-    scalar!("COSH", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::cosh)),
-    scalar!("TANH", 1, 1, [Num] -> DataType::Double, |args: &[Value]| unary(args, f64::tanh)),
-    scalar!("GREATEST", 1, VARIADIC, [Scalar] => common_type, |args: &[Value]| extreme(args, Ordering::Greater)),
-    scalar!("LEAST", 1, VARIADIC, [Scalar] => common_type, |args: &[Value]| extreme(args, Ordering::Less)),
+    scalar!("POWER", 2, 2, [Num] -> DataType::Double, |args| binary(args, f64::powf)),
+    scalar!("PI", 0, 0, [] -> DataType::Double, |_| Ok(Value::Double(std::f64::consts::PI))),
+    scalar!("DEGREES", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::to_degrees)),
+    scalar!("RADIANS", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::to_radians)),
+    scalar!("SIN", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::sin)),
+    scalar!("COS", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::cos)),
+    scalar!("TAN", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::tan)),
+    scalar!("COT", 1, 1, [Num] -> DataType::Double, |args| unary(args, |x| 1.0 / x.tan())),
+    scalar!("ASIN", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::asin)),
+    scalar!("ACOS", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::acos)),
+    scalar!("ATAN", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::atan)),
+    scalar!("ATAN2", 2, 2, [Num] -> DataType::Double, |args| binary(args, f64::atan2)),
+    scalar!("SINH", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::sinh)),
+    scalar!("COSH", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::cosh)),
+    scalar!("TANH", 1, 1, [Num] -> DataType::Double, |args| unary(args, f64::tanh)),
+    scalar!("GREATEST", 1, VARIADIC, [Scalar] => common_type, |args| extreme(args, Ordering::Greater)),
+    scalar!("LEAST", 1, VARIADIC, [Scalar] => common_type, |args| extreme(args, Ordering::Less)),
     scalar!("GEO_DISTANCE", 4, 5, [Num, Num, Num, Num, Str] -> DataType::Double, geo_distance_fn),
     // Strings
-    scalar!("UCASE", 1, 1, [Str] -> DataType::String, |args: &[Value]| map_text(args, |s| s.to_uppercase())),
-    scalar!("UPPER", 1, 1, [Str] -> DataType::String, |args: &[Value]| map_text(args, |s| s.to_uppercase())),
-    scalar!("LCASE", 1, 1, [Str] -> DataType::String, |args: &[Value]| map_text(args, |s| s.to_lowercase())),
-    scalar!("LOWER", 1, 1, [Str] -> DataType::String, |args: &[Value]| map_text(args, |s| s.to_lowercase())),
-    scalar!("TRIM", 1, 1, [Str] -> DataType::String, |args: &[Value]| map_text(args, |s| s.trim_matches(is_java_space).to_string())),
-    scalar!("LTRIM", 1, 1, [Str] -> DataType::String, |args: &[Value]| map_text(args, |s| s.trim_start_matches(is_java_space).to_string())),
-    scalar!("RTRIM", 1, 1, [Str] -> DataType::String, |args: &[Value]| map_text(args, |s| s.trim_end_matches(is_java_space).to_string())),
-    scalar!("INITCAP", 1, 1, [Str] -> DataType::String, |args: &[Value]| map_text(args, initcap)),
+    scalar!("UCASE", 1, 1, [Str] -> DataType::String, |args| map_text(args, str::to_uppercase)),
+    scalar!("UPPER", 1, 1, [Str] -> DataType::String, |args| map_text(args, str::to_uppercase)),
+    scalar!("LCASE", 1, 1, [Str] -> DataType::String, |args| map_text(args, str::to_lowercase)),
+    scalar!("LOWER", 1, 1, [Str] -> DataType::String, |args| map_text(args, str::to_lowercase)),
+    scalar!("TRIM", 1, 1, [Str] -> DataType::String, |args| map_text(args, trim)),
+    scalar!("LTRIM", 1, 1, [Str] -> DataType::String, |args| map_text(args, ltrim)),
+    scalar!("RTRIM", 1, 1, [Str] -> DataType::String, |args| map_text(args, rtrim)),
+    scalar!("INITCAP", 1, 1, [Str] -> DataType::String, |args| map_text(args, initcap)),
     scalar!("LEN", 1, 1, [Str] -> DataType::Int, len),
     scalar!("LENGTH", 1, 1, [Str] -> DataType::Int, len),
     scalar!("SUBSTRING", 2, 3, [Str, Int, Int] -> DataType::String, substring),
@@ -329,23 +332,23 @@ static FUNCTIONS: &[ScalarFunction] = &[
     scalar!("CONCAT", 1, VARIADIC, [Str] -> DataType::String, concat),
     scalar!("CONCAT_WS", 2, VARIADIC, [Str] -> DataType::String, concat_ws),
     scalar!("REPLACE", 3, 3, [Str] -> DataType::String, replace),
-    scalar!("SPLIT", 2, 2, [Str] -> DataType::Array(Box::new(DataType::String)), split),
+    scalar!("SPLIT", 2, 2, [Str] -> array_of_strings(), split),
     scalar!("SPLIT_TO_MAP", 3, 3, [Str] -> DataType::Map(Box::new(DataType::String)), split_to_map),
-    scalar!("LPAD", 3, 3, [Str, Int, Str] -> DataType::String, |args: &[Value]| pad(args, Side::Left)),
-    scalar!("RPAD", 3, 3, [Str, Int, Str] -> DataType::String, |args: &[Value]| pad(args, Side::Right)),
+    scalar!("LPAD", 3, 3, [Str, Int, Str] -> DataType::String, |args| pad(args, Side::Left)),
+    scalar!("RPAD", 3, 3, [Str, Int, Str] -> DataType::String, |args| pad(args, Side::Right)),
     scalar!("INSTR", 2, 4, [Str, Str, Int, Int] -> DataType::Int, instr),
     scalar!("CHR", 1, 1, [Scalar] -> DataType::String, chr),
     scalar!("ELT", 1, VARIADIC, [Int, Str] -> DataType::String, elt),
     scalar!("FIELD", 1, VARIADIC, [Str] -> DataType::Int, field),
-    scalar!("MASK", 1, 5, [Str] -> DataType::String, |args: &[Value]| mask(args, MaskSpan::All)),
-    scalar!("MASK_LEFT", 2, 6, [Str, Int, Str] -> DataType::String, |args: &[Value]| mask(args, MaskSpan::Left)),
-    scalar!("MASK_RIGHT", 2, 6, [Str, Int, Str] -> DataType::String, |args: &[Value]| mask(args, MaskSpan::Right)),
-    scalar!("MASK_KEEP_LEFT", 2, 6, [Str, Int, Str] -> DataType::String, |args: &[Value]| mask(args, MaskSpan::KeepLeft)),
-    scalar!("MASK_KEEP_RIGHT", 2, 6, [Str, Int, Str] -> DataType::String, |args: &[Value]| mask(args, MaskSpan::KeepRight)),
+    scalar!("MASK", 1, 5, [Str] -> DataType::String, |args| mask(args, MaskSpan::All)),
+    scalar!("MASK_LEFT", 2, 6, [Str, Int, Str] -> DataType::String, |args| mask(args, MaskSpan::Left)),
+    scalar!("MASK_RIGHT", 2, 6, [Str, Int, Str] -> DataType::String, |args| mask(args, MaskSpan::Right)),
+    scalar!("MASK_KEEP_LEFT", 2, 6, [Str, Int, Str] -> DataType::String, |args| mask(args, MaskSpan::KeepLeft)),
+    scalar!("MASK_KEEP_RIGHT", 2, 6, [Str, Int, Str] -> DataType::String, |args| mask(args, MaskSpan::KeepRight)),
     scalar!("REGEXP_EXTRACT", 2, 3, [Str, Str, Int] -> DataType::String, regexp_extract),
-    scalar!("REGEXP_EXTRACT_ALL", 2, 3, [Str, Str, Int] -> DataType::Array(Box::new(DataType::String)), regexp_extract_all),
+    scalar!("REGEXP_EXTRACT_ALL", 2, 3, [Str, Str, Int] -> array_of_strings(), regexp_extract_all),
     scalar!("REGEXP_REPLACE", 3, 3, [Str] -> DataType::String, regexp_replace),
-    scalar!("REGEXP_SPLIT_TO_ARRAY", 2, 2, [Str] -> DataType::Array(Box::new(DataType::String)), regexp_split_to_array),
+    scalar!("REGEXP_SPLIT_TO_ARRAY", 2, 2, [Str] -> array_of_strings(), regexp_split_to_array),
     // Nulls
     scalar!("COALESCE", 1, VARIADIC, [Any] => common_type, coalesce),
     scalar!("IFNULL", 2, 2, [Any] => common_type, coalesce),
@@ -356,29 +359,29 @@ static FUNCTIONS: &[ScalarFunction] = &[
     scalar!("IS_JSON_STRING", 1, 1, [Str] -> DataType::Boolean, is_json_string),
     scalar!("JSON_ARRAY_LENGTH", 1, 1, [Str] -> DataType::Int, json_array_length),
     scalar!("JSON_ARRAY_CONTAINS", 2, 2, [Str, Any] -> DataType::Boolean, json_array_contains),
-    scalar!("JSON_KEYS", 1, 1, [Str] -> DataType::Array(Box::new(DataType::String)), json_keys),
-    scalar!("TO_JSON_STRING", 1, 1, [Any] -> DataType::String, |args: &[Value]| Ok(Value::String(arg(args, 0).to_json().to_string()))),
+    scalar!("JSON_KEYS", 1, 1, [Str] -> array_of_strings(), json_keys),
+    scalar!("TO_JSON_STRING", 1, 1, [Any] -> DataType::String, to_json_string),
     // Collections
     scalar!("ARRAY_LENGTH", 1, 1, [Array] -> DataType::Int, array_length),
     scalar!("ARRAY_CONTAINS", 2, 2, [Array, Any] -> DataType::Boolean, array_contains),
     scalar!("ARRAY_JOIN", 1, 2, [Array, Str] -> DataType::String, array_join),
-    scalar!("ARRAY_MAX", 1, 1, [Array] => element_type, |args: &[Value]| array_extreme(args, Ordering::Greater)),
-    scalar!("ARRAY_MIN", 1, 1, [Array] => element_type, |args: &[Value]| array_extreme(args, Ordering::Less)),
+    scalar!("ARRAY_MAX", 1, 1, [Array] => element_type, |args| array_extreme(args, Ordering::Greater)),
+    scalar!("ARRAY_MIN", 1, 1, [Array] => element_type, |args| array_extreme(args, Ordering::Less)),
     scalar!("ARRAY_SORT", 1, 2, [Array, Str] => same_as_first, array_sort),
     scalar!("ARRAY_DISTINCT", 1, 1, [Array] => same_as_first, array_distinct),
     scalar!("ARRAY_REMOVE", 2, 2, [Array, Any] => same_as_first, array_remove),
     scalar!("ARRAY_CONCAT", 2, 2, [Array] => common_type, array_concat),
-    scalar!("ARRAY_UNION", 2, 2, [Array] => common_type, |args: &[Value]| array_set_op(args, SetOp::Union)),
-    scalar!("ARRAY_INTERSECT", 2, 2, [Array] => common_type, |args: &[Value]| array_set_op(args, SetOp::Intersect)),
-    scalar!("ARRAY_EXCEPT", 2, 2, [Array] => common_type, |args: &[Value]| array_set_op(args, SetOp::Except)),
+    scalar!("ARRAY_UNION", 2, 2, [Array] => common_type, |args| array_set_op(args, SetOp::Union)),
+    scalar!("ARRAY_INTERSECT", 2, 2, [Array] => common_type, |args| array_set_op(args, SetOp::Intersect)),
+    scalar!("ARRAY_EXCEPT", 2, 2, [Array] => common_type, |args| array_set_op(args, SetOp::Except)),
     scalar!("SLICE", 3, 3, [Array, Int] => same_as_first, slice),
-    scalar!("MAP_KEYS", 1, 1, [Map] -> DataType::Array(Box::new(DataType::String)), map_keys),
+    scalar!("MAP_KEYS", 1, 1, [Map] -> array_of_strings(), map_keys),
     scalar!("MAP_VALUES", 1, 1, [Map] => map_values_type, map_values),
     scalar!("MAP_UNION", 2, 2, [Map] => common_type, map_union),
     // Date and time
     scalar!("UNIX_TIMESTAMP", 0, 1, [Time] -> DataType::BigInt, unix_timestamp),
-    scalar!("UNIX_DATE", 0, 0, [] -> DataType::Int, |_: &[Value]| Ok(Value::Int(now_millis().div_euclid(MILLIS_PER_DAY)))),
-    scalar!("FROM_UNIXTIME", 1, 1, [Int] -> DataType::Timestamp, |args: &[Value]| Ok(int(args, 0)?.map_or(Value::Null, Value::Int))),
+    scalar!("UNIX_DATE", 0, 0, [] -> DataType::Int, |_| Ok(Value::Int(now_millis().div_euclid(MILLIS_PER_DAY)))),
+    scalar!("FROM_UNIXTIME", 1, 1, [Int] -> DataType::Timestamp, unix_timestamp),
     scalar!("TIMESTAMPTOSTRING", 2, 3, [Time, Str] -> DataType::String, format_timestamp),
     scalar!("FORMAT_TIMESTAMP", 2, 3, [Time, Str] -> DataType::String, format_timestamp),
     scalar!("STRINGTOTIMESTAMP", 2, 3, [Str] -> DataType::BigInt, parse_timestamp),
@@ -452,6 +455,10 @@ fn check(types: &[DataType], params: &[Param]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn array_of_strings() -> DataType {
+    DataType::Array(Box::new(DataType::String))
 }
 
 fn same_as_first(types: &[DataType]) -> Result<DataType, String> {
@@ -758,6 +765,18 @@ fn geo_distance_fn(args: &[Value]) -> Result<Value, String> {
 /// Java's `String.trim` removes every control character and space, not Unicode spaces.
 fn is_java_space(c: char) -> bool {
     c <= ' '
+}
+
+fn trim(s: &str) -> String {
+    s.trim_matches(is_java_space).to_string()
+}
+
+fn ltrim(s: &str) -> String {
+    s.trim_start_matches(is_java_space).to_string()
+}
+
+fn rtrim(s: &str) -> String {
+    s.trim_end_matches(is_java_space).to_string()
 }
 
 fn map_text(args: &[Value], f: fn(&str) -> String) -> Result<Value, String> {
@@ -1211,7 +1230,7 @@ fn json_path(path: &str) -> Result<Vec<String>, String> {
                 let (step, after) = match rest.chars().next() {
                     Some(quote @ ('"' | '\'')) => quoted_step(&rest[1..], quote).ok_or_else(invalid)?,
                     _ => {
-                        let (inside, after) = rest.split_once(']').ok_or_else(invalid)?;
+                        let (inside, after) = rest.split_at(rest.find(']').ok_or_else(invalid)?);
                         (inside.trim().to_string(), after)
                     }
                 };
@@ -1322,6 +1341,10 @@ fn json_keys(args: &[Value]) -> Result<Value, String> {
         Some(Json::Object(fields)) => Value::Array(fields.keys().map(|k| Value::from(k.as_str())).collect()),
         _ => Value::Null,
     })
+}
+
+fn to_json_string(args: &[Value]) -> Result<Value, String> {
+    Ok(Value::String(arg(args, 0).to_json().to_string()))
 }
 
 /// JSON_ARRAY_CONTAINS(json, value): false unless the text is a JSON array holding the value
@@ -1500,6 +1523,7 @@ fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// UNIX_TIMESTAMP() is now; UNIX_TIMESTAMP(ts) and FROM_UNIXTIME(ms) change only the type.
 fn unix_timestamp(args: &[Value]) -> Result<Value, String> {
     if args.is_empty() {
         return Ok(Value::Int(now_millis()));
@@ -1825,7 +1849,12 @@ fn parse_millis(text: &str, pattern: &str, zone: Zone) -> Result<i64, String> {
     let year = parsed.year().or(parsed.year_mod_100().map(|yy| 2000 + yy)).unwrap_or(1970);
     let date = match parsed.ordinal() {
         Some(ordinal) => NaiveDate::from_yo_opt(year, ordinal),
-        None => NaiveDate::from_ymd_opt(year, parsed.month().unwrap_or(1), parsed.day().unwrap_or(1)),
+        None => {
+            let (month, day) = (parsed.month().unwrap_or(1), parsed.day().unwrap_or(1));
+            // Java's default resolver reads a day past the month's end as its last day
+            // (June 31 is June 30), and ksqlDB's documentation shows it doing so.
+            NaiveDate::from_ymd_opt(year, month, day).or_else(|| last_day_of_month(year, month))
+        }
     }
     .ok_or_else(invalid)?;
     let hour = parsed.hour_div_12().unwrap_or(0) * 12 + parsed.hour_mod_12().unwrap_or(0);
@@ -1842,6 +1871,10 @@ fn parse_millis(text: &str, pattern: &str, zone: Zone) -> Result<i64, String> {
         None => zone.instant_of(&local)?,
     };
     Ok(utc.and_utc().timestamp_millis())
+}
+
+fn last_day_of_month(year: i32, month: u32) -> Option<NaiveDate> {
+    NaiveDate::from_ymd_opt(year, month, 1)?.checked_add_months(Months::new(1))?.pred_opt()
 }
 
 /// TIMESTAMPTOSTRING / FORMAT_TIMESTAMP(ts, pattern[, zone]).
@@ -1886,4 +1919,747 @@ fn convert_tz(args: &[Value]) -> Result<Value, String> {
     let instant = DateTime::from_timestamp_millis(millis).ok_or("timestamp out of range")?.naive_utc();
     let shift = i64::from(to.offset_at(&instant).local_minus_utc() - from.offset_at(&instant).local_minus_utc());
     millis.checked_add(shift * 1000).map(Value::Int).ok_or_else(|| "timestamp out of range".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Calls a function as the engine would: looked up by name, arity checked first.
+    fn call(name: &str, args: &[Value]) -> Result<Value, String> {
+        let function = lookup(name).unwrap_or_else(|| panic!("no function {name}"));
+        assert!(
+            (function.min_args..=function.max_args).contains(&args.len()),
+            "{name} does not take {} arguments",
+            args.len()
+        );
+        (function.eval)(args)
+    }
+
+    fn eval(name: &str, args: &[Value]) -> Value {
+        call(name, args).unwrap_or_else(|e| panic!("{name} failed: {e}"))
+    }
+
+    fn error(name: &str, args: &[Value]) -> String {
+        match call(name, args) {
+            Ok(value) => panic!("{name} gave {value:?}, expected an error"),
+            Err(e) => e,
+        }
+    }
+
+    fn type_of(name: &str, types: &[DataType]) -> Result<DataType, String> {
+        (lookup(name).unwrap_or_else(|| panic!("no function {name}")).return_type)(types)
+    }
+
+    fn s(text: &str) -> Value {
+        Value::from(text)
+    }
+
+    fn i(n: i64) -> Value {
+        Value::Int(n)
+    }
+
+    fn d(x: f64) -> Value {
+        Value::Double(x)
+    }
+
+    const NULL: Value = Value::Null;
+
+    fn strings(items: &[&str]) -> Value {
+        Value::Array(items.iter().map(|item| s(item)).collect())
+    }
+
+    fn ints(items: &[i64]) -> Value {
+        Value::Array(items.iter().map(|&n| i(n)).collect())
+    }
+
+    fn object(entries: &[(&str, Value)]) -> Value {
+        Value::Map(entries.iter().map(|(k, v)| (k.to_string(), v.clone())).collect())
+    }
+
+    fn close_to(value: Value, expected: f64) -> bool {
+        matches!(value, Value::Double(x) if (x - expected).abs() < 1e-9)
+    }
+
+    #[test]
+    fn table_names_are_unique_upper_case_and_arities_are_ordered() {
+        let mut seen = std::collections::HashSet::new();
+        for function in all() {
+            assert!(seen.insert(function.name), "{} is listed twice", function.name);
+            assert_eq!(function.name, function.name.to_ascii_uppercase());
+            assert!(function.min_args <= function.max_args, "{} has min_args > max_args", function.name);
+            assert!(std::ptr::eq(lookup(&function.name.to_ascii_lowercase()).unwrap(), function));
+        }
+        assert!(lookup("NO_SUCH_FUNCTION").is_none());
+    }
+
+    #[test]
+    fn every_function_survives_null_arguments() {
+        for function in all() {
+            let nulls = vec![NULL; function.min_args.max(1).min(function.max_args)];
+            assert!((function.eval)(&nulls).is_ok(), "{} fails on NULL arguments", function.name);
+        }
+    }
+
+    #[test]
+    fn null_in_null_out() {
+        let null_preserving = [
+            "ABS",
+            "CEIL",
+            "FLOOR",
+            "ROUND",
+            "TRUNC",
+            "SIGN",
+            "SQRT",
+            "LN",
+            "LOG",
+            "UCASE",
+            "LCASE",
+            "TRIM",
+            "LEN",
+            "SUBSTRING",
+            "REPLACE",
+            "SPLIT",
+            "LPAD",
+            "RPAD",
+            "INITCAP",
+            "MASK",
+            "REGEXP_EXTRACT",
+            "REGEXP_REPLACE",
+            "EXTRACTJSONFIELD",
+            "JSON_VALUE",
+            "JSON_ARRAY_LENGTH",
+            "JSON_KEYS",
+            "ARRAY_LENGTH",
+            "ARRAY_MAX",
+            "ARRAY_SORT",
+            "MAP_KEYS",
+            "TIMESTAMPTOSTRING",
+            "FORMAT_TIMESTAMP",
+            "PARSE_TIMESTAMP",
+            "FROM_UNIXTIME",
+            "CONVERT_TZ",
+            "GEO_DISTANCE",
+            "COALESCE",
+            "NULLIF",
+            "GREATEST",
+        ];
+        for name in null_preserving {
+            let function = lookup(name).unwrap();
+            let nulls = vec![NULL; function.min_args.max(1)];
+            assert_eq!(eval(name, &nulls), NULL, "{name}");
+        }
+        // Where ksqlDB gives a value for NULL input.
+        assert_eq!(eval("CONCAT", &[NULL, NULL]), s(""));
+        assert_eq!(eval("INSTR", &[NULL, s("a")]), i(0));
+        assert_eq!(eval("FIELD", &[NULL, s("a")]), i(0));
+        assert_eq!(eval("IS_JSON_STRING", &[NULL]), Value::Bool(false));
+        assert_eq!(eval("ARRAY_CONTAINS", &[NULL, i(1)]), Value::Bool(false));
+        assert_eq!(eval("TO_JSON_STRING", &[NULL]), s("null"));
+    }
+
+    #[test]
+    fn type_rules_name_the_function_and_the_argument() {
+        assert_eq!(type_of("UCASE", &[DataType::Double]), Err("UCASE expects a STRING, got DOUBLE".to_string()));
+        assert_eq!(
+            type_of("SUBSTRING", &[DataType::String, DataType::String]),
+            Err("SUBSTRING expects an INTEGER or BIGINT as argument 2, got STRING".to_string())
+        );
+        assert!(type_of("ABS", &[DataType::String]).is_err());
+        assert!(type_of("CONCAT", &[DataType::String, DataType::Int]).is_err());
+        assert!(type_of("ARRAY_LENGTH", &[DataType::String]).is_err());
+        assert!(type_of("FORMAT_TIMESTAMP", &[DataType::String, DataType::String]).is_err());
+        assert!(type_of("COALESCE", &[DataType::String, DataType::Int]).is_err());
+    }
+
+    #[test]
+    fn type_rules_accept_any_and_compute_results() {
+        use DataType::*;
+        assert_eq!(type_of("UCASE", &[Any]), Ok(String));
+        assert_eq!(type_of("CONCAT", &[String, Any, String]), Ok(String));
+        assert_eq!(type_of("ABS", &[Int]), Ok(Int));
+        assert_eq!(type_of("ABS", &[Double]), Ok(Double));
+        assert_eq!(type_of("ROUND", &[Double]), Ok(BigInt));
+        assert_eq!(type_of("ROUND", &[Double, Int]), Ok(Double));
+        assert_eq!(type_of("ROUND", &[Decimal(5, 2), Int]), Ok(Decimal(5, 2)));
+        assert_eq!(type_of("SIGN", &[Double]), Ok(Int));
+        assert_eq!(type_of("GREATEST", &[Int, Double]), Ok(Double));
+        assert_eq!(type_of("GREATEST", &[Int, BigInt, Any]), Ok(BigInt));
+        assert_eq!(type_of("COALESCE", &[Any, String, String]), Ok(String));
+        assert_eq!(type_of("COALESCE", &[Any, Any]), Ok(Any));
+        assert_eq!(type_of("IFNULL", &[Int, BigInt]), Ok(BigInt));
+        assert_eq!(type_of("NULLIF", &[Double, Double]), Ok(Double));
+        assert_eq!(type_of("SPLIT", &[String, String]), Ok(Array(Box::new(String))));
+        assert_eq!(type_of("ARRAY_MAX", &[Array(Box::new(Double))]), Ok(Double));
+        assert_eq!(type_of("MAP_VALUES", &[Map(Box::new(Int))]), Ok(Array(Box::new(Int))));
+        assert_eq!(type_of("TIMESTAMPTOSTRING", &[BigInt, String]), Ok(String));
+        assert_eq!(type_of("FORMAT_TIMESTAMP", &[Timestamp, String, String]), Ok(String));
+        assert_eq!(type_of("PARSE_TIMESTAMP", &[String, String]), Ok(Timestamp));
+        assert_eq!(type_of("STRINGTOTIMESTAMP", &[String, String]), Ok(BigInt));
+        assert_eq!(type_of("EXTRACTJSONFIELD", &[Map(Box::new(Any)), String]), Ok(String));
+        assert_eq!(type_of("PI", &[]), Ok(Double));
+    }
+
+    #[test]
+    fn runtime_errors_name_the_function() {
+        assert_eq!(error("UCASE", &[ints(&[1])]), "UCASE: expected a STRING, got ARRAY [1]");
+        // ANY-typed numbers read as text where a string is expected.
+        assert_eq!(eval("UCASE", &[d(1.5)]), s("1.5"));
+        assert!(error("ABS", &[s("x")]).starts_with("ABS: expected a number"));
+    }
+
+    #[test]
+    fn cast_to_string_uses_the_text_form() {
+        assert_eq!(cast(&i(5), &DataType::String), Ok(s("5")));
+        assert_eq!(cast(&d(1.0), &DataType::String), Ok(s("1.0")));
+        assert_eq!(cast(&d(2.5), &DataType::String), Ok(s("2.5")));
+        assert_eq!(cast(&Value::Bool(true), &DataType::String), Ok(s("true")));
+        assert_eq!(cast(&ints(&[1, 2]), &DataType::String), Ok(s("[1,2]")));
+        assert_eq!(cast(&NULL, &DataType::String), Ok(NULL));
+    }
+
+    #[test]
+    fn cast_to_integers_parses_truncates_and_checks_range() {
+        assert_eq!(cast(&s(" 42 "), &DataType::Int), Ok(i(42)));
+        assert_eq!(cast(&s("-7"), &DataType::BigInt), Ok(i(-7)));
+        assert!(cast(&s("4.2"), &DataType::Int).is_err());
+        assert!(cast(&s("abc"), &DataType::BigInt).is_err());
+        assert_eq!(cast(&d(3.9), &DataType::Int), Ok(i(3)));
+        assert_eq!(cast(&d(-3.9), &DataType::BigInt), Ok(i(-3)));
+        assert!(cast(&Value::Bool(true), &DataType::Int).is_err());
+        assert!(cast(&i(3_000_000_000), &DataType::Int).is_err());
+        assert_eq!(cast(&i(3_000_000_000), &DataType::BigInt), Ok(i(3_000_000_000)));
+        assert!(cast(&s("9999999999"), &DataType::Int).is_err());
+        assert!(cast(&d(1e19), &DataType::BigInt).is_err());
+        assert!(cast(&d(f64::NAN), &DataType::BigInt).is_err());
+    }
+
+    #[test]
+    fn cast_to_double_and_decimal() {
+        assert_eq!(cast(&i(3), &DataType::Double), Ok(d(3.0)));
+        assert_eq!(cast(&s("2.5"), &DataType::Double), Ok(d(2.5)));
+        assert!(cast(&s("NaN"), &DataType::Double).is_err());
+        assert!(cast(&s("abc"), &DataType::Double).is_err());
+        assert!(cast(&Value::Bool(false), &DataType::Double).is_err());
+        assert_eq!(cast(&d(1.2345), &DataType::Decimal(5, 2)), Ok(d(1.23)));
+        assert_eq!(cast(&d(1.235), &DataType::Decimal(5, 2)), Ok(d(1.24)));
+        assert_eq!(cast(&d(-1.235), &DataType::Decimal(5, 2)), Ok(d(-1.24)));
+        assert_eq!(cast(&s("999.99"), &DataType::Decimal(5, 2)), Ok(d(999.99)));
+        assert!(cast(&d(1000.0), &DataType::Decimal(5, 2)).is_err());
+    }
+
+    #[test]
+    fn cast_to_boolean_follows_ksqldb() {
+        assert_eq!(cast(&s("TRUE"), &DataType::Boolean), Ok(Value::Bool(true)));
+        assert_eq!(cast(&s(" false "), &DataType::Boolean), Ok(Value::Bool(false)));
+        assert_eq!(cast(&s("yes"), &DataType::Boolean), Ok(Value::Bool(true)));
+        assert_eq!(cast(&s("t"), &DataType::Boolean), Ok(Value::Bool(true)));
+        assert_eq!(cast(&s("banana"), &DataType::Boolean), Ok(Value::Bool(false)));
+        assert!(cast(&i(1), &DataType::Boolean).is_err());
+    }
+
+    #[test]
+    fn cast_to_timestamp_reads_iso_8601_and_partials() {
+        let ts = |text: &str| cast(&s(text), &DataType::Timestamp);
+        assert_eq!(ts("2020-05-26T23:59:58.000"), Ok(i(1_590_537_598_000)));
+        assert_eq!(ts("2020-05-26T23:59:58Z"), Ok(i(1_590_537_598_000)));
+        assert_eq!(ts("2020-05-26T23:59:58.5"), Ok(i(1_590_537_598_500)));
+        assert_eq!(ts("2020-05-27T01:59:58.000+0200"), Ok(i(1_590_537_598_000)));
+        assert_eq!(ts("2020-05-26T20:59:58-03:00"), Ok(i(1_590_537_598_000)));
+        assert_eq!(ts("2020-05-26 23:59:58"), Ok(i(1_590_537_598_000)));
+        assert_eq!(ts("2020-05-26T23:59"), Ok(i(1_590_537_540_000)));
+        assert_eq!(ts("1970-01-02"), Ok(i(MILLIS_PER_DAY)));
+        assert_eq!(ts("1970-02"), Ok(i(31 * MILLIS_PER_DAY)));
+        assert!(ts("2020-13-01").is_err());
+        assert!(ts("yesterday").is_err());
+        assert!(ts("2020-05-26T25:00").is_err());
+        assert_eq!(cast(&i(123), &DataType::Timestamp), Ok(i(123)));
+    }
+
+    #[test]
+    fn cast_collections_converts_elements() {
+        use DataType::*;
+        assert_eq!(cast(&strings(&["1", "2"]), &Array(Box::new(Int))), Ok(ints(&[1, 2])));
+        assert!(cast(&strings(&["x"]), &Array(Box::new(Int))).is_err());
+        assert!(cast(&s("[1]"), &Array(Box::new(Int))).is_err());
+        assert_eq!(cast(&object(&[("a", i(1))]), &Map(Box::new(Double))), Ok(object(&[("a", d(1.0))])));
+        let target = Struct(vec![("A".to_string(), Int), ("B".to_string(), String)]);
+        assert_eq!(cast(&object(&[("A", s("1")), ("C", i(2))]), &target), Ok(object(&[("A", i(1)), ("B", NULL)])));
+        assert!(cast(&ints(&[1]), &target).is_err());
+        assert!(cast(&s("x"), &Bytes).is_err());
+    }
+
+    #[test]
+    fn abs_ceil_floor_sign() {
+        assert_eq!(eval("ABS", &[i(-3)]), i(3));
+        assert_eq!(eval("ABS", &[d(-2.5)]), d(2.5));
+        assert!(call("ABS", &[i(i64::MIN)]).is_err());
+        assert_eq!(eval("CEIL", &[d(1.2)]), d(2.0));
+        assert_eq!(eval("CEIL", &[i(5)]), i(5));
+        assert_eq!(eval("FLOOR", &[d(-1.2)]), d(-2.0));
+        assert_eq!(eval("SIGN", &[i(-5)]), i(-1));
+        assert_eq!(eval("SIGN", &[d(0.0)]), i(0));
+        assert_eq!(eval("SIGN", &[d(2.5)]), i(1));
+    }
+
+    #[test]
+    fn round_goes_half_up_toward_positive_infinity() {
+        assert_eq!(eval("ROUND", &[d(2.5)]), i(3));
+        assert_eq!(eval("ROUND", &[d(-2.5)]), i(-2));
+        assert_eq!(eval("ROUND", &[d(-2.6)]), i(-3));
+        assert_eq!(eval("ROUND", &[d(0.499_999_999_999_999_94)]), i(0));
+        assert_eq!(eval("ROUND", &[i(7)]), i(7));
+        // The decimal text is rounded, not the binary value just below 1.005.
+        assert_eq!(eval("ROUND", &[d(1.005), i(2)]), d(1.01));
+        assert_eq!(eval("ROUND", &[d(-1.005), i(2)]), d(-1.0));
+        assert_eq!(eval("ROUND", &[d(-1.006), i(2)]), d(-1.01));
+        assert_eq!(eval("ROUND", &[d(1234.5678), i(-2)]), d(1200.0));
+        assert_eq!(eval("ROUND", &[d(1234.5678), i(1)]), d(1234.6));
+        assert_eq!(eval("ROUND", &[i(1250), i(-2)]), d(1300.0));
+        assert_eq!(eval("ROUND", &[d(0.004), i(2)]), d(0.0));
+        assert_eq!(eval("ROUND", &[d(1e-300), i(2)]), d(0.0));
+        assert_eq!(eval("ROUND", &[d(2.5), NULL]), NULL);
+    }
+
+    #[test]
+    fn trunc_goes_toward_zero() {
+        assert_eq!(eval("TRUNC", &[d(12345.67), i(-3)]), d(12000.0)); // the documented example
+        assert_eq!(eval("TRUNC", &[d(-1.9)]), i(-1));
+        assert_eq!(eval("TRUNC", &[d(1.239), i(2)]), d(1.23));
+        assert_eq!(eval("TRUNC", &[d(-1.239), i(2)]), d(-1.23));
+    }
+
+    #[test]
+    fn logarithms_and_powers() {
+        assert_eq!(eval("SQRT", &[i(16)]), d(4.0));
+        assert_eq!(eval("EXP", &[i(0)]), d(1.0));
+        assert!(close_to(eval("LN", &[d(std::f64::consts::E)]), 1.0));
+        // ksqlDB's own test: LOG of one argument is the natural logarithm.
+        assert!(close_to(eval("LOG", &[i(13)]), 2.564_949_357_461_536_7));
+        assert!(close_to(eval("LOG", &[i(2), i(8)]), 3.0));
+        assert!(matches!(eval("LOG", &[i(1), i(8)]), Value::Double(x) if x.is_nan()));
+        assert_eq!(eval("LOG", &[i(0)]), d(f64::NEG_INFINITY));
+        assert_eq!(eval("POWER", &[i(2), i(10)]), d(1024.0));
+        assert!(close_to(eval("DEGREES", &[d(std::f64::consts::PI)]), 180.0));
+        assert!(close_to(eval("ATAN2", &[i(1), i(1)]), std::f64::consts::FRAC_PI_4));
+        assert_eq!(eval("PI", &[]), d(std::f64::consts::PI));
+    }
+
+    #[test]
+    fn greatest_and_least_skip_nulls() {
+        assert_eq!(eval("GREATEST", &[i(1), i(5), NULL, i(3)]), i(5));
+        assert_eq!(eval("LEAST", &[i(1), d(2.5)]), d(1.0));
+        assert_eq!(eval("GREATEST", &[s("apple"), s("banana")]), s("banana"));
+        assert_eq!(eval("LEAST", &[NULL, NULL]), NULL);
+        assert!(call("GREATEST", &[i(1), s("a")]).is_err());
+    }
+
+    #[test]
+    fn geo_distance_defaults_to_km() {
+        let london_paris = [d(51.5074), d(-0.1278), d(48.8566), d(2.3522)];
+        let Value::Double(km) = eval("GEO_DISTANCE", &london_paris) else { panic!("not a double") };
+        assert!((km - 343.5).abs() < 1.0, "{km}");
+        let mut in_miles = london_paris.to_vec();
+        in_miles.push(s("MI"));
+        let Value::Double(miles) = eval("GEO_DISTANCE", &in_miles) else { panic!("not a double") };
+        assert!((miles - km / 1.609).abs() < 1.0, "{miles}");
+        let mut in_km = london_paris.to_vec();
+        in_km.push(s("kilometer"));
+        assert_eq!(eval("GEO_DISTANCE", &in_km), d(km));
+        let mut unknown = london_paris.to_vec();
+        unknown.push(s("furlongs"));
+        assert!(error("GEO_DISTANCE", &unknown).contains("furlongs"));
+        assert!(call("GEO_DISTANCE", &[d(91.0), d(0.0), d(0.0), d(0.0)]).is_err());
+    }
+
+    #[test]
+    fn case_and_trimming() {
+        assert_eq!(eval("UCASE", &[s("Hello")]), s("HELLO"));
+        assert_eq!(eval("UPPER", &[s("Hello")]), s("HELLO"));
+        assert_eq!(eval("LCASE", &[s("Hello")]), s("hello"));
+        assert_eq!(eval("LOWER", &[s("Hello")]), s("hello"));
+        assert_eq!(eval("TRIM", &[s(" \t a b \n")]), s("a b"));
+        assert_eq!(eval("LTRIM", &[s("  a ")]), s("a "));
+        assert_eq!(eval("RTRIM", &[s("  a ")]), s("  a"));
+        assert_eq!(eval("INITCAP", &[s("hello wORLD  foo")]), s("Hello World  Foo"));
+        assert_eq!(eval("LEN", &[s("héllo")]), i(5));
+        assert_eq!(eval("LENGTH", &[s("")]), i(0));
+    }
+
+    #[test]
+    fn substring_is_one_based_and_clips() {
+        assert_eq!(eval("SUBSTRING", &[s("stream"), i(1), i(4)]), s("stre")); // the documented example
+        assert_eq!(eval("SUBSTRING", &[s("stream"), i(3)]), s("ream"));
+        assert_eq!(eval("SUBSTRING", &[s("stream"), i(-3)]), s("eam"));
+        assert_eq!(eval("SUBSTRING", &[s("stream"), i(-10), i(2)]), s("st"));
+        assert_eq!(eval("SUBSTRING", &[s("stream"), i(10)]), s(""));
+        assert_eq!(eval("SUBSTRING", &[s("stream"), i(2), i(-1)]), s(""));
+        assert_eq!(eval("SUBSTRING", &[s("stream"), i(0), i(2)]), s("st"));
+        assert_eq!(eval("SUBSTR", &[s("héllo"), i(2), i(3)]), s("éll"));
+        assert_eq!(eval("SUBSTRING", &[s("stream"), i(2), NULL]), NULL);
+    }
+
+    #[test]
+    fn concatenation() {
+        assert_eq!(eval("CONCAT", &[s("a"), NULL, s("b")]), s("ab"));
+        assert_eq!(eval("CONCAT_WS", &[s(", "), s("apple"), s("banana"), NULL, s("date")]), s("apple, banana, date"));
+        assert_eq!(eval("CONCAT_WS", &[NULL, s("a")]), NULL);
+        assert_eq!(eval("REPLACE", &[s("foo bar foo"), s("foo"), s("baz")]), s("baz bar baz"));
+        assert_eq!(eval("REPLACE", &[s("foo"), NULL, s("x")]), NULL);
+    }
+
+    #[test]
+    fn splitting() {
+        assert_eq!(eval("SPLIT", &[s("a,b,,c"), s(",")]), strings(&["a", "b", "", "c"]));
+        assert_eq!(eval("SPLIT", &[s(",a,"), s(",")]), strings(&["", "a", ""]));
+        assert_eq!(eval("SPLIT", &[s("abc"), s("-")]), strings(&["abc"]));
+        assert_eq!(eval("SPLIT", &[s("abc"), s("")]), strings(&["a", "b", "c"]));
+        assert_eq!(
+            eval("SPLIT_TO_MAP", &[s("apple:=green/cherry:=red"), s("/"), s(":=")]),
+            object(&[("apple", s("green")), ("cherry", s("red"))])
+        );
+        assert_eq!(eval("SPLIT_TO_MAP", &[s("a=1/b/a=2"), s("/"), s("=")]), object(&[("a", s("2"))]));
+        assert_eq!(eval("SPLIT_TO_MAP", &[s("a=1"), s("="), s("=")]), NULL);
+    }
+
+    #[test]
+    fn padding_matches_the_documented_examples() {
+        assert_eq!(eval("LPAD", &[s("Foo"), i(7), s("Bar")]), s("BarBFoo"));
+        assert_eq!(eval("LPAD", &[s("Foo"), i(2), s("Bar")]), s("Fo"));
+        assert_eq!(eval("LPAD", &[s(""), i(2), s("Bar")]), s("Ba"));
+        assert_eq!(eval("LPAD", &[s("123"), i(5), s("0")]), s("00123"));
+        assert_eq!(eval("RPAD", &[s("Foo"), i(7), s("Bar")]), s("FooBarB"));
+        assert_eq!(eval("RPAD", &[s("Foo"), i(2), s("Bar")]), s("Fo"));
+        assert_eq!(eval("RPAD", &[s(""), i(2), s("Bar")]), s("Ba"));
+        assert_eq!(eval("LPAD", &[s("Foo"), i(5), s("")]), NULL);
+        assert_eq!(eval("RPAD", &[s("Foo"), i(-1), s("x")]), NULL);
+        assert!(call("LPAD", &[s("Foo"), i(i64::MAX), s("x")]).is_err());
+    }
+
+    #[test]
+    fn instr_matches_the_documented_examples() {
+        let corporate = s("CORPORATE FLOOR");
+        assert_eq!(eval("INSTR", &[corporate.clone(), s("OR")]), i(2));
+        assert_eq!(eval("INSTR", &[corporate.clone(), s("OR"), i(3)]), i(5));
+        assert_eq!(eval("INSTR", &[corporate.clone(), s("OR"), i(3), i(2)]), i(14));
+        assert_eq!(eval("INSTR", &[corporate.clone(), s("OR"), i(-3)]), i(5));
+        assert_eq!(eval("INSTR", &[corporate.clone(), s("OR"), i(-3), i(2)]), i(2));
+        assert_eq!(eval("INSTR", &[corporate.clone(), s("MISSING")]), i(0));
+        assert_eq!(eval("INSTR", &[corporate, s("OR"), i(100)]), i(0));
+    }
+
+    #[test]
+    fn chr_elt_field() {
+        assert_eq!(eval("CHR", &[i(75)]), s("K"));
+        assert_eq!(eval("CHR", &[s("\\u004b")]), s("K"));
+        assert_eq!(eval("CHR", &[i(22909)]), s("好"));
+        assert_eq!(eval("CHR", &[s("\\u597d")]), s("好"));
+        assert_eq!(eval("CHR", &[i(-1)]), NULL);
+        assert_eq!(eval("CHR", &[s("K")]), NULL);
+        assert_eq!(eval("ELT", &[i(2), s("a"), s("b")]), s("b"));
+        assert_eq!(eval("ELT", &[i(3), s("a"), s("b")]), NULL);
+        assert_eq!(eval("ELT", &[i(0), s("a")]), NULL);
+        assert_eq!(eval("FIELD", &[s("b"), s("a"), s("b")]), i(2));
+        assert_eq!(eval("FIELD", &[s("z"), s("a")]), i(0));
+    }
+
+    #[test]
+    fn masks_match_the_documented_examples() {
+        let text = s("My Test $123");
+        assert_eq!(eval("MASK", std::slice::from_ref(&text)), s("Xx-Xxxx--nnn"));
+        assert_eq!(eval("MASK", &[text.clone(), s("*"), NULL, s("1"), NULL]), s("*y *est $111"));
+        assert_eq!(eval("MASK_KEEP_LEFT", &[text.clone(), i(4)]), s("My Txxx--nnn"));
+        assert_eq!(eval("MASK_KEEP_RIGHT", &[text.clone(), i(4)]), s("Xx-Xxxx-$123"));
+        assert_eq!(eval("MASK_LEFT", &[text.clone(), i(4)]), s("Xx-Xest $123"));
+        assert_eq!(eval("MASK_RIGHT", &[text.clone(), i(4)]), s("My Test -nnn"));
+        assert_eq!(eval("MASK_LEFT", &[text.clone(), i(100)]), s("Xx-Xxxx--nnn"));
+        assert!(call("MASK", &[text.clone(), s("XX")]).is_err());
+        assert!(call("MASK_LEFT", &[text, i(-1)]).is_err());
+    }
+
+    #[test]
+    fn regular_expressions() {
+        assert_eq!(eval("REGEXP_EXTRACT", &[s("(.*) (.*)"), s("hello there"), i(2)]), s("there"));
+        assert_eq!(eval("REGEXP_EXTRACT", &[s("[0-9]+"), s("abc 123 45")]), s("123"));
+        assert_eq!(eval("REGEXP_EXTRACT", &[s("x"), s("abc")]), NULL);
+        assert_eq!(eval("REGEXP_EXTRACT", &[s("(a)"), s("abc"), i(2)]), NULL);
+        assert_eq!(
+            eval("REGEXP_EXTRACT_ALL", &[s("(\\w+) (\\w+)"), s("hello there nice day"), i(2)]),
+            strings(&["there", "day"])
+        );
+        assert_eq!(eval("REGEXP_REPLACE", &[s("foo bar"), s("o+"), s("X")]), s("fX bar"));
+        assert_eq!(eval("REGEXP_REPLACE", &[s("john smith"), s("(\\w+) (\\w+)"), s("$2, $1")]), s("smith, john"));
+        // Java reads "$1x" as group 1 then 'x'; the regex crate alone would look for a group "1x".
+        assert_eq!(eval("REGEXP_REPLACE", &[s("ab"), s("(a)"), s("$1x")]), s("axb"));
+        assert_eq!(eval("REGEXP_REPLACE", &[s("ab"), s("a"), s("\\$")]), s("$b"));
+        assert!(error("REGEXP_REPLACE", &[s("ab"), s("("), s("x")]).contains("invalid regular expression"));
+        assert!(call("REGEXP_REPLACE", &[s("ab"), s("a"), s("$x")]).is_err());
+        assert_eq!(eval("REGEXP_SPLIT_TO_ARRAY", &[s("a1b22c"), s("[0-9]+")]), strings(&["a", "b", "c"]));
+        assert_eq!(eval("REGEXP_SPLIT_TO_ARRAY", &[s("1a1"), s("1")]), strings(&["", "a", ""]));
+        assert_eq!(eval("REGEXP_SPLIT_TO_ARRAY", &[s("abc"), s("")]), strings(&["a", "b", "c"]));
+    }
+
+    #[test]
+    fn null_functions() {
+        assert_eq!(eval("COALESCE", &[NULL, NULL, i(3), i(4)]), i(3));
+        assert_eq!(eval("COALESCE", &[NULL]), NULL);
+        assert_eq!(eval("IFNULL", &[NULL, s("x")]), s("x"));
+        assert_eq!(eval("IFNULL", &[s("a"), s("x")]), s("a"));
+        assert_eq!(eval("NULLIF", &[i(1), i(1)]), NULL);
+        assert_eq!(eval("NULLIF", &[i(1), d(1.0)]), NULL);
+        assert_eq!(eval("NULLIF", &[i(1), i(2)]), i(1));
+        assert_eq!(eval("NULLIF", &[s("a"), NULL]), s("a"));
+    }
+
+    const LOG_JSON: &str = r#"{"log": {"cloud": "gcp836Csd", "app": "ksProcessor", "instance": 4},
+        "items": [{"id": "a"}, {"id": "b"}], "odd key": true, "nothing": null}"#;
+
+    #[test]
+    fn extractjsonfield_matches_the_documented_example() {
+        let field = |path: &str| eval("EXTRACTJSONFIELD", &[s(LOG_JSON), s(path)]);
+        assert_eq!(field("$.log.cloud"), s("gcp836Csd"));
+        assert_eq!(field("$.log.instance"), s("4"));
+        let Value::String(log) = field("$.log") else { panic!("not a string") };
+        let log: Json = serde_json::from_str(&log).unwrap();
+        assert_eq!(log, serde_json::json!({"cloud": "gcp836Csd", "app": "ksProcessor", "instance": 4}));
+        assert_eq!(field("$.items[1].id"), s("b"));
+        assert_eq!(field("$.items.0.id"), s("a"));
+        assert_eq!(field("$['odd key']"), s("true"));
+        assert_eq!(field("$[\"odd key\"]"), s("true"));
+        assert_eq!(field("$.missing"), NULL);
+        assert_eq!(field("$.items[5]"), NULL);
+        assert_eq!(field("$.nothing"), NULL);
+        assert!(call("EXTRACTJSONFIELD", &[s("{not json"), s("$.a")]).is_err());
+        assert!(call("EXTRACTJSONFIELD", &[s(LOG_JSON), s("log.cloud")]).is_err());
+        assert!(call("EXTRACTJSONFIELD", &[s(LOG_JSON), s("$.items[*]")]).is_err());
+    }
+
+    #[test]
+    fn json_paths_walk_parsed_maps_too() {
+        let parsed = object(&[("log", object(&[("cloud", s("gcp")), ("tags", strings(&["x", "y"]))]))]);
+        assert_eq!(eval("EXTRACTJSONFIELD", &[parsed.clone(), s("$.log.cloud")]), s("gcp"));
+        assert_eq!(eval("EXTRACTJSONFIELD", &[parsed.clone(), s("$.log.tags")]), s(r#"["x","y"]"#));
+        assert_eq!(eval("JSON_VALUE", &[parsed.clone(), s("$.log.tags[1]")]), s("y"));
+        assert_eq!(eval("JSON_VALUE", &[parsed, s("$.log")]), NULL);
+    }
+
+    #[test]
+    fn json_value_returns_scalars_only() {
+        let value = |path: &str| eval("JSON_VALUE", &[s(LOG_JSON), s(path)]);
+        assert_eq!(value("$.log.cloud"), s("gcp836Csd"));
+        assert_eq!(value("$.log.instance"), s("4"));
+        assert_eq!(value("$['odd key']"), s("true"));
+        assert_eq!(value("$.log"), NULL);
+        assert_eq!(value("$.items"), NULL);
+        assert_eq!(value("$.missing"), NULL);
+        assert_eq!(value("$.nothing"), NULL);
+        assert_eq!(eval("JSON_VALUE", &[s("{not json"), s("$.a")]), NULL);
+        assert!(call("JSON_VALUE", &[s("{}"), s("a")]).is_err());
+    }
+
+    #[test]
+    fn json_helpers_match_the_documented_examples() {
+        for (text, valid) in [("[1, 2, 3]", true), ("{}", true), ("1", true), ("\"abc\"", true), ("null", true)]
+            .into_iter()
+            .chain([("", false), ("abc", false)])
+        {
+            assert_eq!(eval("IS_JSON_STRING", &[s(text)]), Value::Bool(valid), "{text}");
+        }
+        assert_eq!(eval("JSON_ARRAY_LENGTH", &[s("[1, [1, [2]], 3]")]), i(3));
+        assert_eq!(eval("JSON_ARRAY_LENGTH", &[s("[]")]), i(0));
+        assert_eq!(eval("JSON_ARRAY_LENGTH", &[s("{}")]), NULL);
+        assert_eq!(eval("JSON_ARRAY_LENGTH", &[s("abc")]), NULL);
+        assert_eq!(eval("JSON_KEYS", &[s(r#"{"a": "abc", "b": { "c": "a" }, "d": 1}"#)]), strings(&["a", "b", "d"]));
+        assert_eq!(eval("JSON_KEYS", &[s("{}")]), strings(&[]));
+        assert_eq!(eval("JSON_KEYS", &[s("[]")]), NULL);
+        assert_eq!(eval("JSON_KEYS", &[s("")]), NULL);
+        assert_eq!(eval("JSON_ARRAY_CONTAINS", &[s("[1, 2, 3]"), i(3)]), Value::Bool(true));
+        assert_eq!(eval("JSON_ARRAY_CONTAINS", &[s("[1.0]"), i(1)]), Value::Bool(false));
+        assert_eq!(eval("JSON_ARRAY_CONTAINS", &[s("[[3]]"), i(3)]), Value::Bool(false));
+        assert_eq!(eval("JSON_ARRAY_CONTAINS", &[s("[null]"), NULL]), Value::Bool(true));
+        assert_eq!(eval("JSON_ARRAY_CONTAINS", &[s("{}"), i(1)]), Value::Bool(false));
+        assert_eq!(eval("TO_JSON_STRING", &[i(1)]), s("1"));
+        assert_eq!(eval("TO_JSON_STRING", &[d(15.3)]), s("15.3"));
+        assert_eq!(eval("TO_JSON_STRING", &[s("abc")]), s("\"abc\""));
+        assert_eq!(eval("TO_JSON_STRING", &[Value::Bool(true)]), s("true"));
+        assert_eq!(eval("TO_JSON_STRING", &[ints(&[1, 2, 3])]), s("[1,2,3]"));
+    }
+
+    #[test]
+    fn arrays_match_the_documented_examples() {
+        let fruit = || Value::Array(vec![s("apple"), s("apple"), NULL, s("cherry")]);
+        assert_eq!(eval("ARRAY_CONCAT", &[ints(&[1, 2, 3, 1, 2]), ints(&[4, 1])]), ints(&[1, 2, 3, 1, 2, 4, 1]));
+        assert_eq!(eval("ARRAY_CONCAT", &[NULL, ints(&[4])]), ints(&[4]));
+        assert_eq!(eval("ARRAY_CONCAT", &[NULL, NULL]), NULL);
+        assert_eq!(eval("ARRAY_DISTINCT", &[ints(&[1, 1, 2, 3, 1, 2])]), ints(&[1, 2, 3]));
+        assert_eq!(eval("ARRAY_DISTINCT", &[fruit()]), Value::Array(vec![s("apple"), NULL, s("cherry")]));
+        assert_eq!(eval("ARRAY_EXCEPT", &[ints(&[1, 2, 3, 1, 2]), ints(&[2, 3])]), ints(&[1]));
+        assert_eq!(eval("ARRAY_EXCEPT", &[fruit(), strings(&["cherry"])]), Value::Array(vec![s("apple"), NULL]));
+        assert_eq!(eval("ARRAY_INTERSECT", &[ints(&[1, 2, 3, 1, 2]), ints(&[2, 1])]), ints(&[1, 2]));
+        assert_eq!(eval("ARRAY_INTERSECT", &[fruit(), strings(&["apple"])]), strings(&["apple"]));
+        assert_eq!(eval("ARRAY_UNION", &[ints(&[1, 2, 3, 1, 2]), ints(&[4, 1])]), ints(&[1, 2, 3, 4]));
+        assert_eq!(
+            eval("ARRAY_UNION", &[fruit(), strings(&["cherry"])]),
+            Value::Array(vec![s("apple"), NULL, s("cherry")])
+        );
+        assert_eq!(eval("ARRAY_UNION", &[ints(&[1]), NULL]), NULL);
+        assert_eq!(eval("ARRAY_REMOVE", &[ints(&[1, 2, 3, 2, 1]), i(2)]), ints(&[1, 3, 1]));
+        assert_eq!(
+            eval("ARRAY_REMOVE", &[Value::Array(vec![s("Foo"), s("Bar"), NULL, s("baz")]), NULL]),
+            strings(&["Foo", "Bar", "baz"])
+        );
+    }
+
+    #[test]
+    fn array_max_min_sort_match_the_documented_examples() {
+        let numbers = || Value::Array(vec![i(-1), i(2), NULL, i(0)]);
+        let flags = || Value::Array(vec![Value::Bool(false), NULL, Value::Bool(true)]);
+        let words = || Value::Array(vec![s("Foo"), s("Bar"), NULL, s("baz")]);
+        assert_eq!(eval("ARRAY_MAX", &[numbers()]), i(2));
+        assert_eq!(eval("ARRAY_MAX", &[flags()]), Value::Bool(true));
+        assert_eq!(eval("ARRAY_MAX", &[words()]), s("baz"));
+        assert_eq!(eval("ARRAY_MIN", &[numbers()]), i(-1));
+        assert_eq!(eval("ARRAY_MIN", &[flags()]), Value::Bool(false));
+        assert_eq!(eval("ARRAY_MIN", &[words()]), s("Bar"));
+        assert_eq!(eval("ARRAY_MAX", &[Value::Array(vec![NULL])]), NULL);
+        assert_eq!(eval("ARRAY_SORT", &[numbers()]), Value::Array(vec![i(-1), i(0), i(2), NULL]));
+        assert_eq!(eval("ARRAY_SORT", &[flags()]), Value::Array(vec![Value::Bool(false), Value::Bool(true), NULL]));
+        assert_eq!(eval("ARRAY_SORT", &[words()]), Value::Array(vec![s("Bar"), s("Foo"), s("baz"), NULL]));
+        assert_eq!(eval("ARRAY_SORT", &[numbers(), s("desc")]), Value::Array(vec![i(2), i(0), i(-1), NULL]));
+        assert_eq!(eval("ARRAY_SORT", &[numbers(), s("sideways")]), NULL);
+        assert!(call("ARRAY_SORT", &[Value::Array(vec![i(1), s("a")])]).is_err());
+        assert!(call("ARRAY_MAX", &[Value::Array(vec![ints(&[1])])]).is_err());
+    }
+
+    #[test]
+    fn other_collection_functions() {
+        assert_eq!(eval("ARRAY_LENGTH", &[ints(&[1, 2, 3])]), i(3));
+        assert_eq!(eval("ARRAY_CONTAINS", &[ints(&[1, 2, 3]), i(3)]), Value::Bool(true));
+        assert_eq!(eval("ARRAY_CONTAINS", &[ints(&[1, 2, 3]), i(4)]), Value::Bool(false));
+        assert_eq!(eval("ARRAY_JOIN", &[Value::Array(vec![i(1), s("a"), NULL, d(2.0)])]), s("1,a,null,2.0"));
+        assert_eq!(eval("ARRAY_JOIN", &[strings(&["a", "b"]), s("-")]), s("a-b"));
+        assert_eq!(eval("ARRAY_JOIN", &[strings(&["a", "b"]), NULL]), s("ab"));
+        assert!(call("ARRAY_JOIN", &[Value::Array(vec![ints(&[1])])]).is_err());
+        assert_eq!(eval("SLICE", &[ints(&[1, 2, 3, 4]), i(2), i(3)]), ints(&[2, 3]));
+        assert_eq!(eval("SLICE", &[ints(&[1, 2, 3, 4]), NULL, i(2)]), ints(&[1, 2]));
+        assert_eq!(eval("SLICE", &[ints(&[1, 2, 3, 4]), i(0), i(2)]), NULL);
+        assert_eq!(eval("SLICE", &[ints(&[1, 2]), i(1), i(5)]), NULL);
+        let fruit = object(&[("apple", i(10)), ("banana", i(20))]);
+        assert_eq!(eval("MAP_KEYS", std::slice::from_ref(&fruit)), strings(&["apple", "banana"]));
+        assert_eq!(eval("MAP_VALUES", std::slice::from_ref(&fruit)), ints(&[10, 20]));
+        assert_eq!(
+            eval("MAP_UNION", &[fruit.clone(), object(&[("cherry", i(99))])]),
+            object(&[("apple", i(10)), ("banana", i(20)), ("cherry", i(99))])
+        );
+        assert_eq!(
+            eval("MAP_UNION", &[fruit, object(&[("apple", i(50))])]),
+            object(&[("apple", i(50)), ("banana", i(20))])
+        );
+        assert_eq!(eval("MAP_UNION", &[NULL, NULL]), NULL);
+    }
+
+    /// 2021-06-30T12:18:39.446Z, a Wednesday in summer time.
+    const SUMMER: i64 = 1_625_055_519_446;
+
+    #[test]
+    fn timestamps_format_with_java_patterns() {
+        let format = |pattern: &str| eval("TIMESTAMPTOSTRING", &[i(SUMMER), s(pattern)]);
+        assert_eq!(format("yyyy-MM-dd HH:mm:ss.SSS"), s("2021-06-30 12:18:39.446"));
+        assert_eq!(format("yyyy-MM-dd'T'HH:mm:ssX"), s("2021-06-30T12:18:39Z"));
+        assert_eq!(format("yyyy-MM-dd'T'HH:mm:ssxxx"), s("2021-06-30T12:18:39+00:00"));
+        assert_eq!(format("EEE, d MMM yy"), s("Wed, 30 Jun 21"));
+        assert_eq!(format("EEEE MMMM d"), s("Wednesday June 30"));
+        assert_eq!(format("h:mm a"), s("12:18 PM"));
+        assert_eq!(format("D 'day''s' SS"), s("181 day's 44"));
+        assert_eq!(format("Z"), s("+0000"));
+        assert_eq!(eval("TIMESTAMPTOSTRING", &[i(0), s("yyyy-MM-dd HH:mm:ss.SSS")]), s("1970-01-01 00:00:00.000"));
+        assert_eq!(eval("TIMESTAMPTOSTRING", &[i(-1), s("yyyy-MM-dd HH:mm:ss.SSS")]), s("1969-12-31 23:59:59.999"));
+    }
+
+    #[test]
+    fn timestamps_format_in_time_zones() {
+        let format = |zone: &str| eval("FORMAT_TIMESTAMP", &[i(SUMMER), s("yyyy-MM-dd HH:mm:ssXXX z"), s(zone)]);
+        assert_eq!(format("Europe/London"), s("2021-06-30 13:18:39+01:00 BST"));
+        assert_eq!(format("America/Los_Angeles"), s("2021-06-30 05:18:39-07:00 PDT"));
+        assert_eq!(format("UTC"), s("2021-06-30 12:18:39Z UTC"));
+        assert_eq!(format("+05:30"), s("2021-06-30 17:48:39+05:30 +05:30"));
+        assert_eq!(format("GMT-2"), s("2021-06-30 10:18:39-02:00 -02:00"));
+        assert_eq!(
+            eval("FORMAT_TIMESTAMP", &[i(SUMMER), s("HH:mm VV X"), s("Asia/Kolkata")]),
+            s("17:48 Asia/Kolkata +0530")
+        );
+        assert!(error("FORMAT_TIMESTAMP", &[i(SUMMER), s("HH"), s("Mars/Olympus")]).contains("Mars/Olympus"));
+        assert_eq!(eval("FORMAT_TIMESTAMP", &[i(SUMMER), s("HH"), NULL]), NULL);
+    }
+
+    #[test]
+    fn unsupported_patterns_are_errors() {
+        for pattern in ["YYYY-MM-dd", "yyyy-ww", "GGGG", "yyyy[-MM]", "ddd", "MMMMM", "'unterminated", "hh:mm aa"] {
+            assert!(call("TIMESTAMPTOSTRING", &[i(0), s(pattern)]).is_err(), "{pattern}");
+        }
+        assert!(error("TIMESTAMPTOSTRING", &[i(0), s("YYYY")]).contains("unsupported pattern letter 'Y'"));
+        assert!(call("PARSE_TIMESTAMP", &[s("12.3"), s("ss.S")]).is_err());
+        assert!(call("PARSE_TIMESTAMP", &[s("UTC"), s("z")]).is_err());
+    }
+
+    #[test]
+    fn timestamps_parse_with_java_patterns() {
+        let parse = |text: &str, pattern: &str| eval("PARSE_TIMESTAMP", &[s(text), s(pattern)]);
+        assert_eq!(parse("2021-06-30 12:18:39.446", "yyyy-MM-dd HH:mm:ss.SSS"), i(SUMMER));
+        // The documented example: June 31 resolves to June 30.
+        assert_eq!(parse("2021-06-31 12:18:39.446", "yyyy-MM-dd HH:mm:ss.SSS"), i(SUMMER));
+        assert_eq!(parse("2021-06-30T14:18:39.446+02:00", "yyyy-MM-dd'T'HH:mm:ss.SSSXXX"), i(SUMMER));
+        assert_eq!(parse("2021-06-30T12:18:39.446Z", "yyyy-MM-dd'T'HH:mm:ss.SSSX"), i(SUMMER));
+        assert_eq!(parse("20210630121839446", "yyyyMMddHHmmssSSS"), i(SUMMER));
+        assert_eq!(parse("30 jun 21 12:18:39.446 pm", "dd MMM yy hh:mm:ss.SSS a"), i(SUMMER));
+        assert_eq!(parse("13:25", "HH:mm"), i((13 * 60 + 25) * 60_000));
+        assert_eq!(parse("181 2021", "D yyyy"), i(SUMMER - 44_319_446));
+        assert!(call("PARSE_TIMESTAMP", &[s("2021-06-30"), s("yyyy-MM-dd HH:mm")]).is_err());
+        assert!(call("PARSE_TIMESTAMP", &[s("2021-06-30 12:00 extra"), s("yyyy-MM-dd HH:mm")]).is_err());
+        assert!(call("PARSE_TIMESTAMP", &[s("2021-02-30x"), s("yyyy-MM-dd")]).is_err());
+        assert_eq!(
+            eval(
+                "STRINGTOTIMESTAMP",
+                &[s("2021-06-30 13:18:39.446"), s("yyyy-MM-dd HH:mm:ss.SSS"), s("Europe/London")]
+            ),
+            i(SUMMER)
+        );
+    }
+
+    #[test]
+    fn parsing_across_daylight_saving_changes_follows_java() {
+        let london = |text: &str| eval("PARSE_TIMESTAMP", &[s(text), s("yyyy-MM-dd HH:mm"), s("Europe/London")]);
+        // 01:30 does not exist on 2021-03-28; Java moves it forward by the hour: 02:30 BST.
+        assert_eq!(london("2021-03-28 01:30"), i(1_616_895_000_000));
+        // 01:30 happens twice on 2021-10-31; Java takes the earlier, still BST.
+        assert_eq!(london("2021-10-31 01:30"), i(1_635_640_200_000));
+    }
+
+    #[test]
+    fn formatting_then_parsing_gives_the_instant_back() {
+        let pattern = s("yyyy-MM-dd'T'HH:mm:ss.SSSXXX");
+        for millis in [0, SUMMER, -86_399_999, 4_102_444_800_123] {
+            for zone in ["UTC", "Europe/Berlin", "America/New_York", "+13:45"] {
+                let text = eval("FORMAT_TIMESTAMP", &[i(millis), pattern.clone(), s(zone)]);
+                assert_eq!(eval("PARSE_TIMESTAMP", &[text.clone(), pattern.clone(), s(zone)]), i(millis), "{text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn dates_and_clocks() {
+        assert_eq!(eval("DATETOSTRING", &[i(18000), s("yyyy-MM-dd")]), s("2019-04-14"));
+        assert_eq!(eval("STRINGTODATE", &[s("2019-04-14"), s("yyyy-MM-dd")]), i(18000));
+        assert_eq!(eval("STRINGTODATE", &[s("1969-12-31"), s("yyyy-MM-dd")]), i(-1));
+        assert!(call("DATETOSTRING", &[i(18000), s("yyyy-MM-dd HH")]).is_err());
+        assert_eq!(eval("FROM_UNIXTIME", &[i(SUMMER)]), i(SUMMER));
+        assert_eq!(eval("UNIX_TIMESTAMP", &[i(SUMMER)]), i(SUMMER));
+        let before = now_millis();
+        let Value::Int(now) = eval("UNIX_TIMESTAMP", &[]) else { panic!("not an integer") };
+        assert!(before <= now && now <= now_millis());
+        assert_eq!(eval("UNIX_DATE", &[]), i(now_millis().div_euclid(MILLIS_PER_DAY)));
+        assert_eq!(eval("CONVERT_TZ", &[i(SUMMER), s("UTC"), s("America/Los_Angeles")]), i(SUMMER - 7 * 3_600_000));
+        assert_eq!(eval("CONVERT_TZ", &[i(SUMMER), s("+02:00"), s("UTC")]), i(SUMMER - 2 * 3_600_000));
+        assert!(call("CONVERT_TZ", &[i(SUMMER), s("nowhere"), s("UTC")]).is_err());
+    }
 }
