@@ -1,15 +1,14 @@
 //! Continuous queries over the log, and the functions they use.
 //!
-//! For now this holds one hand-wired query, [`tracker::Tracker`]: latest position, speed,
-//! progress along a course and rank per device. The SQL engine (parser, planner,
-//! operators) replaces the hand wiring with `CREATE TABLE … AS SELECT` and keeps these
-//! functions.
+//! [`Engine`] runs ksqlDB statements: persistent, push and pull queries (see `engine`).
+//! [`tracker::Tracker`] is the hand-wired tracking query (latest position, speed, progress
+//! along a course, rank per device) until the tracking functions move into the engine.
 
 pub mod course;
 pub mod engine;
 pub mod geo_fn;
-pub mod pull;
 pub mod tracker;
 
 pub use course::Course;
+pub use engine::Engine;
 pub use tracker::{Tracker, TrackerConfig};

@@ -6,7 +6,6 @@
 mod live;
 mod records;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -14,7 +13,9 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use pacer_log::Log;
+use pacer_sql::engine::{Response as SqlResponse, StatementOptions};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -43,8 +44,8 @@ pub struct WebState {
     pub dashboard: DashboardConfig,
     /// Courses as a GeoJSON FeatureCollection.
     pub courses: Value,
-    /// Streams that are table changelogs: pull queries answer with their latest row per key.
-    pub tables: HashSet<String>,
+    /// The SQL engine behind `POST /api/v1/sql`.
+    pub engine: Arc<pacer_sql::Engine>,
 }
 
 pub fn router(state: Arc<WebState>) -> Router {
@@ -93,6 +94,9 @@ async fn metrics(State(state): State<Arc<WebState>>) -> Response {
 #[derive(Debug, Deserialize)]
 struct SqlRequest {
     sql: String,
+    /// ksqlDB clients send these as `streamsProperties`.
+    #[serde(default, alias = "streamsProperties")]
+    properties: StatementOptions,
 }
 
 /// An API error as JSON: `{"error": "…"}`.
@@ -100,11 +104,39 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// Runs a pull query: `{"sql": "SELECT …"}` → `{"columns": […], "rows": [[…], …]}`, or a 400
-/// with `{"error": "…"}` that says where the statement went wrong.
+/// Runs statements: `{"sql": "…"}`. A pull query, SHOW or DESCRIBE answers
+/// `{"columns": […], "rows": [[…], …]}`, DDL `{"message": "…"}`, several statements
+/// `{"results": [those]}`. A push query (`EMIT CHANGES`) streams NDJSON until the client
+/// leaves: a `{"columns": […]}` line, then one JSON object per row. A bad statement gets a
+/// 400 with `{"error": "…"}` naming the line and column or the name that is wrong.
 async fn sql(State(state): State<Arc<WebState>>, Json(request): Json<SqlRequest>) -> Response {
-    match pacer_sql::pull::pull_query(state.log.as_ref(), &state.tables, &request.sql).await {
-        Ok(result) => Json(result).into_response(),
-        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    let responses = match state.engine.execute(&request.sql, &request.properties).await {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let mut bodies = Vec::new();
+    for response in responses {
+        match response {
+            SqlResponse::Message(message) => bodies.push(json!({ "message": message })),
+            SqlResponse::Rows(result) => bodies.push(json!(result)),
+            SqlResponse::Push { columns, rows } => {
+                if !bodies.is_empty() {
+                    return error(StatusCode::BAD_REQUEST, "a push query (EMIT CHANGES) must be the only statement");
+                }
+                return push_stream(columns, rows);
+            }
+        }
     }
+    match bodies.len() {
+        1 => Json(bodies.pop().unwrap()).into_response(),
+        _ => Json(json!({ "results": bodies })).into_response(),
+    }
+}
+
+fn push_stream(columns: Vec<String>, rows: tokio::sync::mpsc::Receiver<serde_json::Map<String, Value>>) -> Response {
+    let header = futures::stream::once(async move { json!({ "columns": columns }) });
+    let rows =
+        futures::stream::unfold(rows, |mut rows| async move { rows.recv().await.map(|r| (Value::Object(r), rows)) });
+    let lines = header.chain(rows).map(|v| Ok::<_, std::convert::Infallible>(format!("{v}\n")));
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response()
 }

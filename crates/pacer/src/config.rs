@@ -17,6 +17,15 @@ pub struct Config {
     pub ingest: Vec<RuleConfig>,
     pub course: Vec<CourseConfig>,
     pub tracker: TrackerConfig,
+    pub sql: SqlConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlConfig {
+    /// ksqlDB statements run at start (relative to the config file). Sources and queries
+    /// already in the catalog are left running as they are.
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +201,7 @@ impl Config {
         config.mqtt.acl_file.as_mut().map(resolve);
         config.mqtt.tls_cert.as_mut().map(resolve);
         config.mqtt.tls_key.as_mut().map(resolve);
+        config.sql.file.as_mut().map(resolve);
         Ok(config)
     }
 }

@@ -340,23 +340,44 @@ async fn demo(speed: f64, exit_after_replay: bool, args: ServerArgs) -> anyhow::
     server.wait().await
 }
 
-/// Sends a statement to `POST /api/v1/sql` and prints the rows as an aligned table.
+/// Sends statements to `POST /api/v1/sql` and prints what comes back: rows as an aligned
+/// table, DDL as its message, a push query's rows as JSON lines until Ctrl-C.
 async fn sql(server: &str, statement: &str) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/sql", server.trim_end_matches('/'));
-    let response = reqwest::Client::new()
+    let mut response = reqwest::Client::new()
         .post(&url)
         .json(&serde_json::json!({ "sql": statement }))
         .send()
         .await
         .with_context(|| format!("cannot reach Pacer at {server} (is `pacer up` running?)"))?;
     let ok = response.status().is_success();
+    let streaming =
+        response.headers().get("content-type").is_some_and(|t| t.as_bytes().starts_with(b"application/x-ndjson"));
+    if ok && streaming {
+        let mut stdout = std::io::stdout();
+        while let Some(chunk) = response.chunk().await.context("the push query's stream broke")? {
+            std::io::Write::write_all(&mut stdout, &chunk)?;
+            std::io::Write::flush(&mut stdout)?;
+        }
+        return Ok(());
+    }
     let body: serde_json::Value = response.json().await.context("Pacer answered with something other than JSON")?;
     if !ok {
         anyhow::bail!("{}", body["error"].as_str().unwrap_or("the statement failed"));
     }
-    let columns: Vec<String> = serde_json::from_value(body["columns"].clone())?;
-    let rows: Vec<Vec<serde_json::Value>> = serde_json::from_value(body["rows"].clone())?;
-    print!("{}", format_table(&columns, &rows));
+    let results = match body.get("results") {
+        Some(serde_json::Value::Array(all)) => all.clone(),
+        _ => vec![body],
+    };
+    for result in results {
+        if let Some(message) = result["message"].as_str() {
+            println!("{message}");
+            continue;
+        }
+        let columns: Vec<String> = serde_json::from_value(result["columns"].clone())?;
+        let rows: Vec<Vec<serde_json::Value>> = serde_json::from_value(result["rows"].clone())?;
+        print!("{}", format_table(&columns, &rows));
+    }
     Ok(())
 }
 

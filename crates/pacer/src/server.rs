@@ -8,7 +8,7 @@ use anyhow::Context;
 use pacer_ingest::Ingest;
 use pacer_log::{EmbeddedLog, EmbeddedLogConfig, Log};
 use pacer_mqtt::Broker;
-use pacer_sql::{Course, Tracker, TrackerConfig};
+use pacer_sql::{Course, Engine, Tracker, TrackerConfig};
 use pacer_web::{DashboardConfig, LatLon, WebState};
 use prometheus_client::registry::Registry;
 use serde_json::json;
@@ -53,6 +53,14 @@ impl Server {
             Broker::start(broker_config, security, ingest, store).await.context("restoring the broker's state")?;
         broker.register_metrics(&mut registry);
 
+        let engine = Engine::start(log.clone()).await.context("loading the SQL catalog")?;
+        engine.register_table(&config.tracker.output).await;
+        if let Some(file) = &config.sql.file {
+            let text =
+                std::fs::read_to_string(file).with_context(|| format!("[sql] file: reading {}", file.display()))?;
+            engine.execute_file(&text).await.with_context(|| format!("[sql] file {}", file.display()))?;
+        }
+
         let courses = load_courses(&config)?;
         let course = match &config.tracker.course {
             None => None,
@@ -91,7 +99,7 @@ impl Server {
                 finish: Some(LatLon { lat: config.tracker.finish[0], lon: config.tracker.finish[1] }),
             },
             courses: json!({"type": "FeatureCollection", "features": features}),
-            tables: [config.tracker.output.clone()].into(),
+            engine,
         });
 
         let mqtt_listener = TcpListener::bind(&config.mqtt.listen)

@@ -27,6 +27,11 @@ const NAMES: &[&str] = &[
     "TOPKDISTINCT",
 ];
 
+/// Every aggregate's name, for SHOW FUNCTIONS.
+pub fn names() -> &'static [&'static str] {
+    NAMES
+}
+
 pub fn is_aggregate(name: &str) -> bool {
     NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }

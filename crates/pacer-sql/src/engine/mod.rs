@@ -1,4 +1,10 @@
 //! The streaming SQL engine: ksqlDB statements parsed, planned and run over the log.
+//!
+//! `Engine::execute` takes statement text. DDL (CREATE, DROP, TERMINATE, INSERT INTO) is
+//! appended to the internal `__catalog` stream before it takes effect, and replayed from it
+//! at start-up, so sources and persistent queries survive restarts (ksqlDB's command topic).
+//! Persistent queries run as tasks (see `query`); push queries stream rows to the caller;
+//! pull queries read the log up to now and answer at once.
 
 pub mod aggregate;
 pub mod ast;
@@ -7,4 +13,642 @@ pub mod functions;
 pub mod operator;
 pub mod parse;
 pub mod plan;
+pub mod query;
 pub mod value;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use pacer_core::{NewRecord, Record};
+use pacer_log::{validate_stream_name, Log, StartAt};
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+use tokio::sync::{mpsc, watch, Mutex};
+
+use ast::{Emit, SourceKind, Statement};
+use expr::PlanError;
+use operator::Operator;
+use plan::{Column, Plan, Shape, Source};
+use query::QueryRunner;
+
+/// Internal stream of the DDL statements that built the catalog, in order.
+const CATALOG: &str = "__catalog";
+/// Rows a pull query on a stream returns when it has no LIMIT.
+pub const DEFAULT_PULL_LIMIT: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("{0}")]
+    Syntax(#[from] parse::SyntaxError),
+    #[error("{0}")]
+    Plan(#[from] PlanError),
+    #[error("{0}")]
+    Log(#[from] pacer_log::LogError),
+}
+
+fn invalid<T>(message: impl Into<String>) -> Result<T, SqlError> {
+    Err(SqlError::Plan(PlanError(message.into())))
+}
+
+/// A table of results: what pull queries, SHOW and DESCRIBE answer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueryResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Json>>,
+}
+
+/// What one statement did.
+#[derive(Debug)]
+pub enum Response {
+    /// DDL: what changed, in words.
+    Message(String),
+    Rows(QueryResult),
+    /// A push query: rows as they come, until the receiver is dropped.
+    Push {
+        columns: Vec<String>,
+        rows: mpsc::Receiver<Map<String, Json>>,
+    },
+}
+
+/// Options a client sends with a statement, named as ksqlDB's `streamsProperties`.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct StatementOptions {
+    /// `earliest` makes push queries start at the beginning of their input.
+    #[serde(rename = "auto.offset.reset")]
+    pub auto_offset_reset: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryInfo {
+    pub id: String,
+    pub sql: String,
+    pub source: String,
+    pub sink: String,
+    pub state: String,
+}
+
+struct RunningQuery {
+    info: QueryInfo,
+    stop: watch::Sender<bool>,
+    /// Set when the query's task ended with an error.
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+struct Catalog {
+    /// By lower-cased name.
+    sources: BTreeMap<String, Source>,
+    queries: BTreeMap<String, RunningQuery>,
+    insert_count: u64,
+}
+
+pub struct Engine {
+    log: Arc<dyn Log>,
+    catalog: Mutex<Catalog>,
+}
+
+impl Engine {
+    /// Opens the engine over `log`, replaying its catalog: sources come back and persistent
+    /// queries resume from their checkpoints.
+    pub async fn start(log: Arc<dyn Log>) -> Result<Arc<Engine>, SqlError> {
+        let engine = Arc::new(Engine {
+            log: log.clone(),
+            catalog: Mutex::new(Catalog { sources: BTreeMap::new(), queries: BTreeMap::new(), insert_count: 0 }),
+        });
+        let mut reader = log.reader(CATALOG, StartAt::Beginning)?;
+        let mut replayed = 0;
+        loop {
+            let batch = reader.try_batch().await?;
+            if batch.is_empty() {
+                break;
+            }
+            for record in batch {
+                let sql = String::from_utf8_lossy(&record.value).into_owned();
+                for (statement, text) in parse::parse_with_text(&sql)? {
+                    if let Err(e) = engine.run_statement(statement, &text, false, &StatementOptions::default()).await {
+                        tracing::error!(sql = %text, error = %e, "a catalog statement failed on replay");
+                    }
+                    replayed += 1;
+                }
+            }
+        }
+        tracing::info!(statements = replayed, "sql catalog loaded");
+        Ok(engine)
+    }
+
+    /// Makes a log stream known as a table of latest rows per key (e.g. the tracker's
+    /// output), without a query behind it.
+    pub async fn register_table(&self, name: &str) {
+        let source = Source {
+            name: name.to_string(),
+            kind: SourceKind::Table,
+            topic: name.to_string(),
+            columns: Vec::new(),
+            timestamp: None,
+            windowed: false,
+        };
+        self.catalog.lock().await.sources.entry(name.to_ascii_lowercase()).or_insert(source);
+    }
+
+    /// Runs every statement in `sql`, in order; stops at the first that fails.
+    pub async fn execute(&self, sql: &str, options: &StatementOptions) -> Result<Vec<Response>, SqlError> {
+        let mut responses = Vec::new();
+        for (statement, text) in parse::parse_with_text(sql)? {
+            responses.push(self.run_statement(statement, &text, true, options).await?);
+        }
+        Ok(responses)
+    }
+
+    /// Runs the statements of a SQL file at start-up: a CREATE whose name already exists
+    /// with the same statement is left as it is, so the file can run at every start.
+    pub async fn execute_file(&self, sql: &str) -> Result<(), SqlError> {
+        for (statement, text) in parse::parse_with_text(sql)? {
+            let existing = match &statement {
+                Statement::CreateSource { name, .. } | Statement::CreateAs { name, .. } => {
+                    let catalog = self.catalog.lock().await;
+                    catalog.sources.contains_key(&name.to_ascii_lowercase()).then(|| name.clone())
+                }
+                _ => None,
+            };
+            if let Some(name) = existing {
+                tracing::debug!(name, "already in the catalog; left as it is");
+                continue;
+            }
+            self.run_statement(statement, &text, true, &StatementOptions::default()).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn queries(&self) -> Vec<QueryInfo> {
+        self.catalog.lock().await.queries.values().map(|q| q.info_now()).collect()
+    }
+
+    /// Names of the sources that are tables, for readers that show latest rows per key.
+    pub async fn tables(&self) -> Vec<String> {
+        let catalog = self.catalog.lock().await;
+        catalog.sources.values().filter(|s| s.kind == SourceKind::Table).map(|s| s.topic.clone()).collect()
+    }
+
+    async fn run_statement(
+        &self,
+        statement: Statement,
+        text: &str,
+        persist: bool,
+        options: &StatementOptions,
+    ) -> Result<Response, SqlError> {
+        match statement {
+            Statement::CreateSource { kind, name, columns, properties, or_replace, if_not_exists } => {
+                let mut catalog = self.catalog.lock().await;
+                if catalog.sources.contains_key(&name.to_ascii_lowercase()) && !or_replace {
+                    if if_not_exists {
+                        return Ok(Response::Message(format!("{name} already exists")));
+                    }
+                    return invalid(format!("{name} already exists (DROP it first, or CREATE OR REPLACE)"));
+                }
+                check_format(&properties)?;
+                let topic = properties.get("KAFKA_TOPIC").cloned().unwrap_or_else(|| name.clone());
+                validate_stream_name(&topic)?;
+                let columns: Vec<Column> =
+                    columns.into_iter().map(|c| Column { name: c.name, data_type: c.data_type, key: c.key }).collect();
+                let timestamp = properties.get("TIMESTAMP").cloned();
+                if let Some(t) = &timestamp {
+                    if !columns.is_empty() && !columns.iter().any(|c| c.name.eq_ignore_ascii_case(t)) {
+                        return invalid(format!("TIMESTAMP='{t}': no such column in {name}"));
+                    }
+                }
+                let source = Source { name: name.clone(), kind, topic, columns, timestamp, windowed: false };
+                self.persist(persist, text).await?;
+                catalog.sources.insert(name.to_ascii_lowercase(), source);
+                Ok(Response::Message(format!("{} {name} created", title(kind))))
+            }
+            Statement::CreateAs { kind, name, properties, query, or_replace, if_not_exists } => {
+                let mut catalog = self.catalog.lock().await;
+                let key = name.to_ascii_lowercase();
+                if catalog.sources.contains_key(&key) {
+                    if if_not_exists {
+                        return Ok(Response::Message(format!("{name} already exists")));
+                    }
+                    if !or_replace {
+                        return invalid(format!("{name} already exists (DROP it first, or CREATE OR REPLACE)"));
+                    }
+                }
+                check_format(&properties)?;
+                let source = self.source(&catalog, &query.from)?;
+                let plan = plan::plan(&query, &source)?;
+                let aggregated = matches!(plan.shape, Shape::Aggregate { .. });
+                match (kind, aggregated) {
+                    (SourceKind::Stream, true) => {
+                        return invalid("an aggregation makes a table: CREATE TABLE … AS SELECT … GROUP BY")
+                    }
+                    (SourceKind::Table, false) if source.kind != SourceKind::Table => {
+                        return invalid("CREATE TABLE … AS SELECT needs GROUP BY (or a table to select from)")
+                    }
+                    _ => {}
+                }
+                let topic = properties.get("KAFKA_TOPIC").cloned().unwrap_or_else(|| name.clone());
+                validate_stream_name(&topic)?;
+                let id = format!(
+                    "{}_{}",
+                    if kind == SourceKind::Table { "CTAS" } else { "CSAS" },
+                    name.to_ascii_uppercase()
+                );
+                if let Some(old) = catalog.queries.remove(&id) {
+                    let _ = old.stop.send(true);
+                }
+                let sink = Source {
+                    name: name.clone(),
+                    kind,
+                    topic: topic.clone(),
+                    columns: plan.output.iter().filter(|c| c.name != "*").cloned().collect(),
+                    timestamp: None,
+                    windowed: matches!(plan.shape, Shape::Aggregate { window: Some(_), .. }),
+                };
+                self.persist(persist, text).await?;
+                catalog.sources.insert(key, sink);
+                let info = QueryInfo {
+                    id: id.clone(),
+                    sql: text.to_string(),
+                    source: source.name,
+                    sink: topic,
+                    state: String::new(),
+                };
+                catalog.queries.insert(id.clone(), self.spawn(info, plan));
+                Ok(Response::Message(format!("{} {name} created; query {id} running", title(kind))))
+            }
+            Statement::InsertInto { target, query } => {
+                let mut catalog = self.catalog.lock().await;
+                let Some(sink) = catalog.sources.get(&target.to_ascii_lowercase()).cloned() else {
+                    return invalid(format!("{target}: no such stream (create it before INSERT INTO)"));
+                };
+                if sink.kind != SourceKind::Stream {
+                    return invalid(format!("{target} is a table; INSERT INTO writes streams"));
+                }
+                let source = self.source(&catalog, &query.from)?;
+                let plan = plan::plan(&query, &source)?;
+                if matches!(plan.shape, Shape::Aggregate { .. }) {
+                    return invalid("INSERT INTO takes a query without GROUP BY");
+                }
+                catalog.insert_count += 1;
+                let id = format!("INSERTQUERY_{}", catalog.insert_count);
+                self.persist(persist, text).await?;
+                let info = QueryInfo {
+                    id: id.clone(),
+                    sql: text.to_string(),
+                    source: source.name,
+                    sink: sink.topic,
+                    state: String::new(),
+                };
+                catalog.queries.insert(id.clone(), self.spawn(info, plan));
+                Ok(Response::Message(format!("query {id} running")))
+            }
+            Statement::Select(select) => {
+                let source = {
+                    let catalog = self.catalog.lock().await;
+                    self.source(&catalog, &select.from)?
+                };
+                let plan = plan::plan(&select, &source)?;
+                if select.emit == Emit::None {
+                    return Ok(Response::Rows(self.pull(plan).await?));
+                }
+                let earliest = options.auto_offset_reset.as_deref().is_some_and(|r| r.eq_ignore_ascii_case("earliest"));
+                Ok(self.push(plan, if earliest { StartAt::Beginning } else { StartAt::End })?)
+            }
+            Statement::Drop { kind, name, if_exists, delete_topic } => {
+                let mut catalog = self.catalog.lock().await;
+                let key = name.to_ascii_lowercase();
+                let Some(source) = catalog.sources.get(&key) else {
+                    if if_exists {
+                        return Ok(Response::Message(format!("{name} does not exist")));
+                    }
+                    return invalid(format!("{name}: no such {}", kind.as_str().to_lowercase()));
+                };
+                if source.kind != kind {
+                    return invalid(format!("{name} is a {}, not a {}", source.kind.as_str(), kind.as_str()));
+                }
+                if delete_topic {
+                    return invalid(
+                        "DELETE TOPIC is not supported: the log keeps the stream (retention removes old records)",
+                    );
+                }
+                if let Some(q) = catalog.queries.values().find(|q| q.info.sink == source.topic) {
+                    return invalid(format!("{name} is written by query {}: TERMINATE {} first", q.info.id, q.info.id));
+                }
+                self.persist(persist, text).await?;
+                catalog.sources.remove(&key);
+                Ok(Response::Message(format!("{} {name} dropped", title(kind))))
+            }
+            Statement::Terminate { query } => {
+                let mut catalog = self.catalog.lock().await;
+                let ids: Vec<String> = match &query {
+                    None => catalog.queries.keys().cloned().collect(),
+                    Some(id) => match catalog.queries.keys().find(|k| k.eq_ignore_ascii_case(id)) {
+                        Some(k) => vec![k.clone()],
+                        None => return invalid(format!("{id}: no such query (SHOW QUERIES lists them)")),
+                    },
+                };
+                self.persist(persist, text).await?;
+                for id in &ids {
+                    if let Some(q) = catalog.queries.remove(id) {
+                        let _ = q.stop.send(true);
+                    }
+                }
+                Ok(Response::Message(format!(
+                    "terminated {}",
+                    if ids.is_empty() { "nothing".into() } else { ids.join(", ") }
+                )))
+            }
+            Statement::Show(what) => Ok(Response::Rows(self.show(what).await)),
+            Statement::Describe { name } => {
+                let catalog = self.catalog.lock().await;
+                let source = self.source(&catalog, &name)?;
+                let rows = source
+                    .columns
+                    .iter()
+                    .map(|c| vec![Json::from(c.name.clone()), Json::from(c.data_type.to_string()), Json::from(c.key)])
+                    .collect();
+                Ok(Response::Rows(QueryResult { columns: ["field", "type", "key"].map(String::from).to_vec(), rows }))
+            }
+        }
+    }
+
+    /// A declared source, or an undeclared log stream readable by field name.
+    fn source(&self, catalog: &Catalog, name: &str) -> Result<Source, SqlError> {
+        if let Some(s) = catalog.sources.get(&name.to_ascii_lowercase()) {
+            return Ok(s.clone());
+        }
+        match self.log.streams().into_iter().find(|s| s.name.eq_ignore_ascii_case(name)) {
+            Some(s) => Ok(Source {
+                name: s.name.clone(),
+                kind: SourceKind::Stream,
+                topic: s.name,
+                columns: Vec::new(),
+                timestamp: None,
+                windowed: false,
+            }),
+            None => invalid(format!("{name}: no such stream or table (SHOW STREAMS lists them)")),
+        }
+    }
+
+    async fn persist(&self, persist: bool, text: &str) -> Result<(), SqlError> {
+        if persist {
+            self.log.append(CATALOG, vec![NewRecord::new(pacer_core::now_ms(), None, text.to_string())]).await?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, info: QueryInfo, plan: Plan) -> RunningQuery {
+        let (stop, stopped) = watch::channel(false);
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let runner = QueryRunner {
+            id: info.id.clone(),
+            log: self.log.clone(),
+            operator: Operator::new(plan),
+            sink: info.sink.clone(),
+        };
+        let failed = failure.clone();
+        let id = info.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runner.run(stopped).await {
+                tracing::error!(query = %id, error = %e, "query stopped");
+                *failed.lock().unwrap() = Some(format!("{e:#}"));
+            }
+        });
+        RunningQuery { info, stop, failure }
+    }
+
+    async fn show(&self, what: ast::Show) -> QueryResult {
+        let catalog = self.catalog.lock().await;
+        let text = |s: &str| Json::from(s.to_string());
+        match what {
+            ast::Show::Streams | ast::Show::Tables => {
+                let kind = if what == ast::Show::Streams { SourceKind::Stream } else { SourceKind::Table };
+                let mut rows: Vec<Vec<Json>> = catalog
+                    .sources
+                    .values()
+                    .filter(|s| s.kind == kind)
+                    .map(|s| vec![text(&s.name), text(kind.as_str()), text(&s.topic), text("JSON")])
+                    .collect();
+                if kind == SourceKind::Stream {
+                    let declared: Vec<&str> = catalog.sources.values().map(|s| s.topic.as_str()).collect();
+                    for s in self.log.streams() {
+                        if !declared.contains(&s.name.as_str()) {
+                            rows.push(vec![text(&s.name), text("STREAM"), text(&s.name), text("JSON (undeclared)")]);
+                        }
+                    }
+                }
+                QueryResult { columns: ["name", "kind", "topic", "format"].map(String::from).to_vec(), rows }
+            }
+            ast::Show::Queries => QueryResult {
+                columns: ["id", "state", "source", "sink", "sql"].map(String::from).to_vec(),
+                rows: catalog
+                    .queries
+                    .values()
+                    .map(|q| {
+                        let i = q.info_now();
+                        vec![text(&i.id), text(&i.state), text(&i.source), text(&i.sink), text(&i.sql)]
+                    })
+                    .collect(),
+            },
+            ast::Show::Functions => QueryResult {
+                columns: ["name", "kind"].map(String::from).to_vec(),
+                rows: functions::all()
+                    .iter()
+                    .map(|f| vec![text(f.name), text("SCALAR")])
+                    .chain(aggregate::names().iter().map(|n| vec![text(n), text("AGGREGATE")]))
+                    .collect(),
+            },
+        }
+    }
+
+    /// A pull query: the log read up to now. A table source counts only its latest row per
+    /// key (and window); so does an aggregation's result.
+    async fn pull(&self, plan: Plan) -> Result<QueryResult, SqlError> {
+        let limit = plan.limit.map(|l| l as usize);
+        let table_source = plan.source.kind == SourceKind::Table;
+        let aggregated = matches!(plan.shape, Shape::Aggregate { .. });
+        let topic = plan.source.topic.clone();
+        let mut output_columns: Vec<String> = plan.output.iter().map(|c| c.name.clone()).collect();
+        let mut operator = Operator::new(plan);
+        let mut reader = self.log.reader(&topic, StartAt::Beginning)?;
+        let mut latest: LatestRows = LatestRows::default();
+        let mut input: LatestRows = LatestRows::default();
+        let mut rows: Vec<Map<String, Json>> = Vec::new();
+        let mut out = Vec::new();
+        'read: loop {
+            let batch = reader.try_batch().await?;
+            if batch.is_empty() {
+                break;
+            }
+            for record in batch {
+                if table_source {
+                    input.put_record(record);
+                    continue;
+                }
+                // Rows that fail (bad JSON, a bad cast) are left out of a pull query's answer.
+                let _ = operator.process(&record, &mut out);
+                for o in out.drain(..) {
+                    if aggregated {
+                        latest.put(o.key, o.value);
+                    } else if let Some(v) = o.value {
+                        rows.push(v);
+                        if rows.len() >= limit.unwrap_or(DEFAULT_PULL_LIMIT) {
+                            break 'read;
+                        }
+                    }
+                }
+            }
+        }
+        if table_source {
+            // The table's current rows, each once; an aggregation over them regroups.
+            for record in input.into_records() {
+                let _ = operator.process(&record, &mut out);
+            }
+            for o in out.drain(..) {
+                if aggregated {
+                    latest.put(o.key, o.value);
+                } else if let Some(v) = o.value {
+                    rows.push(v);
+                }
+            }
+        }
+        if aggregated {
+            rows = latest.into_values();
+        }
+        if let Some(l) = limit {
+            rows.truncate(l);
+        }
+        if output_columns.iter().any(|c| c == "*") {
+            output_columns = expand_wildcard(&output_columns, &rows);
+        }
+        let rows = rows
+            .into_iter()
+            .map(|mut r| output_columns.iter().map(|c| r.remove(c).unwrap_or(Json::Null)).collect())
+            .collect();
+        Ok(QueryResult { columns: output_columns, rows })
+    }
+
+    /// A push query: a task running the plan from `start`, sending rows until the
+    /// receiver goes away.
+    fn push(&self, plan: Plan, start: StartAt) -> Result<Response, SqlError> {
+        let columns: Vec<String> = plan.output.iter().map(|c| c.name.clone()).collect();
+        let limit = plan.limit;
+        let mut reader = self.log.reader(&plan.source.topic, start)?;
+        let mut operator = Operator::new(plan);
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            let mut out = Vec::new();
+            loop {
+                let batch = tokio::select! {
+                    _ = tx.closed() => return,
+                    batch = reader.next_batch() => match batch {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "push query ended");
+                            return;
+                        }
+                    },
+                };
+                for record in &batch {
+                    let _ = operator.process(record, &mut out);
+                }
+                for o in out.drain(..) {
+                    let Some(value) = o.value else { continue };
+                    if tx.send(value).await.is_err() {
+                        return;
+                    }
+                    sent += 1;
+                    if limit.is_some_and(|l| sent >= l) {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::Push { columns, rows: rx })
+    }
+}
+
+impl RunningQuery {
+    fn info_now(&self) -> QueryInfo {
+        let mut info = self.info.clone();
+        info.state = match &*self.failure.lock().unwrap() {
+            Some(e) => format!("ERROR: {e}"),
+            None => "RUNNING".into(),
+        };
+        info
+    }
+}
+
+/// Latest row per key and window, in first-seen order; None removes.
+#[derive(Default)]
+struct LatestRows {
+    order: Vec<(Option<String>, Option<Json>)>,
+    index: HashMap<(Option<String>, Option<Json>), usize>,
+    values: Vec<Option<Map<String, Json>>>,
+    records: Vec<Option<Record>>,
+}
+
+impl LatestRows {
+    fn slot(&mut self, id: (Option<String>, Option<Json>)) -> usize {
+        if let Some(&i) = self.index.get(&id) {
+            return i;
+        }
+        self.order.push(id.clone());
+        self.values.push(None);
+        self.records.push(None);
+        self.index.insert(id, self.order.len() - 1);
+        self.order.len() - 1
+    }
+
+    fn put(&mut self, key: Option<String>, value: Option<Map<String, Json>>) {
+        let window = value.as_ref().and_then(|v| v.get("WINDOWSTART").cloned());
+        let i = self.slot((key, window));
+        self.values[i] = value;
+    }
+
+    fn put_record(&mut self, record: Record) {
+        let key = record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned());
+        let window = serde_json::from_slice::<Json>(&record.value).ok().and_then(|v| v.get("WINDOWSTART").cloned());
+        let i = self.slot((key, window));
+        self.records[i] = (!record.value.is_empty()).then_some(record);
+    }
+
+    fn into_values(self) -> Vec<Map<String, Json>> {
+        self.values.into_iter().flatten().collect()
+    }
+
+    fn into_records(self) -> Vec<Record> {
+        self.records.into_iter().flatten().collect()
+    }
+}
+
+fn expand_wildcard(columns: &[String], rows: &[Map<String, Json>]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in columns {
+        if c != "*" {
+            out.push(c.clone());
+            continue;
+        }
+        for row in rows {
+            for k in row.keys() {
+                if !out.contains(k) && !columns.contains(k) {
+                    out.push(k.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn check_format(properties: &ast::Properties) -> Result<(), SqlError> {
+    match properties.get("VALUE_FORMAT") {
+        Some(f) if !f.eq_ignore_ascii_case("JSON") => invalid(format!("VALUE_FORMAT='{f}': only JSON is supported")),
+        _ => Ok(()),
+    }
+}
+
+fn title(kind: SourceKind) -> &'static str {
+    match kind {
+        SourceKind::Stream => "Stream",
+        SourceKind::Table => "Table",
+    }
+}

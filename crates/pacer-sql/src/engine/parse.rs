@@ -17,6 +17,11 @@ pub struct SyntaxError(pub String);
 
 /// Parses one or more statements separated by `;`.
 pub fn parse(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
+    Ok(parse_with_text(sql)?.into_iter().map(|(s, _)| s).collect())
+}
+
+/// Parses statements, each with its own text (to keep in the catalog and show in SHOW QUERIES).
+pub fn parse_with_text(sql: &str) -> Result<Vec<(Statement, String)>, SyntaxError> {
     let dialect = GenericDialect {};
     let parser = Parser::new(&dialect).try_with_sql(sql).map_err(|e| syntax_error(sql, e))?;
     let mut p = Grammar { p: parser, pending_gt: false };
@@ -26,7 +31,11 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
         if p.p.peek_token().token == Token::EOF {
             break;
         }
-        statements.push(p.statement().map_err(|e| syntax_error(sql, e))?);
+        let start = p.p.peek_token().span.start;
+        let statement = p.statement().map_err(|e| syntax_error(sql, e))?;
+        let end = p.p.get_current_token().span.end;
+        let text = sql.get(byte_offset(sql, start)..byte_offset(sql, end)).unwrap_or(sql).trim().to_string();
+        statements.push((statement, text));
         if !p.p.consume_token(&Token::SemiColon) && p.p.peek_token().token != Token::EOF {
             let found = p.p.peek_token();
             return Err(syntax_error(sql, p.p.expected::<()>("end of statement", found).unwrap_err()));
@@ -36,6 +45,19 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
         return Err(SyntaxError("expected a statement, found nothing".into()));
     }
     Ok(statements)
+}
+
+/// The byte offset of a 1-based line and character column.
+fn byte_offset(sql: &str, at: sqlparser::tokenizer::Location) -> usize {
+    let mut offset = 0;
+    for (i, line) in sql.split_inclusive('\n').enumerate() {
+        if i + 1 == at.line as usize {
+            return offset
+                + line.char_indices().nth(at.column.saturating_sub(1) as usize).map_or(line.len(), |(b, _)| b);
+        }
+        offset += line.len();
+    }
+    sql.len()
 }
 
 /// sqlparser names the line and column, except when the statement ended too early.
@@ -483,6 +505,12 @@ GROUP BY who;";
             Statement::Drop { kind: SourceKind::Table, name: "t".into(), if_exists: true, delete_topic: true }
         );
         assert_eq!(statements[5], Statement::Terminate { query: Some("CTAS_T_1".into()) });
+        let texts: Vec<String> = parse_with_text(sql).unwrap().into_iter().map(|(_, t)| t).collect();
+        assert!(texts[0].starts_with("CREATE STREAM data_demo_stream") && texts[0].ends_with("timestamp='timeepoc')"));
+        assert_eq!(
+            texts[3..],
+            ["show queries", "drop table if exists t delete topic", "terminate CTAS_T_1", "describe s"]
+        );
     }
 
     #[test]

@@ -93,6 +93,16 @@ impl Pacer {
         Command::new(PACER).args(["sql", "--server", &self.http, statement]).output().unwrap()
     }
 
+    /// `POST /api/v1/sql`: the HTTP status and the JSON answer.
+    pub fn post_sql(&self, statement: &str) -> (u16, serde_json::Value) {
+        let url = format!("{}/api/v1/sql", self.http);
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let response =
+                reqwest::Client::new().post(&url).json(&serde_json::json!({ "sql": statement })).send().await.unwrap();
+            (response.status().as_u16(), response.json().await.unwrap())
+        })
+    }
+
     pub fn get(&self, path: &str) -> String {
         let url = format!("{}{path}", self.http);
         tokio::runtime::Runtime::new()

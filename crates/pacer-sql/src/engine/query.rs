@@ -1,0 +1,227 @@
+//! A persistent query at run time: reads its input stream, runs the operator, appends what
+//! it emits to its output stream, and checkpoints.
+//!
+//! A checkpoint is the operator's changed state followed by a marker (input positions,
+//! output ends, stream time), appended together to the query's own internal stream
+//! `__query_<id>`. Entries count only once their marker follows them, so a crash in the
+//! middle of a checkpoint leaves the previous one in force. Output is appended before the
+//! checkpoint; rows written after the last marker are found again at restart (each carries
+//! its query and cause in headers) and not written twice. So after `kill -9` the output
+//! equals that of a run without the crash.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pacer_core::{NewRecord, Record};
+use pacer_log::{Log, Positions, StartAt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::operator::{Operator, Output};
+
+/// Headers on every row a query writes.
+pub const QUERY_HEADER: &str = "pacer.query";
+pub const CAUSE_HEADER: &str = "pacer.cause";
+const CHECKPOINT_HEADER: &str = "pacer.checkpoint";
+/// Key of the marker record that commits a checkpoint.
+const MARKER_KEY: &str = "\u{1}checkpoint";
+/// Where rejected records go, as ingest does.
+pub const DEAD_LETTERS: &str = "_dead_letters";
+/// How often an idle query lets wall-clock time close its windows.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+struct Marker {
+    epoch: u64,
+    seq: u64,
+    input: String,
+    output: String,
+    stream_time: i64,
+}
+
+pub struct QueryRunner {
+    pub id: String,
+    pub log: Arc<dyn Log>,
+    pub operator: Operator,
+    pub sink: String,
+}
+
+impl QueryRunner {
+    fn state_stream(&self) -> String {
+        format!("__query_{}", self.id.to_ascii_lowercase())
+    }
+
+    /// Runs until `stop` turns true or the log fails.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let restored = self.restore().await?;
+        let mut marker = restored.marker;
+        let mut already = restored.already_written;
+        marker.epoch += 1;
+        marker.seq = 0;
+        let mut output_ends: Positions = marker.output.parse().unwrap_or_default();
+        let input = self.operator.plan().source.topic.clone();
+        let start = match marker.input.parse::<Positions>() {
+            Ok(p) if !p.is_empty() => StartAt::Positions(p),
+            _ => StartAt::Beginning,
+        };
+        let mut reader = self.log.reader(&input, start)?;
+        tracing::info!(query = %self.id, input, output = %self.sink, resume = %marker.input, "query started");
+        // Event time the idle clock counts from, and when (wall clock) it was last seen.
+        let mut last_event = (self.operator.stream_time(), Instant::now());
+        loop {
+            let batch = tokio::select! {
+                _ = stop.changed() => return Ok(()),
+                batch = reader.next_batch() => batch?,
+                _ = tokio::time::sleep(IDLE_TICK) => Vec::new(),
+            };
+            let mut outputs = Vec::new();
+            let mut rejected = Vec::new();
+            for record in &batch {
+                if let Err(reason) = self.operator.process(record, &mut outputs) {
+                    rejected.push(dead_letter(&self.id, &input, record, &reason));
+                }
+            }
+            if self.operator.stream_time() > last_event.0 {
+                last_event = (self.operator.stream_time(), Instant::now());
+            } else if batch.is_empty() && last_event.0 > i64::MIN {
+                // A quiet input still closes its windows: event time moves with the wall clock.
+                let idle = last_event.1.elapsed().as_millis() as i64;
+                self.operator.advance(last_event.0.saturating_add(idle), &mut outputs);
+            }
+            let changes = self.operator.take_changes();
+            if outputs.is_empty() && rejected.is_empty() && changes.is_empty() && batch.is_empty() {
+                continue;
+            }
+            let rows: Vec<NewRecord> =
+                outputs.into_iter().filter(|o| !already.remove(&o.id)).map(|o| self.record(o)).collect();
+            if !rows.is_empty() {
+                for appended in self.log.append(&self.sink, rows).await? {
+                    output_ends.advance_past(appended.partition, appended.offset);
+                }
+            }
+            if !rejected.is_empty() {
+                self.log.append(DEAD_LETTERS, rejected).await?;
+            }
+            marker.seq += 1;
+            marker.input = reader.positions().to_string();
+            marker.output = output_ends.to_string();
+            marker.stream_time = self.operator.stream_time();
+            self.checkpoint(&marker, changes).await?;
+        }
+    }
+
+    fn record(&self, output: Output) -> NewRecord {
+        let value = match output.value {
+            Some(map) => Bytes::from(serde_json::Value::Object(map).to_string()),
+            None => Bytes::new(),
+        };
+        NewRecord::new(output.timestamp, output.key.map(Bytes::from), value)
+            .with_header(QUERY_HEADER, self.id.clone())
+            .with_header(CAUSE_HEADER, output.id)
+    }
+
+    async fn checkpoint(&self, marker: &Marker, changes: Vec<(String, Option<String>)>) -> anyhow::Result<()> {
+        let tag = format!("{}:{}", marker.epoch, marker.seq);
+        let mut records: Vec<NewRecord> = changes
+            .into_iter()
+            .map(|(id, json)| {
+                NewRecord::new(marker.stream_time, Some(Bytes::from(id)), json.map(Bytes::from).unwrap_or_default())
+                    .with_header(CHECKPOINT_HEADER, tag.clone())
+            })
+            .collect();
+        let marker_json = serde_json::to_string(marker)?;
+        records.push(
+            NewRecord::new(marker.stream_time, Some(Bytes::from_static(MARKER_KEY.as_bytes())), marker_json)
+                .with_header(CHECKPOINT_HEADER, tag),
+        );
+        self.log.append(&self.state_stream(), records).await?;
+        Ok(())
+    }
+
+    /// Reads the last committed checkpoint back into the operator, and the rows written
+    /// after it.
+    async fn restore(&mut self) -> anyhow::Result<Restored> {
+        let mut reader = self.log.reader(&self.state_stream(), StartAt::Beginning)?;
+        let mut committed: HashMap<String, Option<String>> = HashMap::new();
+        let mut pending: Vec<(String, Option<String>)> = Vec::new();
+        let mut pending_tag: Option<Bytes> = None;
+        let mut marker: Option<Marker> = None;
+        loop {
+            let batch = reader.try_batch().await?;
+            if batch.is_empty() {
+                break;
+            }
+            for record in batch {
+                let tag = record.header(CHECKPOINT_HEADER).cloned();
+                let key = record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+                if tag != pending_tag {
+                    // Entries whose marker never came belong to a checkpoint cut by a crash.
+                    pending.clear();
+                    pending_tag = tag;
+                }
+                if key == MARKER_KEY {
+                    marker = Some(serde_json::from_slice(&record.value)?);
+                    committed.extend(pending.drain(..));
+                } else {
+                    let json = (!record.value.is_empty()).then(|| String::from_utf8_lossy(&record.value).into_owned());
+                    pending.push((key, json));
+                }
+            }
+        }
+        let Some(marker) = marker else {
+            // A new query: its first marker records where the output ends now, so rows from
+            // an earlier query of the same name are never taken for this one's.
+            let ends =
+                self.log.streams().into_iter().find(|s| s.name == self.sink).map(|s| s.end_offsets).unwrap_or_default();
+            let mut output = Positions::new();
+            for (p, end) in ends.into_iter().enumerate() {
+                output.set(p as u32, end);
+            }
+            let marker = Marker { output: output.to_string(), ..Marker::default() };
+            self.checkpoint(&marker, Vec::new()).await?;
+            return Ok(Restored { marker, already_written: HashSet::new() });
+        };
+        let entries = committed.len();
+        for (id, json) in committed {
+            self.operator.restore(id, json.as_deref(), marker.stream_time).map_err(anyhow::Error::msg)?;
+        }
+        // Rows this query wrote after its last checkpoint: the replay will produce them again.
+        let mut already_written = HashSet::new();
+        let output: Positions = marker.output.parse().unwrap_or_default();
+        let mut reader = self.log.reader(&self.sink, StartAt::Positions(output))?;
+        loop {
+            let batch = reader.try_batch().await?;
+            if batch.is_empty() {
+                break;
+            }
+            for record in batch {
+                if record.header(QUERY_HEADER).is_some_and(|q| q.as_ref() == self.id.as_bytes()) {
+                    if let Some(cause) = record.header(CAUSE_HEADER) {
+                        already_written.insert(String::from_utf8_lossy(cause).into_owned());
+                    }
+                }
+            }
+        }
+        tracing::info!(query = %self.id, state_entries = entries, rows_after_checkpoint = already_written.len(), "query state restored");
+        Ok(Restored { marker, already_written })
+    }
+}
+
+struct Restored {
+    marker: Marker,
+    already_written: HashSet<String>,
+}
+
+fn dead_letter(query: &str, stream: &str, record: &Record, reason: &str) -> NewRecord {
+    let value = serde_json::json!({
+        "reason": reason,
+        "query": query,
+        "stream": stream,
+        "partition": record.partition,
+        "offset": record.offset,
+        "value": String::from_utf8_lossy(&record.value),
+    });
+    NewRecord::new(record.timestamp, record.key.clone(), value.to_string())
+}

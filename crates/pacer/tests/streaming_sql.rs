@@ -1,0 +1,252 @@
+//! Streaming SQL end to end: ksqlDB statements sent with `pacer sql` over race data
+//! published with mosquitto_pub, results checked against an independent computation.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use common::Pacer;
+use serde_json::Value;
+
+const RACE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/race/sydney-half-2019.jsonl"));
+const FINISH: (f64, f64) = (-33.87014, 151.211945);
+
+/// Publishes every fix of the race over MQTT, one mosquitto_pub per runner (QoS 1, line mode).
+fn publish_race(pacer: &Pacer) -> usize {
+    let mut by_runner: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for line in RACE.lines() {
+        let fix: Value = serde_json::from_str(line).unwrap();
+        by_runner.entry(fix["who"].as_str().unwrap().to_string()).or_default().push(line);
+    }
+    for (who, lines) in &by_runner {
+        let mut child = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pacer.mqtt_port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                &format!("race/{who}"),
+                "-l",
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub must be installed (Debian mosquitto-clients)");
+        child.stdin.take().unwrap().write_all(lines.join("\n").as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    RACE.lines().count()
+}
+
+/// Haversine with ksqlDB's radius, written out here rather than taken from Pacer.
+fn km_to_finish(lat: f64, lon: f64) -> f64 {
+    let (p1, p2) = (lat.to_radians(), FINISH.0.to_radians());
+    let (dp, dl) = ((FINISH.0 - lat).to_radians(), (FINISH.1 - lon).to_radians());
+    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * 6371.0 * a.sqrt().atan2((1.0 - a).sqrt())
+}
+
+#[derive(Debug, Default)]
+struct Expected {
+    min_speed: f64,
+    max_speed: f64,
+    dist: f64,
+    count: i64,
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1e-12)
+}
+
+#[test]
+fn the_race_ksql_of_the_design_matches_an_independent_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(dir.path());
+    let create = "CREATE STREAM data_demo_stream (who VARCHAR, timeepoc BIGINT, lat DOUBLE, lon DOUBLE, alt DOUBLE, batt INT, speed DOUBLE)
+                    WITH (kafka_topic='race', value_format='JSON');
+                  CREATE TABLE runner_status AS
+                  SELECT who,
+                         MIN(speed) AS min_speed, MAX(speed) AS max_speed,
+                         MIN(GEO_DISTANCE(lat, lon, -33.87014, 151.211945, 'km')) AS dist_to_finish,
+                         COUNT(*) AS num_events
+                  FROM data_demo_stream WINDOW TUMBLING (SIZE 5 MINUTE)
+                  GROUP BY who;";
+    let out = pacer.sql(create);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("Stream data_demo_stream created") && said.contains("query CTAS_RUNNER_STATUS running"),
+        "{said}"
+    );
+
+    let total = publish_race(&pacer);
+
+    // The table's changelog: wait until its latest rows count every fix.
+    let latest: Mutex<HashMap<(String, i64), i64>> = Mutex::default();
+    pacer.wait_for_record("runner_status", |r| {
+        let v = &r["value"];
+        let mut latest = latest.lock().unwrap();
+        latest.insert(
+            (v["who"].as_str().unwrap().to_string(), v["WINDOWSTART"].as_i64().unwrap()),
+            v["num_events"].as_i64().unwrap(),
+        );
+        latest.values().sum::<i64>() == total as i64
+    });
+
+    let mut expected: BTreeMap<(String, i64), Expected> = BTreeMap::new();
+    for line in RACE.lines() {
+        let fix: Value = serde_json::from_str(line).unwrap();
+        let t = fix["timeepoc"].as_i64().unwrap() * 1000;
+        let window = t - t.rem_euclid(300_000);
+        let speed = fix["speed"].as_f64().unwrap();
+        let d = km_to_finish(fix["lat"].as_f64().unwrap(), fix["lon"].as_f64().unwrap());
+        let e = expected.entry((fix["who"].as_str().unwrap().to_string(), window)).or_insert(Expected {
+            min_speed: f64::MAX,
+            max_speed: f64::MIN,
+            dist: f64::MAX,
+            count: 0,
+        });
+        e.min_speed = e.min_speed.min(speed);
+        e.max_speed = e.max_speed.max(speed);
+        e.dist = e.dist.min(d);
+        e.count += 1;
+    }
+
+    let (status, table) = pacer.post_sql("SELECT * FROM runner_status");
+    assert_eq!(status, 200, "{table}");
+    let columns: Vec<&str> = table["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(columns, ["who", "min_speed", "max_speed", "dist_to_finish", "num_events", "WINDOWSTART", "WINDOWEND"]);
+    let rows = table["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), expected.len(), "one row per runner and 5-minute window");
+    for row in rows {
+        let key = (row[0].as_str().unwrap().to_string(), row[5].as_i64().unwrap());
+        let e = expected.get(&key).unwrap_or_else(|| panic!("unexpected window {key:?}"));
+        assert_eq!(row[6].as_i64().unwrap(), key.1 + 300_000);
+        assert_eq!(row[4].as_i64().unwrap(), e.count, "{key:?}");
+        assert!(close(row[1].as_f64().unwrap(), e.min_speed), "{key:?} min_speed {row:?} vs {e:?}");
+        assert!(close(row[2].as_f64().unwrap(), e.max_speed), "{key:?} max_speed {row:?} vs {e:?}");
+        assert!(close(row[3].as_f64().unwrap(), e.dist), "{key:?} dist_to_finish {row:?} vs {e:?}");
+    }
+
+    // A pull query by key, as ksqlDB users write it.
+    let (_, simon) = pacer.post_sql("SELECT who, num_events FROM runner_status WHERE who = 'simon' AND num_events > 0");
+    let simon_rows = simon["rows"].as_array().unwrap();
+    assert_eq!(simon_rows.len(), expected.keys().filter(|(w, _)| w == "simon").count());
+    assert!(simon_rows.iter().all(|r| r[0] == "simon"));
+}
+
+#[test]
+fn statements_are_checked_before_they_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(dir.path());
+    let (status, body) =
+        pacer.post_sql("CREATE STREAM s (who VARCHAR, speed DOUBLE) WITH (kafka_topic='race', value_format='JSON')");
+    assert_eq!((status, body["message"].as_str()), (200, Some("Stream s created")));
+
+    let (status, body) = pacer.post_sql("SELECT who FROM s WINDOW TUMBLING (SIZE 5 FORTNIGHTS) GROUP BY who");
+    assert_eq!(status, 400);
+    let e = body["error"].as_str().unwrap();
+    assert!(e.contains("Expected: a time unit") && e.contains("Line: 1, Column: 43"), "{e}");
+
+    let (_, body) = pacer.post_sql("CREATE TABLE t AS SELECT who, SUM(who) AS x FROM s GROUP BY who");
+    assert!(body["error"].as_str().unwrap().contains("SUM: expected a number, got STRING"), "{body}");
+    let (_, body) = pacer.post_sql("CREATE TABLE t AS SELECT who, speed FROM s GROUP BY who");
+    assert!(body["error"].as_str().unwrap().contains("speed: not in GROUP BY"), "{body}");
+    let (_, body) = pacer.post_sql("SHOW QUERIES");
+    assert_eq!(body["rows"].as_array().unwrap().len(), 0, "nothing started by the failed statements");
+
+    let out = pacer.sql("SELECT nope FROM s");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope: no such column in s (it has who, speed)"));
+}
+
+/// EMIT FINAL across `kill -9`: with the query killed at random moments while it works
+/// through its input, every closed window is emitted exactly once, with the values an
+/// uninterrupted run gives.
+#[test]
+fn emit_final_survives_kill_9_without_losing_or_repeating_a_window() {
+    const DEVICES: i64 = 40;
+    const FIXES: i64 = 500;
+    const BASE: i64 = 28_333_333 * 60_000; // a whole minute
+    let kills: usize = std::env::var("PACER_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(10);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    println!("kills={kills} seed={seed}");
+    let mut rng = seed;
+    let mut random = move |below: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % below
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut pacer = Pacer::start(dir.path());
+    let mut lines = String::new();
+    let mut expected: BTreeMap<(String, i64), (i64, f64, f64)> = BTreeMap::new();
+    for i in 0..FIXES {
+        for d in 0..DEVICES {
+            let (dev, ts, speed) = (format!("dev-{d}"), BASE + i * 1000, ((d * 7 + i * 13) % 50) as f64 + 0.5);
+            lines.push_str(&serde_json::json!({"dev": dev, "ts": ts, "speed": speed}).to_string());
+            lines.push('\n');
+            let window = ts - ts.rem_euclid(60_000);
+            if window + 60_000 <= BASE + (FIXES - 1) * 1000 {
+                let e = expected.entry((dev, window)).or_insert((0, f64::MIN, 0.0));
+                *e = (e.0 + 1, e.1.max(speed), e.2 + speed);
+            }
+        }
+    }
+    let mut produce = Command::new(common::PACER)
+        .args(["produce", "gen", "--server", &pacer.http])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    produce.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+    assert!(produce.wait().unwrap().success());
+
+    let out = pacer.sql(
+        "CREATE STREAM gen (dev VARCHAR, ts BIGINT, speed DOUBLE) WITH (kafka_topic='gen', value_format='JSON', timestamp='ts');
+         CREATE TABLE per_minute AS SELECT dev, COUNT(*) AS n, MAX(speed) AS top, SUM(speed) AS total FROM gen
+         WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 0 SECONDS) GROUP BY dev EMIT FINAL;",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for _ in 0..kills {
+        // A random moment of the query's work: this is when the kill lands, not a wait for anything.
+        std::thread::sleep(std::time::Duration::from_millis(random(250)));
+        drop(pacer);
+        pacer = Pacer::start(dir.path());
+    }
+
+    let seen: Mutex<HashMap<(String, i64), usize>> = Mutex::default();
+    pacer.wait_for_record("per_minute", |r| {
+        let v = &r["value"];
+        let mut seen = seen.lock().unwrap();
+        *seen.entry((v["dev"].as_str().unwrap().to_string(), v["WINDOWSTART"].as_i64().unwrap())).or_default() += 1;
+        expected.keys().all(|k| seen.contains_key(k))
+    });
+    let stored: Value = serde_json::from_str(&pacer.get("/api/v1/streams/per_minute/records?limit=100000")).unwrap();
+    let rows = stored["records"].as_array().unwrap();
+    let mut emitted: HashMap<(String, i64), Vec<&Value>> = HashMap::new();
+    for r in rows {
+        let v = &r["value"];
+        emitted
+            .entry((v["dev"].as_str().unwrap().to_string(), v["WINDOWSTART"].as_i64().unwrap()))
+            .or_default()
+            .push(v);
+    }
+    for (key, (n, top, total)) in &expected {
+        let got = emitted.get(key).unwrap_or_else(|| panic!("window {key:?} lost"));
+        assert_eq!(got.len(), 1, "window {key:?} emitted {} times: {got:?}", got.len());
+        let v = got[0];
+        assert_eq!(v["n"].as_i64(), Some(*n), "{key:?}");
+        assert_eq!(v["top"].as_f64(), Some(*top), "{key:?}");
+        assert!(close(v["total"].as_f64().unwrap(), *total), "{key:?}");
+    }
+    // Windows still open when the input ended may close later by the idle clock, once each.
+    assert!(emitted.values().all(|v| v.len() == 1), "a window was emitted twice");
+}
