@@ -136,15 +136,20 @@ impl AggregateCall {
 
     /// Adds one input row.
     pub fn add(&self, acc: &mut Acc, row: &[Value]) -> Result<(), String> {
-        let v = match &self.arg {
-            Some(e) => e.eval(row)?,
-            None => Value::Bool(true),
-        };
-        self.add_value(acc, v);
+        self.add_value(acc, self.input(row)?);
         Ok(())
     }
 
-    fn add_value(&self, acc: &mut Acc, v: Value) {
+    /// The value this aggregate takes from a row (evaluated before any state changes, so a
+    /// row that fails changes nothing).
+    pub fn input(&self, row: &[Value]) -> Result<Value, String> {
+        match &self.arg {
+            Some(e) => e.eval(row),
+            None => Ok(Value::Bool(true)),
+        }
+    }
+
+    pub fn add_value(&self, acc: &mut Acc, v: Value) {
         if v.is_null() && !matches!(self.kind, AggKind::Latest | AggKind::Earliest | AggKind::CollectList) {
             return;
         }

@@ -487,7 +487,7 @@ impl Engine {
                 let _ = operator.process(&record, &mut out);
                 for o in out.drain(..) {
                     if aggregated {
-                        latest.put(o.key, o.value);
+                        latest.put(o.key, o.window, o.value);
                     } else if let Some(v) = o.value {
                         rows.push(v);
                         if rows.len() >= limit.unwrap_or(DEFAULT_PULL_LIMIT) {
@@ -504,7 +504,7 @@ impl Engine {
             }
             for o in out.drain(..) {
                 if aggregated {
-                    latest.put(o.key, o.value);
+                    latest.put(o.key, o.window, o.value);
                 } else if let Some(v) = o.value {
                     rows.push(v);
                 }
@@ -599,15 +599,17 @@ impl LatestRows {
         self.order.len() - 1
     }
 
-    fn put(&mut self, key: Option<String>, value: Option<Map<String, Json>>) {
-        let window = value.as_ref().and_then(|v| v.get("WINDOWSTART").cloned());
-        let i = self.slot((key, window));
+    fn put(&mut self, key: Option<String>, window: Option<i64>, value: Option<Map<String, Json>>) {
+        let i = self.slot((key, window.map(Json::from)));
         self.values[i] = value;
     }
 
     fn put_record(&mut self, record: Record) {
         let key = record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned());
-        let window = serde_json::from_slice::<Json>(&record.value).ok().and_then(|v| v.get("WINDOWSTART").cloned());
+        let window = match record.header(query::WINDOW_HEADER) {
+            Some(start) => String::from_utf8_lossy(start).parse::<i64>().ok().map(Json::from),
+            None => serde_json::from_slice::<Json>(&record.value).ok().and_then(|v| v.get("WINDOWSTART").cloned()),
+        };
         let i = self.slot((key, window));
         self.records[i] = (!record.value.is_empty()).then_some(record);
     }

@@ -5,7 +5,8 @@
 //! when stream time passes its end plus the grace period; EMIT FINAL emits it then, once;
 //! a record for a closed window is late and rejected with the reason.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 use pacer_core::Record;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,8 @@ pub struct Output {
     pub timestamp: i64,
     /// Names what caused the row, so a restart can tell rows it already wrote.
     pub id: String,
+    /// The window's start, for windowed rows (tombstones have no value to say it).
+    pub window: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,8 +46,9 @@ struct WindowState {
 }
 
 pub struct Operator {
-    plan: Plan,
-    windows: HashMap<String, WindowState>,
+    plan: Arc<Plan>,
+    /// By state id: group text, NUL, window start (so a group's windows sort together).
+    windows: BTreeMap<String, WindowState>,
     /// (close time, state id) of open windows, earliest first.
     closing: BTreeSet<(i64, String)>,
     stream_time: i64,
@@ -61,8 +65,8 @@ impl Operator {
             }
         };
         Operator {
-            plan,
-            windows: HashMap::new(),
+            plan: Arc::new(plan),
+            windows: BTreeMap::new(),
             closing: BTreeSet::new(),
             stream_time: i64::MIN,
             changed: HashSet::new(),
@@ -96,7 +100,7 @@ impl Operator {
                     None => record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
                 };
                 let value = Some(project(items, &self.plan.output, &row)?);
-                out.push(Output { key, value, timestamp, id });
+                out.push(Output { key, value, timestamp, id, window: None });
             }
             Shape::Aggregate { .. } => self.aggregate(&row, timestamp, &id, out)?,
         }
@@ -104,10 +108,14 @@ impl Operator {
     }
 
     fn aggregate(&mut self, row: &[Value], timestamp: i64, id: &str, out: &mut Vec<Output>) -> Result<(), String> {
-        let Shape::Aggregate { group_by, calls, window, .. } = &self.plan.shape else { unreachable!() };
+        let plan = self.plan.clone();
+        let Shape::Aggregate { group_by, calls, window, .. } = &plan.shape else { unreachable!() };
+        let close = |end: i64| close_time(*window, end);
         let group = group_by.iter().map(|g| g.eval(row)).collect::<Result<Vec<_>, _>>()?;
+        let inputs = calls.iter().map(|c| c.input(row)).collect::<Result<Vec<_>, _>>()?;
         let group_text = key_text(&group).unwrap_or_default();
-        let starts: Vec<(i64, i64)> = match window.map(|w| w.kind) {
+        let grace = window.map_or(0, |w| w.grace);
+        let windows: Vec<(i64, i64)> = match window.map(|w| w.kind) {
             None => vec![(NO_WINDOW, i64::MAX)],
             Some(WindowKind::Tumbling { size }) => {
                 let start = timestamp - timestamp.rem_euclid(size);
@@ -123,45 +131,42 @@ impl Operator {
                 starts.reverse();
                 starts
             }
-            Some(WindowKind::Session { .. }) => return Err("SESSION windows are not supported yet".into()),
+            Some(WindowKind::Session { gap }) => vec![self.join_session(&group_text, timestamp, gap, out)],
         };
-        let grace = window.map_or(0, |w| w.grace);
-        // Evaluate the aggregates' inputs before touching state, so a bad record changes nothing.
-        let mut updated = Vec::with_capacity(starts.len());
-        let mut accepted = false;
-        for (start, end) in starts {
-            if start != NO_WINDOW && end.saturating_add(grace) <= self.stream_time {
+        let mut updated = Vec::with_capacity(windows.len());
+        for (start, end) in windows {
+            let state_id = format!("{group_text}\u{0}{start}");
+            if start != NO_WINDOW && !self.windows.contains_key(&state_id) && close(end) <= self.stream_time {
                 continue;
             }
-            accepted = true;
-            let state_id = format!("{group_text}\u{0}{start}");
-            if !self.windows.contains_key(&state_id) {
-                let accs = calls.iter().map(|c| c.start()).collect();
-                self.windows
-                    .insert(state_id.clone(), WindowState { group: group.clone(), start, end, accs, last: timestamp });
-                if start != NO_WINDOW {
-                    self.closing.insert((end.saturating_add(grace), state_id.clone()));
-                }
+            let state = self.windows.entry(state_id.clone()).or_insert_with(|| WindowState {
+                group: group.clone(),
+                start,
+                end,
+                accs: calls.iter().map(|c| c.start()).collect(),
+                last: timestamp,
+            });
+            if start != NO_WINDOW && state.end != end {
+                // A session grew: it closes later.
+                self.closing.remove(&(close(state.end), state_id.clone()));
+                state.end = end;
+            }
+            if start != NO_WINDOW {
+                self.closing.insert((close(end), state_id.clone()));
             }
             updated.push(state_id);
         }
-        if !accepted {
+        if updated.is_empty() {
             return Err(format!(
                 "late record: event time {timestamp} is past every window it belongs to (stream time {}, grace period {grace} ms)",
                 self.stream_time
             ));
         }
-        let mut staged: Vec<(String, Vec<Acc>)> = Vec::with_capacity(updated.len());
-        for state_id in &updated {
-            let mut accs = self.windows[state_id].accs.clone();
-            for (call, acc) in calls.iter().zip(&mut accs) {
-                call.add(acc, row)?;
-            }
-            staged.push((state_id.clone(), accs));
-        }
-        for (state_id, accs) in staged {
+        for state_id in updated {
             let state = self.windows.get_mut(&state_id).expect("created above");
-            state.accs = accs;
+            for ((call, acc), v) in calls.iter().zip(&mut state.accs).zip(&inputs) {
+                call.add_value(acc, v.clone());
+            }
             state.last = state.last.max(timestamp);
             self.changed.insert(state_id.clone());
             if self.plan.emit != Emit::Final {
@@ -171,6 +176,63 @@ impl Operator {
         }
         self.advance(timestamp, out);
         Ok(())
+    }
+
+    /// The session a record at `timestamp` belongs to: sessions of its group within `gap` of
+    /// it merge into one (earliest first); removed ones are deleted from the table.
+    fn join_session(&mut self, group_text: &str, timestamp: i64, gap: i64, out: &mut Vec<Output>) -> (i64, i64) {
+        let plan = self.plan.clone();
+        let Shape::Aggregate { calls, window, .. } = &plan.shape else { unreachable!() };
+        let close = |end: i64| close_time(*window, end);
+        let prefix = format!("{group_text}\u{0}");
+        let touching: Vec<String> = self
+            .windows
+            .range(prefix.clone()..)
+            .take_while(|(id, _)| id.starts_with(&prefix))
+            .filter(|(_, s)| s.start - gap <= timestamp && timestamp <= s.end + gap)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut sessions: Vec<WindowState> = Vec::new();
+        for id in &touching {
+            let state = self.windows.remove(id).expect("listed above");
+            self.closing.remove(&(close(state.end), id.clone()));
+            self.changed.insert(id.clone());
+            sessions.push(state);
+        }
+        sessions.sort_by_key(|s| s.start);
+        let (mut start, mut end) = (timestamp, timestamp);
+        let mut merged: Option<WindowState> = None;
+        for session in sessions {
+            start = start.min(session.start);
+            end = end.max(session.end);
+            if self.plan.emit != Emit::Final {
+                out.push(Output {
+                    key: key_text(&session.group),
+                    value: None,
+                    timestamp: session.last,
+                    id: format!("{}@{}-", group_text, session.start),
+                    window: Some(session.start),
+                });
+            }
+            match &mut merged {
+                None => merged = Some(session),
+                Some(m) => {
+                    for ((call, acc), later) in calls.iter().zip(&mut m.accs).zip(session.accs) {
+                        call.merge(acc, later);
+                    }
+                    m.last = m.last.max(session.last);
+                }
+            }
+        }
+        if let Some(mut m) = merged {
+            m.start = start;
+            m.end = end;
+            let id = format!("{group_text}\u{0}{start}");
+            self.changed.insert(id.clone());
+            self.closing.insert((close(end), id.clone()));
+            self.windows.insert(id, m);
+        }
+        (start, end)
     }
 
     /// Moves stream time to `t` (never back), closing windows whose end plus grace passed:
@@ -216,7 +278,8 @@ impl Operator {
             None => true,
         };
         let value = if keep { Some(project(items, &self.plan.output, &row)?) } else { None };
-        Ok(Output { key, value, timestamp: state.last, id })
+        let window = (state.start != NO_WINDOW).then_some(state.start);
+        Ok(Output { key, value, timestamp: state.last, id, window })
     }
 
     /// State changed since the last call, for a checkpoint: (state id, JSON or None when
@@ -245,11 +308,11 @@ impl Operator {
             Some(json) => {
                 let state: WindowState = serde_json::from_str(json).map_err(|e| format!("checkpointed state: {e}"))?;
                 if state.start != NO_WINDOW {
-                    let grace = match &self.plan.shape {
-                        Shape::Aggregate { window: Some(w), .. } => w.grace,
-                        _ => 0,
+                    let window = match &self.plan.shape {
+                        Shape::Aggregate { window, .. } => *window,
+                        Shape::Project { .. } => None,
                     };
-                    self.closing.insert((state.end.saturating_add(grace), state_id.clone()));
+                    self.closing.insert((close_time(window, state.end), state_id.clone()));
                 }
                 self.windows.insert(state_id, state);
             }
@@ -310,6 +373,21 @@ impl Operator {
             row[WHOLE_VALUE] = Value::from_json(&Json::Object(object));
         }
         Ok(row)
+    }
+}
+
+/// When a window ending at `end` stops taking records: its end plus the grace period, and
+/// for sessions also the gap (a record that close would still extend it).
+fn close_time(window: Option<super::ast::Window>, end: i64) -> i64 {
+    match window {
+        Some(w) => {
+            let gap = match w.kind {
+                WindowKind::Session { gap } => gap,
+                _ => 0,
+            };
+            end.saturating_add(gap).saturating_add(w.grace)
+        }
+        None => i64::MAX,
     }
 }
 
@@ -465,6 +543,34 @@ mod tests {
         op.process(&record(0, 45_000, "a", 1.0), &mut out).unwrap();
         let starts: Vec<_> = out.iter().map(|o| o.value.as_ref().unwrap()["WINDOWSTART"].clone()).collect();
         assert_eq!(starts, [Json::from(0), Json::from(30_000)], "a record at 45 s is in [0, 60) and [30, 90)");
+    }
+
+    #[test]
+    fn session_windows_merge_when_a_record_bridges_them() {
+        let mut op = operator("SELECT who, COUNT(*) AS n, SUM(speed) AS total FROM s WINDOW SESSION (30 SECONDS) GROUP BY who EMIT CHANGES");
+        let mut out = Vec::new();
+        for (i, t) in [0, 10_000, 100_000, 75_000, 45_000].iter().enumerate() {
+            op.process(&record(i as u64, *t, "a", 1.0), &mut out).unwrap();
+        }
+        // The table as a reader folds it: latest row per window start, tombstones delete.
+        let fold = |out: &[Output]| {
+            let mut table = std::collections::BTreeMap::new();
+            for o in out {
+                match &o.value {
+                    Some(v) => table.insert(o.window.unwrap(), (v["n"].clone(), v["WINDOWEND"].clone())),
+                    None => table.remove(&o.window.unwrap()),
+                };
+            }
+            table
+        };
+        assert_eq!(
+            fold(&out),
+            [(0, (Json::from(2), Json::from(10_000))), (45_000, (Json::from(3), Json::from(100_000)))].into(),
+            "[0, 10 s] and [45 s, 100 s] stay apart: 35 s between them"
+        );
+        op.process(&record(5, 40_000, "a", 1.0), &mut out).unwrap();
+        assert_eq!(fold(&out), [(0, (Json::from(6), Json::from(100_000)))].into(), "40 s is within 30 s of both");
+        assert_eq!(out.last().unwrap().value.as_ref().unwrap()["total"], 6.0);
     }
 
     #[test]

@@ -160,9 +160,6 @@ pub fn plan(select: &Select, source: &Source) -> Result<Plan, PlanError> {
         let (items, output) = select_items(&select.items, &mut input, source)?;
         (Shape::Project { items, key }, output)
     };
-    if matches!(select.window.map(|w| w.kind), Some(super::ast::WindowKind::Session { .. })) {
-        return plan_error("SESSION windows are not supported yet (TUMBLING and HOPPING are)");
-    }
     Ok(Plan {
         source: source.clone(),
         fields: input.fields,

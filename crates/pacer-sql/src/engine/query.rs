@@ -24,6 +24,8 @@ use super::operator::{Operator, Output};
 /// Headers on every row a query writes.
 pub const QUERY_HEADER: &str = "pacer.query";
 pub const CAUSE_HEADER: &str = "pacer.cause";
+/// The window start of a windowed row; a tombstone has no value to carry it.
+pub const WINDOW_HEADER: &str = "pacer.window_start";
 const CHECKPOINT_HEADER: &str = "pacer.checkpoint";
 /// Key of the marker record that commits a checkpoint.
 const MARKER_KEY: &str = "\u{1}checkpoint";
@@ -117,9 +119,13 @@ impl QueryRunner {
             Some(map) => Bytes::from(serde_json::Value::Object(map).to_string()),
             None => Bytes::new(),
         };
-        NewRecord::new(output.timestamp, output.key.map(Bytes::from), value)
+        let record = NewRecord::new(output.timestamp, output.key.map(Bytes::from), value)
             .with_header(QUERY_HEADER, self.id.clone())
-            .with_header(CAUSE_HEADER, output.id)
+            .with_header(CAUSE_HEADER, output.id);
+        match output.window {
+            Some(start) => record.with_header(WINDOW_HEADER, start.to_string()),
+            None => record,
+        }
     }
 
     async fn checkpoint(&self, marker: &Marker, changes: Vec<(String, Option<String>)>) -> anyhow::Result<()> {
