@@ -1,6 +1,7 @@
 //! The `pacer` command: `up`, `demo`, `tail`, `sql`.
 
 mod bench;
+mod bench_sql;
 mod config;
 mod produce;
 mod server;
@@ -177,6 +178,20 @@ enum Bench {
         #[arg(long, default_value = "always,batch,off", value_delimiter = ',', value_parser = parse_fsync)]
         fsync: Vec<pacer_log::FsyncPolicy>,
     },
+    /// A windowed GROUP BY run by the SQL engine on one core (compare with DuckDB: scripts/bench-sql.sh)
+    Sql {
+        #[arg(long, default_value_t = 10_000_000)]
+        records: u64,
+        /// Devices (GROUP BY keys)
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Directory for the log
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Also write the readings as JSON lines to this file
+        #[arg(long)]
+        ndjson: Option<PathBuf>,
+    },
     /// Publish throughput and PUBLISH→PUBACK latency
     Publish {
         #[arg(long, default_value = "127.0.0.1")]
@@ -273,6 +288,7 @@ async fn run_bench(bench: Bench) -> anyhow::Result<()> {
             println!("{}", pacer_sim::bench::pubsub(bench).await?);
             Ok(())
         }
+        Bench::Sql { records, keys, dir, ndjson } => bench_sql::sql(bench_sql::SqlBench { records, keys, dir, ndjson }).await,
         Bench::Log { records, record_bytes, producers, batch, dir, fsync } => {
             bench::log(bench::LogBench { records, record_bytes, producers, batch, dir, policies: fsync }).await
         }
