@@ -288,7 +288,9 @@ async fn run_bench(bench: Bench) -> anyhow::Result<()> {
             println!("{}", pacer_sim::bench::pubsub(bench).await?);
             Ok(())
         }
-        Bench::Sql { records, keys, dir, ndjson } => bench_sql::sql(bench_sql::SqlBench { records, keys, dir, ndjson }).await,
+        Bench::Sql { records, keys, dir, ndjson } => {
+            bench_sql::sql(bench_sql::SqlBench { records, keys, dir, ndjson }).await
+        }
         Bench::Log { records, record_bytes, producers, batch, dir, fsync } => {
             bench::log(bench::LogBench { records, record_bytes, producers, batch, dir, policies: fsync }).await
         }

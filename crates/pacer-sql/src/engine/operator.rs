@@ -4,20 +4,37 @@
 //! Event time drives windows: stream time is the largest timestamp seen. A window closes
 //! when stream time passes its end plus the grace period; EMIT FINAL emits it then, once;
 //! a record for a closed window is late and rejected with the reason.
+//!
+//! Built for one record at a time at millions per second: JSON values are decoded straight
+//! into the row's slots (only the fields the query reads), windows are found by group
+//! without allocating, and state is marked dirty rather than copied per record.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use foldhash::fast::RandomState;
+use std::fmt;
 use std::sync::Arc;
 
 use pacer_core::Record;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
 use super::aggregate::Acc;
-use super::ast::{Emit, WindowKind};
+use super::ast::{Emit, Window, WindowKind};
+use super::expr::Expr;
 use super::plan::{
-    first_aggregate_slot, Field, Item, Plan, Shape, FIRST_FIELD, ROWKEY, ROWOFFSET, ROWPARTITION, ROWTIME, WHOLE_VALUE,
+    first_aggregate_slot, Column, Field, Item, Plan, Shape, FIRST_FIELD, ROWKEY, ROWOFFSET, ROWPARTITION, ROWTIME,
+    WHOLE_VALUE,
 };
 use super::value::{DataType, Value};
+
+/// A record's group: one string column of the row, or computed values.
+enum Group {
+    Column(usize),
+    Values(Vec<Value>),
+}
 
 /// Start of the single "window" of an unwindowed aggregate.
 const NO_WINDOW: i64 = i64::MIN;
@@ -43,18 +60,24 @@ struct WindowState {
     accs: Vec<Acc>,
     /// Latest event time that updated the window: its rows' timestamp.
     last: i64,
+    /// Changed since the last checkpoint (and listed in `Operator::changed`).
+    #[serde(skip)]
+    dirty: bool,
 }
 
 pub struct Operator {
     plan: Arc<Plan>,
-    /// By state id: group text, NUL, window start (so a group's windows sort together).
-    windows: BTreeMap<String, WindowState>,
-    /// (close time, state id) of open windows, earliest first.
-    closing: BTreeSet<(i64, String)>,
+    /// Open windows by group text; a group has only a few at a time.
+    groups: HashMap<Box<str>, Vec<WindowState>, RandomState>,
+    /// (close time, group, start) of open windows, earliest first.
+    closing: BTreeSet<(i64, Box<str>, i64)>,
     stream_time: i64,
-    /// State ids changed or removed since the last `take_changes`.
-    changed: HashSet<String>,
+    /// Windows changed or removed since the last `take_changes`.
+    changed: Vec<(Box<str>, i64)>,
     whole_value: bool,
+    /// Reused for every record.
+    row: Vec<Value>,
+    inputs: Vec<Value>,
 }
 
 impl Operator {
@@ -65,12 +88,14 @@ impl Operator {
             }
         };
         Operator {
+            row: vec![Value::Null; FIRST_FIELD + plan.fields.len()],
             plan: Arc::new(plan),
-            windows: BTreeMap::new(),
+            groups: HashMap::default(),
             closing: BTreeSet::new(),
             stream_time: i64::MIN,
-            changed: HashSet::new(),
+            changed: Vec::new(),
             whole_value,
+            inputs: Vec::new(),
         }
     }
 
@@ -85,37 +110,67 @@ impl Operator {
     /// Runs one record through; rows it causes go to `out`. An error rejects this record
     /// only (the reason goes to the dead-letter stream).
     pub fn process(&mut self, record: &Record, out: &mut Vec<Output>) -> Result<(), String> {
-        let row = self.decode(record)?;
-        if let Some(filter) = &self.plan.filter {
-            if !filter.eval(&row)?.is_true() {
+        let mut row = std::mem::take(&mut self.row);
+        let result = self.process_row(record, &mut row, out);
+        self.row = row;
+        result
+    }
+
+    fn process_row(&mut self, record: &Record, row: &mut [Value], out: &mut Vec<Output>) -> Result<(), String> {
+        self.decode(record, row)?;
+        let plan = self.plan.clone();
+        if let Some(filter) = &plan.filter {
+            if !filter.eval(row)?.is_true() {
                 return Ok(());
             }
         }
         let timestamp = row[ROWTIME].as_i64().unwrap_or(record.timestamp);
-        let id = format!("{}:{}", record.partition, record.offset);
-        match &self.plan.shape {
+        match &plan.shape {
             Shape::Project { items, key } => {
                 let key = match key {
-                    Some(k) => key_text(&[k.eval(&row)?]),
+                    Some(k) => key_text(&[k.eval(row)?]),
                     None => record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
                 };
-                let value = Some(project(items, &self.plan.output, &row)?);
+                let value = Some(project(items, &plan.output, row)?);
+                let id = format!("{}:{}", record.partition, record.offset);
                 out.push(Output { key, value, timestamp, id, window: None });
             }
-            Shape::Aggregate { .. } => self.aggregate(&row, timestamp, &id, out)?,
+            Shape::Aggregate { .. } => self.aggregate(&plan, record, row, timestamp, out)?,
         }
         Ok(())
     }
 
-    fn aggregate(&mut self, row: &[Value], timestamp: i64, id: &str, out: &mut Vec<Output>) -> Result<(), String> {
-        let plan = self.plan.clone();
+    fn aggregate(
+        &mut self,
+        plan: &Plan,
+        record: &Record,
+        row: &[Value],
+        timestamp: i64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), String> {
         let Shape::Aggregate { group_by, calls, window, .. } = &plan.shape else { unreachable!() };
-        let close = |end: i64| close_time(*window, end);
-        let group = group_by.iter().map(|g| g.eval(row)).collect::<Result<Vec<_>, _>>()?;
-        let inputs = calls.iter().map(|c| c.input(row)).collect::<Result<Vec<_>, _>>()?;
-        let group_text = key_text(&group).unwrap_or_default();
+        self.inputs.clear();
+        for call in calls {
+            self.inputs.push(call.input(row)?);
+        }
+        // The group's text without allocating when it is one string column (the usual
+        // GROUP BY device); its values are only copied when a window opens.
+        let (group, owned_text) = match group_by.as_slice() {
+            [Expr::Column(slot)] if matches!(row[*slot], Value::String(_)) => (Group::Column(*slot), None),
+            _ => {
+                let values = group_by.iter().map(|g| g.eval(row)).collect::<Result<Vec<_>, _>>()?;
+                let text = key_text(&values).unwrap_or_default();
+                (Group::Values(values), Some(text))
+            }
+        };
+        let text: &str = match (&group, &owned_text) {
+            (Group::Column(slot), _) => row[*slot].as_str().expect("checked above"),
+            (_, Some(t)) => t,
+            _ => unreachable!(),
+        };
         let grace = window.map_or(0, |w| w.grace);
-        let windows: Vec<(i64, i64)> = match window.map(|w| w.kind) {
+        let close = |end: i64| close_time(*window, end);
+        let spans: Vec<(i64, i64)> = match window.map(|w| w.kind) {
             None => vec![(NO_WINDOW, i64::MAX)],
             Some(WindowKind::Tumbling { size }) => {
                 let start = timestamp - timestamp.rem_euclid(size);
@@ -131,48 +186,55 @@ impl Operator {
                 starts.reverse();
                 starts
             }
-            Some(WindowKind::Session { gap }) => vec![self.join_session(&group_text, timestamp, gap, out)],
+            Some(WindowKind::Session { gap }) => vec![self.join_session(plan, text, timestamp, gap, out)],
         };
-        let mut updated = Vec::with_capacity(windows.len());
-        for (start, end) in windows {
-            let state_id = format!("{group_text}\u{0}{start}");
-            if start != NO_WINDOW && !self.windows.contains_key(&state_id) && close(end) <= self.stream_time {
-                continue;
+        let mut accepted = false;
+        for (start, end) in spans {
+            let windows = match self.groups.get_mut(text) {
+                Some(w) => w,
+                None => self.groups.entry(Box::from(text)).or_default(),
+            };
+            let i = match windows.iter().position(|w| w.start == start) {
+                Some(i) => i,
+                None => {
+                    if start != NO_WINDOW && close(end) <= self.stream_time {
+                        continue;
+                    }
+                    let accs = calls.iter().map(|c| c.start()).collect();
+                    let values = match &group {
+                        Group::Column(slot) => vec![row[*slot].clone()],
+                        Group::Values(values) => values.clone(),
+                    };
+                    windows.push(WindowState { group: values, start, end, accs, last: timestamp, dirty: false });
+                    if start != NO_WINDOW {
+                        self.closing.insert((close(end), Box::from(text), start));
+                    }
+                    windows.len() - 1
+                }
+            };
+            accepted = true;
+            let state = &mut windows[i];
+            for ((call, acc), v) in calls.iter().zip(&mut state.accs).zip(&self.inputs) {
+                call.add_value(acc, v.clone());
             }
-            let state = self.windows.entry(state_id.clone()).or_insert_with(|| WindowState {
-                group: group.clone(),
-                start,
-                end,
-                accs: calls.iter().map(|c| c.start()).collect(),
-                last: timestamp,
-            });
-            if start != NO_WINDOW && state.end != end {
-                // A session grew: it closes later.
-                self.closing.remove(&(close(state.end), state_id.clone()));
-                state.end = end;
+            state.last = state.last.max(timestamp);
+            if !state.dirty {
+                state.dirty = true;
+                self.changed.push((Box::from(text), start));
             }
-            if start != NO_WINDOW {
-                self.closing.insert((close(end), state_id.clone()));
+            if plan.emit != Emit::Final {
+                let id = format!("{}:{}:{}", record.partition, record.offset, state.start);
+                out.push(window_row(plan, state, id)?);
             }
-            updated.push(state_id);
         }
-        if updated.is_empty() {
+        if !accepted {
+            if self.groups.get(text).is_some_and(|w| w.is_empty()) {
+                self.groups.remove(text);
+            }
             return Err(format!(
                 "late record: event time {timestamp} is past every window it belongs to (stream time {}, grace period {grace} ms)",
                 self.stream_time
             ));
-        }
-        for state_id in updated {
-            let state = self.windows.get_mut(&state_id).expect("created above");
-            for ((call, acc), v) in calls.iter().zip(&mut state.accs).zip(&inputs) {
-                call.add_value(acc, v.clone());
-            }
-            state.last = state.last.max(timestamp);
-            self.changed.insert(state_id.clone());
-            if self.plan.emit != Emit::Final {
-                let state = &self.windows[&state_id];
-                out.push(self.window_row(state, format!("{id}:{}", state.start))?);
-            }
         }
         self.advance(timestamp, out);
         Ok(())
@@ -180,37 +242,33 @@ impl Operator {
 
     /// The session a record at `timestamp` belongs to: sessions of its group within `gap` of
     /// it merge into one (earliest first); removed ones are deleted from the table.
-    fn join_session(&mut self, group_text: &str, timestamp: i64, gap: i64, out: &mut Vec<Output>) -> (i64, i64) {
-        let plan = self.plan.clone();
+    fn join_session(&mut self, plan: &Plan, text: &str, timestamp: i64, gap: i64, out: &mut Vec<Output>) -> (i64, i64) {
         let Shape::Aggregate { calls, window, .. } = &plan.shape else { unreachable!() };
         let close = |end: i64| close_time(*window, end);
-        let prefix = format!("{group_text}\u{0}");
-        let touching: Vec<String> = self
-            .windows
-            .range(prefix.clone()..)
-            .take_while(|(id, _)| id.starts_with(&prefix))
-            .filter(|(_, s)| s.start - gap <= timestamp && timestamp <= s.end + gap)
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut sessions: Vec<WindowState> = Vec::new();
-        for id in &touching {
-            let state = self.windows.remove(id).expect("listed above");
-            self.closing.remove(&(close(state.end), id.clone()));
-            self.changed.insert(id.clone());
-            sessions.push(state);
+        let Some(windows) = self.groups.get_mut(text) else { return (timestamp, timestamp) };
+        let mut touching: Vec<WindowState> = Vec::new();
+        let mut i = 0;
+        while i < windows.len() {
+            if windows[i].start - gap <= timestamp && timestamp <= windows[i].end + gap {
+                touching.push(windows.swap_remove(i));
+            } else {
+                i += 1;
+            }
         }
-        sessions.sort_by_key(|s| s.start);
+        touching.sort_by_key(|s| s.start);
         let (mut start, mut end) = (timestamp, timestamp);
         let mut merged: Option<WindowState> = None;
-        for session in sessions {
+        for session in touching {
             start = start.min(session.start);
             end = end.max(session.end);
-            if self.plan.emit != Emit::Final {
+            self.closing.remove(&(close(session.end), Box::from(text), session.start));
+            self.changed.push((Box::from(text), session.start));
+            if plan.emit != Emit::Final {
                 out.push(Output {
                     key: key_text(&session.group),
                     value: None,
                     timestamp: session.last,
-                    id: format!("{}@{}-", group_text, session.start),
+                    id: format!("{text}@{}-", session.start),
                     window: Some(session.start),
                 });
             }
@@ -227,10 +285,10 @@ impl Operator {
         if let Some(mut m) = merged {
             m.start = start;
             m.end = end;
-            let id = format!("{group_text}\u{0}{start}");
-            self.changed.insert(id.clone());
-            self.closing.insert((close(end), id.clone()));
-            self.windows.insert(id, m);
+            m.dirty = true;
+            self.changed.push((Box::from(text), start));
+            self.closing.insert((close(end), Box::from(text), start));
+            windows.push(m);
         }
         (start, end)
     }
@@ -242,57 +300,41 @@ impl Operator {
             return;
         }
         self.stream_time = t;
-        while let Some((close, _)) = self.closing.first() {
-            if *close > t {
-                break;
+        while self.closing.first().is_some_and(|(close, _, _)| *close <= t) {
+            let (_, group, start) = self.closing.pop_first().expect("checked above");
+            let Some(windows) = self.groups.get_mut(&group) else { continue };
+            let Some(i) = windows.iter().position(|w| w.start == start) else { continue };
+            let state = windows.swap_remove(i);
+            if windows.is_empty() {
+                self.groups.remove(&group);
             }
-            let (_, state_id) = self.closing.pop_first().expect("peeked");
-            let Some(state) = self.windows.remove(&state_id) else { continue };
-            self.changed.insert(state_id.clone());
             if self.plan.emit == Emit::Final {
-                let id = format!("{}@{}", key_text(&state.group).unwrap_or_default(), state.start);
-                match self.window_row(&state, id) {
+                let id = format!("{group}@{start}");
+                match window_row(&self.plan, &state, id) {
                     Ok(row) => out.push(row),
                     Err(e) => tracing::warn!(error = %e, "a closed window's row could not be computed"),
                 }
             }
+            self.changed.push((group, start));
         }
-    }
-
-    /// The row of one window (or group): HAVING decides between the row and a tombstone.
-    fn window_row(&self, state: &WindowState, id: String) -> Result<Output, String> {
-        let Shape::Aggregate { calls, having, items, group_by, .. } = &self.plan.shape else { unreachable!() };
-        let mut row = state.group.clone();
-        let (start, end) = if state.start == NO_WINDOW {
-            (Value::Null, Value::Null)
-        } else {
-            (Value::Int(state.start), Value::Int(state.end))
-        };
-        row.push(start);
-        row.push(end);
-        debug_assert_eq!(row.len(), first_aggregate_slot(group_by.len()));
-        row.extend(calls.iter().zip(&state.accs).map(|(c, a)| c.result(a)));
-        let key = key_text(&state.group);
-        let keep = match having {
-            Some(h) => h.eval(&row)?.is_true(),
-            None => true,
-        };
-        let value = if keep { Some(project(items, &self.plan.output, &row)?) } else { None };
-        let window = (state.start != NO_WINDOW).then_some(state.start);
-        Ok(Output { key, value, timestamp: state.last, id, window })
     }
 
     /// State changed since the last call, for a checkpoint: (state id, JSON or None when
     /// the window is gone).
     pub fn take_changes(&mut self) -> Vec<(String, Option<String>)> {
-        let mut changes: Vec<(String, Option<String>)> = self
-            .changed
-            .drain()
-            .map(|id| {
-                let json = self.windows.get(&id).map(|s| serde_json::to_string(s).expect("window state serializes"));
-                (id, json)
-            })
-            .collect();
+        let mut seen = HashSet::new();
+        let mut changes = Vec::new();
+        for (group, start) in std::mem::take(&mut self.changed) {
+            if !seen.insert((group.clone(), start)) {
+                continue;
+            }
+            let state = self.groups.get_mut(&group).and_then(|w| w.iter_mut().find(|w| w.start == start));
+            let json = state.map(|s| {
+                s.dirty = false;
+                serde_json::to_string(s).expect("window state serializes")
+            });
+            changes.push((format!("{group}\u{0}{start}"), json));
+        }
         changes.sort();
         changes
     }
@@ -300,85 +342,135 @@ impl Operator {
     /// Puts checkpointed state back.
     pub fn restore(&mut self, state_id: String, json: Option<&str>, stream_time: i64) -> Result<(), String> {
         self.stream_time = self.stream_time.max(stream_time);
-        self.closing.retain(|(_, id)| *id != state_id);
-        match json {
-            None => {
-                self.windows.remove(&state_id);
+        let (group, start) = state_id
+            .rsplit_once('\u{0}')
+            .and_then(|(g, s)| Some((g, s.parse::<i64>().ok()?)))
+            .ok_or_else(|| format!("checkpointed state: bad id {state_id:?}"))?;
+        let window = match &self.plan.shape {
+            Shape::Aggregate { window, .. } => *window,
+            Shape::Project { .. } => None,
+        };
+        if let Some(windows) = self.groups.get_mut(group) {
+            if let Some(i) = windows.iter().position(|w| w.start == start) {
+                let old = windows.swap_remove(i);
+                self.closing.remove(&(close_time(window, old.end), Box::from(group), start));
             }
-            Some(json) => {
-                let state: WindowState = serde_json::from_str(json).map_err(|e| format!("checkpointed state: {e}"))?;
-                if state.start != NO_WINDOW {
-                    let window = match &self.plan.shape {
-                        Shape::Aggregate { window, .. } => *window,
-                        Shape::Project { .. } => None,
-                    };
-                    self.closing.insert((close_time(window, state.end), state_id.clone()));
-                }
-                self.windows.insert(state_id, state);
+        }
+        if let Some(json) = json {
+            let state: WindowState = serde_json::from_str(json).map_err(|e| format!("checkpointed state: {e}"))?;
+            if state.start != NO_WINDOW {
+                self.closing.insert((close_time(window, state.end), Box::from(group), state.start));
             }
+            self.groups.entry(Box::from(group)).or_default().push(state);
         }
         Ok(())
     }
 
-    /// Turns a record into a row: pseudo columns, then the plan's fields with their types.
-    fn decode(&self, record: &Record) -> Result<Vec<Value>, String> {
-        let mut row = vec![Value::Null; FIRST_FIELD + self.plan.fields.len()];
+    /// Fills `row` from a record: pseudo columns, then the plan's fields with their types.
+    fn decode(&self, record: &Record, row: &mut [Value]) -> Result<(), String> {
         row[ROWTIME] = Value::Int(record.timestamp);
-        let key = record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned());
-        row[ROWKEY] = key.clone().map_or(Value::Null, Value::String);
+        let fields = &self.plan.fields;
+        let needs_key = self.plan.reads_key || fields.iter().any(|f| f.key);
+        let key = record.key.as_ref().filter(|_| needs_key).map(|k| String::from_utf8_lossy(k));
+        if self.plan.reads_key {
+            row[ROWKEY] = key.as_ref().map_or(Value::Null, |k| Value::String(k.to_string()));
+        }
         row[ROWPARTITION] = Value::Int(record.partition as i64);
         row[ROWOFFSET] = Value::Int(record.offset as i64);
-        let needs_value = self.whole_value || self.plan.fields.iter().any(|f| !f.key);
-        let object = if needs_value {
-            match serde_json::from_slice::<Json>(&record.value) {
+        if self.whole_value {
+            for slot in &mut row[FIRST_FIELD..] {
+                *slot = Value::Null;
+            }
+            let object = match serde_json::from_slice::<Json>(&record.value) {
                 Ok(Json::Object(map)) => map,
                 Ok(other) => return Err(format!("value is not a JSON object: {}", truncate(&other.to_string()))),
-                Err(e) => {
-                    return Err(format!(
-                        "value is not JSON ({e}): {}",
-                        truncate(&String::from_utf8_lossy(&record.value))
-                    ))
+                Err(e) => return Err(not_json(record, &e)),
+            };
+            for (i, field) in fields.iter().enumerate() {
+                if field.key {
+                    continue;
                 }
-            }
-        } else {
-            Map::new()
-        };
-        for (i, field) in self.plan.fields.iter().enumerate() {
-            row[FIRST_FIELD + i] = if field.key {
-                match &key {
-                    Some(k) => coerce(&Json::String(k.clone()), field)?,
-                    None => Value::Null,
-                }
-            } else {
                 let raw = object
                     .get(&field.name)
                     .or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(&field.name)).map(|(_, v)| v));
-                raw.map_or(Ok(Value::Null), |raw| coerce(raw, field))?
-            };
-        }
-        if let Some(t) = self.plan.timestamp_field {
-            match &row[FIRST_FIELD + t] {
-                Value::Int(ms) => row[ROWTIME] = Value::Int(*ms),
-                Value::String(s) => {
-                    row[ROWTIME] = Value::Int(
-                        pacer_core::parse_time(s)
-                            .map_err(|e| format!("timestamp column {}: {e}", self.plan.fields[t].name))?,
-                    )
+                if let Some(raw) = raw {
+                    row[FIRST_FIELD + i] = coerce(Raw::from(raw), field)?;
                 }
-                Value::Null => return Err(format!("timestamp column {} is missing", self.plan.fields[t].name)),
-                other => return Err(format!("timestamp column {}: {other} is not a time", self.plan.fields[t].name)),
+            }
+            row[WHOLE_VALUE] = Value::from_json(&Json::Object(object));
+        } else if fields.iter().any(|f| !f.key) {
+            let mut de = serde_json::Deserializer::from_slice(&record.value);
+            let mut filled = vec![false; fields.len()];
+            let seed = RowSeed { fields, row: &mut row[FIRST_FIELD..], filled: &mut filled };
+            let decoded = seed.deserialize(&mut de).and_then(|r| de.end().map(|()| r));
+            // Slots keep last record's values (and string buffers) until overwritten.
+            for (slot, filled) in row[FIRST_FIELD..].iter_mut().zip(filled) {
+                if !filled {
+                    *slot = Value::Null;
+                }
+            }
+            match decoded {
+                Ok(result) => result?,
+                Err(e) if e.is_data() => {
+                    return Err(format!(
+                        "value is not a JSON object: {}",
+                        truncate(&String::from_utf8_lossy(&record.value))
+                    ))
+                }
+                Err(e) => return Err(not_json(record, &e)),
             }
         }
-        if self.whole_value {
-            row[WHOLE_VALUE] = Value::from_json(&Json::Object(object));
+        for (i, field) in fields.iter().enumerate() {
+            if field.key {
+                if let Some(k) = &key {
+                    row[FIRST_FIELD + i] = coerce(Raw::Str(Cow::Borrowed(k)), field)?;
+                }
+            }
         }
-        Ok(row)
+        if let Some(t) = self.plan.timestamp_field {
+            let name = &fields[t].name;
+            row[ROWTIME] = match &row[FIRST_FIELD + t] {
+                Value::Int(ms) => Value::Int(*ms),
+                Value::String(s) => {
+                    Value::Int(pacer_core::parse_time(s).map_err(|e| format!("timestamp column {name}: {e}"))?)
+                }
+                Value::Null => return Err(format!("timestamp column {name} is missing")),
+                other => return Err(format!("timestamp column {name}: {other} is not a time")),
+            };
+        }
+        Ok(())
     }
+}
+
+fn not_json(record: &Record, e: &serde_json::Error) -> String {
+    format!("value is not JSON ({e}): {}", truncate(&String::from_utf8_lossy(&record.value)))
+}
+
+/// The row of one window (or group): HAVING decides between the row and a tombstone.
+fn window_row(plan: &Plan, state: &WindowState, id: String) -> Result<Output, String> {
+    let Shape::Aggregate { calls, having, items, group_by, .. } = &plan.shape else { unreachable!() };
+    let mut row = state.group.clone();
+    let (start, end) = if state.start == NO_WINDOW {
+        (Value::Null, Value::Null)
+    } else {
+        (Value::Int(state.start), Value::Int(state.end))
+    };
+    row.push(start);
+    row.push(end);
+    debug_assert_eq!(row.len(), first_aggregate_slot(group_by.len()));
+    row.extend(calls.iter().zip(&state.accs).map(|(c, a)| c.result(a)));
+    let keep = match having {
+        Some(h) => h.eval(&row)?.is_true(),
+        None => true,
+    };
+    let value = if keep { Some(project(items, &plan.output, &row)?) } else { None };
+    let window = (state.start != NO_WINDOW).then_some(state.start);
+    Ok(Output { key: key_text(&state.group), value, timestamp: state.last, id, window })
 }
 
 /// When a window ending at `end` stops taking records: its end plus the grace period, and
 /// for sessions also the gap (a record that close would still extend it).
-fn close_time(window: Option<super::ast::Window>, end: i64) -> i64 {
+fn close_time(window: Option<Window>, end: i64) -> i64 {
     match window {
         Some(w) => {
             let gap = match w.kind {
@@ -391,45 +483,247 @@ fn close_time(window: Option<super::ast::Window>, end: i64) -> i64 {
     }
 }
 
+/// A JSON value as the decoder met it: scalars without building a JSON tree.
+enum Raw<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    Json(Json),
+}
+
+impl<'a> From<&'a Json> for Raw<'a> {
+    fn from(json: &'a Json) -> Self {
+        match json {
+            Json::Null => Raw::Null,
+            Json::Bool(b) => Raw::Bool(*b),
+            Json::Number(n) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => Raw::Int(i),
+                (None, Some(u)) => Raw::UInt(u),
+                _ => Raw::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Json::String(s) => Raw::Str(Cow::Borrowed(s)),
+            other => Raw::Json(other.clone()),
+        }
+    }
+}
+
+impl fmt::Display for Raw<'_> {
+    /// JSON text, for error messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Raw::Null => f.write_str("null"),
+            Raw::Bool(b) => write!(f, "{b}"),
+            Raw::Int(i) => write!(f, "{i}"),
+            Raw::UInt(u) => write!(f, "{u}"),
+            Raw::Float(x) => write!(f, "{}", Json::from(*x)),
+            Raw::Str(s) => write!(f, "{}", Json::from(s.as_ref())),
+            Raw::Json(j) => write!(f, "{j}"),
+        }
+    }
+}
+
 /// A JSON field as the declared type; a mismatch rejects the record, as ksqlDB's JSON
 /// deserializer does.
-fn coerce(raw: &Json, field: &Field) -> Result<Value, String> {
-    let mismatch =
-        || Err(format!("field {}: expected {}, got {}", field.name, field.data_type, truncate(&raw.to_string())));
+fn coerce(raw: Raw<'_>, field: &Field) -> Result<Value, String> {
+    let mismatch = |raw: &Raw<'_>| {
+        Err(format!("field {}: expected {}, got {}", field.name, field.data_type, truncate(&raw.to_string())))
+    };
     Ok(match (&field.data_type, raw) {
-        (_, Json::Null) => Value::Null,
-        (DataType::Any | DataType::Array(_) | DataType::Map(_) | DataType::Struct(_), _) => Value::from_json(raw),
-        (DataType::Double | DataType::Decimal(..), Json::Number(n)) => Value::Double(n.as_f64().unwrap_or(f64::NAN)),
-        (DataType::Double | DataType::Decimal(..), Json::String(s)) => match s.trim().parse() {
-            Ok(d) => Value::Double(d),
-            Err(_) => return mismatch(),
+        (_, Raw::Null) => Value::Null,
+        (DataType::Any | DataType::Array(_) | DataType::Map(_) | DataType::Struct(_), raw) => match raw {
+            Raw::Bool(b) => Value::Bool(b),
+            Raw::Int(i) => Value::Int(i),
+            Raw::UInt(u) => i64::try_from(u).map_or(Value::Double(u as f64), Value::Int),
+            Raw::Float(x) => Value::Double(x),
+            Raw::Str(s) => Value::String(s.into_owned()),
+            Raw::Json(j) => Value::from_json(&j),
+            Raw::Null => Value::Null,
         },
-        (DataType::Int | DataType::BigInt | DataType::Timestamp, Json::Number(n)) => match n.as_i64() {
-            Some(i) => Value::Int(i),
-            None => match n.as_f64() {
-                Some(d) if d.fract() == 0.0 => Value::Int(d as i64),
-                _ => return mismatch(),
+        (DataType::Double | DataType::Decimal(..), Raw::Float(x)) => Value::Double(x),
+        (DataType::Double | DataType::Decimal(..), Raw::Int(i)) => Value::Double(i as f64),
+        (DataType::Double | DataType::Decimal(..), Raw::UInt(u)) => Value::Double(u as f64),
+        (DataType::Double | DataType::Decimal(..), raw @ Raw::Str(_)) => match &raw {
+            Raw::Str(s) => match s.trim().parse() {
+                Ok(d) => Value::Double(d),
+                Err(_) => return mismatch(&raw),
             },
+            _ => unreachable!(),
         },
-        (DataType::Int | DataType::BigInt, Json::String(s)) => match s.trim().parse() {
-            Ok(i) => Value::Int(i),
-            Err(_) => return mismatch(),
+        (DataType::Int | DataType::BigInt | DataType::Timestamp, Raw::Int(i)) => Value::Int(i),
+        (DataType::Int | DataType::BigInt | DataType::Timestamp, raw @ (Raw::UInt(_) | Raw::Float(_))) => match raw {
+            Raw::UInt(u) if i64::try_from(u).is_ok() => Value::Int(u as i64),
+            Raw::Float(x) if x.fract() == 0.0 && x.abs() < 9.2e18 => Value::Int(x as i64),
+            raw => return mismatch(&raw),
         },
-        (DataType::Timestamp, Json::String(s)) => match pacer_core::parse_time(s) {
-            Ok(ms) => Value::Int(ms),
-            Err(_) => return mismatch(),
+        (DataType::Int | DataType::BigInt, raw @ Raw::Str(_)) => match &raw {
+            Raw::Str(s) => match s.trim().parse() {
+                Ok(i) => Value::Int(i),
+                Err(_) => return mismatch(&raw),
+            },
+            _ => unreachable!(),
         },
-        (DataType::String | DataType::Bytes, Json::String(s)) => Value::String(s.clone()),
-        (DataType::String, Json::Number(_) | Json::Bool(_)) => Value::String(raw.to_string()),
-        (DataType::Boolean, Json::Bool(b)) => Value::Bool(*b),
-        (DataType::Boolean, Json::String(s)) if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false") => {
-            Value::Bool(s.eq_ignore_ascii_case("true"))
+        (DataType::Timestamp, raw @ Raw::Str(_)) => match &raw {
+            Raw::Str(s) => match pacer_core::parse_time(s) {
+                Ok(ms) => Value::Int(ms),
+                Err(_) => return mismatch(&raw),
+            },
+            _ => unreachable!(),
+        },
+        (DataType::String | DataType::Bytes, Raw::Str(s)) => Value::String(s.into_owned()),
+        (DataType::String, raw @ (Raw::Int(_) | Raw::UInt(_) | Raw::Float(_) | Raw::Bool(_))) => {
+            Value::String(raw.to_string())
         }
-        _ => return mismatch(),
+        (DataType::Boolean, Raw::Bool(b)) => Value::Bool(b),
+        (DataType::Boolean, raw @ Raw::Str(_)) => match &raw {
+            Raw::Str(s) if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false") => {
+                Value::Bool(s.eq_ignore_ascii_case("true"))
+            }
+            _ => return mismatch(&raw),
+        },
+        (_, raw) => return mismatch(&raw),
     })
 }
 
-fn project(items: &[Item], output: &[super::plan::Column], row: &[Value]) -> Result<Map<String, Json>, String> {
+/// Decodes a JSON object straight into row slots: only the plan's fields, no JSON tree.
+struct RowSeed<'a> {
+    fields: &'a [Field],
+    row: &'a mut [Value],
+    /// Which slots this record set.
+    filled: &'a mut [bool],
+}
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
+    /// A field that does not fit its type rejects the record with this message.
+    type Value = Result<(), String>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_> {
+    type Value = Result<(), String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut failed = None;
+        while let Some(slot) = map.next_key_seed(FieldName(self.fields))? {
+            match slot {
+                Some(i) if failed.is_none() => {
+                    let raw = map.next_value_seed(RawSeed)?;
+                    self.filled[i] = true;
+                    match (&mut self.row[i], &raw, &self.fields[i].data_type) {
+                        // The string of the last record is reused: no allocation per record.
+                        (Value::String(buffer), Raw::Str(s), DataType::String) => {
+                            buffer.clear();
+                            buffer.push_str(s);
+                        }
+                        _ => match coerce(raw, &self.fields[i]) {
+                            Ok(v) => self.row[i] = v,
+                            Err(e) => failed = Some(e),
+                        },
+                    }
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(failed.map_or(Ok(()), Err))
+    }
+}
+
+/// Maps a JSON key to the index of the field it fills, without allocating.
+struct FieldName<'a>(&'a [Field]);
+
+impl<'de> DeserializeSeed<'de> for FieldName<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldName<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        let exact = self.0.iter().position(|f| !f.key && f.name == key);
+        Ok(exact.or_else(|| self.0.iter().position(|f| !f.key && f.name.eq_ignore_ascii_case(key))))
+    }
+}
+
+struct RawSeed;
+
+impl<'de> DeserializeSeed<'de> for RawSeed {
+    type Value = Raw<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(RawVisitor)
+    }
+}
+
+struct RawVisitor;
+
+impl<'de> Visitor<'de> for RawVisitor {
+    type Value = Raw<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Raw::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(Raw::Bool(b))
+    }
+
+    fn visit_i64<E>(self, i: i64) -> Result<Self::Value, E> {
+        Ok(Raw::Int(i))
+    }
+
+    fn visit_u64<E>(self, u: u64) -> Result<Self::Value, E> {
+        Ok(Raw::UInt(u))
+    }
+
+    fn visit_f64<E>(self, x: f64) -> Result<Self::Value, E> {
+        Ok(Raw::Float(x))
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Raw::Str(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Raw::Str(Cow::Owned(s.to_string())))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+        Ok(Raw::Str(Cow::Owned(s)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Json::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(Raw::Json)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Json::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Raw::Json)
+    }
+}
+
+fn project(items: &[Item], output: &[Column], row: &[Value]) -> Result<Map<String, Json>, String> {
     let mut map = Map::new();
     for (item, column) in items.iter().zip(output) {
         match item {

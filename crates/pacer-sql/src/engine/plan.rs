@@ -70,6 +70,8 @@ pub struct Plan {
     pub output: Vec<Column>,
     pub emit: Emit,
     pub limit: Option<u64>,
+    /// The query reads ROWKEY (decoding it costs an allocation per record otherwise spared).
+    pub reads_key: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -95,7 +97,7 @@ pub enum Item {
 }
 
 pub fn plan(select: &Select, source: &Source) -> Result<Plan, PlanError> {
-    let mut input = InputScope { source, fields: Vec::new() };
+    let mut input = InputScope { source, fields: Vec::new(), reads_key: false };
     if !source.columns.is_empty() {
         input.fields = source
             .columns
@@ -169,6 +171,7 @@ pub fn plan(select: &Select, source: &Source) -> Result<Plan, PlanError> {
         output,
         emit: select.emit,
         limit: select.limit,
+        reads_key: input.reads_key,
     })
 }
 
@@ -237,11 +240,13 @@ fn has_aggregate(item: &SelectItem) -> bool {
 struct InputScope<'a> {
     source: &'a Source,
     fields: Vec<Field>,
+    reads_key: bool,
 }
 
 impl Scope for InputScope<'_> {
     fn column(&mut self, name: &str) -> Result<(usize, DataType), PlanError> {
         if let Some(i) = PSEUDO.iter().position(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            self.reads_key |= i == ROWKEY;
             return Ok((i, PSEUDO[i].1.clone()));
         }
         if let Some(i) = self.fields.iter().position(|f| f.name.eq_ignore_ascii_case(name)) {
