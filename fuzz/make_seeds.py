@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the hand-made seed inputs in fuzz/seeds/: whole client byte streams, MQTT 3.1.1
 and 5, valid ones and ones that break a rule. Both targets start from them; the session
-target's regression test also checks the reason code named in each file name (r81-...).
+target's regression test also checks the reason code named in each file name (v5-close81-...).
 
 Written by hand rather than with the codec's encoder so the seeds do not share its bugs.
 Run from the repository root: python3 fuzz/make_seeds.py
@@ -225,19 +225,20 @@ def seeds():
                                                  will_props=p_expiry(10) + p_utf8())
     # Ones that break a rule; the reason the broker must close with is in the name.
     hello = connect(True, "ivan")
-    yield "v5-r81-garbage-after-connect", hello + b"\x00\x01\x02\x03"
-    yield "v5-r81-qos3-publish", hello + packet(0x36, s("a/b") + b"\x00\x01\x00x")
-    yield "v5-r81-bad-utf8-topic", hello + packet(0x30, s(b"a\xff") + b"\x00x")
-    yield "v5-r81-bad-flags-puback", hello + packet(0x41, b"\x00\x01")
-    yield "v5-r82-second-connect", hello + connect(True, "ivan")
-    yield "v5-r82-auth", hello + packet(0xF0, b"\x00")
-    yield "v5-r82-empty-subscribe", hello + packet(0x82, b"\x00\x01\x00")
-    yield "v5-r82-unset-alias", hello + publish(True, "", b"x", publish_props=p_alias(1))
-    yield "v5-r90-wildcard-topic", hello + publish(True, "a/+", b"x")
-    yield "v5-r93-receive-maximum", hello + b"".join(
+    yield "v5-close81-garbage-after-connect", hello + b"\x00\x01\x02\x03"
+    yield "v5-close81-qos3-publish", hello + packet(0x36, s("a/b") + b"\x00\x01\x00x")
+    yield "v5-close81-bad-utf8-topic", hello + packet(0x30, s(b"a\xff") + b"\x00x")
+    yield "v5-close81-bad-flags-puback", hello + packet(0x41, b"\x00\x01")
+    yield "v5-close82-second-connect", hello + connect(True, "ivan")
+    yield "v5-close82-auth", hello + packet(0xF0, b"\x00")
+    yield "v5-close82-empty-subscribe", hello + packet(0x82, b"\x00\x01\x00")
+    yield "v5-close82-unset-alias", hello + publish(True, "", b"x", publish_props=p_alias(1))
+    yield "v5-close90-wildcard-topic", hello + publish(True, "a/+", b"x")
+    yield "v5-close93-receive-maximum", hello + b"".join(
         publish(True, "race/x", b"x", qos=1, pid=i) for i in range(1, 11))
-    yield "v5-r94-alias-too-big", hello + publish(True, "a", b"x", publish_props=p_alias(5))
-    yield "v5-r95-too-large", hello + b"\x30\xff\xff\xff\x07"
+    yield "v5-close94-alias-too-big", hello + publish(True, "a", b"x", publish_props=p_alias(5))
+    yield "v5-close95-too-large", hello + b"\x30\xff\xff\xff\x07"
+    yield "v5-close81-broken-length", hello + b"\x30\xff\xff\xff\xff\x01"
     yield "v3-garbage-after-connect", connect(False, "ivan") + b"\x00\x01\x02\x03"
     yield "v3-second-connect", connect(False, "ivan") + connect(False, "ivan")
     yield "v3-fail-publish", connect(False, "ivan") + publish(False, "fail/x", b"x", qos=1, pid=1)

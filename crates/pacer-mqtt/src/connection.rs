@@ -212,8 +212,7 @@ where
             // Read what the client still sends until it closes, so closing does not reset
             // the connection (a TCP RST) before it has read the DISCONNECT.
             let _ = transport.shutdown().await;
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), async { while transport.next().await.is_some() {} }).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), transport.discard_until_closed()).await;
         }
     }
     shared.metrics.connections.dec();
