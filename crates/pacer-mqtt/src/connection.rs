@@ -17,6 +17,7 @@ use futures::stream::FuturesOrdered;
 
 use futures::StreamExt;
 use pacer_core::{now_ms, MessageProperties, Publication};
+use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::PublishProperties;
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
@@ -61,6 +62,19 @@ enum Close {
     Client { with_will: bool, session_expiry: Option<u32> },
     /// Anything else; `reason` is sent to MQTT 5 clients in a DISCONNECT when given.
     Abnormal { why: String, reason: Option<u8> },
+}
+
+/// The MQTT 5 reason a packet that does not decode closes the connection with (§4.13):
+/// most are Malformed Packet, but some are well formed and break a rule of the protocol,
+/// and one above the broker's Maximum Packet Size has a code of its own (§3.2.2.3.6).
+fn decode_error_reason(e: &DecodeError) -> u8 {
+    match e {
+        DecodeError::MaxSizeExceeded { .. } => 0x95,
+        // A SUBSCRIBE or UNSUBSCRIBE without topic filters (MQTT 5 §3.8.3, §3.10.3), a
+        // CONNECT naming another protocol, a 3.1.1 packet without its packet id.
+        DecodeError::InvalidTopicFilter | DecodeError::InvalidProtocol | DecodeError::PacketIdRequired => 0x82,
+        _ => 0x81,
+    }
 }
 
 fn abnormal(why: impl Into<String>) -> Close {
@@ -363,7 +377,7 @@ impl Connection {
                             Ok(None) => Err(abnormal("connection closed by client")),
                             Ok(Some(Err(e))) => {
                                 self.shared.metrics.malformed.inc();
-                                Err(protocol_error(format!("malformed packet: {e}"), 0x81))
+                                Err(protocol_error(format!("malformed packet: {e}"), decode_error_reason(&e)))
                             }
                             Ok(Some(Ok((packet, _)))) => {
                                 wire::decode(packet).ok_or_else(|| protocol_error("unexpected packet", 0x82))
