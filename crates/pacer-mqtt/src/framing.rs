@@ -31,7 +31,15 @@ pub type Item = Result<(MqttPacket, u32), DecodeError>;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
     pub fn new(io: S, codec: MqttCodec) -> Self {
-        Transport { io, codec, read_buf: BytesMut::new(), write_buf: BytesMut::new(), read_size: MIN_READ, eof: false, broken: false }
+        Transport {
+            io,
+            codec,
+            read_buf: BytesMut::new(),
+            write_buf: BytesMut::new(),
+            read_size: MIN_READ,
+            eof: false,
+            broken: false,
+        }
     }
 
     pub fn codec_mut(&mut self) -> &mut MqttCodec {

@@ -112,9 +112,8 @@ impl SessionOutcome {
 /// could not decode, or if either well-behaved client is not served.
 pub async fn run_session_bytes(data: &[u8]) -> SessionOutcome {
     let shared = fuzz_broker().await;
-    let mut bystander = tokio::time::timeout(SESSION_LIMIT, Client::connect(&shared, BYSTANDER))
-        .await
-        .expect("the bystander connects");
+    let mut bystander =
+        tokio::time::timeout(SESSION_LIMIT, Client::connect(&shared, BYSTANDER)).await.expect("the bystander connects");
     let sent = tokio::time::timeout(SESSION_LIMIT, converse(&shared, data))
         .await
         .expect("the session did not end after its client closed the connection");
@@ -238,10 +237,8 @@ where
 /// What holds for any conversation: CONNACK first, and nothing after a DISCONNECT.
 fn check_replies(replies: &[MqttPacket]) {
     if let Some(first) = replies.first() {
-        let connack = matches!(
-            first,
-            MqttPacket::V3(v3::Packet::ConnectAck(_)) | MqttPacket::V5(v5::Packet::ConnectAck(_))
-        );
+        let connack =
+            matches!(first, MqttPacket::V3(v3::Packet::ConnectAck(_)) | MqttPacket::V5(v5::Packet::ConnectAck(_)));
         assert!(connack, "the broker's first packet was not a CONNACK: {first:?}");
     }
     if let Some(i) = replies.iter().position(|p| matches!(p, MqttPacket::V5(v5::Packet::Disconnect(_)))) {
@@ -280,7 +277,9 @@ impl Client {
         subscribe.push(0x21); // QoS 1, Retain Handling 2: no retained messages
         client.send(0x82, &subscribe).await;
         match client.next().await {
-            v5::Packet::ConnectAck(c) => assert_eq!(c.reason_code, v5::ConnectAckReason::Success, "{client_id} refused"),
+            v5::Packet::ConnectAck(c) => {
+                assert_eq!(c.reason_code, v5::ConnectAckReason::Success, "{client_id} refused")
+            }
             other => panic!("{client_id} got {other:?} instead of a CONNACK"),
         }
         match client.next().await {
