@@ -239,6 +239,10 @@ def seeds():
     yield "v5-close94-alias-too-big", hello + publish(True, "a", b"x", publish_props=p_alias(5))
     yield "v5-close95-too-large", hello + b"\x30\xff\xff\xff\x07"
     yield "v5-close81-broken-length", hello + b"\x30\xff\xff\xff\xff\x01"
+    # A CONNECT that does not decode: MQTT 5 clients get a CONNACK saying why.
+    yield "v5-connack81-will-qos3", connect(True, "x", will=("w", b"m", 3, False))
+    yield "v5-connack81-bad-utf8-client-id", connect(True, b"\xc3\x28")
+    yield "v5-connack95-huge-connect", b"\x10\xff\xff\xff\x07\x00\x04MQTT\x05\x02\x00\x00"
     yield "v3-garbage-after-connect", connect(False, "ivan") + b"\x00\x01\x02\x03"
     yield "v3-second-connect", connect(False, "ivan") + connect(False, "ivan")
     yield "v3-fail-publish", connect(False, "ivan") + publish(False, "fail/x", b"x", qos=1, pid=1)

@@ -121,6 +121,10 @@ where
         Some(Err(e)) => {
             shared.metrics.malformed.inc();
             tracing::warn!(%peer, error = %e, "malformed CONNECT; closing connection");
+            // MQTT 5 lets the server say why before closing (§4.13.1); 3.1.1 has no code.
+            if version == ProtocolVersion::MQTT5 {
+                let _ = transport.send(connect::unreadable(decode_error_reason(&e))).await;
+            }
             return;
         }
         None => return,
