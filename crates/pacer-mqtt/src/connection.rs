@@ -95,7 +95,10 @@ where
         return;
     };
     let mut transport = Transport::new(stream, MqttCodec::Version(VersionCodec));
-    let version = match tokio::time::timeout(CONNECT_TIMEOUT, transport.next()).await {
+    // For the whole CONNECT, not just the bytes that tell its version: a client that stops
+    // half-way through would otherwise hold its connection slot for ever.
+    let connect_deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let version = match tokio::time::timeout_at(connect_deadline, transport.next()).await {
         Ok(Some(Ok((MqttPacket::Version(v), _)))) => v,
         Ok(Some(Err(e))) => {
             shared.metrics.malformed.inc();
@@ -113,12 +116,12 @@ where
         ProtocolVersion::MQTT3 => MqttCodec::V3(v3::Codec::new(max)),
         ProtocolVersion::MQTT5 => MqttCodec::V5(v5::Codec::new(max, 0)),
     };
-    let request = match transport.next().await {
-        Some(Ok((packet, _))) => match ConnectRequest::from_packet(packet) {
+    let request = match tokio::time::timeout_at(connect_deadline, transport.next()).await {
+        Ok(Some(Ok((packet, _)))) => match ConnectRequest::from_packet(packet) {
             Some(r) => r,
             None => return,
         },
-        Some(Err(e)) => {
+        Ok(Some(Err(e))) => {
             shared.metrics.malformed.inc();
             tracing::warn!(%peer, error = %e, "malformed CONNECT; closing connection");
             // MQTT 5 lets the server say why before closing (§4.13.1); 3.1.1 has no code.
@@ -127,7 +130,11 @@ where
             }
             return;
         }
-        None => return,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "CONNECT incomplete after {CONNECT_TIMEOUT:?}; closing connection");
+            return;
+        }
     };
     let version = request.version;
     if let MqttCodec::V5(codec) = transport.codec_mut() {
@@ -851,4 +858,44 @@ fn rand_id() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_i64(now_ms());
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::{Broker, BrokerConfig, MemoryOnly, PublishSink, Security};
+
+    struct AcceptAll;
+
+    #[async_trait::async_trait]
+    impl PublishSink for AcceptAll {
+        async fn accept(&self, _: &[Publication]) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    // Paused time: the runtime jumps to the next timer when every task waits, so the
+    // CONNECT deadline passes at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_that_stops_half_way_is_dropped_at_the_deadline() {
+        let config = BrokerConfig { max_connections: 1, ..BrokerConfig::default() };
+        let broker =
+            Broker::start(config, Security::default(), Arc::new(AcceptAll), Arc::new(MemoryOnly)).await.unwrap();
+        let (mut client, server) = tokio::io::duplex(1024);
+        let started = tokio::time::Instant::now();
+        let serving = tokio::spawn(serve(server, "stalled".into(), broker.shared.clone()));
+        // Enough to tell the version; the rest of the announced 32 bytes never comes.
+        client.write_all(b"\x10\x20\x00\x04MQTT\x05\x02").await.unwrap();
+        tokio::time::timeout(CONNECT_TIMEOUT * 6, serving)
+            .await
+            .expect("the half-sent CONNECT still holds its connection")
+            .unwrap();
+        // Timers round up to the millisecond.
+        let waited = started.elapsed();
+        assert!(waited >= CONNECT_TIMEOUT && waited < CONNECT_TIMEOUT + Duration::from_secs(1), "{waited:?}");
+        assert_eq!(broker.shared.connection_slots.available_permits(), 1, "the connection slot is free again");
+        drop(client);
+    }
 }
