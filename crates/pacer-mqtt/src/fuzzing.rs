@@ -234,7 +234,15 @@ where
     packets
 }
 
-/// What holds for any conversation: CONNACK first, and nothing after a DISCONNECT.
+/// The reasons a broker may end a fuzzed MQTT 5 conversation with: the client's fault in
+/// one of the ways the broker checks (malformed, protocol error, topic name, Receive
+/// Maximum, topic alias, size). Anything else would be a wrong reason: the broker's own
+/// faults (0x80, 0x83), keep-alive (0x8D: this client closes at once) or a takeover (0x8E:
+/// nobody else uses its client id while it is connected).
+const CLIENT_FAULTS: &[u8] = &[0x81, 0x82, 0x90, 0x93, 0x94, 0x95];
+
+/// What holds for any conversation: CONNACK first, nothing after a DISCONNECT, and the
+/// DISCONNECT's reason is one for something the client did.
 fn check_replies(replies: &[MqttPacket]) {
     if let Some(first) = replies.first() {
         let connack =
@@ -243,6 +251,10 @@ fn check_replies(replies: &[MqttPacket]) {
     }
     if let Some(i) = replies.iter().position(|p| matches!(p, MqttPacket::V5(v5::Packet::Disconnect(_)))) {
         assert_eq!(i, replies.len() - 1, "the broker sent packets after its DISCONNECT: {replies:?}");
+        if let MqttPacket::V5(v5::Packet::Disconnect(d)) = &replies[i] {
+            let reason = u8::from(d.reason_code);
+            assert!(CLIENT_FAULTS.contains(&reason), "DISCONNECT with reason {reason:#04x}: {replies:?}");
+        }
     }
 }
 
