@@ -25,7 +25,8 @@ use crate::{auth, connection, wire, Broker, BrokerConfig, MemoryOnly, PublishSin
 const MAX_PACKET: u32 = 16 * 1024;
 
 /// A session whose client has closed its side must end by itself well within this; one
-/// that does not is a hang, reported as a panic.
+/// that does not is a hang, reported as a panic. (A task that spins without yielding is
+/// beyond any tokio timeout: libFuzzer's -timeout and the replay test's watchdog catch it.)
 const SESSION_LIMIT: Duration = Duration::from_secs(10);
 
 /// Decodes `data` as a client's byte stream the way the broker would: the version sniff of
@@ -109,7 +110,8 @@ impl SessionOutcome {
 /// `connection::serve` on a fresh broker, with a well-behaved client (the bystander)
 /// connected throughout; then a new client (the probe) connects and publishes, and both
 /// must get its message. Panics if the session hangs, if the broker sends anything a client
-/// could not decode, or if either well-behaved client is not served.
+/// could not decode or closes for a reason that is not the client's fault, or if either
+/// well-behaved client is not served.
 pub async fn run_session_bytes(data: &[u8]) -> SessionOutcome {
     let shared = fuzz_broker().await;
     let mut bystander =
