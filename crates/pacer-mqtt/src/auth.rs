@@ -158,7 +158,7 @@ impl Acl {
         Acl::parse(&text).map_err(|(line, e)| anyhow::anyhow!("ACL file {}, line {line}: {e}", path.display()))
     }
 
-    fn parse(text: &str) -> Result<Acl, (usize, String)> {
+    pub(crate) fn parse(text: &str) -> Result<Acl, (usize, String)> {
         let mut acl = Acl::default();
         let mut user: Option<String> = None;
         for (i, raw) in text.lines().enumerate() {

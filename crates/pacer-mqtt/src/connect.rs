@@ -132,6 +132,13 @@ pub fn refusal(version: Version, why: Refusal) -> MqttPacket {
     }
 }
 
+/// The MQTT 5 CONNACK refusing a CONNECT that did not decode, with the reason a later
+/// packet would get in a DISCONNECT (0x81, 0x82 or 0x95).
+pub fn unreadable(reason: u8) -> MqttPacket {
+    let reason_code = v5::ConnectAckReason::try_from(reason).unwrap_or(v5::ConnectAckReason::MalformedPacket);
+    MqttPacket::V5(v5::Packet::ConnectAck(Box::new(v5::ConnectAck { reason_code, ..Default::default() })))
+}
+
 /// The CONNACK of an accepted connection, advertising the broker's limits to MQTT 5 clients.
 pub fn accepted(
     version: Version,

@@ -17,6 +17,7 @@ use futures::stream::FuturesOrdered;
 
 use futures::StreamExt;
 use pacer_core::{now_ms, MessageProperties, Publication};
+use rmqtt_codec::error::DecodeError;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::PublishProperties;
 use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
@@ -63,6 +64,19 @@ enum Close {
     Abnormal { why: String, reason: Option<u8> },
 }
 
+/// The MQTT 5 reason a packet that does not decode closes the connection with (§4.13):
+/// most are Malformed Packet, but some are well formed and break a rule of the protocol,
+/// and one above the broker's Maximum Packet Size has a code of its own (§3.2.2.3.6).
+fn decode_error_reason(e: &DecodeError) -> u8 {
+    match e {
+        DecodeError::MaxSizeExceeded { .. } => 0x95,
+        // A SUBSCRIBE or UNSUBSCRIBE without topic filters (MQTT 5 §3.8.3, §3.10.3), a
+        // CONNECT naming another protocol, a 3.1.1 packet without its packet id.
+        DecodeError::InvalidTopicFilter | DecodeError::InvalidProtocol | DecodeError::PacketIdRequired => 0x82,
+        _ => 0x81,
+    }
+}
+
 fn abnormal(why: impl Into<String>) -> Close {
     Close::Abnormal { why: why.into(), reason: None }
 }
@@ -81,7 +95,10 @@ where
         return;
     };
     let mut transport = Transport::new(stream, MqttCodec::Version(VersionCodec));
-    let version = match tokio::time::timeout(CONNECT_TIMEOUT, transport.next()).await {
+    // For the whole CONNECT, not just the bytes that tell its version: a client that stops
+    // half-way through would otherwise hold its connection slot for ever.
+    let connect_deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let version = match tokio::time::timeout_at(connect_deadline, transport.next()).await {
         Ok(Some(Ok((MqttPacket::Version(v), _)))) => v,
         Ok(Some(Err(e))) => {
             shared.metrics.malformed.inc();
@@ -99,17 +116,25 @@ where
         ProtocolVersion::MQTT3 => MqttCodec::V3(v3::Codec::new(max)),
         ProtocolVersion::MQTT5 => MqttCodec::V5(v5::Codec::new(max, 0)),
     };
-    let request = match transport.next().await {
-        Some(Ok((packet, _))) => match ConnectRequest::from_packet(packet) {
+    let request = match tokio::time::timeout_at(connect_deadline, transport.next()).await {
+        Ok(Some(Ok((packet, _)))) => match ConnectRequest::from_packet(packet) {
             Some(r) => r,
             None => return,
         },
-        Some(Err(e)) => {
+        Ok(Some(Err(e))) => {
             shared.metrics.malformed.inc();
             tracing::warn!(%peer, error = %e, "malformed CONNECT; closing connection");
+            // MQTT 5 lets the server say why before closing (§4.13.1); 3.1.1 has no code.
+            if version == ProtocolVersion::MQTT5 {
+                let _ = transport.send(connect::unreadable(decode_error_reason(&e))).await;
+            }
             return;
         }
-        None => return,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "CONNECT incomplete after {CONNECT_TIMEOUT:?}; closing connection");
+            return;
+        }
     };
     let version = request.version;
     if let MqttCodec::V5(codec) = transport.codec_mut() {
@@ -212,8 +237,7 @@ where
             // Read what the client still sends until it closes, so closing does not reset
             // the connection (a TCP RST) before it has read the DISCONNECT.
             let _ = transport.shutdown().await;
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), async { while transport.next().await.is_some() {} }).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), transport.discard_until_closed()).await;
         }
     }
     shared.metrics.connections.dec();
@@ -364,7 +388,7 @@ impl Connection {
                             Ok(None) => Err(abnormal("connection closed by client")),
                             Ok(Some(Err(e))) => {
                                 self.shared.metrics.malformed.inc();
-                                Err(protocol_error(format!("malformed packet: {e}"), 0x81))
+                                Err(protocol_error(format!("malformed packet: {e}"), decode_error_reason(&e)))
                             }
                             Ok(Some(Ok((packet, _)))) => {
                                 wire::decode(packet).ok_or_else(|| protocol_error("unexpected packet", 0x82))
@@ -834,4 +858,44 @@ fn rand_id() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_i64(now_ms());
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::{Broker, BrokerConfig, MemoryOnly, PublishSink, Security};
+
+    struct AcceptAll;
+
+    #[async_trait::async_trait]
+    impl PublishSink for AcceptAll {
+        async fn accept(&self, _: &[Publication]) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    // Paused time: the runtime jumps to the next timer when every task waits, so the
+    // CONNECT deadline passes at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_that_stops_half_way_is_dropped_at_the_deadline() {
+        let config = BrokerConfig { max_connections: 1, ..BrokerConfig::default() };
+        let broker =
+            Broker::start(config, Security::default(), Arc::new(AcceptAll), Arc::new(MemoryOnly)).await.unwrap();
+        let (mut client, server) = tokio::io::duplex(1024);
+        let started = tokio::time::Instant::now();
+        let serving = tokio::spawn(serve(server, "stalled".into(), broker.shared.clone()));
+        // Enough to tell the version; the rest of the announced 32 bytes never comes.
+        client.write_all(b"\x10\x20\x00\x04MQTT\x05\x02").await.unwrap();
+        tokio::time::timeout(CONNECT_TIMEOUT * 6, serving)
+            .await
+            .expect("the half-sent CONNECT still holds its connection")
+            .unwrap();
+        // Timers round up to the millisecond.
+        let waited = started.elapsed();
+        assert!(waited >= CONNECT_TIMEOUT && waited < CONNECT_TIMEOUT + Duration::from_secs(1), "{waited:?}");
+        assert_eq!(broker.shared.connection_slots.available_permits(), 1, "the connection slot is free again");
+        drop(client);
+    }
 }

@@ -22,35 +22,56 @@ pub struct Transport<S> {
     /// How much the next read asks for.
     read_size: usize,
     eof: bool,
+    /// A decode error happened: the codec cannot find packet boundaries any more, and
+    /// decoding the same bytes again would only return the same error.
+    broken: bool,
 }
 
 pub type Item = Result<(MqttPacket, u32), DecodeError>;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
     pub fn new(io: S, codec: MqttCodec) -> Self {
-        Transport { io, codec, read_buf: BytesMut::new(), write_buf: BytesMut::new(), read_size: MIN_READ, eof: false }
+        Transport {
+            io,
+            codec,
+            read_buf: BytesMut::new(),
+            write_buf: BytesMut::new(),
+            read_size: MIN_READ,
+            eof: false,
+            broken: false,
+        }
     }
 
     pub fn codec_mut(&mut self) -> &mut MqttCodec {
         &mut self.codec
     }
 
-    /// A packet already in the buffer, without reading.
+    /// A packet already in the buffer, without reading. After a decode error: None.
     pub fn next_buffered(&mut self) -> Option<Item> {
+        if self.broken {
+            return None;
+        }
         match self.codec.decode(&mut self.read_buf) {
             Ok(Some(item)) => Some(Ok(item)),
             Ok(None) => None,
-            Err(e) => Some(Err(e)),
+            Err(e) => {
+                // Some errors (a packet above the maximum size, a broken length) leave the
+                // bytes in the buffer: decoding again would return the same error at once,
+                // and a caller reading until None would spin without ever yielding.
+                self.broken = true;
+                self.read_buf = BytesMut::new();
+                Some(Err(e))
+            }
         }
     }
 
-    /// The next packet; None when the peer closed the connection.
+    /// The next packet; None when the peer closed the connection, or after a decode error.
     pub async fn next(&mut self) -> Option<Item> {
         loop {
             if let Some(item) = self.next_buffered() {
                 return Some(item);
             }
-            if self.eof {
+            if self.eof || self.broken {
                 return None;
             }
             self.read_buf.reserve(self.read_size);
@@ -92,6 +113,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
     pub async fn send(&mut self, packet: MqttPacket) -> std::io::Result<()> {
         self.feed(packet).map_err(std::io::Error::other)?;
         self.flush().await
+    }
+
+    /// Reads and drops whatever the peer still sends, until it closes or reading fails.
+    pub async fn discard_until_closed(&mut self) {
+        let mut scratch = [0u8; 1024];
+        while !self.eof {
+            match self.io.read(&mut scratch).await {
+                Ok(0) | Err(_) => self.eof = true,
+                Ok(_) => {}
+            }
+        }
     }
 
     /// Closes the writing side; reading continues until the peer closes.

@@ -9,6 +9,8 @@ pub mod auth;
 mod connect;
 mod connection;
 mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod metrics;
 mod router;
 mod session;
