@@ -49,7 +49,18 @@ pub enum Decoded {
     Corrupt(&'static str),
 }
 
+/// Decodes the entry at the front of `buf`, copying its key and value out.
 pub fn decode(buf: &[u8], partition: u32) -> Decoded {
+    decode_with(buf, partition, |range| Bytes::copy_from_slice(&buf[range]))
+}
+
+/// Decodes the entry at `at` in `buf`; its key and value share `buf`'s memory, so reading
+/// a chunk of a segment allocates once, not per record.
+pub fn decode_shared(buf: &Bytes, at: usize, partition: u32) -> Decoded {
+    decode_with(&buf[at..], partition, |range| buf.slice(at + range.start..at + range.end))
+}
+
+fn decode_with(buf: &[u8], partition: u32, bytes: impl Fn(std::ops::Range<usize>) -> Bytes) -> Decoded {
     if buf.len() < ENTRY_HEADER {
         return Decoded::Incomplete;
     }
@@ -65,41 +76,49 @@ pub fn decode(buf: &[u8], partition: u32) -> Decoded {
     if crc32c::crc32c(body) != crc {
         return Decoded::Corrupt("CRC mismatch");
     }
-    match parse_body(body, partition) {
+    match parse_body(buf, ENTRY_HEADER + len, partition, bytes) {
         Some(rec) => Decoded::Entry(rec, ENTRY_HEADER + len),
         None => Decoded::Corrupt("malformed entry body"),
     }
 }
 
-fn parse_body(body: &[u8], partition: u32) -> Option<Record> {
-    let mut r = Cursor(body);
-    let offset = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
-    let timestamp = i64::from_le_bytes(r.take(8)?.try_into().ok()?);
-    let key_len = i32::from_le_bytes(r.take(4)?.try_into().ok()?);
-    let key = if key_len < 0 { None } else { Some(Bytes::copy_from_slice(r.take(key_len as usize)?)) };
-    let value_len = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
-    let value = Bytes::copy_from_slice(r.take(value_len)?);
-    let count = u16::from_le_bytes(r.take(2)?.try_into().ok()?);
+/// Reads the body that runs from `ENTRY_HEADER` to `end` of `buf`.
+fn parse_body(
+    buf: &[u8],
+    end: usize,
+    partition: u32,
+    bytes: impl Fn(std::ops::Range<usize>) -> Bytes,
+) -> Option<Record> {
+    let mut r = Cursor { buf: &buf[..end], at: ENTRY_HEADER };
+    let offset = u64::from_le_bytes(buf[r.take(8)?].try_into().ok()?);
+    let timestamp = i64::from_le_bytes(buf[r.take(8)?].try_into().ok()?);
+    let key_len = i32::from_le_bytes(buf[r.take(4)?].try_into().ok()?);
+    let key = if key_len < 0 { None } else { Some(bytes(r.take(key_len as usize)?)) };
+    let value_len = u32::from_le_bytes(buf[r.take(4)?].try_into().ok()?) as usize;
+    let value = bytes(r.take(value_len)?);
+    let count = u16::from_le_bytes(buf[r.take(2)?].try_into().ok()?);
     let mut headers = Vec::with_capacity(count as usize);
     for _ in 0..count {
-        let n = u16::from_le_bytes(r.take(2)?.try_into().ok()?) as usize;
-        let name = std::str::from_utf8(r.take(n)?).ok()?.to_string();
-        let n = u32::from_le_bytes(r.take(4)?.try_into().ok()?) as usize;
-        headers.push((name, Bytes::copy_from_slice(r.take(n)?)));
+        let n = u16::from_le_bytes(buf[r.take(2)?].try_into().ok()?) as usize;
+        let name = std::str::from_utf8(&buf[r.take(n)?]).ok()?.to_string();
+        let n = u32::from_le_bytes(buf[r.take(4)?].try_into().ok()?) as usize;
+        headers.push((name, bytes(r.take(n)?)));
     }
     Some(Record { partition, offset, timestamp, key, value, headers })
 }
 
-struct Cursor<'a>(&'a [u8]);
+/// Walks a body by position, so fields can be cut out of a shared buffer.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
 
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, tail) = self.0.split_at(n);
-        self.0 = tail;
-        Some(head)
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> Option<std::ops::Range<usize>> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.buf.len())?;
+        let range = self.at..end;
+        self.at = end;
+        Some(range)
     }
 }
 
@@ -121,6 +140,18 @@ mod tests {
         assert_eq!(rec.offset, 42);
         assert_eq!(rec.key.as_deref(), Some(&b"alice"[..]));
         assert_eq!(rec.header("mqtt.topic").map(|v| &v[..]), Some(&b"race/alice"[..]));
+    }
+
+    #[test]
+    fn shared_decoding_slices_the_chunk() {
+        let mut buf = vec![0xAA; 3];
+        encode(7, &sample(), &mut buf);
+        let chunk = Bytes::from(buf);
+        let Decoded::Entry(rec, used) = decode_shared(&chunk, 3, 0) else { panic!("not decoded") };
+        assert_eq!(used, chunk.len() - 3);
+        assert_eq!((rec.offset, rec.value.as_ref()), (7, &b"{\"lat\":1}"[..]));
+        let inside = chunk.as_ptr_range();
+        assert!(inside.contains(&rec.value.as_ptr()), "the value points into the chunk, not a copy");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Instant;
 
+use bytes::Bytes;
 use pacer_core::Record;
 
 use crate::segment::{self, Decoded};
@@ -301,7 +302,7 @@ impl Partition {
             let mut corrupt = None;
             let mut big_entry = None;
             loop {
-                match segment::decode(&buf[at..], self.id) {
+                match segment::decode_shared(&buf, at, self.id) {
                     Decoded::Entry(rec, n) => {
                         at += n;
                         if rec.offset >= next && rec.offset < end {
@@ -331,7 +332,7 @@ impl Partition {
             }
             if let Some(len) = big_entry {
                 let whole = read_at(&path, pos, len).map_err(io_err(&path))?;
-                if let Decoded::Entry(rec, n) = segment::decode(&whole, self.id) {
+                if let Decoded::Entry(rec, n) = segment::decode_shared(&whole, 0, self.id) {
                     if rec.offset >= next && rec.offset < end {
                         next = rec.offset + 1;
                         used += n as u64;
@@ -425,12 +426,15 @@ impl Partition {
     }
 }
 
-fn read_at(path: &Path, pos: u64, len: u64) -> std::io::Result<Vec<u8>> {
+fn read_at(path: &Path, pos: u64, len: u64) -> std::io::Result<Bytes> {
     let mut f = File::open(path)?;
     f.seek(SeekFrom::Start(pos))?;
-    let mut buf = vec![0u8; len as usize];
-    f.read_exact(&mut buf)?;
-    Ok(buf)
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(len).read_to_end(&mut buf)?;
+    if (buf.len() as u64) < len {
+        return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "segment shorter than its committed length"));
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// The first position at or after `from` holding a whole, CRC-valid entry with an offset of

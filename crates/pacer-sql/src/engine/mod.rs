@@ -611,7 +611,9 @@ impl LatestRows {
             None => serde_json::from_slice::<Json>(&record.value).ok().and_then(|v| v.get("WINDOWSTART").cloned()),
         };
         let i = self.slot((key, window));
-        self.records[i] = (!record.value.is_empty()).then_some(record);
+        // A copy, so a kept row does not hold on to the whole chunk the log read it from.
+        let value = bytes::Bytes::copy_from_slice(&record.value);
+        self.records[i] = (!value.is_empty()).then_some(Record { value, ..record });
     }
 
     fn into_values(self) -> Vec<Map<String, Json>> {
