@@ -250,3 +250,113 @@ fn emit_final_survives_kill_9_without_losing_or_repeating_a_window() {
     // Windows still open when the input ended may close later by the idle clock, once each.
     assert!(emitted.values().all(|v| v.len() == 1), "a window was emitted twice");
 }
+
+/// Reads a push query's NDJSON answer until `rows` rows came (30 s at most).
+fn push_rows(pacer: &Pacer, statement: &str, publish: impl FnOnce(), rows: usize) -> (Value, Vec<Value>) {
+    use futures::StreamExt;
+    let url = format!("{}/api/v1/sql", pacer.http);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let response =
+            reqwest::Client::new().post(&url).json(&serde_json::json!({ "sql": statement })).send().await.unwrap();
+        assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+        let mut body = response.bytes_stream();
+        let mut text = String::new();
+        let mut lines: Vec<Value> = Vec::new();
+        let mut publish = Some(publish);
+        let read = async {
+            while lines.len() < rows + 1 {
+                let chunk = body.next().await.expect("the push query ended early").unwrap();
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = text.find('\n') {
+                    let line: String = text.drain(..=end).collect();
+                    lines.push(serde_json::from_str(&line).unwrap());
+                    // The header line means the query is reading: now publish.
+                    if let Some(p) = publish.take() {
+                        tokio::task::block_in_place(p);
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(30), read).await.expect("push query rows within 30 s");
+        let header = lines.remove(0);
+        (header, lines)
+    })
+}
+
+#[test]
+fn push_queries_insert_into_dead_letters_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql_file = dir.path().join("queries.sql");
+    std::fs::write(
+        &sql_file,
+        "CREATE STREAM readings (device VARCHAR KEY, temp DOUBLE) WITH (kafka_topic='readings', value_format='JSON');
+         CREATE STREAM hot AS SELECT device, temp, temp * 9 / 5 + 32 AS fahrenheit FROM readings WHERE temp > 30;
+         CREATE STREAM alerts (device VARCHAR, fahrenheit DOUBLE) WITH (kafka_topic='alerts');
+         INSERT INTO alerts SELECT device, fahrenheit FROM hot WHERE fahrenheit > 100;",
+    )
+    .unwrap();
+    let config = dir.path().join("pacer.toml");
+    std::fs::write(&config, format!("[sql]\nfile = {:?}\n", sql_file.file_name().unwrap())).unwrap();
+    let data = dir.path().join("data");
+    let mut pacer = Pacer::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let produce = |pacer: &Pacer, device: &str, lines: &str| {
+        let mut child = Command::new(common::PACER)
+            .args(["produce", "readings", "--key", device, "--server", &pacer.http])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success());
+    };
+
+    // A push query sees rows published after it started, computed per row.
+    let (header, rows) = push_rows(
+        &pacer,
+        "SELECT device, fahrenheit FROM hot EMIT CHANGES LIMIT 2",
+        || produce(&pacer, "g1", "{\"temp\": 20}\n{\"temp\": 35}\n{\"temp\": \"hot\"}\n{\"temp\": 40}\n"),
+        2,
+    );
+    assert_eq!(header["columns"], serde_json::json!(["device", "fahrenheit"]));
+    assert_eq!(
+        rows,
+        [
+            serde_json::json!({"device": "g1", "fahrenheit": 95.0}),
+            serde_json::json!({"device": "g1", "fahrenheit": 104.0})
+        ]
+    );
+
+    // INSERT INTO fed alerts; the undecodable record went to the dead letters with the reason.
+    let alert = pacer.wait_for_record("alerts", |r| r["value"]["device"] == "g1");
+    assert_eq!(alert["value"]["fahrenheit"], 104.0);
+    let dead = pacer.wait_for_record("_dead_letters", |r| r["value"]["query"] == "CSAS_HOT");
+    assert_eq!(dead["value"]["reason"], "field temp: expected DOUBLE, got \"hot\"");
+    assert_eq!(dead["value"]["offset"], 2);
+
+    let (_, queries) = pacer.post_sql("SHOW QUERIES");
+    let ids: Vec<&str> = queries["rows"].as_array().unwrap().iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert_eq!(ids, ["CSAS_HOT", "INSERTQUERY_1"]);
+    assert!(queries["rows"].as_array().unwrap().iter().all(|r| r[1] == "RUNNING"));
+    let (status, dropped) = pacer.post_sql("DROP STREAM hot");
+    assert_eq!(status, 400);
+    assert!(dropped["error"].as_str().unwrap().contains("TERMINATE CSAS_HOT first"), "{dropped}");
+    let (_, described) = pacer.post_sql("DESCRIBE hot");
+    assert_eq!(described["rows"][2], serde_json::json!(["fahrenheit", "DOUBLE", false]));
+
+    // After a restart the catalog is back (the SQL file does not start anything twice) and
+    // the queries continue where they were.
+    drop(pacer);
+    pacer = Pacer::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let (_, queries) = pacer.post_sql("SHOW QUERIES");
+    assert_eq!(queries["rows"].as_array().unwrap().len(), 2);
+    produce(&pacer, "g2", "{\"temp\": 50}\n");
+    let alert = pacer.wait_for_record("alerts", |r| r["value"]["device"] == "g2");
+    assert_eq!(alert["value"]["fahrenheit"], 122.0);
+    let stored: Value = serde_json::from_str(&pacer.get("/api/v1/streams/hot/records?limit=100")).unwrap();
+    let temps: Vec<f64> =
+        stored["records"].as_array().unwrap().iter().map(|r| r["value"]["temp"].as_f64().unwrap()).collect();
+    assert_eq!(temps, [35.0, 40.0, 50.0], "each input row once, across the restart");
+
+    let (_, terminated) = pacer.post_sql("TERMINATE INSERTQUERY_1");
+    assert_eq!(terminated["message"], "terminated INSERTQUERY_1");
+}

@@ -158,16 +158,22 @@ impl Engine {
         Ok(responses)
     }
 
-    /// Runs the statements of a SQL file at start-up: a CREATE whose name already exists
-    /// with the same statement is left as it is, so the file can run at every start.
+    /// Runs the statements of a SQL file at start-up: a CREATE whose name already exists,
+    /// or an INSERT INTO already running, is left as it is, so the file can run at every start.
     pub async fn execute_file(&self, sql: &str) -> Result<(), SqlError> {
         for (statement, text) in parse::parse_with_text(sql)? {
-            let existing = match &statement {
-                Statement::CreateSource { name, .. } | Statement::CreateAs { name, .. } => {
-                    let catalog = self.catalog.lock().await;
-                    catalog.sources.contains_key(&name.to_ascii_lowercase()).then(|| name.clone())
+            let existing = {
+                let catalog = self.catalog.lock().await;
+                match &statement {
+                    Statement::CreateSource { name, .. } | Statement::CreateAs { name, .. } => {
+                        catalog.sources.contains_key(&name.to_ascii_lowercase()).then(|| name.clone())
+                    }
+                    // An INSERT INTO has no name: the same statement running is the same query.
+                    Statement::InsertInto { .. } => {
+                        catalog.queries.values().find(|q| q.info.sql == text).map(|q| q.info.id.clone())
+                    }
+                    _ => None,
                 }
-                _ => None,
             };
             if let Some(name) = existing {
                 tracing::debug!(name, "already in the catalog; left as it is");
