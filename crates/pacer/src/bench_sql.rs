@@ -1,9 +1,14 @@
-//! `pacer bench sql`: the streaming SQL engine measured in-process on one core.
+//! `pacer bench sql`: the streaming SQL engine measured in-process on one core, and
+//! `pacer bench sql-latency`: publish → persistent query → push query, end to end.
 //!
-//! Writes readings of many devices into an embedded log (and, for DuckDB, the same JSON
-//! lines to a file), then runs a windowed GROUP BY over them with the engine's operator on
-//! one thread, from reading the log to closed windows, and prints events/s and a result
-//! checksum that an independent engine can be compared with.
+//! The first writes readings of many devices into an embedded log (and, for DuckDB, the
+//! same JSON lines to a file), then runs a windowed GROUP BY over them with the engine's
+//! operator on one thread, from reading the log to closed windows, and prints events/s and
+//! a result checksum that an independent engine can be compared with.
+//!
+//! The second talks to a running Pacer like a user: it creates a windowed EMIT CHANGES
+//! table, opens a push query on it over HTTP, publishes readings over MQTT at a fixed rate
+//! with their send time inside, and measures send → push-query row.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -127,4 +132,126 @@ fn tally(out: &mut Vec<Output>, windows: &mut u64, counted: &mut i64, sum_of_max
         *sum_of_max += v["max_temp"].as_f64().unwrap_or(0.0);
     }
     Ok(())
+}
+
+pub struct LatencyBench {
+    pub host: String,
+    pub port: u16,
+    pub server: String,
+    /// Messages per second.
+    pub rate: u64,
+    pub seconds: u64,
+    pub devices: u64,
+    pub qos: u8,
+}
+
+pub async fn latency(b: LatencyBench) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+    let suffix = pacer_core::now_ms();
+    let table = format!("latency_{suffix}");
+    let setup = format!(
+        "CREATE STREAM IF NOT EXISTS latency_in (device VARCHAR, sent BIGINT) WITH (kafka_topic='mqtt', value_format='JSON');
+         CREATE TABLE {table} AS SELECT device, LATEST_BY_OFFSET(sent) AS sent, COUNT(*) AS n FROM latency_in
+         WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY device EMIT CHANGES;"
+    );
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/sql", b.server.trim_end_matches('/'));
+    let response =
+        http.post(&url).json(&serde_json::json!({ "sql": setup })).send().await.context("reaching Pacer's HTTP API")?;
+    anyhow::ensure!(response.status().is_success(), "setting up the query failed: {}", response.text().await?);
+    let push = http
+        .post(&url)
+        .json(&serde_json::json!({ "sql": format!("SELECT device, sent FROM {table} EMIT CHANGES") }))
+        .send()
+        .await?;
+    anyhow::ensure!(push.status().is_success(), "the push query failed: {}", push.text().await?);
+    let mut rows = push.bytes_stream();
+    let expected = b.rate * b.seconds;
+    let receiver = tokio::spawn(async move {
+        let mut latencies: Vec<u64> = Vec::with_capacity(expected as usize);
+        let mut text = String::new();
+        let mut header = true;
+        while latencies.len() < expected as usize {
+            let Ok(Some(chunk)) = tokio::time::timeout(std::time::Duration::from_secs(10), rows.next()).await else {
+                break;
+            };
+            let received = now_micros();
+            text.push_str(&String::from_utf8_lossy(&chunk?));
+            while let Some(end) = text.find('\n') {
+                let line: String = text.drain(..=end).collect();
+                if std::mem::take(&mut header) {
+                    continue;
+                }
+                let row: serde_json::Value = serde_json::from_str(&line)?;
+                if let Some(sent) = row["sent"].as_i64() {
+                    latencies.push((received - sent).max(0) as u64);
+                }
+            }
+        }
+        anyhow::Ok(latencies)
+    });
+
+    let mut options = MqttOptions::new(format!("pacer-latency-{suffix}"), b.host.clone(), b.port);
+    options.set_keep_alive(std::time::Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(options, 10_000);
+    let driver = tokio::spawn(async move {
+        loop {
+            if events.poll().await.is_err() {
+                break;
+            }
+        }
+    });
+    let qos = match b.qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    };
+    // Sends in 1 ms ticks, so the rate holds without bursts of a whole second.
+    let per_tick = (b.rate as f64 / 1000.0).max(1.0);
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(1));
+    let started = Instant::now();
+    let (mut sent, mut owed) = (0u64, 0f64);
+    let progress = ProgressBar::new(expected)
+        .with_style(ProgressStyle::with_template("publishing {bar:40} {pos}/{len} {per_sec}").expect("valid template"));
+    while sent < expected {
+        interval.tick().await;
+        owed += per_tick;
+        while owed >= 1.0 && sent < expected {
+            let device = sent % b.devices;
+            let payload = format!(r#"{{"device":"d-{device}","sent":{}}}"#, now_micros());
+            client.publish(format!("latency/d-{device}"), qos, false, payload).await?;
+            sent += 1;
+            owed -= 1.0;
+        }
+        progress.set_position(sent);
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    let mut latencies = receiver.await??;
+    driver.abort();
+    let _ = http
+        .post(&url)
+        .json(&serde_json::json!({ "sql": format!("TERMINATE CTAS_{}", table.to_uppercase()) }))
+        .send()
+        .await;
+    anyhow::ensure!(!latencies.is_empty(), "no rows came back from the push query");
+    latencies.sort_unstable();
+    let q = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    println!(
+        "published {sent} in {publish_secs:.2} s ({:.0} msg/s, QoS {}); {} rows back; publish → push-query row: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        sent as f64 / publish_secs,
+        b.qos,
+        latencies.len(),
+        q(0.5),
+        q(0.99),
+        q(0.999),
+        q(1.0)
+    );
+    Ok(())
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }

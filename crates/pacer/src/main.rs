@@ -192,6 +192,24 @@ enum Bench {
         #[arg(long)]
         ndjson: Option<PathBuf>,
     },
+    /// Publish over MQTT → windowed EMIT CHANGES query → push query over HTTP: latency
+    SqlLatency {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        #[arg(long, default_value = "http://127.0.0.1:8080", env = "PACER_SERVER")]
+        server: String,
+        /// Messages per second
+        #[arg(long, default_value_t = 20_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1000)]
+        devices: u64,
+        #[arg(long, default_value_t = 1)]
+        qos: u8,
+    },
     /// Publish throughput and PUBLISH→PUBACK latency
     Publish {
         #[arg(long, default_value = "127.0.0.1")]
@@ -287,6 +305,9 @@ async fn run_bench(bench: Bench) -> anyhow::Result<()> {
             };
             println!("{}", pacer_sim::bench::pubsub(bench).await?);
             Ok(())
+        }
+        Bench::SqlLatency { host, port, server, rate, seconds, devices, qos } => {
+            bench_sql::latency(bench_sql::LatencyBench { host, port, server, rate, seconds, devices, qos }).await
         }
         Bench::Sql { records, keys, dir, ndjson } => {
             bench_sql::sql(bench_sql::SqlBench { records, keys, dir, ndjson }).await

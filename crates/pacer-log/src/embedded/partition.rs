@@ -301,11 +301,18 @@ impl Partition {
             let mut at = 0usize;
             let mut corrupt = None;
             let mut big_entry = None;
+            let mut reached_end = false;
             loop {
                 match segment::decode_shared(&buf, at, self.id) {
+                    // Committed after this read began: the next read returns it. Stepping
+                    // past it here would move the position hint beyond a record never returned.
+                    Decoded::Entry(rec, _) if rec.offset >= end => {
+                        reached_end = true;
+                        break;
+                    }
                     Decoded::Entry(rec, n) => {
                         at += n;
-                        if rec.offset >= next && rec.offset < end {
+                        if rec.offset >= next {
                             next = rec.offset + 1;
                             used += n as u64;
                             out.push(rec);
@@ -333,7 +340,10 @@ impl Partition {
             if let Some(len) = big_entry {
                 let whole = read_at(&path, pos, len).map_err(io_err(&path))?;
                 if let Decoded::Entry(rec, n) = segment::decode_shared(&whole, 0, self.id) {
-                    if rec.offset >= next && rec.offset < end {
+                    if rec.offset >= end {
+                        break;
+                    }
+                    if rec.offset >= next {
                         next = rec.offset + 1;
                         used += n as u64;
                         out.push(rec);
@@ -345,6 +355,9 @@ impl Partition {
             }
             let at_pos = pos + at as u64;
             hint = Some((base, at_pos));
+            if reached_end {
+                break;
+            }
             if let Some(reason) = corrupt {
                 let resume = self.skip_corruption(base, at_pos, next_base);
                 tracing::error!(path = %path.display(), position = at_pos, reason, skipped_offsets = %format!("{next}..{}", resume.0), "corrupt entry in the log; skipping to the next readable entry");
