@@ -29,7 +29,8 @@ const CONSUMER_POSITIONS: &str = "__consumer_positions";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FsyncPolicy {
-    /// After every append request, on its own.
+    /// Every append request is written on its own and synced before it is acknowledged
+    /// (appends whose syncs would overlap share one).
     Always,
     /// Once per group of requests that were waiting together (group commit).
     #[default]
