@@ -202,6 +202,15 @@ impl Config {
         config.mqtt.tls_cert.as_mut().map(resolve);
         config.mqtt.tls_key.as_mut().map(resolve);
         config.sql.file.as_mut().map(resolve);
+        // MQTT's remaining length tops out at 268,435,455 bytes; 0 would let one packet header
+        // make the broker reserve that much.
+        if !(1..=268_435_455).contains(&config.mqtt.max_packet_size) {
+            anyhow::bail!(
+                "{}: [mqtt] max_packet_size = {}: give a limit from 1 to 268435455 bytes",
+                path.display(),
+                config.mqtt.max_packet_size
+            );
+        }
         Ok(config)
     }
 }
@@ -219,6 +228,15 @@ mod tests {
         assert!(err.contains("pacer.toml"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn a_packet_limit_of_zero_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pacer.toml");
+        std::fs::write(&path, "[mqtt]\nmax_packet_size = 0\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("pacer.toml") && err.contains("max_packet_size = 0"), "{err}");
     }
 
     #[test]

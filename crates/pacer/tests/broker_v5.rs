@@ -234,3 +234,85 @@ async fn topics_repeat_as_aliases_to_clients_that_accept_them() {
     assert_eq!((&got[1].topic[..], alias(&got[1])), (&b""[..], Some(1)));
     assert_eq!(&got[1].payload[..], b"Museum");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_message_past_its_expiry_is_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start(dir.path());
+    let (c, mut e, _) = session_present(&pacer, "pager", true, Some(300)).await;
+    c.subscribe("pages/#", QoS::AtLeastOnce).await.unwrap();
+    suback(&mut e).await;
+    leave(c, e).await;
+
+    let (publisher, mut pub_events) = client(&pacer, "dispatch");
+    connack(&mut pub_events).await;
+    let expires = PublishProperties { message_expiry_interval: Some(1), ..Default::default() };
+    publisher.publish_with_properties("pages/1", QoS::AtLeastOnce, false, "stale", expires).await.unwrap();
+    puback(&mut pub_events).await;
+    let keeps = PublishProperties { message_expiry_interval: Some(600), ..Default::default() };
+    publisher.publish_with_properties("pages/2", QoS::AtLeastOnce, false, "fresh", keeps).await.unwrap();
+    puback(&mut pub_events).await;
+    // The subject here is time passing: the first message's one second runs out.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    let (_c, mut e, present) = session_present(&pacer, "pager", false, Some(300)).await;
+    assert!(present);
+    let got = received(&mut e, 2, Duration::from_secs(3)).await;
+    let payloads: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(payloads, [&b"fresh"[..]], "the expired message is dropped, the other delivered");
+    let left = got[0].properties.as_ref().and_then(|p| p.message_expiry_interval);
+    assert!(left.is_some_and(|s| s < 600 && s >= 590), "the expiry counts down while queued: {left:?}");
+}
+
+/// Connects `id` with a will on `status/<id>` sent `delay` seconds after an abnormal close.
+async fn with_will(pacer: &Pacer, id: &str, delay: u32, clean_start: bool) -> (AsyncClient, EventLoop) {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    let mut o = MqttOptions::new(id, "127.0.0.1", pacer.mqtt_port);
+    let properties = LastWillProperties {
+        delay_interval: Some(delay),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    };
+    let will = LastWill::new(format!("status/{id}"), "offline", QoS::AtLeastOnce, false, Some(properties));
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_clean_start(clean_start)
+        .set_session_expiry_interval(Some(60))
+        .set_last_will(will);
+    let (client, mut events) = AsyncClient::new(o, 20);
+    connack(&mut events).await;
+    (client, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_waits_for_its_delay_and_a_quick_return_cancels_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start(dir.path());
+    let (watcher, mut watch_events) = client(&pacer, "control-room");
+    connack(&mut watch_events).await;
+    watcher.subscribe("status/#", QoS::AtLeastOnce).await.unwrap();
+    suback(&mut watch_events).await;
+
+    // Gone without DISCONNECT: the will comes once its delay is over.
+    let (c, e) = with_will(&pacer, "gen-1", 1, true).await;
+    drop((c, e));
+    let got = received(&mut watch_events, 1, Duration::from_secs(15)).await;
+    assert_eq!(got.first().map(|p| (&p.topic[..], &p.payload[..])), Some((&b"status/gen-1"[..], &b"offline"[..])));
+
+    // Back within the delay: no will. Then a clean DISCONNECT, which never sends one.
+    let (c, e) = with_will(&pacer, "gen-2", 3, true).await;
+    drop((c, e));
+    let (c, e) = with_will(&pacer, "gen-2", 3, false).await;
+    leave(c, e).await;
+    // Waiting out the delay is the subject: nothing may arrive for gen-2 in it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (sentinel, mut sentinel_events) = client(&pacer, "sentinel");
+    connack(&mut sentinel_events).await;
+    sentinel.publish("status/sentinel", QoS::AtLeastOnce, false, "ping").await.unwrap();
+    puback(&mut sentinel_events).await;
+    let got = received(&mut watch_events, 1, Duration::from_secs(15)).await;
+    assert_eq!(got.first().map(|p| &p.topic[..]), Some(&b"status/sentinel"[..]), "the cancelled will was sent");
+}
