@@ -78,6 +78,8 @@ pub struct Operator {
     /// Reused for every record.
     row: Vec<Value>,
     inputs: Vec<Value>,
+    /// Which fields the record being decoded set.
+    filled: Vec<bool>,
 }
 
 impl Operator {
@@ -96,6 +98,7 @@ impl Operator {
             changed: Vec::new(),
             whole_value,
             inputs: Vec::new(),
+            filled: Vec::new(),
         }
     }
 
@@ -111,13 +114,21 @@ impl Operator {
     /// only (the reason goes to the dead-letter stream).
     pub fn process(&mut self, record: &Record, out: &mut Vec<Output>) -> Result<(), String> {
         let mut row = std::mem::take(&mut self.row);
-        let result = self.process_row(record, &mut row, out);
+        let mut filled = std::mem::take(&mut self.filled);
+        let result = self.process_row(record, &mut row, &mut filled, out);
         self.row = row;
+        self.filled = filled;
         result
     }
 
-    fn process_row(&mut self, record: &Record, row: &mut [Value], out: &mut Vec<Output>) -> Result<(), String> {
-        self.decode(record, row)?;
+    fn process_row(
+        &mut self,
+        record: &Record,
+        row: &mut [Value],
+        filled: &mut Vec<bool>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), String> {
+        self.decode(record, row, filled)?;
         let plan = self.plan.clone();
         if let Some(filter) = &plan.filter {
             if !filter.eval(row)?.is_true() {
@@ -170,11 +181,18 @@ impl Operator {
         };
         let grace = window.map_or(0, |w| w.grace);
         let close = |end: i64| close_time(*window, end);
-        let spans: Vec<(i64, i64)> = match window.map(|w| w.kind) {
-            None => vec![(NO_WINDOW, i64::MAX)],
+        // Most records fall in one window: keep that case off the heap.
+        let one: [(i64, i64); 1];
+        let hops: Vec<(i64, i64)>;
+        let spans: &[(i64, i64)] = match window.map(|w| w.kind) {
+            None => {
+                one = [(NO_WINDOW, i64::MAX)];
+                &one
+            }
             Some(WindowKind::Tumbling { size }) => {
                 let start = timestamp - timestamp.rem_euclid(size);
-                vec![(start, start + size)]
+                one = [(start, start + size)];
+                &one
             }
             Some(WindowKind::Hopping { size, advance }) => {
                 let mut start = timestamp - timestamp.rem_euclid(advance);
@@ -184,12 +202,16 @@ impl Operator {
                     start -= advance;
                 }
                 starts.reverse();
-                starts
+                hops = starts;
+                &hops
             }
-            Some(WindowKind::Session { gap }) => vec![self.join_session(plan, text, timestamp, gap, out)],
+            Some(WindowKind::Session { gap }) => {
+                one = [self.join_session(plan, text, timestamp, gap, out)];
+                &one
+            }
         };
         let mut accepted = false;
-        for (start, end) in spans {
+        for &(start, end) in spans {
             let windows = match self.groups.get_mut(text) {
                 Some(w) => w,
                 None => self.groups.entry(Box::from(text)).or_default(),
@@ -367,7 +389,7 @@ impl Operator {
     }
 
     /// Fills `row` from a record: pseudo columns, then the plan's fields with their types.
-    fn decode(&self, record: &Record, row: &mut [Value]) -> Result<(), String> {
+    fn decode(&self, record: &Record, row: &mut [Value], filled: &mut Vec<bool>) -> Result<(), String> {
         row[ROWTIME] = Value::Int(record.timestamp);
         let fields = &self.plan.fields;
         let needs_key = self.plan.reads_key || fields.iter().any(|f| f.key);
@@ -400,11 +422,12 @@ impl Operator {
             row[WHOLE_VALUE] = Value::from_json(&Json::Object(object));
         } else if fields.iter().any(|f| !f.key) {
             let mut de = serde_json::Deserializer::from_slice(&record.value);
-            let mut filled = vec![false; fields.len()];
-            let seed = RowSeed { fields, row: &mut row[FIRST_FIELD..], filled: &mut filled };
+            filled.clear();
+            filled.resize(fields.len(), false);
+            let seed = RowSeed { fields, row: &mut row[FIRST_FIELD..], filled };
             let decoded = seed.deserialize(&mut de).and_then(|r| de.end().map(|()| r));
             // Slots keep last record's values (and string buffers) until overwritten.
-            for (slot, filled) in row[FIRST_FIELD..].iter_mut().zip(filled) {
+            for (slot, filled) in row[FIRST_FIELD..].iter_mut().zip(filled.iter()) {
                 if !filled {
                     *slot = Value::Null;
                 }
