@@ -184,7 +184,12 @@ where
     // A lasting session is recorded before CONNACK; a clean start ends a stored one.
     let stored = if request.session_expiry > 0 {
         let record = connected.session.lock().unwrap().record();
-        shared.store.save_session(&client_id, Some(&record)).await
+        // A clean start that keeps a lasting session still drops what the old one had queued.
+        let cleared = if connected.discarded_stored { shared.store.clear_queued(&client_id).await } else { Ok(()) };
+        match cleared {
+            Ok(()) => shared.store.save_session(&client_id, Some(&record)).await,
+            Err(e) => Err(e),
+        }
     } else if connected.discarded_stored {
         shared.store.save_session(&client_id, None).await
     } else {
@@ -472,10 +477,13 @@ impl Connection {
             }
             In::PubAck(packet_id) => {
                 let mut state = self.session.lock().unwrap();
-                if state.inflight.get(&packet_id.get()).is_some_and(|i| i.delivery.qos == 1) {
-                    state.inflight.remove(&packet_id.get());
-                }
+                let done = if state.inflight.get(&packet_id.get()).is_some_and(|i| i.delivery.qos == 1) {
+                    state.inflight.remove(&packet_id.get())
+                } else {
+                    None
+                };
                 drop(state);
+                self.forget_stored(done);
                 Ok(self.next_deliveries())
             }
             In::PubRec(packet_id) => {
@@ -486,7 +494,8 @@ impl Connection {
                 Ok(vec![Out::PubRel(packet_id)])
             }
             In::PubComp(packet_id) => {
-                self.session.lock().unwrap().inflight.remove(&packet_id.get());
+                let done = self.session.lock().unwrap().inflight.remove(&packet_id.get());
+                self.forget_stored(done);
                 Ok(self.next_deliveries())
             }
             In::Subscribe { packet_id, id, filters } => {
@@ -649,6 +658,18 @@ impl Connection {
         })
     }
 
+    /// Records that the subscriber has a stored delivery, so a restart does not send it again.
+    /// Losing this record only means one more delivery, so nothing waits for it.
+    fn forget_stored(&self, done: Option<Inflight>) {
+        let Some(seq) = done.and_then(|i| i.delivery.stored) else { return };
+        let (store, client_id) = (self.shared.store.clone(), self.client_id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = store.delivered(&client_id, seq).await {
+                tracing::warn!(%client_id, seq, error = %e, "could not record a delivery; it may be sent again after a restart");
+            }
+        });
+    }
+
     /// Applies a SUBSCRIBE; returns the SUBACK codes and, for a lasting session, what to
     /// store before the SUBACK goes out.
     fn subscribe(
@@ -712,6 +733,7 @@ impl Connection {
                         publication: p,
                         retain: true,
                         subscription_ids: id.into_iter().collect(),
+                        stored: None,
                     };
                     self.shared.router.enqueue(&self.client_id, &mut state, delivery);
                 }

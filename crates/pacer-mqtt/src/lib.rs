@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 
 pub use metrics::Metrics;
 use router::Router;
-pub use session::{SessionRecord, Subscription};
+pub use session::{Delivery, QueuedDelivery, SessionRecord, Subscription};
 pub use wire::SubOptions;
 
 /// Where accepted publications go before they are acknowledged.
@@ -50,12 +50,29 @@ pub trait BrokerStore: Send + Sync + 'static {
     async fn save_session(&self, client_id: &str, session: Option<&SessionRecord>) -> anyhow::Result<()>;
     /// Everything saved: retained messages, and persistent sessions with their subscriptions.
     async fn load(&self) -> anyhow::Result<StoredState>;
+
+    /// Keeps QoS 1/2 deliveries queued for lasting sessions; done before the publisher's ack.
+    async fn save_queued(&self, _queued: &[QueuedDelivery]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// The subscriber acknowledged the stored delivery `seq`.
+    async fn delivered(&self, _client_id: &str, _seq: u64) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Forgets every delivery stored for `client_id` (its session ended or started clean).
+    async fn clear_queued(&self, _client_id: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct StoredState {
     pub retained: Vec<Publication>,
     pub sessions: Vec<(String, SessionRecord)>,
+    /// Deliveries still owed to lasting sessions, oldest first.
+    pub queued: Vec<QueuedDelivery>,
 }
 
 /// A store that keeps nothing: retained messages and sessions last until the process ends.
@@ -139,13 +156,17 @@ impl Shared {
     /// Makes publications durable (and the retained ones' retained copies), then routes them.
     async fn accept(&self, publications: Vec<Publication>) -> anyhow::Result<()> {
         self.sink.accept(&publications).await?;
+        let mut queued = Vec::new();
         for publication in publications {
             let publication = Arc::new(publication);
             if publication.retain {
                 self.store.save_retained(&publication).await?;
                 self.router.set_retained(&publication);
             }
-            self.router.route(&publication);
+            queued.extend(self.router.route(&publication));
+        }
+        if !queued.is_empty() {
+            self.store.save_queued(&queued).await?;
         }
         Ok(())
     }
@@ -169,7 +190,14 @@ impl Broker {
         for (client_id, record) in stored.sessions {
             router.restore_session(&client_id, record);
         }
-        tracing::info!(retained = router.retained_count(), sessions = restored.len(), "broker state restored");
+        let owed = stored.queued.len();
+        router.restore_queued(stored.queued);
+        tracing::info!(
+            retained = router.retained_count(),
+            sessions = restored.len(),
+            queued = owed,
+            "broker state restored"
+        );
         let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let shared = Arc::new(Shared { config, connection_slots, security, router, sink, store, metrics });
         // Restored sessions are away from now on: their expiry clock starts now.

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::auth::{Access, Acl};
 use crate::metrics::Metrics;
-use crate::session::{Attached, Delivery, SessionRecord, SessionState};
+use crate::session::{Attached, Delivery, QueuedDelivery, SessionRecord, SessionState};
 use crate::topic;
 
 pub type Session = Arc<Mutex<SessionState>>;
@@ -38,6 +38,8 @@ pub struct Router {
     /// Read permissions, checked for every message on its way to a subscriber.
     acl: Option<Arc<Acl>>,
     metrics: Metrics,
+    /// Number of the next delivery stored for a lasting session.
+    next_stored: AtomicU64,
 }
 
 /// What a connection gets when it attaches to a session.
@@ -61,6 +63,7 @@ impl Router {
             max_queued,
             acl,
             metrics,
+            next_stored: AtomicU64::new(1),
         }
     }
 
@@ -164,7 +167,9 @@ impl Router {
     /// Puts `publication` on the queue of every session with a matching subscription: once
     /// per session, at the highest matching QoS capped by the publication's, carrying the ids
     /// of all the subscriptions it matched. Each share group gets one copy.
-    pub fn route(&self, publication: &Arc<Publication>) {
+    /// Deliveries to lasting sessions come back, to be stored before the publisher's ack.
+    pub fn route(&self, publication: &Arc<Publication>) -> Vec<QueuedDelivery> {
+        let mut stored = Vec::new();
         let sessions = self.sessions.read().unwrap();
         let mut groups: BTreeMap<(String, String), Vec<ShareMember>> = BTreeMap::new();
         for (client_id, session) in sessions.iter() {
@@ -206,8 +211,9 @@ impl Router {
                 qos,
                 retain: retain_as_published && publication.retain,
                 subscription_ids: ids,
+                stored: None,
             };
-            self.enqueue(client_id, &mut state, delivery);
+            self.enqueue_lasting(client_id, &mut state, delivery, &mut stored);
         }
         for members in groups.into_values() {
             // Prefer members that are connected; among them, take turns.
@@ -226,19 +232,56 @@ impl Router {
                 qos: chosen.qos.min(publication.qos),
                 retain: false,
                 subscription_ids: chosen.id.into_iter().collect(),
+                stored: None,
             };
-            self.enqueue(chosen.client_id, &mut chosen.session.lock().unwrap(), delivery);
+            self.enqueue_lasting(chosen.client_id, &mut chosen.session.lock().unwrap(), delivery, &mut stored);
+        }
+        stored
+    }
+
+    /// Enqueues; a QoS 1/2 delivery to a lasting session is numbered and listed in `stored`.
+    fn enqueue_lasting(
+        &self,
+        client_id: &str,
+        state: &mut SessionState,
+        mut delivery: Delivery,
+        stored: &mut Vec<QueuedDelivery>,
+    ) {
+        let lasting = state.persistent() && delivery.qos > 0;
+        if lasting {
+            delivery.stored = Some(self.next_stored.fetch_add(1, Ordering::Relaxed));
+        }
+        let seq = delivery.stored;
+        let copy = lasting.then(|| delivery.clone());
+        if self.enqueue(client_id, state, delivery) {
+            if let (Some(seq), Some(delivery)) = (seq, copy) {
+                stored.push(QueuedDelivery { client_id: client_id.to_string(), seq, delivery });
+            }
         }
     }
 
-    pub fn enqueue(&self, client_id: &str, state: &mut SessionState, delivery: Delivery) {
+    /// Puts deliveries stored before a restart back on their sessions' queues.
+    pub fn restore_queued(&self, queued: Vec<QueuedDelivery>) {
+        let sessions = self.sessions.read().unwrap();
+        for q in queued {
+            self.next_stored.fetch_max(q.seq + 1, Ordering::Relaxed);
+            match sessions.get(&q.client_id) {
+                Some(session) => session.lock().unwrap().queue.push_back(q.delivery),
+                None => tracing::debug!(client_id = %q.client_id, "stored delivery for a session that ended; dropped"),
+            }
+        }
+    }
+
+    /// Queues a delivery for a session; false when the queue was full and it was dropped.
+    pub fn enqueue(&self, client_id: &str, state: &mut SessionState, delivery: Delivery) -> bool {
         if state.queue.len() >= self.max_queued {
             self.metrics.dropped.inc();
             tracing::warn!(%client_id, topic = %delivery.publication.topic, qos = delivery.qos, queued = state.queue.len(), "session queue full (mqtt.max_queued); message dropped for this subscriber");
-            return;
+            return false;
         }
         state.queue.push_back(delivery);
         state.wake();
+        true
     }
 
     /// Stores or (empty payload) clears the retained message of a topic.

@@ -41,6 +41,17 @@ pub struct Delivery {
     pub retain: bool,
     /// Identifiers of the subscriptions it matched (MQTT 5).
     pub subscription_ids: Vec<u32>,
+    /// Its number in the broker store, when it was stored for a lasting session: the
+    /// subscriber's acknowledgement is recorded against it.
+    pub stored: Option<u64>,
+}
+
+/// A delivery kept in the broker store for a lasting session, so a restart does not lose it.
+#[derive(Debug, Clone)]
+pub struct QueuedDelivery {
+    pub client_id: String,
+    pub seq: u64,
+    pub delivery: Delivery,
 }
 
 /// An outbound QoS 1/2 message the client has not finished acknowledging.

@@ -316,3 +316,55 @@ async fn a_will_waits_for_its_delay_and_a_quick_return_cancels_it() {
     let got = received(&mut watch_events, 1, Duration::from_secs(15)).await;
     assert_eq!(got.first().map(|p| &p.topic[..]), Some(&b"status/sentinel"[..]), "the cancelled will was sent");
 }
+
+/// QoS 1 messages queued for an offline lasting session survive `kill -9` and a restart;
+/// once acknowledged they are not sent again after the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_queued_for_an_offline_session_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start(dir.path());
+    let (c, mut e, _) = session_present(&pacer, "logger", true, Some(3600)).await;
+    c.subscribe("jobs/#", QoS::AtLeastOnce).await.unwrap();
+    suback(&mut e).await;
+    leave(c, e).await;
+    let (publisher, mut pub_events) = client(&pacer, "scheduler");
+    connack(&mut pub_events).await;
+    for job in ["one", "two", "three"] {
+        publisher.publish("jobs/nightly", QoS::AtLeastOnce, false, job).await.unwrap();
+        puback(&mut pub_events).await;
+    }
+    drop((publisher, pub_events));
+    drop(pacer); // SIGKILL: nothing gets written on the way out
+
+    let pacer = start(dir.path());
+    let (c, mut e, present) = session_present(&pacer, "logger", false, Some(3600)).await;
+    assert!(present);
+    let got = received(&mut e, 3, Duration::from_secs(20)).await;
+    let jobs: Vec<&[u8]> = got.iter().map(|p| &p.payload[..]).collect();
+    assert_eq!(
+        jobs,
+        [&b"one"[..], b"two", b"three"],
+        "every acknowledged publish reaches the subscriber after the crash"
+    );
+    // rumqttc acknowledged them; the broker records each acknowledgement in its journal.
+    let seen = std::sync::Mutex::new(0);
+    tokio::task::block_in_place(|| {
+        pacer.wait_for_record("__session_queue", |r| {
+            let mut seen = seen.lock().unwrap();
+            *seen += r["headers"].get("queue.done").is_some() as usize;
+            *seen == 3
+        })
+    });
+    leave(c, e).await;
+    drop(pacer);
+
+    let pacer = start(dir.path());
+    let (_c, mut e, present) = session_present(&pacer, "logger", false, Some(3600)).await;
+    assert!(present);
+    let (publisher, mut pub_events) = client(&pacer, "scheduler");
+    connack(&mut pub_events).await;
+    publisher.publish("jobs/nightly", QoS::AtLeastOnce, false, "four").await.unwrap();
+    puback(&mut pub_events).await;
+    let got = received(&mut e, 1, Duration::from_secs(20)).await;
+    assert_eq!(got.first().map(|p| &p.payload[..]), Some(&b"four"[..]), "acknowledged messages are not sent again");
+}
