@@ -235,7 +235,18 @@ impl Broker {
         &self,
         listener: TcpListener,
     ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
-        transport::serve_websocket(self.shared.clone(), listener)
+        transport::serve_websocket(self.shared.clone(), listener, None)
+    }
+
+    /// Accepts MQTT over WebSocket inside TLS (`wss://`), with these PEM files.
+    pub fn serve_websocket_tls(
+        &self,
+        listener: TcpListener,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static> {
+        let acceptor = transport::tls_acceptor(cert, key)?;
+        Ok(transport::serve_websocket(self.shared.clone(), listener, Some(acceptor)))
     }
 }
 

@@ -1,5 +1,5 @@
-//! The ways clients reach the broker besides plain TCP: TLS (rustls) and WebSocket
-//! (subprotocol `mqtt`, as MQTTX, browsers and paho's websocket transport use).
+//! The ways clients reach the broker besides plain TCP: TLS (rustls), WebSocket (subprotocol
+//! `mqtt`, as MQTTX, browsers and paho's websocket transport use) and WebSocket over TLS.
 //!
 //! Each accepted connection ends up as a byte stream handed to the same session code.
 //! WebSocket frames are bridged to a byte stream through an in-memory pipe, because MQTT
@@ -51,23 +51,41 @@ pub async fn serve_tls(shared: Arc<Shared>, listener: TcpListener, acceptor: Tls
     }
 }
 
-pub async fn serve_websocket(shared: Arc<Shared>, listener: TcpListener) -> anyhow::Result<()> {
+/// Accepts WebSocket connections, inside TLS when `tls` is given (`wss://`).
+pub async fn serve_websocket(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+) -> anyhow::Result<()> {
     loop {
         let Some((socket, peer)) = crate::accept(&listener).await else { continue };
-        let shared = shared.clone();
+        let (shared, tls) = (shared.clone(), tls.clone());
         tokio::spawn(async move {
-            let ws = match tokio_tungstenite::accept_hdr_async(socket, negotiate_subprotocol).await {
-                Ok(ws) => ws,
-                Err(e) => {
-                    tracing::info!(%peer, error = %e, "WebSocket handshake failed");
-                    return;
-                }
-            };
-            let (session_side, bridge_side) = tokio::io::duplex(BRIDGE_BUFFER);
-            tokio::spawn(bridge(ws, bridge_side));
-            connection::serve(session_side, format!("ws:{peer}"), shared).await;
+            match tls {
+                None => websocket_session(socket, format!("ws:{peer}"), shared).await,
+                Some(acceptor) => match acceptor.accept(socket).await {
+                    Ok(stream) => websocket_session(stream, format!("wss:{peer}"), shared).await,
+                    Err(e) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                },
+            }
         });
     }
+}
+
+async fn websocket_session<S>(stream: S, peer: String, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let ws = match tokio_tungstenite::accept_hdr_async(stream, negotiate_subprotocol).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "WebSocket handshake failed");
+            return;
+        }
+    };
+    let (session_side, bridge_side) = tokio::io::duplex(BRIDGE_BUFFER);
+    tokio::spawn(bridge(ws, bridge_side));
+    connection::serve(session_side, peer, shared).await;
 }
 
 /// Answers with the MQTT subprotocol when the client offers it (RFC 6455 §4.2.2).

@@ -38,6 +38,8 @@ pub struct MqttConfig {
     pub tls_key: Option<PathBuf>,
     /// MQTT over WebSocket, subprotocol `mqtt` ("" = off).
     pub websocket_listen: String,
+    /// MQTT over WebSocket inside TLS, `wss://` ("" = off); uses `tls_cert` and `tls_key`.
+    pub wss_listen: String,
     pub allow_anonymous: bool,
     pub max_packet_size: u32,
     /// Open connections at most, over all transports.
@@ -129,6 +131,7 @@ impl Default for MqttConfig {
             tls_cert: None,
             tls_key: None,
             websocket_listen: String::new(),
+            wss_listen: String::new(),
             allow_anonymous: broker.allow_anonymous,
             max_packet_size: broker.max_packet_size,
             max_connections: broker.max_connections,

@@ -23,6 +23,7 @@ pub struct Server {
     pub http_addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
     pub websocket_addr: Option<SocketAddr>,
+    pub wss_addr: Option<SocketAddr>,
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
@@ -133,11 +134,23 @@ impl Server {
             let serving = broker.serve_websocket(listener);
             tasks.spawn(async move { serving.await.context("MQTT WebSocket server") });
         }
+        let mut wss_addr = None;
+        if !config.mqtt.wss_listen.is_empty() {
+            let (Some(cert), Some(key)) = (&config.mqtt.tls_cert, &config.mqtt.tls_key) else {
+                anyhow::bail!("[mqtt] wss_listen needs tls_cert and tls_key (PEM files)");
+            };
+            let listener = TcpListener::bind(&config.mqtt.wss_listen)
+                .await
+                .with_context(|| format!("MQTT secure WebSocket listener: cannot bind {}", config.mqtt.wss_listen))?;
+            wss_addr = Some(listener.local_addr()?);
+            let serving = broker.serve_websocket_tls(listener, cert, key)?;
+            tasks.spawn(async move { serving.await.context("MQTT secure WebSocket server") });
+        }
         tasks.spawn(async move { broker.serve(mqtt_listener).await.context("MQTT server") });
         tasks.spawn(async move { tracker.run().await.context("tracking query") });
         tasks.spawn(async move { axum::serve(http_listener, pacer_web::router(web)).await.context("HTTP server") });
         tracing::info!(%mqtt_addr, %http_addr, data_dir = %config.log.dir.display(), "pacer started");
-        Ok(Server { mqtt_addr, http_addr, tls_addr, websocket_addr, tasks })
+        Ok(Server { mqtt_addr, http_addr, tls_addr, websocket_addr, wss_addr, tasks })
     }
 
     /// Waits until a part stops (which is an error: they run forever) or Ctrl-C.
@@ -162,6 +175,9 @@ impl Server {
         }
         if let Some(addr) = self.websocket_addr {
             line.push_str(&format!(" ws={addr}"));
+        }
+        if let Some(addr) = self.wss_addr {
+            line.push_str(&format!(" wss={addr}"));
         }
         line
     }

@@ -1,5 +1,5 @@
-//! MQTT over TLS (checked by mosquitto_pub against a CA it trusts) and over WebSocket
-//! (rumqttc's websocket transport), against a real `pacer up`.
+//! MQTT over TLS (checked by mosquitto_pub against a CA it trusts), over WebSocket and over
+//! WebSocket inside TLS (rumqttc's websocket transports), against a real `pacer up`.
 
 mod common;
 
@@ -84,4 +84,33 @@ async fn rumqttc_talks_mqtt_over_websocket() {
     .await
     .expect("the message comes back over the websocket");
     assert_eq!((got.topic.as_str(), &got.payload[..]), ("buses/24", &b"at Victoria"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rumqttc_talks_mqtt_over_secure_websocket() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certificates(dir.path());
+    let config = "[mqtt]\nwss_listen = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\n";
+    let pacer = tokio::task::block_in_place(|| start_with_config(dir.path(), config));
+    let port: u16 = pacer.listeners["wss"].rsplit(':').next().unwrap().parse().unwrap();
+    let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
+    let mut options = MqttOptions::new("dashboard", format!("wss://localhost:{port}/mqtt"), port);
+    options.set_transport(Transport::wss(ca, None, None)).set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(options, 10);
+    client.subscribe("generators/#", QoS::AtLeastOnce).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.poll().await.expect("secure websocket connection") {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    client.publish("generators/g7", QoS::AtLeastOnce, false, "fuel 420").await.unwrap();
+                }
+                Event::Incoming(Packet::Publish(p)) => return p,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the message comes back over the secure websocket");
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("generators/g7", &b"fuel 420"[..]));
+    assert_eq!(pacer.tail("mqtt", 1)[0]["value"], "fuel 420", "stored like any publish");
 }
