@@ -368,3 +368,83 @@ async fn messages_queued_for_an_offline_session_survive_a_crash() {
     let got = received(&mut e, 1, Duration::from_secs(20)).await;
     assert_eq!(got.first().map(|p| &p.payload[..]), Some(&b"four"[..]), "acknowledged messages are not sent again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_may_name_its_topic_by_alias() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start(dir.path());
+    let (watcher, mut watch_events) = client(&pacer, "map");
+    connack(&mut watch_events).await;
+    watcher.subscribe("fleet/#", QoS::AtLeastOnce).await.unwrap();
+    suback(&mut watch_events).await;
+
+    let (truck, mut truck_events) = client(&pacer, "truck-7");
+    let ack = connack(&mut truck_events).await;
+    let allowed = ack.properties.and_then(|p| p.topic_alias_max).unwrap_or(0);
+    assert!(allowed >= 1, "the broker accepts topic aliases");
+    let alias = |n| PublishProperties { topic_alias: Some(n), ..Default::default() };
+    truck.publish_with_properties("fleet/7", QoS::AtLeastOnce, false, "km 12", alias(1)).await.unwrap();
+    puback(&mut truck_events).await;
+    truck.publish_with_properties("", QoS::AtLeastOnce, false, "km 13", alias(1)).await.unwrap();
+    puback(&mut truck_events).await;
+
+    let got = received(&mut watch_events, 2, Duration::from_secs(20)).await;
+    let seen: Vec<(&[u8], &[u8])> = got.iter().map(|p| (&p.topic[..], &p.payload[..])).collect();
+    assert_eq!(
+        seen,
+        [(&b"fleet/7"[..], &b"km 12"[..]), (&b"fleet/7"[..], &b"km 13"[..])],
+        "the alias stands for its topic"
+    );
+}
+
+/// Reads one MQTT packet from a raw socket: its first byte and its body.
+async fn raw_packet(socket: &mut tokio::net::TcpStream) -> Option<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let kind = socket.read_u8().await.ok()?;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = socket.read_u8().await.ok()?;
+        len |= ((b & 0x7f) as usize) << shift;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    socket.read_exact(&mut body).await.ok()?;
+    Some((kind, body))
+}
+
+/// A client that sends more unacknowledged QoS 2 publishes than the broker's Receive
+/// Maximum is disconnected with 0x93, over a real socket (written byte by byte, because
+/// well-behaved client libraries never do this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exceeding_the_receive_maximum_ends_the_connection_with_0x93() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pacer.toml"), "[mqtt]\nreceive_maximum = 2\n").unwrap();
+    let config = dir.path().join("pacer.toml");
+    let pacer = tokio::task::block_in_place(|| {
+        Pacer::start_with(&dir.path().join("data"), &["--config", config.to_str().unwrap()])
+    });
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", pacer.mqtt_port)).await.unwrap();
+    // CONNECT, MQTT 5, clean start, keep-alive 60, no properties, client id "rm".
+    socket.write_all(&[0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 2, b'r', b'm']).await.unwrap();
+    let (kind, body) = raw_packet(&mut socket).await.expect("CONNACK");
+    assert_eq!((kind, body[1]), (0x20, 0), "accepted");
+    // Three QoS 2 publishes, never released: one more than the broker allows in flight.
+    for id in 1..=3u8 {
+        socket.write_all(&[0x34, 7, 0, 1, b't', 0, id, 0, b'x']).await.unwrap();
+    }
+    let mut disconnect = None;
+    let deadline = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some((kind, body)) = raw_packet(&mut socket).await {
+            if kind == 0xE0 {
+                disconnect = body.first().copied();
+                break;
+            }
+        }
+    });
+    deadline.await.expect("the broker answers within 20 s");
+    assert_eq!(disconnect, Some(0x93), "DISCONNECT with Receive Maximum exceeded");
+}
