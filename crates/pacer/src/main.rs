@@ -395,8 +395,13 @@ async fn sql(server: &str, statement: &str) -> anyhow::Result<()> {
     if ok && streaming {
         let mut stdout = std::io::stdout();
         while let Some(chunk) = response.chunk().await.context("the push query's stream broke")? {
-            std::io::Write::write_all(&mut stdout, &chunk)?;
-            std::io::Write::flush(&mut stdout)?;
+            let written =
+                std::io::Write::write_all(&mut stdout, &chunk).and_then(|()| std::io::Write::flush(&mut stdout));
+            match written {
+                // The reader went away (`| head`): that ends the query, quietly.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                other => other?,
+            }
         }
         return Ok(());
     }

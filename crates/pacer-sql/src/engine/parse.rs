@@ -77,6 +77,8 @@ pub fn syntax_error(sql: &str, e: ParserError) -> SyntaxError {
 /// Words that end a FROM clause, so they are never read as a table alias.
 const CLAUSE_WORDS: &[&str] =
     &["WINDOW", "WHERE", "GROUP", "HAVING", "EMIT", "PARTITION", "LIMIT", "JOIN", "INNER", "LEFT", "RIGHT", "FULL"];
+/// The words of those that start a join.
+const JOIN_WORDS: &[&str] = &["JOIN", "INNER", "LEFT", "RIGHT", "FULL"];
 
 struct Grammar<'a> {
     p: Parser<'a>,
@@ -168,7 +170,7 @@ impl Grammar<'_> {
         let bare_alias = matches!(&self.p.peek_token().token, Token::Word(w)
             if w.quote_style.is_some() || !CLAUSE_WORDS.iter().any(|c| w.value.eq_ignore_ascii_case(c)));
         let alias = if self.word("AS") || bare_alias { Some(self.name()?) } else { None };
-        if CLAUSE_WORDS[6..].iter().any(|w| self.peek_word(w)) {
+        if JOIN_WORDS.iter().any(|w| self.peek_word(w)) {
             return self.fail(
                 "WINDOW, WHERE, GROUP BY, PARTITION BY, HAVING, EMIT or LIMIT (joins come with the SQL II work)",
             );
@@ -525,5 +527,7 @@ GROUP BY who;";
         assert!(e.contains("Expected: BY"), "{e}");
         let e = parse("SELECT a FROM s JOIN t ON a = b").unwrap_err().to_string();
         assert!(e.contains("joins"), "{e}");
+        let Some(Statement::Select(limited)) = parse("SELECT * FROM s LIMIT 3").unwrap().pop() else { panic!() };
+        assert_eq!((limited.alias.as_deref(), limited.limit), (None, Some(3)), "LIMIT right after FROM");
     }
 }
