@@ -28,7 +28,7 @@ use crate::auth::Access;
 use crate::connect::{self, ConnectRequest, Refusal};
 use crate::framing::Transport;
 use crate::router::Session;
-use crate::session::{parse_shared, Delivery, Inflight, Subscription, NEVER_EXPIRES};
+use crate::session::{parse_shared, Delivery, Inflight, QueuedDelivery, Subscription, NEVER_EXPIRES};
 use crate::topic;
 use crate::wire::{self, In, Out, Version};
 use crate::Shared;
@@ -500,8 +500,8 @@ impl Connection {
             }
             In::Subscribe { packet_id, id, filters } => {
                 self.flush(batch, acks);
-                let (codes, persist) = self.subscribe(id, &filters);
-                Ok(self.ack_after_persist(acks, persist, Out::SubAck { packet_id, codes }))
+                let (codes, persist, stored) = self.subscribe(id, &filters);
+                Ok(self.ack_after_persist(acks, persist, stored, Out::SubAck { packet_id, codes }))
             }
             In::Unsubscribe { packet_id, filters } => {
                 self.flush(batch, acks);
@@ -515,7 +515,7 @@ impl Connection {
                 }
                 let persist = state.persistent().then(|| state.record());
                 drop(state);
-                Ok(self.ack_after_persist(acks, persist, Out::UnsubAck { packet_id, codes }))
+                Ok(self.ack_after_persist(acks, persist, Vec::new(), Out::UnsubAck { packet_id, codes }))
             }
             In::Ping => Ok(vec![Out::PingResp]),
             In::Disconnect { session_expiry, with_will } => Err(Close::Client { with_will, session_expiry }),
@@ -676,9 +676,10 @@ impl Connection {
         &mut self,
         id: Option<u32>,
         filters: &[(String, wire::SubOptions)],
-    ) -> (Vec<u8>, Option<crate::SessionRecord>) {
+    ) -> (Vec<u8>, Option<crate::SessionRecord>, Vec<QueuedDelivery>) {
         let mut state = self.session.lock().unwrap();
         let mut codes = Vec::with_capacity(filters.len());
+        let mut stored = Vec::new();
         for (requested, options) in filters {
             let parsed = parse_shared(requested).and_then(|(share, filter)| {
                 topic::validate_topic_filter(&filter)?;
@@ -735,22 +736,31 @@ impl Connection {
                         subscription_ids: id.into_iter().collect(),
                         stored: None,
                     };
-                    self.shared.router.enqueue(&self.client_id, &mut state, delivery);
+                    self.shared.router.enqueue_lasting(&self.client_id, &mut state, delivery, &mut stored);
                 }
             }
             tracing::debug!(client_id = %self.client_id, %filter, qos = options.qos, "subscribed");
             codes.push(options.qos);
         }
         let persist = state.persistent().then(|| state.record());
-        (codes, persist)
+        (codes, persist, stored)
     }
 
-    /// `ack` now, or once the session is stored when it has to be.
-    fn ack_after_persist(&self, acks: &mut Acks, persist: Option<crate::SessionRecord>, ack: Out) -> Vec<Out> {
+    /// `ack` now, or once the session (and the retained messages it queued) are stored.
+    fn ack_after_persist(
+        &self,
+        acks: &mut Acks,
+        persist: Option<crate::SessionRecord>,
+        queued: Vec<QueuedDelivery>,
+        ack: Out,
+    ) -> Vec<Out> {
         let Some(record) = persist else { return vec![ack] };
         let (shared, client_id) = (self.shared.clone(), self.client_id.clone());
         acks.push_back(Box::pin(async move {
             shared.store.save_session(&client_id, Some(&record)).await?;
+            if !queued.is_empty() {
+                shared.store.save_queued(&queued).await?;
+            }
             Ok(AckDone { outs: vec![ack], inbound_qos1: 0 })
         }));
         Vec::new()

@@ -240,7 +240,7 @@ impl Router {
     }
 
     /// Enqueues; a QoS 1/2 delivery to a lasting session is numbered and listed in `stored`.
-    fn enqueue_lasting(
+    pub fn enqueue_lasting(
         &self,
         client_id: &str,
         state: &mut SessionState,

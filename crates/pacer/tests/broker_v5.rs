@@ -448,3 +448,43 @@ async fn exceeding_the_receive_maximum_ends_the_connection_with_0x93() {
     deadline.await.expect("the broker answers within 20 s");
     assert_eq!(disconnect, Some(0x93), "DISCONNECT with Receive Maximum exceeded");
 }
+
+/// A retained message a lasting session got at SUBSCRIBE and had not acknowledged when the
+/// broker crashed is delivered again after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_retained_delivery_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start(dir.path());
+    let (publisher, mut pub_events) = client(&pacer, "generator-7");
+    connack(&mut pub_events).await;
+    publisher.publish("state/generator-7", QoS::AtLeastOnce, true, "running").await.unwrap();
+    puback(&mut pub_events).await;
+
+    let mut o = MqttOptions::new("operator", "127.0.0.1", pacer.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30)).set_clean_start(true).set_session_expiry_interval(Some(3600));
+    o.set_manual_acks(true); // the PUBACK never goes out
+    let (c, mut e) = AsyncClient::new(o, 20);
+    connack(&mut e).await;
+    c.subscribe("state/#", QoS::AtLeastOnce).await.unwrap();
+    // The SUBACK goes out once the subscription and what it queued are stored.
+    let (mut retained, mut subscribed) = (None, false);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while retained.is_none() || !subscribed {
+            match e.poll().await.expect("subscribe") {
+                Event::Incoming(Packet::Publish(p)) => retained = Some(p.payload),
+                Event::Incoming(Packet::SubAck(_)) => subscribed = true,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the retained message and the SUBACK within 20 s");
+    assert_eq!(retained.as_deref(), Some(&b"running"[..]));
+    drop(pacer); // SIGKILL before any acknowledgement
+
+    let pacer = start(dir.path());
+    let (_c, mut e, present) = session_present(&pacer, "operator", false, Some(3600)).await;
+    assert!(present);
+    let again = received(&mut e, 1, Duration::from_secs(20)).await;
+    assert_eq!(again.first().map(|p| &p.payload[..]), Some(&b"running"[..]), "sent again after the restart");
+}
