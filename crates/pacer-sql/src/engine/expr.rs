@@ -195,8 +195,14 @@ pub fn compile(e: &sql::Expr, scope: &mut dyn Scope) -> Result<(Expr, DataType),
             (Expr::Case { operand, whens, otherwise }, result_type.unwrap_or(DataType::Any))
         }
         sql::Expr::Cast { expr, data_type, .. } => {
-            let (inner, _) = boxed(scope, expr)?;
+            let (inner, from) = boxed(scope, expr)?;
             let to = sql_type(data_type)?;
+            if from == DataType::Timestamp && to == DataType::String {
+                // A TIMESTAMP is milliseconds at run time; ksqlDB writes it as ISO-8601 text.
+                let pattern = Expr::Literal(Value::from("yyyy-MM-dd'T'HH:mm:ss.SSS"));
+                let format = functions::lookup("FORMAT_TIMESTAMP").expect("FORMAT_TIMESTAMP is built in");
+                return Ok((Expr::Call(format, vec![*inner, pattern]), DataType::String));
+            }
             (Expr::Cast(inner, to.clone()), to)
         }
         sql::Expr::Function(f) => {
@@ -615,6 +621,7 @@ mod tests {
             ("who", DataType::String),
             ("n", DataType::Int),
             ("pos", DataType::Struct(vec![("lat".into(), DataType::Double)])),
+            ("ts", DataType::Timestamp),
         ]);
         let e = Parser::new(&GenericDialect {}).try_with_sql(sql).unwrap().parse_expr().unwrap();
         let (compiled, _) = compile(&e, &mut scope).map_err(|e| e.0)?;
@@ -636,6 +643,8 @@ mod tests {
         assert_eq!(run("NULL = 1 OR n = 7", &row), Ok(Value::Bool(true)), "NULL OR TRUE is TRUE");
         assert_eq!(run("NULL = 1 AND n = 7", &row), Ok(Value::Null));
         assert_eq!(run("n / 0", &row), Err("division by zero".to_string()));
+        let at = [Value::Null, Value::Null, Value::Null, Value::Null, Value::Int(1_558_212_482_123)];
+        assert_eq!(run("CAST(ts AS STRING)", &at), Ok(Value::from("2019-05-18T20:48:02.123")), "ksqlDB's text form");
     }
 
     #[test]
