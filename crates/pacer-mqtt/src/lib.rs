@@ -230,23 +230,15 @@ impl Broker {
         Ok(transport::serve_tls(self.shared.clone(), listener, acceptor))
     }
 
-    /// Accepts MQTT over WebSocket (subprotocol `mqtt`).
+    /// Accepts MQTT over WebSocket (subprotocol `mqtt`); inside TLS (`wss://`) when given
+    /// the certificate and key PEM files.
     pub fn serve_websocket(
         &self,
         listener: TcpListener,
-    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
-        transport::serve_websocket(self.shared.clone(), listener, None)
-    }
-
-    /// Accepts MQTT over WebSocket inside TLS (`wss://`), with these PEM files.
-    pub fn serve_websocket_tls(
-        &self,
-        listener: TcpListener,
-        cert: &std::path::Path,
-        key: &std::path::Path,
+        tls: Option<(&std::path::Path, &std::path::Path)>,
     ) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static> {
-        let acceptor = transport::tls_acceptor(cert, key)?;
-        Ok(transport::serve_websocket(self.shared.clone(), listener, Some(acceptor)))
+        let acceptor = tls.map(|(cert, key)| transport::tls_acceptor(cert, key)).transpose()?;
+        Ok(transport::serve_websocket(self.shared.clone(), listener, acceptor))
     }
 }
 

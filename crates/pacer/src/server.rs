@@ -125,27 +125,27 @@ impl Server {
             let serving = broker.serve_tls(listener, cert, key)?;
             tasks.spawn(async move { serving.await.context("MQTT TLS server") });
         }
-        let mut websocket_addr = None;
-        if !config.mqtt.websocket_listen.is_empty() {
-            let listener = TcpListener::bind(&config.mqtt.websocket_listen)
-                .await
-                .with_context(|| format!("MQTT WebSocket listener: cannot bind {}", config.mqtt.websocket_listen))?;
-            websocket_addr = Some(listener.local_addr()?);
-            let serving = broker.serve_websocket(listener);
-            tasks.spawn(async move { serving.await.context("MQTT WebSocket server") });
-        }
-        let mut wss_addr = None;
-        if !config.mqtt.wss_listen.is_empty() {
-            let (Some(cert), Some(key)) = (&config.mqtt.tls_cert, &config.mqtt.tls_key) else {
-                anyhow::bail!("[mqtt] wss_listen needs tls_cert and tls_key (PEM files)");
+        // MQTT over WebSocket, plain and inside TLS: the same listener code.
+        let mut websocket_addrs = [None, None];
+        for (slot, (listen, secure)) in
+            [(&config.mqtt.websocket_listen, false), (&config.mqtt.wss_listen, true)].into_iter().enumerate()
+        {
+            if listen.is_empty() {
+                continue;
+            }
+            let tls = match (secure, &config.mqtt.tls_cert, &config.mqtt.tls_key) {
+                (false, _, _) => None,
+                (true, Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+                (true, _, _) => anyhow::bail!("[mqtt] wss_listen needs tls_cert and tls_key (PEM files)"),
             };
-            let listener = TcpListener::bind(&config.mqtt.wss_listen)
-                .await
-                .with_context(|| format!("MQTT secure WebSocket listener: cannot bind {}", config.mqtt.wss_listen))?;
-            wss_addr = Some(listener.local_addr()?);
-            let serving = broker.serve_websocket_tls(listener, cert, key)?;
-            tasks.spawn(async move { serving.await.context("MQTT secure WebSocket server") });
+            let what = if secure { "MQTT secure WebSocket" } else { "MQTT WebSocket" };
+            let listener =
+                TcpListener::bind(listen).await.with_context(|| format!("{what} listener: cannot bind {listen}"))?;
+            websocket_addrs[slot] = Some(listener.local_addr()?);
+            let serving = broker.serve_websocket(listener, tls)?;
+            tasks.spawn(async move { serving.await.with_context(|| format!("{what} server")) });
         }
+        let [websocket_addr, wss_addr] = websocket_addrs;
         tasks.spawn(async move { broker.serve(mqtt_listener).await.context("MQTT server") });
         tasks.spawn(async move { tracker.run().await.context("tracking query") });
         tasks.spawn(async move { axum::serve(http_listener, pacer_web::router(web)).await.context("HTTP server") });

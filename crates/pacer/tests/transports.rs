@@ -68,13 +68,20 @@ async fn rumqttc_talks_mqtt_over_websocket() {
     let port: u16 = pacer.listeners["ws"].rsplit(':').next().unwrap().parse().unwrap();
     let mut options = MqttOptions::new("browser-like", format!("ws://127.0.0.1:{port}/mqtt"), port);
     options.set_transport(Transport::Ws).set_keep_alive(Duration::from_secs(30));
+    let got = round_trip(options, "buses/24", "at Victoria").await;
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("buses/24", &b"at Victoria"[..]));
+}
+
+/// Subscribes to `topic`, publishes `payload` on it once subscribed, and returns what comes
+/// back (30 s at most).
+async fn round_trip(options: MqttOptions, topic: &str, payload: &str) -> rumqttc::Publish {
     let (client, mut events) = AsyncClient::new(options, 10);
-    client.subscribe("buses/#", QoS::AtLeastOnce).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(30), async {
+    client.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            match events.poll().await.expect("websocket connection") {
+            match events.poll().await.expect("connection") {
                 Event::Incoming(Packet::SubAck(_)) => {
-                    client.publish("buses/24", QoS::AtLeastOnce, false, "at Victoria").await.unwrap();
+                    client.publish(topic, QoS::AtLeastOnce, false, payload).await.unwrap();
                 }
                 Event::Incoming(Packet::Publish(p)) => return p,
                 _ => {}
@@ -82,8 +89,7 @@ async fn rumqttc_talks_mqtt_over_websocket() {
         }
     })
     .await
-    .expect("the message comes back over the websocket");
-    assert_eq!((got.topic.as_str(), &got.payload[..]), ("buses/24", &b"at Victoria"[..]));
+    .expect("the message comes back within 30 s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,21 +102,7 @@ async fn rumqttc_talks_mqtt_over_secure_websocket() {
     let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
     let mut options = MqttOptions::new("dashboard", format!("wss://localhost:{port}/mqtt"), port);
     options.set_transport(Transport::wss(ca, None, None)).set_keep_alive(Duration::from_secs(30));
-    let (client, mut events) = AsyncClient::new(options, 10);
-    client.subscribe("generators/#", QoS::AtLeastOnce).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            match events.poll().await.expect("secure websocket connection") {
-                Event::Incoming(Packet::SubAck(_)) => {
-                    client.publish("generators/g7", QoS::AtLeastOnce, false, "fuel 420").await.unwrap();
-                }
-                Event::Incoming(Packet::Publish(p)) => return p,
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("the message comes back over the secure websocket");
+    let got = round_trip(options, "generators/g7", "fuel 420").await;
     assert_eq!((got.topic.as_str(), &got.payload[..]), ("generators/g7", &b"fuel 420"[..]));
     assert_eq!(pacer.tail("mqtt", 1)[0]["value"], "fuel 420", "stored like any publish");
 }

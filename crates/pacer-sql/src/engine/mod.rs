@@ -476,45 +476,46 @@ impl Engine {
         let mut operator = Operator::new(plan);
         let mut reader = self.log.reader(&topic, StartAt::Beginning)?;
         let mut latest: LatestRows = LatestRows::default();
-        let mut input: LatestRows = LatestRows::default();
+        let mut table: LatestRows = LatestRows::default();
         let mut rows: Vec<Map<String, Json>> = Vec::new();
         let mut out = Vec::new();
+        let (mut rejected, mut first_reason) = (0usize, None);
+        let full = |rows: &Vec<Map<String, Json>>| !aggregated && rows.len() >= limit.unwrap_or(DEFAULT_PULL_LIMIT);
         'read: loop {
+            // A table's current state is its latest row per key (and window), read first.
             let batch = reader.try_batch().await?;
-            if batch.is_empty() {
-                break;
-            }
-            for record in batch {
-                if table_source {
-                    input.put_record(record);
+            let records = match (batch.is_empty(), table_source) {
+                (true, false) => break,
+                (true, true) => table.take_records(),
+                (false, true) => {
+                    batch.into_iter().for_each(|r| table.put_record(r));
                     continue;
                 }
-                // Rows that fail (bad JSON, a bad cast) are left out of a pull query's answer.
-                let _ = operator.process(&record, &mut out);
+                (false, false) => batch,
+            };
+            for record in &records {
+                if let Err(reason) = operator.process(record, &mut out) {
+                    rejected += 1;
+                    first_reason.get_or_insert(reason);
+                }
                 for o in out.drain(..) {
                     if aggregated {
                         latest.put(o.key, o.window, o.value);
                     } else if let Some(v) = o.value {
                         rows.push(v);
-                        if rows.len() >= limit.unwrap_or(DEFAULT_PULL_LIMIT) {
-                            break 'read;
-                        }
                     }
                 }
-            }
-        }
-        if table_source {
-            // The table's current rows, each once; an aggregation over them regroups.
-            for record in input.into_records() {
-                let _ = operator.process(&record, &mut out);
-            }
-            for o in out.drain(..) {
-                if aggregated {
-                    latest.put(o.key, o.window, o.value);
-                } else if let Some(v) = o.value {
-                    rows.push(v);
+                if full(&rows) {
+                    break 'read;
                 }
             }
+            if table_source {
+                break;
+            }
+        }
+        if rejected > 0 {
+            // A pull query answers with the rows it could compute; the skipped ones are named.
+            tracing::warn!(stream = %topic, rejected, first_reason = first_reason.as_deref().unwrap_or(""), "pull query skipped records it could not read");
         }
         if aggregated {
             rows = latest.into_values();
@@ -626,8 +627,8 @@ impl LatestRows {
         self.values.into_iter().flatten().collect()
     }
 
-    fn into_records(self) -> Vec<Record> {
-        self.records.into_iter().flatten().collect()
+    fn take_records(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.records).into_iter().flatten().collect()
     }
 }
 
