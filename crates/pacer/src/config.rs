@@ -74,6 +74,8 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
+    /// `embedded` (segment files in `dir`) or `kafka` (topics on the cluster in `[log.kafka]`).
+    pub backend: LogBackend,
     pub dir: PathBuf,
     pub fsync: FsyncPolicy,
     /// Partitions of each new stream.
@@ -83,6 +85,15 @@ pub struct LogConfig {
     /// Kafka's `retention.ms` and `retention.bytes` (per partition); unset keeps everything.
     pub retention_ms: Option<u64>,
     pub retention_bytes: Option<u64>,
+    pub kafka: pacer_kafka::KafkaConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogBackend {
+    #[default]
+    Embedded,
+    Kafka,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +178,8 @@ impl Default for LogConfig {
             segment_ms: 24 * 3600 * 1000,
             retention_ms: None,
             retention_bytes: None,
+            backend: LogBackend::Embedded,
+            kafka: Default::default(),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use pacer_ingest::Ingest;
+use pacer_kafka::{KafkaLog, NewTopics};
 use pacer_log::{EmbeddedLog, EmbeddedLogConfig, Log};
 use pacer_mqtt::Broker;
 use pacer_sql::{Course, Engine, Tracker, TrackerConfig};
@@ -15,7 +16,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::config::{Config, BUILTIN_COURSE};
+use crate::config::{Config, LogBackend, BUILTIN_COURSE};
 
 /// A running Pacer: its bound addresses and the tasks that make it up.
 pub struct Server {
@@ -29,18 +30,8 @@ pub struct Server {
 
 impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
-        let mut log_config = EmbeddedLogConfig::new(&config.log.dir);
-        log_config.fsync = config.log.fsync;
-        log_config.partitions = config.log.partitions;
-        log_config.segment_bytes = config.log.segment_bytes;
-        log_config.segment_ms = Some(config.log.segment_ms);
-        log_config.retention_ms = config.log.retention_ms;
-        log_config.retention_bytes = config.log.retention_bytes;
-        let embedded = EmbeddedLog::open(log_config)
-            .with_context(|| format!("opening the log in {}", config.log.dir.display()))?;
         let mut registry = Registry::default();
-        embedded.register_metrics(&mut registry);
-        let log: Arc<dyn Log> = Arc::new(embedded);
+        let log = open_log(&config, &mut registry)?;
 
         let rules = if config.ingest.is_empty() { pacer_ingest::default_rules() } else { config.ingest.clone() };
         let ingest = Arc::new(Ingest::new(&rules, log.clone())?);
@@ -149,7 +140,11 @@ impl Server {
         tasks.spawn(async move { broker.serve(mqtt_listener).await.context("MQTT server") });
         tasks.spawn(async move { tracker.run().await.context("tracking query") });
         tasks.spawn(async move { axum::serve(http_listener, pacer_web::router(web)).await.context("HTTP server") });
-        tracing::info!(%mqtt_addr, %http_addr, data_dir = %config.log.dir.display(), "pacer started");
+        let log = match config.log.backend {
+            LogBackend::Embedded => format!("embedded in {}", config.log.dir.display()),
+            LogBackend::Kafka => format!("kafka at {}", config.log.kafka.brokers),
+        };
+        tracing::info!(%mqtt_addr, %http_addr, log, "pacer started");
         Ok(Server { mqtt_addr, http_addr, tls_addr, websocket_addr, wss_addr, tasks })
     }
 
@@ -199,4 +194,35 @@ fn load_courses(config: &Config) -> anyhow::Result<Vec<Arc<Course>>> {
         courses.push(Arc::new(course));
     }
     Ok(courses)
+}
+
+/// The log `[log] backend` names; nothing past this point knows which one runs.
+fn open_log(config: &Config, registry: &mut Registry) -> anyhow::Result<Arc<dyn Log>> {
+    let log = &config.log;
+    Ok(match log.backend {
+        LogBackend::Embedded => {
+            let mut embedded = EmbeddedLogConfig::new(&log.dir);
+            embedded.fsync = log.fsync;
+            embedded.partitions = log.partitions;
+            embedded.segment_bytes = log.segment_bytes;
+            embedded.segment_ms = Some(log.segment_ms);
+            embedded.retention_ms = log.retention_ms;
+            embedded.retention_bytes = log.retention_bytes;
+            let embedded =
+                EmbeddedLog::open(embedded).with_context(|| format!("opening the log in {}", log.dir.display()))?;
+            embedded.register_metrics(registry);
+            Arc::new(embedded)
+        }
+        LogBackend::Kafka => Arc::new(
+            KafkaLog::connect(
+                log.kafka.clone(),
+                NewTopics {
+                    partitions: log.partitions,
+                    retention_ms: log.retention_ms,
+                    retention_bytes: log.retention_bytes,
+                },
+            )
+            .with_context(|| format!("[log] backend = \"kafka\": connecting to {}", log.kafka.brokers))?,
+        ),
+    })
 }

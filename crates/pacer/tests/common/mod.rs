@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
+pub mod kill9;
+
 pub const PACER: &str = env!("CARGO_BIN_EXE_pacer");
 
 /// A `pacer up` process on free ports; killed (SIGKILL) when dropped.

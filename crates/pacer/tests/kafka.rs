@@ -1,0 +1,334 @@
+//! Pacer on Kafka: the same program with `[log] backend = "kafka"`, against tansu, a real
+//! Kafka-protocol broker, with plain Kafka clients (librdkafka) on the other side.
+//!
+//! Each test starts its own tansu on a free port (in-memory storage) and uses its own topic
+//! prefix, so tests run in parallel without seeing each other.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::Pacer;
+use pacer_core::NewRecord;
+use pacer_kafka::{KafkaConfig, KafkaLog, NewTopics};
+use pacer_log::{Log, Positions, StartAt};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// A tansu broker on a free port, storing in a fresh sqlite file; killed when dropped.
+/// (Its memory engine answers ListOffsets from its storage objects' times, wrong for
+/// batches and for time lookups; the sqlite engine answers from the records.)
+struct Tansu {
+    child: Child,
+    brokers: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Tansu {
+    fn start() -> Tansu {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut child = Command::new(tansu_binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu (scripts/install-test-deps.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(child.try_wait().unwrap().is_none(), "tansu exited at start");
+            assert!(Instant::now() < deadline, "tansu did not listen on {port} within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Tansu { child, brokers: format!("127.0.0.1:{port}"), _dir: dir }
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        config
+    }
+
+    fn create_topic(&self, topic: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = self.client().create().unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let results = runtime
+            .block_on(admin.create_topics(
+                [&NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            ))
+            .unwrap();
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+
+    /// Reads `n` records of `topic` from the beginning, as any Kafka consumer would.
+    fn consume(&self, topic: &str, n: usize) -> Vec<OwnedMessage> {
+        let consumer: BaseConsumer = self.client().set("group.id", "test-reader").create().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut assignment = TopicPartitionList::new();
+        while assignment.count() == 0 {
+            assert!(Instant::now() < deadline, "topic {topic} did not appear within 30 s");
+            let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+            for p in metadata.topics().iter().filter(|t| t.error().is_none()).flat_map(|t| t.partitions()) {
+                assignment.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+            }
+            if assignment.count() == 0 {
+                // Metadata has no change notification to await.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        consumer.assign(&assignment).unwrap();
+        let mut messages = Vec::new();
+        while messages.len() < n {
+            assert!(Instant::now() < deadline, "only {} of {n} records on {topic} within 30 s", messages.len());
+            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                messages.push(message.unwrap().detach());
+            }
+        }
+        messages
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tansu_binary() -> PathBuf {
+    let cargo_bin = std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo/bin/tansu"));
+    match cargo_bin {
+        Some(path) if path.exists() => path,
+        _ => PathBuf::from("tansu"),
+    }
+}
+
+/// A config file for `pacer up` on `tansu` with topic prefix `prefix`.
+fn kafka_config(dir: &Path, tansu: &Tansu, prefix: &str, extra: &str) -> PathBuf {
+    let path = dir.join("pacer.toml");
+    let text = format!(
+        "[log]\nbackend = \"kafka\"\npartitions = 2\n\n[log.kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{prefix}\"\n{extra}",
+        tansu.brokers
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start_pacer(dir: &Path, config: &Path) -> Pacer {
+    Pacer::start_with(dir, &["--config", config.to_str().unwrap()])
+}
+
+fn header<'a>(message: &'a OwnedMessage, name: &str) -> Option<&'a str> {
+    let headers = message.headers()?;
+    headers.iter().find(|h| h.key == name).and_then(|h| std::str::from_utf8(h.value?).ok())
+}
+
+#[test]
+fn an_mqtt_publish_is_a_kafka_record_with_its_key_timestamp_and_headers() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start_pacer(dir.path(), &kafka_config(dir.path(), &tansu, "a.", ""));
+
+    let fix = r#"{"who":"alice","timeepoc":1558212482,"lat":-33.86,"lon":151.21,"speed":11.5}"#;
+    pacer.mosquitto_pub("race/alice", 1, fix);
+
+    // mosquitto_pub got its PUBACK, so Kafka holds the record already.
+    let records = tansu.consume("a.race", 1);
+    let record = &records[0];
+    assert_eq!(record.key(), Some(&b"alice"[..]));
+    assert_eq!(record.timestamp().to_millis(), Some(1_558_212_482_000), "timestamp from timeepoc (s)");
+    let value: serde_json::Value = serde_json::from_slice(record.payload().unwrap()).unwrap();
+    assert_eq!(value["who"], "alice");
+    assert_eq!(value["speed"], 11.5);
+    assert_eq!(header(record, "mqtt.topic"), Some("race/alice"));
+    assert_eq!(header(record, "mqtt.qos"), Some("1"));
+
+    // Pacer's own view of the stream is the topic.
+    let streams: serde_json::Value = serde_json::from_str(&pacer.get("/api/v1/streams")).unwrap();
+    let race = streams["streams"].as_array().unwrap().iter().find(|s| s["name"] == "race").expect("race listed");
+    assert_eq!(race["records"], 1);
+    assert_eq!(race["partitions"], 2);
+    let tailed = pacer.tail("race", 1);
+    assert_eq!(tailed[0]["key"], "alice");
+    assert_eq!(tailed[0]["timestamp"], 1_558_212_482_000i64);
+}
+
+#[test]
+fn records_a_kafka_client_produces_flow_through_a_pacer_query_to_a_topic_kafka_clients_read() {
+    let tansu = Tansu::start();
+    tansu.create_topic("q.readings", 3);
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start_pacer(dir.path(), &kafka_config(dir.path(), &tansu, "q.", ""));
+
+    let (status, answer) = pacer.post_sql(
+        "CREATE STREAM readings (device STRING, temp DOUBLE) WITH (kafka_topic='readings', value_format='JSON');
+         CREATE STREAM hot WITH (kafka_topic='hot_readings') AS
+           SELECT device, temp, temp * 1.8 + 32 AS fahrenheit FROM readings WHERE temp > 30 EMIT CHANGES;",
+    );
+    assert_eq!(status, 200, "{answer}");
+
+    // A plain Kafka producer, as a device gateway or Kafka Connect would write.
+    let producer: FutureProducer = tansu.client().create().unwrap();
+    let mut expected = Vec::new();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        for i in 0..24 {
+            let device = format!("d{}", i % 4);
+            let temp = 20.0 + i as f64;
+            let value = serde_json::json!({ "device": device, "temp": temp }).to_string();
+            let record = FutureRecord::to("q.readings")
+                .key(&device)
+                .payload(&value)
+                .timestamp(1_700_000_000_000 + i * 1000)
+                .headers(OwnedHeaders::new().insert(Header { key: "source", value: Some("gateway") }));
+            producer.send(record, Duration::from_secs(10)).await.unwrap();
+            if temp > 30.0 {
+                expected.push((device, temp));
+            }
+        }
+    });
+
+    let mut out: Vec<(String, f64)> = tansu
+        .consume("q.hot_readings", expected.len())
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+            let temp = v["temp"].as_f64().unwrap();
+            assert!((v["fahrenheit"].as_f64().unwrap() - (temp * 1.8 + 32.0)).abs() < 1e-9, "{v}");
+            (v["device"].as_str().unwrap().to_string(), temp)
+        })
+        .collect();
+    out.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    expected.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(out, expected);
+
+    // A pull query reads the whole output topic back through Pacer: no more, no fewer.
+    let (status, rows) = pacer.post_sql("SELECT device, temp FROM hot;");
+    assert_eq!(status, 200, "{rows}");
+    assert_eq!(rows["rows"].as_array().unwrap().len(), expected.len(), "{rows}");
+}
+
+#[test]
+fn every_acknowledged_publish_survives_kill_9_on_kafka() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = kafka_config(dir.path(), &tansu, "k.", "");
+    common::kill9::every_acknowledged_publish_survives_kill_9(|| start_pacer(dir.path(), &config));
+}
+
+/// The `Log` contract the rest of Pacer relies on, on Kafka: what the embedded log's own
+/// tests check, through the same trait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_contract_holds_on_kafka() {
+    let tansu = Tansu::start();
+    let config = KafkaConfig { brokers: tansu.brokers.clone(), topic_prefix: "c.".into(), ..Default::default() };
+    let log: Arc<dyn Log> = Arc::new(
+        KafkaLog::connect(config, NewTopics { partitions: 3, retention_ms: Some(3_600_000), ..Default::default() })
+            .unwrap(),
+    );
+
+    // A reader on a stream that does not exist yet waits for it.
+    let mut early = log.reader("contract", StartAt::Beginning).unwrap();
+
+    let keys = ["alice", "ben", "derek", "simon", "alice", "ben"];
+    let records: Vec<NewRecord> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            NewRecord::new(1_000 * (i as i64 + 1), Some(Bytes::from(*k)), format!("{{\"i\":{i}}}"))
+                .with_header("n", i.to_string())
+        })
+        .collect();
+    let appended = log.append("contract", records).await.unwrap();
+    assert_eq!(appended.len(), keys.len());
+    for (a, key) in appended.iter().zip(keys) {
+        assert_eq!(a.partition, pacer_log::partition_for_key(key.as_bytes(), 3), "murmur2 like a Java client");
+    }
+
+    let all = read_all(&mut *early, keys.len()).await;
+    let mut by_n: BTreeMap<i64, &pacer_core::Record> = BTreeMap::new();
+    for r in &all {
+        let n: i64 = std::str::from_utf8(r.header("n").unwrap()).unwrap().parse().unwrap();
+        assert_eq!(r.timestamp, 1_000 * (n + 1));
+        assert_eq!(r.key.as_deref(), Some(keys[n as usize].as_bytes()));
+        by_n.insert(n, r);
+    }
+    assert_eq!(by_n.len(), keys.len(), "each record exactly once");
+    assert!(early.try_batch().await.unwrap().is_empty(), "caught up: nothing more");
+
+    // From positions: only what comes after them.
+    let mut after_first = Positions::new();
+    let first = &appended[0];
+    after_first.set(first.partition, first.offset + 1);
+    for p in 0..3 {
+        if p != first.partition {
+            after_first.set(p, appended.iter().filter(|a| a.partition == p).map(|a| a.offset + 1).max().unwrap_or(0));
+        }
+    }
+    let mut from_positions = log.reader("contract", StartAt::Positions(after_first)).unwrap();
+    let rest = drain(&mut *from_positions).await;
+    let expected: Vec<_> =
+        appended.iter().filter(|a| a.partition == first.partition && a.offset > first.offset).collect();
+    assert_eq!(rest.len(), expected.len(), "{rest:?}");
+
+    // From a time: the first record at or after it in each partition.
+    let mut from_time = log.reader("contract", StartAt::Timestamp(4_000)).unwrap();
+    let mut late: Vec<i64> = drain(&mut *from_time).await.iter().map(|r| r.timestamp).collect();
+    late.sort();
+    assert_eq!(late, vec![4_000, 5_000, 6_000]);
+
+    // From the end: only records appended later.
+    let mut tail = log.reader("contract", StartAt::End).unwrap();
+    assert!(tail.try_batch().await.unwrap().is_empty());
+    log.append("contract", vec![NewRecord::new(7_000, Some(Bytes::from("zoe")), "{}")]).await.unwrap();
+    let new = read_all(&mut *tail, 1).await;
+    assert_eq!(new[0].key.as_deref(), Some(&b"zoe"[..]));
+
+    // Committed positions are stored by the cluster, per group.
+    assert_eq!(log.committed_positions("reporting", "contract"), None);
+    let positions = early.positions();
+    log.commit_positions("reporting", "contract", &positions).await.unwrap();
+    assert_eq!(log.committed_positions("reporting", "contract"), Some(positions));
+
+    // Streams: the user stream with its counts; internal ones hidden.
+    log.append("__internal", vec![NewRecord::new(1, None, "x")]).await.unwrap();
+    let streams = log.streams();
+    let contract = streams.iter().find(|s| s.name == "contract").expect("listed");
+    assert_eq!(contract.partitions, 3);
+    assert_eq!(contract.records, keys.len() as u64 + 1);
+    assert!(streams.iter().all(|s| !s.name.starts_with("__")), "{streams:?}");
+}
+
+async fn read_all(reader: &mut dyn pacer_log::StreamReader, n: usize) -> Vec<pacer_core::Record> {
+    let mut records = Vec::new();
+    while records.len() < n {
+        let batch =
+            tokio::time::timeout(Duration::from_secs(30), reader.next_batch()).await.expect("records within 30 s");
+        records.extend(batch.unwrap());
+    }
+    records
+}
+
+async fn drain(reader: &mut dyn pacer_log::StreamReader) -> Vec<pacer_core::Record> {
+    let mut records = Vec::new();
+    loop {
+        let batch = tokio::time::timeout(Duration::from_secs(30), reader.try_batch()).await.expect("an answer in 30 s");
+        let batch = batch.unwrap();
+        if batch.is_empty() {
+            return records;
+        }
+        records.extend(batch);
+    }
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# MQTT → log throughput, embedded log against the Kafka backend, in one run: two Pacers on
+# this machine, one on its embedded log (fsync batch), one on tansu (a Kafka-protocol broker,
+# sqlite storage), the same load generator (`pacer bench publish`, rumqttc clients), rounds
+# interleaved so noise hits both alike. At QoS 1 every PUBACK waits for the log: an fsync
+# for the embedded log, acks=all from Kafka for the other.
+# Env: RUNS (default 5), MESSAGES (per publisher, default 20000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${RUNS:-5}; messages=${MESSAGES:-20000}
+
+scripts/install-test-deps.sh
+cargo build --release --quiet
+pacer=target/release/pacer
+tansu=$(command -v tansu || echo ~/.cargo/bin/tansu)
+tmp=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+
+(cd "$tmp" && exec "$tansu" broker --listener-url tcp://127.0.0.1:19093 --advertised-listener-url tcp://127.0.0.1:19093 \
+  --storage-engine sqlite://tansu.db >"$tmp/tansu.log" 2>&1) &
+printf '[log]\nbackend = "kafka"\n[log.kafka]\nbrokers = "127.0.0.1:19093"\n' > "$tmp/kafka.toml"
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/19093) 2>/dev/null && break; sleep 0.1; done
+PACER_LOG=warn "$pacer" up --data-dir "$tmp/embedded" --mqtt-listen 127.0.0.1:18841 --http-listen 127.0.0.1:0 >"$tmp/embedded.out" 2>&1 &
+PACER_LOG=warn "$pacer" up --config "$tmp/kafka.toml" --mqtt-listen 127.0.0.1:18842 --http-listen 127.0.0.1:0 >"$tmp/kafka.out" 2>&1 &
+for port in 18841 18842; do
+  for _ in $(seq 100); do mosquitto_pub -p $port -t ready -m 1 2>/dev/null && break; sleep 0.1; done
+done
+
+cases=(
+  "publish-qos1-4clients|publish --clients 4 --messages $messages --qos 1"
+  "publish-qos1-32clients|publish --clients 32 --messages $((messages / 8)) --qos 1"
+  "publish-qos0-1client|publish --clients 1 --messages $((messages * 2)) --qos 0"
+)
+echo "$(nproc) cores, tansu $("$tansu" --version 2>/dev/null | head -1), $runs rounds, 200-206 byte payloads"
+for round in $(seq "$runs"); do
+  for case in "${cases[@]}"; do
+    name=${case%%|*}; args=${case#*|}
+    for backend in embedded:18841 kafka:18842; do
+      line=$("$pacer" bench $args --port "${backend##*:}" 2>/dev/null | tail -1)
+      echo "round $round $name ${backend%%:*}: $line"
+      rate=$(echo "$line" | grep -oE '[0-9]+ msg/s' | head -1 | cut -d' ' -f1 || true)
+      p50=$(echo "$line" | grep -oE 'p50 [0-9.]+' | cut -d' ' -f2 || true)
+      echo "$rate ${p50:-0}" >> "$tmp/$name.${backend%%:*}"
+    done
+  done
+done
+echo
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+printf '%-24s %12s %12s %8s %12s %12s\n' case "embedded/s" "kafka/s" ratio "emb p50ms" "kafka p50ms"
+for case in "${cases[@]}"; do
+  name=${case%%|*}
+  e=$(cut -d' ' -f1 "$tmp/$name.embedded" | median); k=$(cut -d' ' -f1 "$tmp/$name.kafka" | median)
+  el=$(cut -d' ' -f2 "$tmp/$name.embedded" | median); kl=$(cut -d' ' -f2 "$tmp/$name.kafka" | median)
+  printf '%-24s %12s %12s %8s %12s %12s\n' "$name" "$e" "$k" "$(awk "BEGIN {printf \"%.2f\", $k / $e}")" "$el" "$kl"
+done
