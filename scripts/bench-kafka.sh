@@ -21,7 +21,11 @@ trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 printf '[log]\nbackend = "kafka"\n[log.kafka]\nbrokers = "127.0.0.1:19093"\n' > "$tmp/kafka.toml"
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/19093) 2>/dev/null && break; sleep 0.1; done
 PACER_LOG=warn "$pacer" up --data-dir "$tmp/embedded" --mqtt-listen 127.0.0.1:18841 --http-listen 127.0.0.1:0 >"$tmp/embedded.out" 2>&1 &
+pid_embedded=$!
 PACER_LOG=warn "$pacer" up --config "$tmp/kafka.toml" --mqtt-listen 127.0.0.1:18842 --http-listen 127.0.0.1:0 >"$tmp/kafka.out" 2>&1 &
+pid_kafka=$!
+# CPU time (ms) a process has used: Pacer's own cost, apart from the broker's and the load's.
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) * 1000 / hz}' "/proc/$1/stat"; }
 for port in 18841 18842; do
   for _ in $(seq 100); do mosquitto_pub -p $port -t ready -m 1 2>/dev/null && break; sleep 0.1; done
 done
@@ -36,20 +40,26 @@ for round in $(seq "$runs"); do
   for case in "${cases[@]}"; do
     name=${case%%|*}; args=${case#*|}
     for backend in embedded:18841 kafka:18842; do
+      pid_var="pid_${backend%%:*}"; pid=${!pid_var}
+      before=$(cpu_ms "$pid")
       line=$("$pacer" bench $args --port "${backend##*:}" 2>/dev/null | tail -1)
-      echo "round $round $name ${backend%%:*}: $line"
+      used=$(awk -v a="$before" -v b="$(cpu_ms "$pid")" 'BEGIN {print b - a}')
+      count=$(echo "$line" | grep -oE '^[0-9]+ messages' | cut -d' ' -f1)
+      per_k=$(awk -v u="$used" -v n="$count" 'BEGIN {printf "%.1f", u * 1000 / n}')
+      echo "round $round $name ${backend%%:*}: $line; pacer CPU ${per_k} ms per 1000 messages"
       rate=$(echo "$line" | grep -oE '[0-9]+ msg/s' | head -1 | cut -d' ' -f1 || true)
       p50=$(echo "$line" | grep -oE 'p50 [0-9.]+' | cut -d' ' -f2 || true)
-      echo "$rate ${p50:-0}" >> "$tmp/$name.${backend%%:*}"
+      echo "$rate ${p50:-0} $per_k" >> "$tmp/$name.${backend%%:*}"
     done
   done
 done
 echo
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-printf '%-24s %12s %12s %8s %12s %12s\n' case "embedded/s" "kafka/s" ratio "emb p50ms" "kafka p50ms"
+printf '%-24s %11s %11s %7s %10s %10s %12s %12s\n' case "embedded/s" "kafka/s" ratio "emb p50ms" "kaf p50ms" "emb cpu/1k" "kaf cpu/1k"
 for case in "${cases[@]}"; do
   name=${case%%|*}
   e=$(cut -d' ' -f1 "$tmp/$name.embedded" | median); k=$(cut -d' ' -f1 "$tmp/$name.kafka" | median)
   el=$(cut -d' ' -f2 "$tmp/$name.embedded" | median); kl=$(cut -d' ' -f2 "$tmp/$name.kafka" | median)
-  printf '%-24s %12s %12s %8s %12s %12s\n' "$name" "$e" "$k" "$(awk "BEGIN {printf \"%.2f\", $k / $e}")" "$el" "$kl"
+  ec=$(cut -d' ' -f3 "$tmp/$name.embedded" | median); kc=$(cut -d' ' -f3 "$tmp/$name.kafka" | median)
+  printf '%-24s %11s %11s %7s %10s %10s %12s %12s\n' "$name" "$e" "$k" "$(awk "BEGIN {printf \"%.2f\", $k / $e}")" "$el" "$kl" "$ec ms" "$kc ms"
 done

@@ -179,8 +179,7 @@ impl KafkaLog {
                         .set("compression.type", &config.compression)
                         // Java clients' partitioner, so a key lands where the embedded log
                         // and every Kafka Streams application put it.
-                        .set("partitioner", "murmur2_random")
-                        .set("linger.ms", "1");
+                        .set("partitioner", "murmur2_random");
                     // Retries after a lost acknowledgement then neither duplicate nor reorder
                     // (librdkafka allows it only with acks=all).
                     if matches!(config.acks.as_str(), "all" | "-1") {
