@@ -7,6 +7,7 @@
 //! do. `append` returns once the cluster acknowledged every record (`acks=all` by default):
 //! that is the moment the durability contract allows an MQTT PUBACK.
 
+mod group;
 mod reader;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -15,7 +16,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pacer_core::NewRecord;
-use pacer_log::{validate_stream_name, Appended, Log, LogError, Positions, Result, StartAt, StreamInfo, StreamReader};
+use pacer_log::{
+    validate_stream_name, Appended, GroupMember, Log, LogError, Positions, Result, StartAt, StreamInfo, StreamReader,
+};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -339,7 +342,27 @@ impl Log for KafkaLog {
             self.config.consumer_config("pacer-reader"),
             self.config.brokers.clone(),
             start,
+            None,
         )))
+    }
+
+    fn partition_reader(&self, stream: &str, partitions: &[u32], start: StartAt) -> Result<Box<dyn StreamReader>> {
+        validate_stream_name(stream)?;
+        Ok(Box::new(reader::KafkaReader::new(
+            stream,
+            self.topic(stream),
+            self.config.consumer_config("pacer-reader"),
+            self.config.brokers.clone(),
+            start,
+            Some(partitions),
+        )))
+    }
+
+    fn join_group(&self, group: &str, stream: &str) -> Result<Box<dyn GroupMember>> {
+        validate_stream_name(stream)?;
+        let member = group::KafkaGroupMember::join(&self.config, group, &self.topic(stream))
+            .map_err(|e| cluster_error(stream, &self.config.brokers, e))?;
+        Ok(Box::new(member))
     }
 
     fn streams(&self) -> Vec<StreamInfo> {

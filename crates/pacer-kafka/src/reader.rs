@@ -29,6 +29,8 @@ pub(crate) struct KafkaReader {
     brokers: String,
     config: Arc<ClientConfig>,
     start: StartAt,
+    /// The partitions to read; all when `None`.
+    only: Option<Arc<[i32]>>,
     state: State,
     positions: Positions,
 }
@@ -47,13 +49,21 @@ struct Opened {
 }
 
 impl KafkaReader {
-    pub(crate) fn new(stream: &str, topic: String, config: ClientConfig, brokers: String, start: StartAt) -> Self {
+    pub(crate) fn new(
+        stream: &str,
+        topic: String,
+        config: ClientConfig,
+        brokers: String,
+        start: StartAt,
+        only: Option<&[u32]>,
+    ) -> Self {
         let mut reader = KafkaReader {
             stream: stream.to_string(),
             topic,
             brokers,
             config: Arc::new(config),
             start,
+            only: only.map(|o| o.iter().map(|&p| p as i32).collect()),
             state: State::Missing,
             positions: Positions::new(),
         };
@@ -63,8 +73,9 @@ impl KafkaReader {
     }
 
     fn open(&self) -> State {
-        let (topic, config, start) = (self.topic.clone(), self.config.clone(), self.start.clone());
-        State::Opening(tokio::task::spawn_blocking(move || open(&topic, &config, start)))
+        let (topic, config, start, only) =
+            (self.topic.clone(), self.config.clone(), self.start.clone(), self.only.clone());
+        State::Opening(tokio::task::spawn_blocking(move || open(&topic, &config, start, only.as_deref())))
     }
 
     fn error(&self, error: KafkaError) -> LogError {
@@ -137,8 +148,12 @@ impl KafkaReader {
     /// Whether the reader has every record the cluster holds right now.
     async fn caught_up(&self, consumer: &Arc<StreamConsumer>) -> Result<bool> {
         let (consumer, topic, positions) = (consumer.clone(), self.topic.clone(), self.positions.clone());
+        let only = self.only.clone();
         tokio::task::spawn_blocking(move || {
             for partition in KafkaLog::partitions_of(consumer.client(), &topic)? {
+                if only.as_ref().is_some_and(|only| !only.contains(&partition)) {
+                    continue;
+                }
                 let (low, high) = consumer.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?;
                 let next = positions.get(partition as u32).map_or(low, |p| p as i64).max(low);
                 if next < high {
@@ -190,9 +205,17 @@ impl StreamReader for KafkaReader {
 
 /// Creates the consumer and assigns it every partition at the asked start; `None` when the
 /// topic does not exist.
-fn open(topic: &str, config: &ClientConfig, start: StartAt) -> std::result::Result<Option<Opened>, KafkaError> {
+fn open(
+    topic: &str,
+    config: &ClientConfig,
+    start: StartAt,
+    only: Option<&[i32]>,
+) -> std::result::Result<Option<Opened>, KafkaError> {
     let consumer: StreamConsumer = config.create()?;
-    let partitions = KafkaLog::partitions_of(consumer.client(), topic)?;
+    let mut partitions = KafkaLog::partitions_of(consumer.client(), topic)?;
+    if let Some(only) = only {
+        partitions.retain(|p| only.contains(p));
+    }
     if partitions.is_empty() {
         return Ok(None);
     }

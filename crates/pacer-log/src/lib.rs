@@ -79,6 +79,14 @@ pub trait Log: Send + Sync + 'static {
     /// A reader over every partition of `stream`. A stream that does not exist yet is waited for.
     fn reader(&self, stream: &str, start: StartAt) -> Result<Box<dyn StreamReader>>;
 
+    /// A reader over only `partitions` of `stream`: a group member's share.
+    fn partition_reader(&self, stream: &str, partitions: &[u32], start: StartAt) -> Result<Box<dyn StreamReader>>;
+
+    /// Joins consumer group `group` on `stream`: the members (Pacer nodes) share the
+    /// stream's partitions, which move when members come or go (Kafka's group protocol).
+    /// The embedded log has one member, which owns every partition.
+    fn join_group(&self, group: &str, stream: &str) -> Result<Box<dyn GroupMember>>;
+
     /// User streams; internal ones (named `__…`) are left out.
     fn streams(&self) -> Vec<StreamInfo>;
 
@@ -100,6 +108,13 @@ pub trait StreamReader: Send {
 
     /// The next offset this reader returns, per partition.
     fn positions(&self) -> Positions;
+}
+
+#[async_trait]
+pub trait GroupMember: Send {
+    /// The partitions this member owns, each time they change; the first answer comes once
+    /// the stream exists and the group has settled.
+    async fn assignment(&mut self) -> Result<Vec<u32>>;
 }
 
 /// The partition Kafka's default partitioner picks for `key` among `partitions`.

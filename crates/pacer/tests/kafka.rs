@@ -332,3 +332,101 @@ async fn drain(reader: &mut dyn pacer_log::StreamReader) -> Vec<pacer_core::Reco
         records.extend(batch);
     }
 }
+
+/// The input partitions each node's SHOW QUERIES says it runs for `query`.
+fn owned_partitions(pacer: &Pacer, query: &str) -> Vec<u64> {
+    let (status, answer) = pacer.post_sql("SHOW QUERIES;");
+    assert_eq!(status, 200, "{answer}");
+    let rows = answer["rows"].as_array().unwrap();
+    let row = rows.iter().find(|r| r[0] == query).unwrap_or_else(|| panic!("{query} not running: {answer}"));
+    row[5].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect()
+}
+
+#[test]
+fn two_nodes_in_one_consumer_group_split_a_query_and_get_the_results_of_one() {
+    let tansu = Tansu::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = kafka_config(dir_a.path(), &tansu, "g.", "");
+    std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("partitions = 2", "partitions = 4"))
+        .unwrap();
+    let a = start_pacer(dir_a.path(), &config);
+    let (status, answer) = a.post_sql(
+        "CREATE STREAM readings (device STRING KEY, temp DOUBLE) WITH (kafka_topic='readings', value_format='JSON', partitions=4);
+         CREATE TABLE per_device WITH (kafka_topic='per_device') AS
+           SELECT device, COUNT(*) AS n, SUM(temp) AS total FROM readings GROUP BY device EMIT CHANGES;",
+    );
+    assert_eq!(status, 200, "{answer}");
+    // The input topic exists before anyone writes, so the group can form first.
+    tansu.create_topic("g.readings", 4);
+
+    // The second node reads the catalog from the cluster and joins the query's group.
+    let b = start_pacer(dir_b.path(), &config);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (pa, pb) = (owned_partitions(&a, "CTAS_PER_DEVICE"), owned_partitions(&b, "CTAS_PER_DEVICE"));
+        let mut all: Vec<u64> = pa.iter().chain(&pb).copied().collect();
+        all.sort();
+        if !pa.is_empty() && !pb.is_empty() && all == [0, 1, 2, 3] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the group did not split 4 partitions between 2 nodes: {pa:?} {pb:?}");
+        // The group settles on its own schedule; there is no event to await from outside.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let producer: FutureProducer = tansu.client().set("partitioner", "murmur2_random").create().unwrap();
+    let mut expected: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        for i in 0..200u64 {
+            let device = format!("device-{}", i % 20);
+            let temp = (i % 7) as f64 + 0.5;
+            let value = serde_json::json!({ "temp": temp }).to_string();
+            let record = FutureRecord::to("g.readings").key(&device).payload(&value).timestamp(1_700_000_000_000);
+            producer.send(record, Duration::from_secs(10)).await.unwrap();
+            let e = expected.entry(device).or_default();
+            e.0 += 1;
+            e.1 += temp;
+        }
+    });
+
+    // The table's rows as a Kafka consumer sees them: the latest per device is the total.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let consumer: BaseConsumer = tansu.client().set("group.id", "check").create().unwrap();
+    let mut latest: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    let mut rows = 0;
+    let mut assigned = false;
+    while latest != expected {
+        assert!(Instant::now() < deadline, "per_device never reached the totals:\n{latest:?}\n{expected:?}");
+        if !assigned {
+            let metadata = consumer.fetch_metadata(Some("g.per_device"), Duration::from_secs(10)).unwrap();
+            let mut list = TopicPartitionList::new();
+            for p in metadata.topics().iter().filter(|t| t.error().is_none()).flat_map(|t| t.partitions()) {
+                list.add_partition_offset("g.per_device", p.id(), Offset::Beginning).unwrap();
+            }
+            assigned = list.count() > 0;
+            if assigned {
+                consumer.assign(&list).unwrap();
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            continue;
+        }
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.unwrap();
+            let v: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+            let device = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+            latest.insert(device, (v["n"].as_u64().unwrap(), v["total"].as_f64().unwrap()));
+            rows += 1;
+        }
+    }
+    // One change row per input record: no record was counted by two nodes (or two tasks).
+    let written: i64 = (0..4)
+        .map(|p| {
+            consumer.fetch_watermarks("g.per_device", p, Duration::from_secs(10)).map_or(0, |(low, high)| high - low)
+        })
+        .sum();
+    assert_eq!((rows, written), (200, 200));
+    // Each node ran only its share all along.
+    let (pa, pb) = (owned_partitions(&a, "CTAS_PER_DEVICE"), owned_partitions(&b, "CTAS_PER_DEVICE"));
+    assert!(pa.iter().all(|p| !pb.contains(p)), "{pa:?} {pb:?}");
+}

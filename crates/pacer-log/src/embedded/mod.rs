@@ -18,7 +18,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::sync::{oneshot, watch};
 
-use crate::{validate_stream_name, Appended, Log, LogError, Positions, Result, StartAt, StreamInfo, StreamReader};
+use crate::{
+    validate_stream_name, Appended, GroupMember, Log, LogError, Positions, Result, StartAt, StreamInfo, StreamReader,
+};
 use partition::{io_err, Partition};
 use writer::{AppendRequest, Writer};
 
@@ -208,7 +210,17 @@ impl Log for EmbeddedLog {
 
     fn reader(&self, stream: &str, start: StartAt) -> Result<Box<dyn StreamReader>> {
         validate_stream_name(stream)?;
-        Ok(Box::new(reader::EmbeddedReader::new(self.shared.clone(), stream, start)?))
+        Ok(Box::new(reader::EmbeddedReader::new(self.shared.clone(), stream, start, None)?))
+    }
+
+    fn partition_reader(&self, stream: &str, partitions: &[u32], start: StartAt) -> Result<Box<dyn StreamReader>> {
+        validate_stream_name(stream)?;
+        Ok(Box::new(reader::EmbeddedReader::new(self.shared.clone(), stream, start, Some(partitions.to_vec()))?))
+    }
+
+    fn join_group(&self, _group: &str, stream: &str) -> Result<Box<dyn GroupMember>> {
+        validate_stream_name(stream)?;
+        Ok(Box::new(reader::SoleMember::new(self.shared.clone(), stream)))
     }
 
     fn streams(&self) -> Vec<StreamInfo> {
@@ -477,6 +489,25 @@ mod tests {
         assert_eq!(kept.last(), Some(&99));
         assert_eq!(kept.len() as u64, info.records);
         assert!(kept[0] > 0);
+    }
+
+    #[tokio::test]
+    async fn a_partition_reader_reads_its_share_and_the_sole_member_owns_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EmbeddedLog::open(EmbeddedLogConfig { partitions: 3, ..EmbeddedLogConfig::new(dir.path()) }).unwrap();
+        let mut member = log.join_group("query", "share").unwrap();
+        let keys = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let records = keys.iter().map(|k| NewRecord::new(1, Some(Bytes::from(*k)), "{}")).collect();
+        let appended = log.append("share", records).await.unwrap();
+        assert_eq!(member.assignment().await.unwrap(), vec![0, 1, 2]);
+
+        let mut reader = log.partition_reader("share", &[1], StartAt::Beginning).unwrap();
+        let read = reader.try_batch().await.unwrap();
+        let expected = appended.iter().filter(|a| a.partition == 1).count();
+        assert!(expected > 0 && expected < keys.len(), "the keys spread over partitions");
+        assert_eq!(read.len(), expected);
+        assert!(read.iter().all(|r| r.partition == 1));
+        assert_eq!(reader.positions().iter().map(|(p, _)| p).collect::<Vec<_>>(), vec![1]);
     }
 
     #[tokio::test]

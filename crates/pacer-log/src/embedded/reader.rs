@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use super::partition::Partition;
 use super::{Shared, StreamState};
-use crate::{LogError, Positions, Result, StartAt, StreamReader};
+use crate::{GroupMember, LogError, Positions, Result, StartAt, StreamReader};
 
 /// Bytes one read takes from all partitions together, at most (roughly).
 const BATCH_BUDGET: u64 = 1 << 20;
@@ -24,6 +24,8 @@ pub struct EmbeddedReader {
     stream: String,
     /// How to place the cursors once the stream exists.
     start: StartAt,
+    /// The partitions to read; all when `None`.
+    only: Option<Vec<u32>>,
     state: Option<Arc<StreamState>>,
     cursors: Vec<Cursor>,
     created: watch::Receiver<u64>,
@@ -32,12 +34,13 @@ pub struct EmbeddedReader {
 }
 
 impl EmbeddedReader {
-    pub(super) fn new(shared: Arc<Shared>, stream: &str, start: StartAt) -> Result<Self> {
+    pub(super) fn new(shared: Arc<Shared>, stream: &str, start: StartAt, only: Option<Vec<u32>>) -> Result<Self> {
         let created = shared.created.subscribe();
         let mut reader = EmbeddedReader {
             shared,
             stream: stream.to_string(),
             start,
+            only,
             state: None,
             cursors: Vec::new(),
             created,
@@ -60,7 +63,7 @@ impl EmbeddedReader {
         let Some(state) = self.shared.streams.read().unwrap().get(&self.stream).cloned() else {
             return Ok(false);
         };
-        for p in &state.partitions {
+        for p in state.partitions.iter().filter(|p| self.only.as_ref().is_none_or(|only| only.contains(&p.id))) {
             let next = match &self.start {
                 StartAt::Beginning => p.start(),
                 StartAt::End => p.end(),
@@ -127,5 +130,39 @@ impl StreamReader for EmbeddedReader {
             positions.set(c.partition.id, c.next);
         }
         positions
+    }
+}
+
+/// The embedded log's consumer group: one member, owning every partition.
+pub struct SoleMember {
+    shared: Arc<Shared>,
+    stream: String,
+    created: watch::Receiver<u64>,
+    answered: bool,
+}
+
+impl SoleMember {
+    pub(super) fn new(shared: Arc<Shared>, stream: &str) -> Self {
+        let created = shared.created.subscribe();
+        SoleMember { shared, stream: stream.to_string(), created, answered: false }
+    }
+}
+
+#[async_trait]
+impl GroupMember for SoleMember {
+    async fn assignment(&mut self) -> Result<Vec<u32>> {
+        if self.answered {
+            // Nobody else ever joins.
+            return std::future::pending().await;
+        }
+        loop {
+            self.created.borrow_and_update();
+            let partitions = self.shared.streams.read().unwrap().get(&self.stream).map(|s| s.partitions.len() as u32);
+            if let Some(n) = partitions {
+                self.answered = true;
+                return Ok((0..n).collect());
+            }
+            self.created.changed().await.map_err(|_| LogError::Closed)?;
+        }
     }
 }

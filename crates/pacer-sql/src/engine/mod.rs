@@ -92,6 +92,8 @@ struct RunningQuery {
     stop: watch::Sender<bool>,
     /// Set when the query's task ended with an error.
     failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// Input partitions this node runs.
+    owned: Arc<std::sync::Mutex<Vec<u32>>>,
 }
 
 struct Catalog {
@@ -404,11 +406,13 @@ impl Engine {
     fn spawn(&self, info: QueryInfo, plan: Plan) -> RunningQuery {
         let (stop, stopped) = watch::channel(false);
         let failure = Arc::new(std::sync::Mutex::new(None));
+        let owned = Arc::new(std::sync::Mutex::new(Vec::new()));
         let runner = QueryRunner {
             id: info.id.clone(),
             log: self.log.clone(),
-            operator: Operator::new(plan),
+            plan,
             sink: info.sink.clone(),
+            owned: owned.clone(),
         };
         let failed = failure.clone();
         let id = info.id.clone();
@@ -418,7 +422,7 @@ impl Engine {
                 *failed.lock().unwrap() = Some(format!("{e:#}"));
             }
         });
-        RunningQuery { info, stop, failure }
+        RunningQuery { info, stop, failure, owned }
     }
 
     async fn show(&self, what: ast::Show) -> QueryResult {
@@ -444,13 +448,22 @@ impl Engine {
                 QueryResult { columns: ["name", "kind", "topic", "format"].map(String::from).to_vec(), rows }
             }
             ast::Show::Queries => QueryResult {
-                columns: ["id", "state", "source", "sink", "sql"].map(String::from).to_vec(),
+                columns: ["id", "state", "source", "sink", "sql", "partitions"].map(String::from).to_vec(),
                 rows: catalog
                     .queries
                     .values()
                     .map(|q| {
                         let i = q.info_now();
-                        vec![text(&i.id), text(&i.state), text(&i.source), text(&i.sink), text(&i.sql)]
+                        // The input partitions this node runs (the others run on other nodes).
+                        let owned: Vec<Json> = q.owned.lock().unwrap().iter().map(|&p| Json::from(p)).collect();
+                        vec![
+                            text(&i.id),
+                            text(&i.state),
+                            text(&i.source),
+                            text(&i.sink),
+                            text(&i.sql),
+                            Json::from(owned),
+                        ]
                     })
                     .collect(),
             },

@@ -1,6 +1,12 @@
 //! A persistent query at run time: reads its input stream, runs the operator, appends what
 //! it emits to its output stream, and checkpoints.
 //!
+//! The query's nodes form a consumer group on the input stream. A query whose rows depend
+//! on one record at a time, or whose groups are the record key (so a group never spans
+//! partitions), runs one task per owned partition, each with its own state and checkpoints
+//! (`__query_<id>.p<N>`); when nodes come or go, a partition's task moves and its new owner
+//! restores it from there. Any other query runs whole, on the node that owns partition 0.
+//!
 //! A checkpoint is the operator's changed state followed by a marker (input positions,
 //! output ends, stream time), appended together to the query's own internal stream
 //! `__query_<id>`. Entries count only once their marker follows them, so a crash in the
@@ -10,7 +16,7 @@
 //! equals that of a run without the crash.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -18,8 +24,11 @@ use pacer_core::{NewRecord, Record};
 use pacer_log::{Log, Positions, StartAt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
+use super::expr::Expr;
 use super::operator::{Operator, Output};
+use super::plan::{Plan, Shape, FIRST_FIELD, ROWKEY};
 
 /// Headers on every row a query writes.
 pub const QUERY_HEADER: &str = "pacer.query";
@@ -48,13 +57,97 @@ struct Marker {
 pub struct QueryRunner {
     pub id: String,
     pub log: Arc<dyn Log>,
-    pub operator: Operator,
+    pub plan: Plan,
     pub sink: String,
+    /// The input partitions this node runs, for SHOW QUERIES.
+    pub owned: Arc<Mutex<Vec<u32>>>,
 }
 
 impl QueryRunner {
+    /// Runs this node's share of the query until `stop` turns true or a task fails.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let input = self.plan.source.topic.clone();
+        let split = splits_by_partition(&self.plan);
+        let mut member = self.log.join_group(&format!("pacer-query-{}", self.id.to_ascii_lowercase()), &input)?;
+        let mut stops: HashMap<Option<u32>, watch::Sender<bool>> = HashMap::new();
+        let mut tasks = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                owned = member.assignment() => {
+                    let owned = owned?;
+                    let wanted: Vec<Option<u32>> = match (split, owned.contains(&0)) {
+                        (true, _) => owned.iter().map(|&p| Some(p)).collect(),
+                        (false, true) => vec![None],
+                        (false, false) => Vec::new(),
+                    };
+                    tracing::info!(query = %self.id, partitions = ?owned, split, "query assignment");
+                    stops.retain(|task, stop| {
+                        let keep = wanted.contains(task);
+                        if !keep {
+                            let _ = stop.send(true);
+                        }
+                        keep
+                    });
+                    for task in wanted {
+                        if let std::collections::hash_map::Entry::Vacant(slot) = stops.entry(task) {
+                            let (stop, stopped) = watch::channel(false);
+                            slot.insert(stop);
+                            let task = Task {
+                                id: self.id.clone(),
+                                log: self.log.clone(),
+                                operator: Operator::new(self.plan.clone()),
+                                sink: self.sink.clone(),
+                                partition: task,
+                            };
+                            tasks.spawn(task.run(stopped));
+                        }
+                    }
+                    *self.owned.lock().unwrap() = if split || owned.contains(&0) { owned } else { Vec::new() };
+                }
+                Some(ended) = tasks.join_next(), if !tasks.is_empty() => ended??,
+            }
+        }
+        for stop in stops.values() {
+            let _ = stop.send(true);
+        }
+        while let Some(ended) = tasks.join_next().await {
+            ended??;
+        }
+        Ok(())
+    }
+}
+
+/// Whether every group of the query lies within one input partition: stateless queries, and
+/// aggregations grouped by the record key (records are partitioned by key).
+fn splits_by_partition(plan: &Plan) -> bool {
+    match &plan.shape {
+        Shape::Project { .. } => true,
+        Shape::Aggregate { group_by, .. } => match group_by.as_slice() {
+            [Expr::Column(slot)] => {
+                *slot == ROWKEY || (*slot >= FIRST_FIELD && plan.fields.get(*slot - FIRST_FIELD).is_some_and(|f| f.key))
+            }
+            _ => false,
+        },
+    }
+}
+
+/// One partition's share of a query (or the whole query), with its own state.
+struct Task {
+    id: String,
+    log: Arc<dyn Log>,
+    operator: Operator,
+    sink: String,
+    /// The input partition; `None` reads them all.
+    partition: Option<u32>,
+}
+
+impl Task {
     fn state_stream(&self) -> String {
-        format!("__query_{}", self.id.to_ascii_lowercase())
+        match self.partition {
+            Some(p) => format!("__query_{}.p{p}", self.id.to_ascii_lowercase()),
+            None => format!("__query_{}", self.id.to_ascii_lowercase()),
+        }
     }
 
     /// Runs until `stop` turns true or the log fails.
@@ -70,8 +163,11 @@ impl QueryRunner {
             Ok(p) if !p.is_empty() => StartAt::Positions(p),
             _ => StartAt::Beginning,
         };
-        let mut reader = self.log.reader(&input, start)?;
-        tracing::info!(query = %self.id, input, output = %self.sink, resume = %marker.input, "query started");
+        let mut reader = match self.partition {
+            Some(p) => self.log.partition_reader(&input, &[p], start)?,
+            None => self.log.reader(&input, start)?,
+        };
+        tracing::info!(query = %self.id, input, partition = ?self.partition, output = %self.sink, resume = %marker.input, "query task started");
         // Event time the idle clock counts from, and when (wall clock) it was last seen.
         let mut last_event = (self.operator.stream_time(), Instant::now());
         // Work since the last checkpoint, and when that was.
