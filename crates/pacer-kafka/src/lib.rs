@@ -24,7 +24,7 @@ use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 
@@ -160,7 +160,7 @@ pub struct NewTopics {
 pub struct KafkaLog {
     config: KafkaConfig,
     new_topics: NewTopics,
-    producer: FutureProducer,
+    producer: FutureProducer<LastError>,
     admin: AdminClient<DefaultClientContext>,
     /// Metadata and watermark requests.
     metadata: BaseConsumer,
@@ -173,8 +173,9 @@ pub struct KafkaLog {
 impl KafkaLog {
     /// Connects to the cluster and checks it answers, so a wrong address fails at start.
     pub fn connect(config: KafkaConfig, new_topics: NewTopics) -> Result<KafkaLog> {
-        let fail = |error: KafkaError| cluster_error("", &config.brokers, error);
-        let producer: FutureProducer = config
+        let fail = |error: KafkaError| client_error(&config.brokers, error);
+        let last_error = LastError::default();
+        let producer: FutureProducer<LastError> = config
             .with_properties(
                 {
                     let mut c = config.client();
@@ -192,11 +193,23 @@ impl KafkaLog {
                 },
                 ClientKind::Producer,
             )
-            .create()
+            .create_with_context(last_error.clone())
             .map_err(fail)?;
         let admin = config.with_properties(config.client(), ClientKind::Consumer).create().map_err(fail)?;
         let metadata: BaseConsumer = config.consumer_config("pacer-metadata").create().map_err(fail)?;
-        metadata.fetch_metadata(None, REQUEST_TIMEOUT).map_err(fail)?;
+        if let Err(error) = producer.client().fetch_metadata(None, REQUEST_TIMEOUT) {
+            // The client's last error says why (authentication, TLS, refused); the failed
+            // request only that it timed out.
+            let why = last_error.0.lock().unwrap().take();
+            return Err(LogError::Cluster {
+                stream: String::new(),
+                error: format!(
+                    "cannot reach Kafka at {}: {}",
+                    config.brokers,
+                    why.unwrap_or_else(|| error.to_string())
+                ),
+            });
+        }
         Ok(KafkaLog {
             config,
             new_topics: NewTopics { partitions: new_topics.partitions.max(1), ..new_topics },
@@ -257,7 +270,7 @@ impl KafkaLog {
             return Ok(consumer.clone());
         }
         let consumer: BaseConsumer =
-            self.config.consumer_config(group).create().map_err(|e| cluster_error("", &self.config.brokers, e))?;
+            self.config.consumer_config(group).create().map_err(|e| client_error(&self.config.brokers, e))?;
         let consumer = Arc::new(consumer);
         groups.insert(group.to_string(), consumer.clone());
         Ok(consumer)
@@ -291,7 +304,12 @@ impl KafkaConfig {
 }
 
 fn cluster_error(stream: &str, brokers: &str, error: KafkaError) -> LogError {
-    LogError::Cluster { stream: stream.to_string(), error: format!("Kafka at {brokers}: {error}") }
+    LogError::Cluster { stream: stream.to_string(), error: format!("stream {stream:?} on Kafka at {brokers}: {error}") }
+}
+
+/// A client that could not be set up: a bad property, usually.
+fn client_error(brokers: &str, error: KafkaError) -> LogError {
+    LogError::Cluster { stream: String::new(), error: format!("Kafka client for {brokers}: {error}") }
 }
 
 #[async_trait]
@@ -436,5 +454,20 @@ impl Log for KafkaLog {
             }
         }
         (!positions.is_empty()).then_some(positions)
+    }
+}
+
+/// A client context that keeps librdkafka's last error, which says why a cluster cannot be
+/// reached. The producer's own thread serves these events.
+#[derive(Clone, Default)]
+struct LastError(Arc<Mutex<Option<String>>>);
+
+impl ClientContext for LastError {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(%error, reason, "Kafka client");
+        // "All brokers are down" follows the error that says why.
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::AllBrokersDown) {
+            *self.0.lock().unwrap() = Some(reason.to_string());
+        }
     }
 }

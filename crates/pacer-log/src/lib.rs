@@ -27,8 +27,9 @@ pub enum LogError {
     /// The cause is part of the message (not a `source`), so error chains do not print it twice.
     #[error("log I/O error on {path}: {error}")]
     Io { path: String, error: std::io::Error },
-    /// A remote log (the Kafka backend) refused or failed a request.
-    #[error("stream {stream:?}: {error}")]
+    /// A remote log (the Kafka backend) refused or failed a request; `error` says which
+    /// stream and cluster.
+    #[error("{error}")]
     Cluster { stream: String, error: String },
     #[error("the log is closed")]
     Closed,

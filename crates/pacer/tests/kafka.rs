@@ -35,12 +35,17 @@ struct Tansu {
 
 impl Tansu {
     fn start() -> Tansu {
-        let dir = tempfile::tempdir().unwrap();
+        Tansu::start_in(tempfile::tempdir().unwrap(), &[])
+    }
+
+    /// Starts tansu on the storage in `dir` (kept from an earlier run, e.g. with users).
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Tansu {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("tcp://127.0.0.1:{port}");
         let mut child = Command::new(tansu_binary())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(extra)
             .current_dir(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -53,6 +58,14 @@ impl Tansu {
             std::thread::sleep(Duration::from_millis(50));
         }
         Tansu { child, brokers: format!("127.0.0.1:{port}"), _dir: dir }
+    }
+
+    /// Stops the broker and hands back its storage.
+    fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self._dir, dir)
     }
 
     fn client(&self) -> ClientConfig {
@@ -218,6 +231,38 @@ fn records_a_kafka_client_produces_flow_through_a_pacer_query_to_a_topic_kafka_c
     let (status, rows) = pacer.post_sql("SELECT device, temp FROM hot;");
     assert_eq!(status, 200, "{rows}");
     assert_eq!(rows["rows"].as_array().unwrap().len(), expected.len(), "{rows}");
+}
+
+#[test]
+fn sasl_scram_logs_in_and_a_wrong_password_is_named_at_start() {
+    let tansu = Tansu::start();
+    let status = Command::new(tansu_binary())
+        .args(["user", "create", "--broker", &format!("tcp://{}", tansu.brokers), "--mechanism", "scram256"])
+        .args(["pacer", "s3cret"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "tansu user create: {status}");
+    let tansu = Tansu::start_in(tansu.stop(), &["--authentication"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let sasl = "security_protocol = \"sasl_plaintext\"\nsasl_mechanism = \"SCRAM-SHA-256\"\n\
+                sasl_username = \"pacer\"\nsasl_password = \"s3cret\"\n";
+    let pacer = start_pacer(dir.path(), &kafka_config(dir.path(), &tansu, "s.", sasl));
+    pacer.mosquitto_pub("race/ben", 1, r#"{"who":"ben","timeepoc":1558212490,"lat":-33.86,"lon":151.21}"#);
+    assert_eq!(pacer.tail("race", 1)[0]["key"], "ben");
+    drop(pacer);
+
+    let wrong = kafka_config(dir.path(), &tansu, "s.", &sasl.replace("s3cret", "guess"));
+    let out = Command::new(common::PACER)
+        .args(["up", "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--config"])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with a wrong password");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("cannot reach Kafka at") && last.contains("SASL authentication"), "{stderr}");
 }
 
 #[test]
