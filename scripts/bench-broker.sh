@@ -6,6 +6,7 @@
 # Env: RUNS (default 5), MESSAGES (per publisher, default 50000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-common.sh
 runs=${RUNS:-5}; messages=${MESSAGES:-50000}
 
 command -v mosquitto >/dev/null || { apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; }
@@ -17,9 +18,7 @@ trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 printf 'listener 18831 127.0.0.1\nallow_anonymous true\n' > "$tmp/mosquitto.conf"
 mosquitto -c "$tmp/mosquitto.conf" 2>"$tmp/mosquitto.log" &
 PACER_LOG=warn "$pacer" up --data-dir "$tmp/pacer" --mqtt-listen 127.0.0.1:18832 --http-listen 127.0.0.1:0 >"$tmp/pacer.out" 2>&1 &
-for port in 18831 18832; do
-  for _ in $(seq 100); do mosquitto_pub -p $port -t ready -m 1 2>/dev/null && break; sleep 0.1; done
-done
+wait_for_mqtt 18831; wait_for_mqtt 18832
 
 cases=(
   "publish-qos1-4clients|publish --clients 4 --messages $messages --qos 1"
@@ -41,7 +40,6 @@ for round in $(seq "$runs"); do
   done
 done
 echo
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 printf '%-24s %12s %12s %8s %12s %12s\n' case "mosquitto/s" "pacer/s" ratio "mosq p50ms" "pacer p50ms"
 for case in "${cases[@]}"; do
   name=${case%%|*}

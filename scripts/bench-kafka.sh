@@ -7,6 +7,7 @@
 # Env: RUNS (default 5), MESSAGES (per publisher, default 20000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-common.sh
 runs=${RUNS:-5}; messages=${MESSAGES:-20000}
 
 scripts/install-test-deps.sh
@@ -26,9 +27,7 @@ PACER_LOG=warn "$pacer" up --config "$tmp/kafka.toml" --mqtt-listen 127.0.0.1:18
 pid_kafka=$!
 # CPU time (ms) a process has used: Pacer's own cost, apart from the broker's and the load's.
 cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) * 1000 / hz}' "/proc/$1/stat"; }
-for port in 18841 18842; do
-  for _ in $(seq 100); do mosquitto_pub -p $port -t ready -m 1 2>/dev/null && break; sleep 0.1; done
-done
+wait_for_mqtt 18841; wait_for_mqtt 18842
 
 cases=(
   "publish-qos1-4clients|publish --clients 4 --messages $messages --qos 1"
@@ -54,7 +53,6 @@ for round in $(seq "$runs"); do
   done
 done
 echo
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 printf '%-24s %11s %11s %7s %10s %10s %12s %12s\n' case "embedded/s" "kafka/s" ratio "emb p50ms" "kaf p50ms" "emb cpu/1k" "kaf cpu/1k"
 for case in "${cases[@]}"; do
   name=${case%%|*}

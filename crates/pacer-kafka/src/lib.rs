@@ -276,6 +276,18 @@ impl KafkaLog {
         Ok(consumer)
     }
 
+    fn open_reader(&self, stream: &str, only: Option<&[u32]>, start: StartAt) -> Result<Box<dyn StreamReader>> {
+        validate_stream_name(stream)?;
+        Ok(Box::new(reader::KafkaReader::new(
+            stream,
+            self.topic(stream),
+            self.config.consumer_config("pacer-reader"),
+            self.config.brokers.clone(),
+            start,
+            only,
+        )))
+    }
+
     /// Partition numbers of a topic, or none when it does not exist.
     fn partitions_of<C: ClientContext>(client: &Client<C>, topic: &str) -> KafkaResultPartitions {
         let metadata = client.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
@@ -353,27 +365,11 @@ impl Log for KafkaLog {
     }
 
     fn reader(&self, stream: &str, start: StartAt) -> Result<Box<dyn StreamReader>> {
-        validate_stream_name(stream)?;
-        Ok(Box::new(reader::KafkaReader::new(
-            stream,
-            self.topic(stream),
-            self.config.consumer_config("pacer-reader"),
-            self.config.brokers.clone(),
-            start,
-            None,
-        )))
+        self.open_reader(stream, None, start)
     }
 
     fn partition_reader(&self, stream: &str, partitions: &[u32], start: StartAt) -> Result<Box<dyn StreamReader>> {
-        validate_stream_name(stream)?;
-        Ok(Box::new(reader::KafkaReader::new(
-            stream,
-            self.topic(stream),
-            self.config.consumer_config("pacer-reader"),
-            self.config.brokers.clone(),
-            start,
-            Some(partitions),
-        )))
+        self.open_reader(stream, Some(partitions), start)
     }
 
     fn join_group(&self, group: &str, stream: &str) -> Result<Box<dyn GroupMember>> {
@@ -439,14 +435,24 @@ impl Log for KafkaLog {
     }
 
     fn committed_positions(&self, group: &str, stream: &str) -> Option<Positions> {
-        let consumer = self.group_consumer(group).ok()?;
         let topic = self.topic(stream);
-        let partitions = KafkaLog::partitions_of(consumer.client(), &topic).ok()?;
-        let mut list = TopicPartitionList::new();
-        for p in partitions {
-            list.add_partition(&topic, p);
-        }
-        let committed = consumer.committed_offsets(list, REQUEST_TIMEOUT).ok()?;
+        let committed = self.group_consumer(group).and_then(|consumer| {
+            let fail = |e| cluster_error(stream, &self.config.brokers, e);
+            let mut list = TopicPartitionList::new();
+            for p in KafkaLog::partitions_of(consumer.client(), &topic).map_err(fail)? {
+                list.add_partition(&topic, p);
+            }
+            consumer.committed_offsets(list, REQUEST_TIMEOUT).map_err(fail)
+        });
+        let committed = match committed {
+            Ok(list) => list,
+            Err(error) => {
+                // The trait has no error to give; a caller then starts from the beginning,
+                // which repeats work but loses nothing. Say so.
+                tracing::warn!(group, stream, %error, "reading committed positions failed; starting from the beginning");
+                return None;
+            }
+        };
         let mut positions = Positions::new();
         for element in committed.elements() {
             if let Offset::Offset(next) = element.offset() {

@@ -256,6 +256,16 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_log_backend_names_the_file_line_and_choices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pacer.toml");
+        std::fs::write(&path, "[log]\nbackend = \"kafak\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("pacer.toml") && err.contains("line 2"), "{err}");
+        assert!(err.contains("kafak") && err.contains("embedded") && err.contains("kafka"), "{err}");
+    }
+
+    #[test]
     fn unset_keys_take_their_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pacer.toml");

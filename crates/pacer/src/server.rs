@@ -222,7 +222,7 @@ fn open_log(config: &Config, registry: &mut Registry) -> anyhow::Result<Arc<dyn 
                     retention_bytes: log.retention_bytes,
                 },
             )
-            .with_context(|| format!("[log] backend = \"kafka\": connecting to {}", log.kafka.brokers))?,
+            .context("[log] backend = \"kafka\"")?,
         ),
     })
 }

@@ -23,8 +23,9 @@ use bytes::Bytes;
 use pacer_core::{NewRecord, Record};
 use pacer_log::{Log, Positions, StartAt};
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 
 use super::expr::Expr;
 use super::operator::{Operator, Output};
@@ -69,11 +70,16 @@ impl QueryRunner {
         let input = self.plan.source.topic.clone();
         let split = splits_by_partition(&self.plan);
         let mut member = self.log.join_group(&format!("pacer-query-{}", self.id.to_ascii_lowercase()), &input)?;
-        let mut stops: HashMap<Option<u32>, watch::Sender<bool>> = HashMap::new();
-        let mut tasks = JoinSet::new();
+        // Tasks by input partition (`None`: the whole query), and tasks told to stop that may
+        // still be writing their last checkpoint.
+        let mut running: HashMap<Option<u32>, (watch::Sender<bool>, JoinHandle<()>)> = HashMap::new();
+        let mut stopping: HashMap<Option<u32>, JoinHandle<()>> = HashMap::new();
+        // Unbounded, so a failing task never waits for the coordinator to read it.
+        let (failed, mut failures) = mpsc::unbounded_channel::<anyhow::Error>();
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
+                Some(error) = failures.recv() => return Err(error),
                 owned = member.assignment() => {
                     let owned = owned?;
                     let wanted: Vec<Option<u32>> = match (split, owned.contains(&0)) {
@@ -82,39 +88,50 @@ impl QueryRunner {
                         (false, false) => Vec::new(),
                     };
                     tracing::info!(query = %self.id, partitions = ?owned, split, "query assignment");
-                    stops.retain(|task, stop| {
-                        let keep = wanted.contains(task);
-                        if !keep {
-                            let _ = stop.send(true);
-                        }
-                        keep
-                    });
+                    for task in running.keys().filter(|t| !wanted.contains(t)).copied().collect::<Vec<_>>() {
+                        let (stop, handle) = running.remove(&task).unwrap();
+                        let _ = stop.send(true);
+                        stopping.insert(task, handle);
+                    }
                     for task in wanted {
-                        if let std::collections::hash_map::Entry::Vacant(slot) = stops.entry(task) {
-                            let (stop, stopped) = watch::channel(false);
-                            slot.insert(stop);
-                            let task = Task {
-                                id: self.id.clone(),
-                                log: self.log.clone(),
-                                operator: Operator::new(self.plan.clone()),
-                                sink: self.sink.clone(),
-                                partition: task,
-                            };
-                            tasks.spawn(task.run(stopped));
+                        if running.contains_key(&task) {
+                            continue;
                         }
+                        // A partition given back must not run twice: its old task finishes
+                        // its checkpoint first, and the new one restores from it.
+                        if let Some(old) = stopping.remove(&task) {
+                            let _ = old.await;
+                        }
+                        let (stop, stopped) = watch::channel(false);
+                        let runner = Task {
+                            id: self.id.clone(),
+                            log: self.log.clone(),
+                            operator: Operator::new(self.plan.clone()),
+                            sink: self.sink.clone(),
+                            partition: task,
+                        };
+                        let failed = failed.clone();
+                        let handle = tokio::spawn(async move {
+                            if let Err(error) = runner.run(stopped).await {
+                                let _ = failed.send(error);
+                            }
+                        });
+                        running.insert(task, (stop, handle));
                     }
                     *self.owned.lock().unwrap() = if split || owned.contains(&0) { owned } else { Vec::new() };
                 }
-                Some(ended) = tasks.join_next(), if !tasks.is_empty() => ended??,
             }
         }
-        for stop in stops.values() {
+        for (stop, _) in running.values() {
             let _ = stop.send(true);
         }
-        while let Some(ended) = tasks.join_next().await {
-            ended??;
+        for handle in running.into_values().map(|(_, h)| h).chain(stopping.into_values()) {
+            let _ = handle.await;
         }
-        Ok(())
+        match failures.try_recv() {
+            Ok(error) => Err(error),
+            Err(_) => Ok(()),
+        }
     }
 }
 
