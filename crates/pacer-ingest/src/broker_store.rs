@@ -193,7 +193,31 @@ fn journal_mark(client_id: &str) -> NewRecord {
 }
 
 fn queued_record(q: &QueuedDelivery) -> anyhow::Result<NewRecord> {
-    let (d, p) = (&q.delivery, &q.delivery.publication);
+    let d = &q.delivery;
+    let ids: Vec<String> = d.subscription_ids.iter().map(u32::to_string).collect();
+    Ok(publication_record(&d.publication, Bytes::from(q.client_id.clone()))?
+        .with_header(SEQ, Bytes::from(q.seq.to_string()))
+        .with_header(DELIVERY_QOS, Bytes::from(d.qos.to_string()))
+        .with_header(DELIVERY_RETAIN, Bytes::from(d.retain.to_string()))
+        .with_header(SUBSCRIPTION_IDS, Bytes::from(ids.join(","))))
+}
+
+fn queued_delivery(client_id: &str, seq: u64, r: &Record) -> Option<QueuedDelivery> {
+    let text = |name| r.header(name).map(|v| String::from_utf8_lossy(v).into_owned());
+    let subscription_ids = text(SUBSCRIPTION_IDS)?.split(',').filter_map(|id| id.parse().ok()).collect();
+    let delivery = Delivery {
+        publication: Arc::new(record_publication(r)?),
+        qos: text(DELIVERY_QOS)?.parse().ok()?,
+        retain: text(DELIVERY_RETAIN)? == "true",
+        subscription_ids,
+        stored: Some(seq),
+    };
+    Some(QueuedDelivery { client_id: client_id.to_string(), seq, delivery })
+}
+
+/// A message as a record under `key`: the payload as value, topic, QoS, retain flag, client
+/// id and the MQTT 5 properties in headers, so `record_publication` gives it back whole.
+pub(crate) fn publication_record(p: &Publication, key: Bytes) -> anyhow::Result<NewRecord> {
     let properties = StoredProperties {
         payload_is_utf8: p.properties.payload_is_utf8,
         content_type: p.properties.content_type.clone(),
@@ -203,23 +227,18 @@ fn queued_record(q: &QueuedDelivery) -> anyhow::Result<NewRecord> {
         expires_at: p.properties.expires_at,
         username: p.username.clone(),
     };
-    let ids: Vec<String> = d.subscription_ids.iter().map(u32::to_string).collect();
-    Ok(NewRecord::new(p.received_at, Some(Bytes::from(q.client_id.clone())), p.payload.clone())
-        .with_header(SEQ, Bytes::from(q.seq.to_string()))
+    Ok(NewRecord::new(p.received_at, Some(key), p.payload.clone())
         .with_header(header::TOPIC, Bytes::from(p.topic.clone()))
         .with_header(header::QOS, Bytes::from(p.qos.to_string()))
         .with_header(header::RETAIN, Bytes::from(p.retain.to_string()))
         .with_header(header::CLIENT_ID, Bytes::from(p.client_id.clone()))
-        .with_header(DELIVERY_QOS, Bytes::from(d.qos.to_string()))
-        .with_header(DELIVERY_RETAIN, Bytes::from(d.retain.to_string()))
-        .with_header(SUBSCRIPTION_IDS, Bytes::from(ids.join(",")))
         .with_header(PROPERTIES, Bytes::from(serde_json::to_vec(&properties)?)))
 }
 
-fn queued_delivery(client_id: &str, seq: u64, r: &Record) -> Option<QueuedDelivery> {
+pub(crate) fn record_publication(r: &Record) -> Option<Publication> {
     let text = |name| r.header(name).map(|v| String::from_utf8_lossy(v).into_owned());
     let properties: StoredProperties = serde_json::from_slice(r.header(PROPERTIES)?).ok()?;
-    let publication = Publication {
+    Some(Publication {
         topic: text(header::TOPIC)?,
         payload: r.value.clone(),
         qos: text(header::QOS)?.parse().ok()?,
@@ -235,14 +254,5 @@ fn queued_delivery(client_id: &str, seq: u64, r: &Record) -> Option<QueuedDelive
             user_properties: properties.user_properties,
             expires_at: properties.expires_at,
         },
-    };
-    let subscription_ids = text(SUBSCRIPTION_IDS)?.split(',').filter_map(|id| id.parse().ok()).collect();
-    let delivery = Delivery {
-        publication: Arc::new(publication),
-        qos: text(DELIVERY_QOS)?.parse().ok()?,
-        retain: text(DELIVERY_RETAIN)? == "true",
-        subscription_ids,
-        stored: Some(seq),
-    };
-    Some(QueuedDelivery { client_id: client_id.to_string(), seq, delivery })
+    })
 }

@@ -7,6 +7,7 @@
 //! to the `_dead_letters` stream with the reason; nothing is dropped silently.
 
 mod broker_store;
+mod relay;
 mod rule;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use pacer_log::Log;
 use serde_json::json;
 
 pub use broker_store::LogBrokerStore;
+pub use relay::Relay;
 pub use rule::{Decoder, IngestRule, KeyTemplate, RuleConfig, TimestampUnit};
 
 /// Stream that receives what could not be decoded, with the reason.

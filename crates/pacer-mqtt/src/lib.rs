@@ -130,6 +130,8 @@ impl Default for BrokerConfig {
     }
 }
 
+/// Handles to one broker; clones share it.
+#[derive(Clone)]
 pub struct Broker {
     shared: Arc<Shared>,
 }
@@ -156,11 +158,19 @@ impl Shared {
     /// Makes publications durable (and the retained ones' retained copies), then routes them.
     async fn accept(&self, publications: Vec<Publication>) -> anyhow::Result<()> {
         self.sink.accept(&publications).await?;
+        self.route(publications, true).await
+    }
+
+    /// Delivers publications to this node's subscribers; `save_retained`: this node keeps
+    /// their retained copies (another node's messages it already kept in the shared store).
+    async fn route(&self, publications: Vec<Publication>, save_retained: bool) -> anyhow::Result<()> {
         let mut queued = Vec::new();
         for publication in publications {
             let publication = Arc::new(publication);
             if publication.retain {
-                self.store.save_retained(&publication).await?;
+                if save_retained {
+                    self.store.save_retained(&publication).await?;
+                }
                 self.router.set_retained(&publication);
             }
             queued.extend(self.router.route(&publication));
@@ -209,6 +219,12 @@ impl Broker {
 
     pub fn register_metrics(&self, registry: &mut Registry) {
         self.shared.metrics.register(registry);
+    }
+
+    /// Delivers messages another Pacer node accepted (and stored) to this node's
+    /// subscribers, as if published here, without storing them again.
+    pub async fn deliver_remote(&self, publications: Vec<Publication>) -> anyhow::Result<()> {
+        self.shared.route(publications, false).await
     }
 
     /// Accepts MQTT over TCP until the task is dropped; each connection runs on its own task.

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use pacer_ingest::Ingest;
+use pacer_ingest::{Ingest, Relay};
 use pacer_kafka::{KafkaLog, NewTopics};
 use pacer_log::{EmbeddedLog, EmbeddedLogConfig, Log};
 use pacer_mqtt::Broker;
@@ -41,8 +41,19 @@ impl Server {
             acl: config.mqtt.acl_file.as_deref().map(pacer_mqtt::auth::Acl::load).transpose()?.map(Arc::new),
         };
         let store = Arc::new(pacer_ingest::LogBrokerStore::new(log.clone()));
+        // On a shared log other nodes' clients publish too: relay between the nodes.
+        let relay =
+            (config.log.backend == LogBackend::Kafka).then(|| Arc::new(Relay::new(ingest.clone(), log.clone())));
+        let sink: Arc<dyn pacer_mqtt::PublishSink> = match &relay {
+            Some(relay) => relay.clone(),
+            None => ingest,
+        };
         let broker =
-            Broker::start(broker_config, security, ingest, store).await.context("restoring the broker's state")?;
+            Broker::start(broker_config, security, sink, store).await.context("restoring the broker's state")?;
+        let relaying = match relay {
+            Some(relay) => Some(relay.delivery(broker.clone()).await.context("joining the MQTT relay")?),
+            None => None,
+        };
         broker.register_metrics(&mut registry);
 
         let engine = Engine::start(log.clone()).await.context("loading the SQL catalog")?;
@@ -137,6 +148,9 @@ impl Server {
             tasks.spawn(async move { serving.await.with_context(|| format!("{what} server")) });
         }
         let [websocket_addr, wss_addr] = websocket_addrs;
+        if let Some(relaying) = relaying {
+            tasks.spawn(async move { relaying.await.context("MQTT relay between nodes") });
+        }
         tasks.spawn(async move { broker.serve(mqtt_listener).await.context("MQTT server") });
         tasks.spawn(async move { tracker.run().await.context("tracking query") });
         tasks.spawn(async move { axum::serve(http_listener, pacer_web::router(web)).await.context("HTTP server") });

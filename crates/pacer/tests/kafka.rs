@@ -475,3 +475,86 @@ fn two_nodes_in_one_consumer_group_split_a_query_and_get_the_results_of_one() {
     let (pa, pb) = (owned_partitions(&a, "CTAS_PER_DEVICE"), owned_partitions(&b, "CTAS_PER_DEVICE"));
     assert!(pa.iter().all(|p| !pb.contains(p)), "{pa:?} {pb:?}");
 }
+
+/// `mosquitto_sub -d` on a node: subscribed once it has printed the SUBACK, then its
+/// payload lines come through `next`.
+struct Subscriber {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Subscriber {
+    fn start(pacer: &Pacer, id: &str, filter: &str) -> Subscriber {
+        // Line-buffered: mosquitto_sub does not flush its debug lines into a pipe.
+        let mut child = Command::new("stdbuf")
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-d",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pacer.mqtt_port.to_string(),
+                "-q",
+                "1",
+                "-i",
+                id,
+                "-t",
+                filter,
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub must be installed (Debian mosquitto-clients)");
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(stdout).map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let subscriber = Subscriber { child, lines };
+        while !subscriber.line().contains("SUBACK") {}
+        subscriber
+    }
+
+    fn line(&self) -> String {
+        self.lines.recv_timeout(Duration::from_secs(30)).expect("mosquitto_sub printed nothing for 30 s")
+    }
+
+    /// The next payload, skipping mosquitto_sub's debug lines.
+    fn next(&self) -> String {
+        loop {
+            let line = self.line();
+            if !line.starts_with("Client ") && !line.starts_with("Subscribed (mid") {
+                return line;
+            }
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_subscriber_on_one_node_gets_what_is_published_on_another_once() {
+    let tansu = Tansu::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = kafka_config(dir_a.path(), &tansu, "m.", "");
+    let (a, b) = (start_pacer(dir_a.path(), &config), start_pacer(dir_b.path(), &config));
+    let on_a = Subscriber::start(&a, "sub-a", "chat/#");
+    let on_b = Subscriber::start(&b, "sub-b", "chat/#");
+
+    a.mosquitto_pub("chat/a", 1, "from a");
+    assert_eq!(on_b.next(), "from a", "relayed from a to b");
+    assert_eq!(on_a.next(), "from a", "delivered on a itself");
+    b.mosquitto_pub("chat/b", 1, "from b");
+    // By now a's own message has been through the relay too; a must not deliver it again.
+    assert_eq!(on_a.next(), "from b", "relayed from b to a, and a's own message only once");
+    assert_eq!(on_b.next(), "from b", "delivered on b itself");
+}

@@ -32,7 +32,7 @@ impl Pacer {
             .args(["up", "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)
-            .env("PACER_LOG", "warn")
+            .env("PACER_LOG", std::env::var("PACER_LOG").unwrap_or("warn".into()))
             .stdout(Stdio::piped())
             .spawn()
             .expect("start pacer");
