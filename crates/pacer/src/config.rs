@@ -60,6 +60,10 @@ pub struct MqttConfig {
     pub password_file: Option<PathBuf>,
     /// mosquitto ACL format; relative to the config file.
     pub acl_file: Option<PathBuf>,
+    /// Several nodes on one Kafka cluster: relay publications between them (`__mqtt_relay`)
+    /// so a subscriber on any node gets what is published on any node. Off for one node:
+    /// it costs a second append per publish and a reader.
+    pub relay: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +158,7 @@ impl Default for MqttConfig {
             max_keep_alive: broker.max_keep_alive,
             password_file: None,
             acl_file: None,
+            relay: false,
         }
     }
 }

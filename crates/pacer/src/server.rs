@@ -42,8 +42,7 @@ impl Server {
         };
         let store = Arc::new(pacer_ingest::LogBrokerStore::new(log.clone()));
         // On a shared log other nodes' clients publish too: relay between the nodes.
-        let relay =
-            (config.log.backend == LogBackend::Kafka).then(|| Arc::new(Relay::new(ingest.clone(), log.clone())));
+        let relay = config.mqtt.relay.then(|| Arc::new(Relay::new(ingest.clone(), log.clone())));
         let sink: Arc<dyn pacer_mqtt::PublishSink> = match &relay {
             Some(relay) => relay.clone(),
             None => ingest,

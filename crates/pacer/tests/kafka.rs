@@ -546,6 +546,7 @@ fn a_subscriber_on_one_node_gets_what_is_published_on_another_once() {
     let tansu = Tansu::start();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = kafka_config(dir_a.path(), &tansu, "m.", "");
+    std::fs::write(&config, format!("[mqtt]\nrelay = true\n{}", std::fs::read_to_string(&config).unwrap())).unwrap();
     let (a, b) = (start_pacer(dir_a.path(), &config), start_pacer(dir_b.path(), &config));
     let on_a = Subscriber::start(&a, "sub-a", "chat/#");
     let on_b = Subscriber::start(&b, "sub-b", "chat/#");
