@@ -6,6 +6,10 @@
 //! device's previous progress picks the right pass, and progress never goes backwards on a
 //! GPS glitch.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
 use geo::{Closest, Distance, Haversine, HaversineClosestPoint, Line, Point};
 
 /// How far behind its last progress a device may be matched (GPS noise), in metres.
@@ -58,8 +62,60 @@ impl Course {
         Course::new(name, coords)
     }
 
+    /// A course from a file: GPX (its tracks' points, else its routes'), GeoJSON (the
+    /// first LineString), or JSON lines of fixes with `lat`/`lon` (or `latitude`/
+    /// `longitude`) fields, taking only the lines whose fields equal `only` (a recorded
+    /// track of one device in a file of many).
+    pub fn from_file(name: &str, path: &Path, only: &BTreeMap<String, serde_json::Value>) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+        match extension.as_str() {
+            "gpx" => Course::from_gpx(name, &text),
+            "jsonl" | "ndjson" => Course::from_json_lines(name, &text, only),
+            "geojson" | "json" => Course::from_geojson(name, &text),
+            other => anyhow::bail!("{}: unknown course format {other:?} (gpx, geojson, json or jsonl)", path.display()),
+        }
+    }
+
+    /// The points of a GPX file's tracks (a recorded track), else of its routes.
+    pub fn from_gpx(name: &str, text: &str) -> anyhow::Result<Self> {
+        let doc = gpx::read(text.as_bytes()).map_err(|e| anyhow::anyhow!("course {name:?}: not GPX: {e}"))?;
+        let lon_lat = |points: &mut dyn Iterator<Item = &gpx::Waypoint>| -> Vec<(f64, f64)> {
+            points.map(|w| (w.point().x(), w.point().y())).collect()
+        };
+        let mut points = lon_lat(&mut doc.tracks.iter().flat_map(|t| &t.segments).flat_map(|s| &s.points));
+        if points.is_empty() {
+            points = lon_lat(&mut doc.routes.iter().flat_map(|r| &r.points));
+        }
+        Course::new(name, points)
+    }
+
+    /// A recorded track from JSON lines of fixes, in file order.
+    pub fn from_json_lines(name: &str, text: &str, only: &BTreeMap<String, serde_json::Value>) -> anyhow::Result<Self> {
+        let mut points = Vec::new();
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let fix: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| anyhow::anyhow!("course {name:?}: line {} is not JSON: {e}", i + 1))?;
+            if only.iter().any(|(k, v)| fix.get(k) != Some(v)) {
+                continue;
+            }
+            let number = |keys: [&str; 2]| keys.iter().find_map(|k| fix.get(*k).and_then(serde_json::Value::as_f64));
+            match (number(["lat", "latitude"]), number(["lon", "longitude"])) {
+                (Some(lat), Some(lon)) => points.push((lon, lat)),
+                _ => anyhow::bail!("course {name:?}: line {} has no numeric lat and lon", i + 1),
+            }
+        }
+        Course::new(name, points)
+    }
+
     pub fn length_m(&self) -> f64 {
         *self.cumulative.last().unwrap()
+    }
+
+    /// (lon, lat) of the finish.
+    pub fn end(&self) -> (f64, f64) {
+        let p = self.points.last().expect("a course has points");
+        (p.x(), p.y())
     }
 
     /// The course as (lon, lat) pairs, for drawing.
@@ -142,6 +198,18 @@ mod tests {
         let c = out_and_back();
         let p = c.progress(0.0, 0.0045, Some(600.0));
         assert_eq!(p, 600.0);
+    }
+
+    #[test]
+    fn recorded_tracks_are_courses() {
+        let garmin = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/garmin-activity.gpx");
+        let c = Course::from_file("run", Path::new(garmin), &BTreeMap::new()).unwrap();
+        assert!(c.lon_lat().len() > 100, "{}", c.lon_lat().len());
+        let lines = "{\"who\":\"a\",\"lat\":0,\"lon\":0}\n{\"who\":\"b\",\"lat\":5,\"lon\":5}\n{\"who\":\"a\",\"lat\":0,\"lon\":0.01}\n";
+        let only = BTreeMap::from([("who".to_string(), serde_json::json!("a"))]);
+        let c = Course::from_json_lines("a", lines, &only).unwrap();
+        assert_eq!(c.lon_lat(), vec![[0.0, 0.0], [0.01, 0.0]]);
+        assert!(Course::from_json_lines("a", "{\"who\":\"a\"}", &only).unwrap_err().to_string().contains("line 1"));
     }
 
     #[test]

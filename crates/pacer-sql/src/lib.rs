@@ -1,14 +1,15 @@
 //! Continuous queries over the log, and the functions they use.
 //!
 //! [`Engine`] runs ksqlDB statements: persistent, push and pull queries (see `engine`).
-//! [`tracker::Tracker`] is the hand-wired tracking query (latest position, speed, progress
-//! along a course, rank per device) until the tracking functions move into the engine.
+//! Tracking is part of the SQL: aggregates over a device's fixes (`track`) read the
+//! courses of the [`Geometry`], and window functions rank the groups (a league table).
 
 pub mod course;
 pub mod engine;
 pub mod geo_fn;
-pub mod tracker;
+pub mod geometry;
+pub mod track;
 
 pub use course::Course;
 pub use engine::Engine;
-pub use tracker::{Tracker, TrackerConfig};
+pub use geometry::Geometry;

@@ -94,7 +94,7 @@ pub async fn sql(b: SqlBench) -> anyhow::Result<()> {
     let Some(Statement::Select(select)) = parse::parse(QUERY)?.pop() else {
         anyhow::bail!("the bench query is a SELECT")
     };
-    let mut operator = Operator::new(plan(&select, &source)?);
+    let mut operator = Operator::new(plan(&select, &source, &pacer_sql::Geometry::default())?);
 
     let started = Instant::now();
     let mut reader = log.reader("readings", StartAt::Beginning)?;

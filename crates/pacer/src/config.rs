@@ -16,7 +16,7 @@ pub struct Config {
     /// Ingest rules, first match wins. Empty: the built-in defaults.
     pub ingest: Vec<RuleConfig>,
     pub course: Vec<CourseConfig>,
-    pub tracker: TrackerConfig,
+    pub tracking: TrackingConfig,
     pub sql: SqlConfig,
 }
 
@@ -24,7 +24,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct SqlConfig {
     /// ksqlDB statements run at start (relative to the config file). Sources and queries
-    /// already in the catalog are left running as they are.
+    /// already in the catalog are left running as they are. Unset: the race example's
+    /// league table (`examples/race/race.sql`).
     pub file: Option<PathBuf>,
 }
 
@@ -100,24 +101,31 @@ pub enum LogBackend {
     Kafka,
 }
 
+/// A course the tracking functions name (`COURSE_DISTANCE('name', lat, lon)`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CourseConfig {
     pub name: String,
-    /// GeoJSON file with a LineString, relative to the config file.
+    /// GPX (tracks or routes), GeoJSON (a LineString) or JSON lines of fixes (a recorded
+    /// track); relative to the config file.
     pub file: PathBuf,
+    /// JSON lines: only the fixes whose fields have these values (`{ who = "alice" }`).
+    #[serde(default, rename = "match")]
+    pub only: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
-/// The tracking query (until the SQL engine replaces it).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TrackerConfig {
-    pub input: String,
-    pub output: String,
-    /// Name of a `[[course]]`, or `sydney-half` (built in).
-    pub course: Option<String>,
-    /// [lat, lon] of the finish.
-    pub finish: [f64; 2],
+pub struct TrackingConfig {
+    /// A fix implying more than this from the device's last one is a GPS jump: the
+    /// tracking functions ignore it.
+    pub max_speed_kmh: f64,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        TrackingConfig { max_speed_kmh: pacer_sql::geometry::DEFAULT_MAX_SPEED_KMH }
+    }
 }
 
 impl MqttConfig {
@@ -189,19 +197,10 @@ impl Default for LogConfig {
     }
 }
 
-impl Default for TrackerConfig {
-    fn default() -> Self {
-        let (lat, lon) = pacer_sim::SYDNEY_HALF_FINISH;
-        TrackerConfig {
-            input: "race".into(),
-            output: "race_status".into(),
-            course: Some(BUILTIN_COURSE.into()),
-            finish: [lat, lon],
-        }
-    }
-}
-
+/// Always there unless a `[[course]]` takes its name: the demo's race.
 pub const BUILTIN_COURSE: &str = "sydney-half";
+/// The statements run when no `[sql] file` is configured.
+pub const BUILTIN_SQL: &str = include_str!("../../../examples/race/race.sql");
 
 impl Config {
     /// Reads a config file. Errors name the file, and TOML errors the line, column and key.
@@ -223,6 +222,13 @@ impl Config {
         config.mqtt.tls_cert.as_mut().map(resolve);
         config.mqtt.tls_key.as_mut().map(resolve);
         config.sql.file.as_mut().map(resolve);
+        if config.tracking.max_speed_kmh.is_nan() || config.tracking.max_speed_kmh <= 0.0 {
+            anyhow::bail!(
+                "{}: [tracking] max_speed_kmh = {}: give a speed above 0",
+                path.display(),
+                config.tracking.max_speed_kmh
+            );
+        }
         // MQTT's remaining length tops out at 268,435,455 bytes; 0 would let one packet header
         // make the broker reserve that much.
         if !(1..=268_435_455).contains(&config.mqtt.max_packet_size) {

@@ -1,5 +1,5 @@
 //! Wiring: the one place that knows every stage. Opens the log, starts the broker with the
-//! ingest rules as its sink, the tracking query and the HTTP server.
+//! ingest rules as its sink, the SQL engine with its queries and the HTTP server.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,14 +9,17 @@ use pacer_ingest::{Ingest, Relay};
 use pacer_kafka::{KafkaLog, NewTopics};
 use pacer_log::{EmbeddedLog, EmbeddedLogConfig, Log};
 use pacer_mqtt::Broker;
-use pacer_sql::{Course, Engine, Tracker, TrackerConfig};
+use pacer_sql::{Course, Engine, Geometry};
 use pacer_web::{DashboardConfig, LatLon, WebState};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::config::{Config, LogBackend, BUILTIN_COURSE};
+use crate::config::{Config, LogBackend, BUILTIN_COURSE, BUILTIN_SQL};
+
+/// The table the dashboard shows: the league table of the race queries.
+const LEAGUE_TABLE: &str = "race_status";
 
 /// A running Pacer: its bound addresses and the tasks that make it up.
 pub struct Server {
@@ -55,50 +58,36 @@ impl Server {
         };
         broker.register_metrics(&mut registry);
 
-        let engine = Engine::start(log.clone()).await.context("loading the SQL catalog")?;
-        engine.register_table(&config.tracker.output).await;
-        if let Some(file) = &config.sql.file {
-            let text =
-                std::fs::read_to_string(file).with_context(|| format!("[sql] file: reading {}", file.display()))?;
-            engine.execute_file(&text).await.with_context(|| format!("[sql] file {}", file.display()))?;
+        let geometry = Arc::new(load_geometry(&config)?);
+        let engine = Engine::start(log.clone(), geometry.clone()).await.context("loading the SQL catalog")?;
+        match &config.sql.file {
+            Some(file) => {
+                let text =
+                    std::fs::read_to_string(file).with_context(|| format!("[sql] file: reading {}", file.display()))?;
+                engine.execute_file(&text).await.with_context(|| format!("[sql] file {}", file.display()))?;
+            }
+            None => engine.execute_file(BUILTIN_SQL).await.context("the built-in race queries")?,
         }
 
-        let courses = load_courses(&config)?;
-        let course = match &config.tracker.course {
-            None => None,
-            Some(name) => Some(
-                courses
-                    .iter()
-                    .find(|c| &c.name == name)
-                    .cloned()
-                    .with_context(|| format!("[tracker] course = {name:?}: no [[course]] has that name"))?,
-            ),
-        };
-        let tracker = Tracker::new(
-            TrackerConfig {
-                input: config.tracker.input.clone(),
-                output: config.tracker.output.clone(),
-                course,
-                finish: (config.tracker.finish[0], config.tracker.finish[1]),
-            },
-            log.clone(),
-        );
-
-        let features: Vec<_> = courses
-            .iter()
+        let features: Vec<_> = geometry
+            .courses()
             .map(|c| {
                 json!({"type": "Feature", "properties": {"name": c.name, "length_m": c.length_m()},
                        "geometry": {"type": "LineString", "coordinates": c.lon_lat()}})
             })
             .collect();
+        let finish = geometry.courses().next().map(|c| {
+            let (lon, lat) = c.end();
+            LatLon { lat, lon }
+        });
         let web = Arc::new(WebState {
             log: log.clone(),
             registry,
             dashboard: DashboardConfig {
-                live_stream: config.tracker.output.clone(),
+                live_stream: LEAGUE_TABLE.into(),
                 tile_url: Some(config.http.tile_url.clone()).filter(|u| !u.is_empty()),
                 tile_attribution: config.http.tile_attribution.clone(),
-                finish: Some(LatLon { lat: config.tracker.finish[0], lon: config.tracker.finish[1] }),
+                finish,
             },
             courses: json!({"type": "FeatureCollection", "features": features}),
             engine,
@@ -151,7 +140,6 @@ impl Server {
             tasks.spawn(async move { relaying.await.context("MQTT relay between nodes") });
         }
         tasks.spawn(async move { broker.serve(mqtt_listener).await.context("MQTT server") });
-        tasks.spawn(async move { tracker.run().await.context("tracking query") });
         tasks.spawn(async move { axum::serve(http_listener, pacer_web::router(web)).await.context("HTTP server") });
         let log = match config.log.backend {
             LogBackend::Embedded => format!("embedded in {}", config.log.dir.display()),
@@ -191,22 +179,20 @@ impl Server {
     }
 }
 
-/// The configured courses, plus the built-in one when the tracker names it.
-fn load_courses(config: &Config) -> anyhow::Result<Vec<Arc<Course>>> {
-    let mut courses = Vec::new();
-    let builtin_wanted = config.tracker.course.as_deref() == Some(BUILTIN_COURSE)
-        && !config.course.iter().any(|c| c.name == BUILTIN_COURSE);
-    if builtin_wanted {
-        courses.push(Arc::new(Course::from_geojson(BUILTIN_COURSE, pacer_sim::SYDNEY_HALF_COURSE)?));
+/// The configured courses (the built-in race course unless one takes its name) and the
+/// tracking settings.
+fn load_geometry(config: &Config) -> anyhow::Result<Geometry> {
+    let mut geometry = Geometry::default();
+    geometry.max_speed_kmh = config.tracking.max_speed_kmh;
+    if !config.course.iter().any(|c| c.name.eq_ignore_ascii_case(BUILTIN_COURSE)) {
+        geometry.add_course(Course::from_geojson(BUILTIN_COURSE, pacer_sim::SYDNEY_HALF_COURSE)?);
     }
     for c in &config.course {
-        let text = std::fs::read_to_string(&c.file)
-            .with_context(|| format!("[[course]] {:?}: reading {}", c.name, c.file.display()))?;
-        let course = Course::from_geojson(c.name.clone(), &text)
-            .with_context(|| format!("[[course]] {:?} in {}", c.name, c.file.display()))?;
-        courses.push(Arc::new(course));
+        let course =
+            Course::from_file(&c.name, &c.file, &c.only).with_context(|| format!("[[course]] {:?}", c.name))?;
+        geometry.add_course(course);
     }
-    Ok(courses)
+    Ok(geometry)
 }
 
 /// The log `[log] backend` names; nothing past this point knows which one runs.

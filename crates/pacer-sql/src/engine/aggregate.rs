@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::expr::{plan_error, Expr, PlanError};
+use super::plan::ROWTIME;
 use super::value::{DataType, Value};
+use crate::track::{Fix, TrackKind, TrackState, Tracking};
 
 /// COLLECT_LIST and COLLECT_SET keep at most this many values, like ksqlDB's default.
 const COLLECT_LIMIT: usize = 1000;
@@ -25,6 +27,14 @@ const NAMES: &[&str] = &[
     "COLLECT_SET",
     "TOPK",
     "TOPKDISTINCT",
+    // Tracking (crate::track): fold a group's fixes in order.
+    "COURSE_DISTANCE",
+    "TO_FINISH",
+    "FINISH_TIME",
+    "PROJECTED_FINISH",
+    "SPEED",
+    "HEADING",
+    "PACE",
 ];
 
 /// Every aggregate's name, for SHOW FUNCTIONS.
@@ -53,14 +63,17 @@ pub enum AggKind {
     CollectSet,
     TopK(usize),
     TopKDistinct(usize),
+    Track(TrackKind),
 }
 
 /// One aggregate in a query: what it computes, over which input expression.
 #[derive(Debug, Clone)]
 pub struct AggregateCall {
     pub kind: AggKind,
-    /// None for COUNT(*).
+    /// None for COUNT(*); the latitude for tracking aggregates.
     pub arg: Option<Expr>,
+    /// Tracking aggregates: the longitude, and how fixes are read.
+    pub track: Option<(Expr, Tracking)>,
     pub output: DataType,
 }
 
@@ -71,7 +84,12 @@ impl AggregateCall {
         let upper = name.to_ascii_uppercase();
         let Some((arg, t)) = arg else {
             if upper == "COUNT" {
-                return Ok(AggregateCall { kind: AggKind::CountRows, arg: None, output: DataType::BigInt });
+                return Ok(AggregateCall {
+                    kind: AggKind::CountRows,
+                    arg: None,
+                    track: None,
+                    output: DataType::BigInt,
+                });
             }
             return plan_error(format!("{upper}: takes one argument"));
         };
@@ -114,7 +132,23 @@ impl AggregateCall {
         if k.is_some() && !matches!(kind, AggKind::TopK(_) | AggKind::TopKDistinct(_)) {
             return plan_error(format!("{upper}: takes one argument"));
         }
-        Ok(AggregateCall { kind, arg: Some(arg), output })
+        Ok(AggregateCall { kind, arg: Some(arg), track: None, output })
+    }
+
+    /// A tracking aggregate over (lat, lon) fixes at ROWTIME.
+    pub fn tracking(tracking: Tracking, lat: (Expr, DataType), lon: (Expr, DataType)) -> Result<Self, PlanError> {
+        for (what, t) in [("latitude", &lat.1), ("longitude", &lon.1)] {
+            if !(t.is_numeric() || *t == DataType::Any) {
+                return plan_error(format!("the {what} must be a number, got {t}"));
+            }
+        }
+        let output = if tracking.kind.is_time() { DataType::BigInt } else { DataType::Double };
+        Ok(AggregateCall {
+            kind: AggKind::Track(tracking.kind),
+            arg: Some(lat.0),
+            track: Some((lon.0, tracking)),
+            output,
+        })
     }
 
     pub fn start(&self) -> Acc {
@@ -131,6 +165,7 @@ impl AggregateCall {
             | AggKind::CollectSet
             | AggKind::TopK(_)
             | AggKind::TopKDistinct(_) => Acc::Values { items: Vec::new() },
+            AggKind::Track(_) => Acc::Track { fixes: TrackState::default() },
         }
     }
 
@@ -143,9 +178,19 @@ impl AggregateCall {
     /// The value this aggregate takes from a row (evaluated before any state changes, so a
     /// row that fails changes nothing).
     pub fn input(&self, row: &[Value]) -> Result<Value, String> {
-        match &self.arg {
-            Some(e) => e.eval(row),
-            None => Ok(Value::Bool(true)),
+        match (&self.arg, &self.track) {
+            (Some(lat), Some((lon, _))) => {
+                let fix = [lat.eval(row)?, lon.eval(row)?, row[ROWTIME].clone()];
+                if fix.iter().any(Value::is_null) {
+                    return Ok(Value::Null);
+                }
+                match fix.iter().map(Value::as_f64).collect::<Option<Vec<f64>>>() {
+                    Some(numbers) => Ok(Value::Array(numbers.into_iter().map(Value::Double).collect())),
+                    None => Err(format!("a fix needs numbers, got lat {} and lon {}", fix[0], fix[1])),
+                }
+            }
+            (Some(e), None) => e.eval(row),
+            (None, _) => Ok(Value::Bool(true)),
         }
     }
 
@@ -226,6 +271,12 @@ impl AggregateCall {
                     items.truncate(k);
                 }
             }
+            (AggKind::Track(_), Acc::Track { fixes }) => {
+                let (Some((_, tracking)), Value::Array(fix)) = (&self.track, v) else { return };
+                if let [Value::Double(lat), Value::Double(lon), Value::Double(t)] = fix.as_slice() {
+                    tracking.add(fixes, Fix { lat: *lat, lon: *lon, t: *t as i64 });
+                }
+            }
             (kind, acc) => unreachable!("accumulator {acc:?} does not belong to {kind:?}"),
         }
     }
@@ -269,6 +320,12 @@ impl AggregateCall {
                     self.add_value(acc, v);
                 }
             }
+            // Sessions that merge: the later one's fixes carry on from the earlier's.
+            (Acc::Track { fixes }, Acc::Track { fixes: later }) => {
+                if later.last_time() > fixes.last_time() {
+                    *fixes = later;
+                }
+            }
             (acc, later) => unreachable!("cannot merge {later:?} into {acc:?}"),
         }
     }
@@ -292,6 +349,14 @@ impl AggregateCall {
             Acc::One { v, .. } => v.clone(),
             Acc::Values { items } if self.kind == AggKind::CountDistinct => Value::Int(items.len() as i64),
             Acc::Values { items } => Value::Array(items.clone()),
+            Acc::Track { fixes } => {
+                let Some((_, tracking)) = &self.track else { return Value::Null };
+                match tracking.result(fixes) {
+                    None => Value::Null,
+                    Some(t) if tracking.kind.is_time() => Value::Int(t as i64),
+                    Some(x) => Value::Double(x),
+                }
+            }
         }
     }
 }
@@ -326,6 +391,10 @@ pub enum Acc {
     /// COLLECT_LIST, COLLECT_SET, TOPK, COUNT_DISTINCT.
     Values {
         items: Vec<Value>,
+    },
+    /// The tracking aggregates.
+    Track {
+        fixes: TrackState,
     },
 }
 

@@ -61,6 +61,39 @@ pub enum Expr {
     Index(Box<Expr>, Box<Expr>),
 }
 
+impl Expr {
+    /// Renumbers every column slot with `f` (slots only known once planning is done).
+    pub fn remap_columns(&mut self, f: &impl Fn(usize) -> usize) {
+        match self {
+            Expr::Column(slot) => *slot = f(*slot),
+            Expr::Literal(_) => {}
+            Expr::Not(e) | Expr::Neg(e) | Expr::Cast(e, _) | Expr::Field(e, _) => e.remap_columns(f),
+            Expr::IsNull { expr, .. } | Expr::Like { expr, .. } => expr.remap_columns(f),
+            Expr::Binary(_, a, b) | Expr::And(a, b) | Expr::Or(a, b) | Expr::Index(a, b) => {
+                a.remap_columns(f);
+                b.remap_columns(f);
+            }
+            Expr::Between { expr, low, high, .. } => {
+                for e in [expr, low, high] {
+                    e.remap_columns(f);
+                }
+            }
+            Expr::InList { expr, list, .. } => {
+                expr.remap_columns(f);
+                list.iter_mut().for_each(|e| e.remap_columns(f));
+            }
+            Expr::Case { operand, whens, otherwise } => {
+                operand.iter_mut().chain(otherwise.iter_mut()).for_each(|e| e.remap_columns(f));
+                for (when, then) in whens {
+                    when.remap_columns(f);
+                    then.remap_columns(f);
+                }
+            }
+            Expr::Call(_, args) => args.iter_mut().for_each(|e| e.remap_columns(f)),
+        }
+    }
+}
+
 impl std::fmt::Debug for ScalarFunction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name)
@@ -207,6 +240,11 @@ pub fn compile(e: &sql::Expr, scope: &mut dyn Scope) -> Result<(Expr, DataType),
         }
         sql::Expr::Function(f) => {
             let name = f.name.to_string();
+            if f.over.is_some() {
+                return plan_error(format!(
+                    "{e}: window functions rank the groups of a query with GROUP BY; use them in its SELECT list"
+                ));
+            }
             if super::aggregate::is_aggregate(&name) {
                 return plan_error(format!(
                     "{e}: aggregate functions belong in the SELECT list or HAVING of a query with GROUP BY"

@@ -325,6 +325,7 @@ static FUNCTIONS: &[ScalarFunction] = &[
     scalar!("GREATEST", 1, VARIADIC, [Scalar] => common_type, |args| extreme(args, Ordering::Greater)),
     scalar!("LEAST", 1, VARIADIC, [Scalar] => common_type, |args| extreme(args, Ordering::Less)),
     scalar!("GEO_DISTANCE", 4, 5, [Num, Num, Num, Num, Str] -> DataType::Double, geo_distance_fn),
+    scalar!("BEARING", 4, 4, [Num, Num, Num, Num] -> DataType::Double, bearing_fn),
     // Strings
     scalar!("UCASE", 1, 1, [Str] -> DataType::String, |args| map_text(args, str::to_uppercase)),
     scalar!("UPPER", 1, 1, [Str] -> DataType::String, |args| map_text(args, str::to_uppercase)),
@@ -739,10 +740,11 @@ fn extreme(args: &[Value], wanted: Ordering) -> Result<Value, String> {
     })
 }
 
-fn geo_distance_fn(args: &[Value]) -> Result<Value, String> {
+/// (lat1, lon1, lat2, lon2) from the first four arguments, checked; None if one is NULL.
+fn two_positions(args: &[Value]) -> Result<Option<[f64; 4]>, String> {
     let mut coordinates = [0.0; 4];
     for (i, slot) in coordinates.iter_mut().enumerate() {
-        let Some(x) = num(args, i)? else { return Ok(Value::Null) };
+        let Some(x) = num(args, i)? else { return Ok(None) };
         *slot = x;
     }
     let [lat1, lon1, lat2, lon2] = coordinates;
@@ -752,6 +754,19 @@ fn geo_distance_fn(args: &[Value]) -> Result<Value, String> {
     if !(-180.0..=180.0).contains(&lon1) || !(-180.0..=180.0).contains(&lon2) {
         return Err("longitudes must be between -180 and 180 degrees".to_string());
     }
+    Ok(Some(coordinates))
+}
+
+/// `BEARING(lat1, lon1, lat2, lon2)`: initial great-circle course from the first position
+/// to the second, degrees clockwise from north in [0, 360).
+fn bearing_fn(args: &[Value]) -> Result<Value, String> {
+    use geo::Bearing;
+    let Some([lat1, lon1, lat2, lon2]) = two_positions(args)? else { return Ok(Value::Null) };
+    Ok(Value::Double(geo::Haversine.bearing(geo::Point::new(lon1, lat1), geo::Point::new(lon2, lat2))))
+}
+
+fn geo_distance_fn(args: &[Value]) -> Result<Value, String> {
+    let Some([lat1, lon1, lat2, lon2]) = two_positions(args)? else { return Ok(Value::Null) };
     let unit = match text(args, 4)? {
         None => DistanceUnit::Km,
         Some(name) if name.trim().is_empty() => DistanceUnit::Km,
@@ -2272,6 +2287,9 @@ mod tests {
         in_miles.push(s("MI"));
         let Value::Double(miles) = eval("GEO_DISTANCE", &in_miles) else { panic!("not a double") };
         assert!((miles - km / 1.609).abs() < 1.0, "{miles}");
+        // London to Paris heads south-south-east: 148.1° by the haversine formula.
+        let Value::Double(bearing) = eval("BEARING", &london_paris[..4]) else { panic!("not a double") };
+        assert!((bearing - 148.1).abs() < 0.1, "{bearing}");
         let mut in_km = london_paris.to_vec();
         in_km.push(s("kilometer"));
         assert_eq!(eval("GEO_DISTANCE", &in_km), d(km));

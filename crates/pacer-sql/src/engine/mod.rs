@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 use tokio::sync::{mpsc, watch, Mutex};
 
+use crate::geometry::Geometry;
 use ast::{Emit, SourceKind, Statement};
 use expr::PlanError;
 use operator::Operator;
@@ -106,14 +107,17 @@ struct Catalog {
 pub struct Engine {
     log: Arc<dyn Log>,
     catalog: Mutex<Catalog>,
+    /// Courses (and tracking settings) queries refer to by name.
+    geometry: Arc<Geometry>,
 }
 
 impl Engine {
     /// Opens the engine over `log`, replaying its catalog: sources come back and persistent
     /// queries resume from their checkpoints.
-    pub async fn start(log: Arc<dyn Log>) -> Result<Arc<Engine>, SqlError> {
+    pub async fn start(log: Arc<dyn Log>, geometry: Arc<Geometry>) -> Result<Arc<Engine>, SqlError> {
         let engine = Arc::new(Engine {
             log: log.clone(),
+            geometry,
             catalog: Mutex::new(Catalog { sources: BTreeMap::new(), queries: BTreeMap::new(), insert_count: 0 }),
         });
         let mut reader = log.reader(CATALOG, StartAt::Beginning)?;
@@ -135,20 +139,6 @@ impl Engine {
         }
         tracing::info!(statements = replayed, "sql catalog loaded");
         Ok(engine)
-    }
-
-    /// Makes a log stream known as a table of latest rows per key (e.g. the tracker's
-    /// output), without a query behind it.
-    pub async fn register_table(&self, name: &str) {
-        let source = Source {
-            name: name.to_string(),
-            kind: SourceKind::Table,
-            topic: name.to_string(),
-            columns: Vec::new(),
-            timestamp: None,
-            windowed: false,
-        };
-        self.catalog.lock().await.sources.entry(name.to_ascii_lowercase()).or_insert(source);
     }
 
     /// Runs every statement in `sql`, in order; stops at the first that fails.
@@ -241,7 +231,7 @@ impl Engine {
                 }
                 check_format(&properties)?;
                 let source = self.source(&catalog, &query.from)?;
-                let plan = plan::plan(&query, &source)?;
+                let plan = plan::plan(&query, &source, &self.geometry)?;
                 let aggregated = matches!(plan.shape, Shape::Aggregate { .. });
                 match (kind, aggregated) {
                     (SourceKind::Stream, true) => {
@@ -291,7 +281,7 @@ impl Engine {
                     return invalid(format!("{target} is a table; INSERT INTO writes streams"));
                 }
                 let source = self.source(&catalog, &query.from)?;
-                let plan = plan::plan(&query, &source)?;
+                let plan = plan::plan(&query, &source, &self.geometry)?;
                 if matches!(plan.shape, Shape::Aggregate { .. }) {
                     return invalid("INSERT INTO takes a query without GROUP BY");
                 }
@@ -313,7 +303,7 @@ impl Engine {
                     let catalog = self.catalog.lock().await;
                     self.source(&catalog, &select.from)?
                 };
-                let plan = plan::plan(&select, &source)?;
+                let plan = plan::plan(&select, &source, &self.geometry)?;
                 if select.emit == Emit::None {
                     return Ok(Response::Rows(self.pull(plan).await?));
                 }

@@ -10,6 +10,7 @@
 //! without allocating, and state is marked dirty rather than copied per record.
 
 use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use foldhash::fast::RandomState;
@@ -25,8 +26,8 @@ use super::aggregate::Acc;
 use super::ast::{Emit, Window, WindowKind};
 use super::expr::Expr;
 use super::plan::{
-    first_aggregate_slot, Column, Field, Item, Plan, Shape, FIRST_FIELD, ROWKEY, ROWOFFSET, ROWPARTITION, ROWTIME,
-    WHOLE_VALUE,
+    first_aggregate_slot, Column, Field, GroupOrder, Item, OverKind, Plan, Shape, FIRST_FIELD, ROWKEY, ROWOFFSET,
+    ROWPARTITION, ROWTIME, WHOLE_VALUE,
 };
 use super::value::{DataType, Value};
 
@@ -60,6 +61,9 @@ struct WindowState {
     accs: Vec<Acc>,
     /// Latest event time that updated the window: its rows' timestamp.
     last: i64,
+    /// Its window functions' values, as last emitted.
+    #[serde(default)]
+    over: Vec<Value>,
     /// Changed since the last checkpoint (and listed in `Operator::changed`).
     #[serde(skip)]
     dirty: bool,
@@ -80,6 +84,18 @@ pub struct Operator {
     inputs: Vec<Value>,
     /// Which fields the record being decoded set.
     filled: Vec<bool>,
+    /// The groups of each window in the order of each OVER clause, by (order, window
+    /// start); built when first needed, and again after a restore.
+    rankings: HashMap<(usize, i64), Ranking>,
+}
+
+/// The groups of one window in one OVER clause's order.
+#[derive(Default)]
+struct Ranking {
+    /// By PARTITION BY value: the groups in order.
+    partitions: HashMap<String, Vec<Ranked>>,
+    /// Each group's partition and sort key.
+    placed: HashMap<Box<str>, (String, Vec<Value>)>,
 }
 
 impl Operator {
@@ -99,6 +115,7 @@ impl Operator {
             whole_value,
             inputs: Vec::new(),
             filled: Vec::new(),
+            rankings: HashMap::new(),
         }
     }
 
@@ -159,7 +176,7 @@ impl Operator {
         timestamp: i64,
         out: &mut Vec<Output>,
     ) -> Result<(), String> {
-        let Shape::Aggregate { group_by, calls, window, .. } = &plan.shape else { unreachable!() };
+        let Shape::Aggregate { group_by, calls, window, over, .. } = &plan.shape else { unreachable!() };
         self.inputs.clear();
         for call in calls {
             self.inputs.push(call.input(row)?);
@@ -227,7 +244,8 @@ impl Operator {
                         Group::Column(slot) => vec![row[*slot].clone()],
                         Group::Values(values) => values.clone(),
                     };
-                    windows.push(WindowState { group: values, start, end, accs, last: timestamp, dirty: false });
+                    let over = vec![Value::Null; over.len()];
+                    windows.push(WindowState { group: values, start, end, accs, last: timestamp, over, dirty: false });
                     if start != NO_WINDOW {
                         self.closing.insert((close(end), Box::from(text), start));
                     }
@@ -244,9 +262,12 @@ impl Operator {
                 state.dirty = true;
                 self.changed.push((Box::from(text), start));
             }
+            let cause = format!("{}:{}:{}", record.partition, record.offset, start);
+            let reranked = if over.is_empty() { Vec::new() } else { self.rerank(plan, text, start, &cause, timestamp) };
             if plan.emit != Emit::Final {
-                let id = format!("{}:{}:{}", record.partition, record.offset, state.start);
-                out.push(window_row(plan, state, id)?);
+                let state = self.window(text, start).expect("updated above");
+                out.push(window_row(plan, state, cause)?);
+                out.extend(reranked);
             }
         }
         if !accepted {
@@ -260,6 +281,104 @@ impl Operator {
         }
         self.advance(timestamp, out);
         Ok(())
+    }
+
+    fn window(&self, group: &str, start: i64) -> Option<&WindowState> {
+        self.groups.get(group)?.iter().find(|w| w.start == start)
+    }
+
+    /// Places `group` anew in every OVER order of its window and recomputes the window
+    /// functions of the partitions that changed. Returns the rows of other groups whose
+    /// values changed (the runners it passed), caused by the same record.
+    fn rerank(&mut self, plan: &Plan, group: &str, start: i64, cause: &str, timestamp: i64) -> Vec<Output> {
+        let Shape::Aggregate { over, orders, .. } = &plan.shape else { unreachable!() };
+        let mut affected: Vec<(usize, String)> = Vec::new();
+        for (o, order) in orders.iter().enumerate() {
+            if !self.rankings.contains_key(&(o, start)) {
+                let mut ranking = Ranking::default();
+                for (name, windows) in &self.groups {
+                    if let Some(state) = windows.iter().find(|w| w.start == start) {
+                        ranking.place(order, name, placement(plan, order, state));
+                    }
+                }
+                self.rankings.insert((o, start), ranking);
+            }
+            let Some(state) = self.window(group, start) else { return Vec::new() };
+            let (partition, key) = placement(plan, order, state);
+            let ranking = self.rankings.get_mut(&(o, start)).expect("built above");
+            if let Some(old) = ranking.remove(order, group) {
+                if old != partition {
+                    affected.push((o, old));
+                }
+            }
+            ranking.place(order, group, (partition.clone(), key));
+            affected.push((o, partition));
+        }
+        let mut changed: Vec<Box<str>> = Vec::new();
+        for (o, partition) in affected {
+            let order = &orders[o];
+            let Some(entries) = self.rankings.get(&(o, start)).and_then(|r| r.partitions.get(&partition)) else {
+                continue;
+            };
+            let leader = entries.first().and_then(|(_, g)| self.window(g, start)).map(|s| base_row(plan, s));
+            let mut values = Vec::with_capacity(entries.len());
+            let (mut rank, mut dense) = (0, 0);
+            for (i, (key, name)) in entries.iter().enumerate() {
+                if i == 0 || compare_keys(order, &entries[i - 1].0, key).is_ne() {
+                    rank = i as i64 + 1;
+                    dense += 1;
+                }
+                let of_order = over.iter().enumerate().filter(|(_, c)| c.order == o);
+                let v: Vec<(usize, Value)> = of_order
+                    .map(|(c, call)| {
+                        let v = match &call.kind {
+                            OverKind::Rank => Value::Int(rank),
+                            OverKind::DenseRank => Value::Int(dense),
+                            OverKind::RowNumber => Value::Int(i as i64 + 1),
+                            OverKind::FirstValue(e) => {
+                                leader.as_ref().and_then(|row| e.eval(row).ok()).unwrap_or(Value::Null)
+                            }
+                        };
+                        (c, v)
+                    })
+                    .collect();
+                values.push((name.clone(), v));
+            }
+            for (name, v) in values {
+                let Some(state) = self.groups.get_mut(&name).and_then(|w| w.iter_mut().find(|w| w.start == start))
+                else {
+                    continue;
+                };
+                let mut differs = false;
+                for (c, v) in v {
+                    if state.over[c] != v {
+                        state.over[c] = v;
+                        differs = true;
+                    }
+                }
+                if differs {
+                    if !state.dirty {
+                        state.dirty = true;
+                        self.changed.push((name.clone(), start));
+                    }
+                    if &*name != group && !changed.contains(&name) {
+                        changed.push(name);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(changed.len());
+        for name in changed {
+            let Some(state) = self.window(&name, start) else { continue };
+            match window_row(plan, state, format!("{cause}:{name}")) {
+                Ok(mut row) => {
+                    row.timestamp = row.timestamp.max(timestamp);
+                    out.push(row);
+                }
+                Err(e) => tracing::warn!(error = %e, "a re-ranked group's row could not be computed"),
+            }
+        }
+        out
     }
 
     /// The session a record at `timestamp` belongs to: sessions of its group within `gap` of
@@ -330,6 +449,8 @@ impl Operator {
             if windows.is_empty() {
                 self.groups.remove(&group);
             }
+            // Every group of a window closes at once: its orderings go with the first.
+            self.rankings.retain(|(_, s), _| *s != start);
             if self.plan.emit == Emit::Final {
                 let id = format!("{group}@{start}");
                 match window_row(&self.plan, &state, id) {
@@ -364,6 +485,7 @@ impl Operator {
     /// Puts checkpointed state back.
     pub fn restore(&mut self, state_id: String, json: Option<&str>, stream_time: i64) -> Result<(), String> {
         self.stream_time = self.stream_time.max(stream_time);
+        self.rankings.clear();
         let (group, start) = state_id
             .rsplit_once('\u{0}')
             .and_then(|(g, s)| Some((g, s.parse::<i64>().ok()?)))
@@ -469,9 +591,12 @@ fn not_json(record: &Record, e: &serde_json::Error) -> String {
     format!("value is not JSON ({e}): {}", truncate(&String::from_utf8_lossy(&record.value)))
 }
 
-/// The row of one window (or group): HAVING decides between the row and a tombstone.
-fn window_row(plan: &Plan, state: &WindowState, id: String) -> Result<Output, String> {
-    let Shape::Aggregate { calls, having, items, group_by, .. } = &plan.shape else { unreachable!() };
+/// (sort key, group name).
+type Ranked = (Vec<Value>, Box<str>);
+
+/// A group's values, window bounds and aggregate results: what window functions read.
+fn base_row(plan: &Plan, state: &WindowState) -> Vec<Value> {
+    let Shape::Aggregate { calls, group_by, .. } = &plan.shape else { unreachable!() };
     let mut row = state.group.clone();
     let (start, end) = if state.start == NO_WINDOW {
         (Value::Null, Value::Null)
@@ -482,6 +607,65 @@ fn window_row(plan: &Plan, state: &WindowState, id: String) -> Result<Output, St
     row.push(end);
     debug_assert_eq!(row.len(), first_aggregate_slot(group_by.len()));
     row.extend(calls.iter().zip(&state.accs).map(|(c, a)| c.result(a)));
+    row
+}
+
+/// A group's partition (as text) and sort key in one OVER order. A key that fails to
+/// evaluate sorts as NULL.
+fn placement(plan: &Plan, order: &GroupOrder, state: &WindowState) -> (String, Vec<Value>) {
+    let row = base_row(plan, state);
+    let eval = |e: &Expr| e.eval(&row).unwrap_or(Value::Null);
+    let partition: Vec<Value> = order.partition_by.iter().map(eval).collect();
+    let key = order.order_by.iter().map(|k| eval(&k.expr)).collect();
+    (key_text(&partition).unwrap_or_default(), key)
+}
+
+/// ORDER BY of an OVER clause: each key ascending or descending, NULLs first or last.
+fn compare_keys(order: &GroupOrder, a: &[Value], b: &[Value]) -> Ordering {
+    for ((k, x), y) in order.order_by.iter().zip(a).zip(b) {
+        let o = match (x.is_null(), y.is_null()) {
+            (true, true) => Ordering::Equal,
+            (true, false) => return if k.nulls_first { Ordering::Less } else { Ordering::Greater },
+            (false, true) => return if k.nulls_first { Ordering::Greater } else { Ordering::Less },
+            (false, false) => x.compare(y).unwrap_or(Ordering::Equal),
+        };
+        let o = if k.descending { o.reverse() } else { o };
+        if o.is_ne() {
+            return o;
+        }
+    }
+    Ordering::Equal
+}
+
+impl Ranking {
+    fn place(&mut self, order: &GroupOrder, group: &str, (partition, key): (String, Vec<Value>)) {
+        let entries = self.partitions.entry(partition.clone()).or_default();
+        let at = entries
+            .binary_search_by(|(k, g)| compare_keys(order, k, &key).then_with(|| (**g).cmp(group)))
+            .unwrap_or_else(|at| at);
+        entries.insert(at, (key.clone(), Box::from(group)));
+        self.placed.insert(Box::from(group), (partition, key));
+    }
+
+    /// Takes `group` out; returns the partition it was in.
+    fn remove(&mut self, order: &GroupOrder, group: &str) -> Option<String> {
+        let (partition, key) = self.placed.remove(group)?;
+        let entries = self.partitions.get_mut(&partition)?;
+        if let Ok(at) = entries.binary_search_by(|(k, g)| compare_keys(order, k, &key).then_with(|| (**g).cmp(group))) {
+            entries.remove(at);
+        }
+        if entries.is_empty() {
+            self.partitions.remove(&partition);
+        }
+        Some(partition)
+    }
+}
+
+/// The row of one window (or group): HAVING decides between the row and a tombstone.
+fn window_row(plan: &Plan, state: &WindowState, id: String) -> Result<Output, String> {
+    let Shape::Aggregate { having, items, .. } = &plan.shape else { unreachable!() };
+    let mut row = base_row(plan, state);
+    row.extend(state.over.iter().cloned());
     let keep = match having {
         Some(h) => h.eval(&row)?.is_true(),
         None => true,
@@ -808,7 +992,7 @@ mod tests {
             timestamp: None,
             windowed: false,
         };
-        Operator::new(plan(&select, &source).unwrap())
+        Operator::new(plan(&select, &source, &crate::geometry::Geometry::default()).unwrap())
     }
 
     fn record(offset: u64, t: i64, who: &str, speed: f64) -> Record {
@@ -919,5 +1103,106 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].value.as_ref().unwrap()["avg"], 3.0);
         assert_eq!(out[0].id, "a@0");
+    }
+
+    /// A league table over a 1 km course along the equator: position by finish time, then
+    /// by distance left; the gap is the leader's distance minus one's own.
+    const LEAGUE: &str = "SELECT who, COURSE_DISTANCE('line', lat, lon) AS covered,
+        RANK() OVER (ORDER BY FINISH_TIME('line', lat, lon) NULLS LAST, TO_FINISH('line', lat, lon)) AS position,
+        FIRST_VALUE(COURSE_DISTANCE('line', lat, lon)) OVER (ORDER BY FINISH_TIME('line', lat, lon) NULLS LAST,
+            TO_FINISH('line', lat, lon)) - COURSE_DISTANCE('line', lat, lon) AS gap
+        FROM fixes GROUP BY who EMIT CHANGES";
+
+    fn league() -> Operator {
+        let Statement::Select(select) = parse(LEAGUE).unwrap().pop().unwrap() else { panic!() };
+        let columns = [("who", DataType::String), ("lat", DataType::Double), ("lon", DataType::Double)]
+            .into_iter()
+            .map(|(n, t)| Column { name: n.into(), data_type: t, key: false })
+            .collect();
+        let source = Source {
+            name: "fixes".into(),
+            kind: SourceKind::Stream,
+            topic: "fixes".into(),
+            columns,
+            timestamp: None,
+            windowed: false,
+        };
+        let mut geometry = crate::geometry::Geometry::default();
+        geometry.add_course(crate::Course::new("line", vec![(0.0, 0.0), (0.009, 0.0)]).unwrap());
+        Operator::new(plan(&select, &source, &geometry).unwrap())
+    }
+
+    /// A fix `metres` east of the start at `t` seconds.
+    fn fix(offset: u64, t: i64, who: &str, metres: f64) -> Record {
+        let value = serde_json::json!({"who": who, "lat": 0.0, "lon": metres / 111_195.0}).to_string();
+        Record {
+            partition: 0,
+            offset,
+            timestamp: t * 1000,
+            key: Some(Bytes::from(who.to_string())),
+            value: Bytes::from(value),
+            headers: vec![],
+        }
+    }
+
+    /// (who, position, gap rounded to metres) of each row.
+    fn standings(out: &[Output]) -> Vec<(String, i64, i64)> {
+        out.iter()
+            .map(|o| {
+                let v = o.value.as_ref().unwrap();
+                (
+                    v["who"].as_str().unwrap().to_string(),
+                    v["position"].as_i64().unwrap(),
+                    v["gap"].as_f64().unwrap().round() as i64,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rank_and_gap_to_the_leader_follow_overtakes() {
+        let mut op = league();
+        let mut out = Vec::new();
+        op.process(&fix(0, 0, "a", 100.0), &mut out).unwrap();
+        op.process(&fix(1, 0, "b", 200.0), &mut out).unwrap();
+        op.process(&fix(2, 10, "b", 250.0), &mut out).unwrap();
+        op.process(&fix(3, 20, "a", 300.0), &mut out).unwrap();
+        let s = |w: &str, p: i64, g: i64| (w.to_string(), p, g);
+        assert_eq!(
+            standings(&out),
+            [
+                s("a", 1, 0),
+                s("b", 1, 0),   // b leads…
+                s("a", 2, 100), // …so a drops to second, 100 m behind
+                s("b", 1, 0),
+                s("a", 2, 150), // b moved on: only a's gap changed
+                s("a", 1, 0),   // a overtakes
+                s("b", 2, 50),
+            ]
+        );
+        assert_eq!(out[2].id, "0:1:-9223372036854775808:a", "a's row is caused by b's fix");
+    }
+
+    #[test]
+    fn ranks_continue_after_a_restore() {
+        let records = [fix(0, 0, "a", 100.0), fix(1, 0, "b", 200.0), fix(2, 10, "c", 150.0), fix(3, 20, "a", 300.0)];
+        let mut whole = Vec::new();
+        let mut one = league();
+        for r in &records {
+            one.process(r, &mut whole).unwrap();
+        }
+        let mut first = league();
+        let mut resumed = Vec::new();
+        for r in &records[..2] {
+            first.process(r, &mut resumed).unwrap();
+        }
+        let mut second = league();
+        for (id, json) in first.take_changes() {
+            second.restore(id, json.as_deref(), first.stream_time()).unwrap();
+        }
+        for r in &records[2..] {
+            second.process(r, &mut resumed).unwrap();
+        }
+        assert_eq!(standings(&resumed), standings(&whole));
     }
 }

@@ -5,9 +5,11 @@
 use sqlparser::ast::{self as sql, FunctionArg, FunctionArgExpr, FunctionArguments, SelectItem};
 
 use super::aggregate::{is_aggregate, AggregateCall};
-use super::ast::{Emit, Select, SourceKind, Window};
+use super::ast::{Emit, Select, SourceKind, Window, WindowKind};
 use super::expr::{compile, plan_error, Expr, PlanError, Scope};
 use super::value::DataType;
+use crate::geometry::Geometry;
+use crate::track::{TrackKind, Tracking};
 
 /// A declared column of a source.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -86,9 +88,45 @@ pub enum Shape {
         window: Option<Window>,
         having: Option<Expr>,
         items: Vec<Item>,
+        /// Window functions, computed over the groups of one window; the grouped row
+        /// holds their values after the aggregates'.
+        over: Vec<OverCall>,
+        /// The orderings they use (calls with the same OVER clause share one).
+        orders: Vec<GroupOrder>,
     },
 }
 
+/// A window function: `RANK() OVER (ORDER BY …)`, the league table's position.
+#[derive(Debug, Clone)]
+pub struct OverCall {
+    pub kind: OverKind,
+    /// Index into the plan's `orders`.
+    pub order: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum OverKind {
+    Rank,
+    DenseRank,
+    RowNumber,
+    /// The value of this expression (over the grouped row) for the first group: the leader.
+    FirstValue(Expr),
+}
+
+/// How an OVER clause orders the groups of a window: within equal PARTITION BY values,
+/// by the ORDER BY keys. Expressions read the grouped row without window values.
+#[derive(Debug, Clone)]
+pub struct GroupOrder {
+    pub partition_by: Vec<Expr>,
+    pub order_by: Vec<SortKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SortKey {
+    pub expr: Expr,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
 #[derive(Debug, Clone)]
 pub enum Item {
     Expr(Expr),
@@ -96,7 +134,11 @@ pub enum Item {
     WholeValue,
 }
 
-pub fn plan(select: &Select, source: &Source) -> Result<Plan, PlanError> {
+/// Window function results are compiled to these placeholder slots, renumbered once the
+/// number of aggregates is known.
+const OVER_PLACEHOLDER: usize = 1 << 24;
+
+pub fn plan(select: &Select, source: &Source, geometry: &Geometry) -> Result<Plan, PlanError> {
     let mut input = InputScope { source, fields: Vec::new(), reads_key: false };
     if !source.columns.is_empty() {
         input.fields = source
@@ -131,7 +173,18 @@ pub fn plan(select: &Select, source: &Source) -> Result<Plan, PlanError> {
             group_by.push(compiled);
             group_types.push(t);
         }
-        let mut scope = GroupScope { input: &mut input, group_sql: &select.group_by, group_types, calls: Vec::new() };
+        let mut scope = GroupScope {
+            input: &mut input,
+            group_sql: &select.group_by,
+            group_types,
+            calls: Vec::new(),
+            call_texts: Vec::new(),
+            over: Vec::new(),
+            orders: Vec::new(),
+            order_texts: Vec::new(),
+            in_over: false,
+            geometry,
+        };
         let (mut items, mut output) = select_items(&select.items, &mut scope, source)?;
         // Windowed rows always say which window they are: the table's identity is the key
         // and the window start.
@@ -148,8 +201,27 @@ pub fn plan(select: &Select, source: &Source) -> Result<Plan, PlanError> {
             Some(e) => Some(compile(e, &mut scope)?.0),
             None => None,
         };
-        let calls = scope.calls;
-        (Shape::Aggregate { group_by, calls, window: select.window, having, items }, output)
+        let (calls, over, orders) = (scope.calls, scope.over, scope.orders);
+        if !over.is_empty() {
+            if having.is_some() {
+                return plan_error("HAVING with window functions is not supported yet");
+            }
+            if select.emit == Emit::Final {
+                return plan_error("window functions need EMIT CHANGES (their values change as groups update)");
+            }
+            if matches!(select.window, Some(Window { kind: WindowKind::Session { .. }, .. })) {
+                return plan_error("window functions rank the groups of a tumbling or hopping window, not of sessions");
+            }
+            let first_over = first_aggregate_slot(group_by.len()) + calls.len();
+            let renumber =
+                |slot: usize| if slot >= OVER_PLACEHOLDER { first_over + slot - OVER_PLACEHOLDER } else { slot };
+            for item in &mut items {
+                if let Item::Expr(e) = item {
+                    e.remap_columns(&renumber);
+                }
+            }
+        }
+        (Shape::Aggregate { group_by, calls, window: select.window, having, items, over, orders }, output)
     } else {
         if select.emit == Emit::Final {
             return plan_error("EMIT FINAL needs a windowed aggregation");
@@ -262,12 +334,21 @@ impl Scope for InputScope<'_> {
     }
 }
 
-/// Names after GROUP BY: grouped expressions, window bounds and aggregates.
+/// Names after GROUP BY: grouped expressions, window bounds, aggregates and window
+/// functions.
 struct GroupScope<'a, 'b> {
     input: &'a mut InputScope<'b>,
     group_sql: &'a [sql::Expr],
     group_types: Vec<DataType>,
     calls: Vec<AggregateCall>,
+    /// Each call's SQL text: the same aggregate written twice is computed once.
+    call_texts: Vec<String>,
+    over: Vec<OverCall>,
+    orders: Vec<GroupOrder>,
+    order_texts: Vec<String>,
+    /// Compiling inside an OVER clause, where window functions cannot nest.
+    in_over: bool,
+    geometry: &'a Geometry,
 }
 
 /// Where the grouped row keeps WINDOWSTART, WINDOWEND and the first aggregate.
@@ -309,14 +390,25 @@ impl Scope for GroupScope<'_, '_> {
             return Ok(Some((i, self.group_types[i].clone())));
         }
         let sql::Expr::Function(f) = e else { return Ok(None) };
+        if f.over.is_some() {
+            return self.window_function(e, f).map(Some);
+        }
         let name = f.name.to_string();
         if !is_aggregate(&name) {
             return Ok(None);
+        }
+        let first = first_aggregate_slot(self.group_sql.len());
+        if let Some(i) = self.call_texts.iter().position(|t| t.eq_ignore_ascii_case(&text)) {
+            return Ok(Some((first + i, self.calls[i].output.clone())));
         }
         let args: Vec<&FunctionArg> = match &f.args {
             FunctionArguments::List(list) => list.args.iter().collect(),
             _ => Vec::new(),
         };
+        if let Some(kind) = TrackKind::named(&name) {
+            let call = self.tracking_call(e, kind, &args)?;
+            return Ok(Some(self.push_call(call, text)));
+        }
         let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment == Some(sql::DuplicateTreatment::Distinct));
         let (arg, k) = match args.as_slice() {
             [] | [FunctionArg::Unnamed(FunctionArgExpr::Wildcard)] => (None, None),
@@ -332,9 +424,133 @@ impl Scope for GroupScope<'_, '_> {
         };
         let name = if distinct && name.eq_ignore_ascii_case("COUNT") { "COUNT_DISTINCT".to_string() } else { name };
         let call = AggregateCall::new(&name, arg, k)?;
+        Ok(Some(self.push_call(call, text)))
+    }
+}
+
+impl GroupScope<'_, '_> {
+    fn push_call(&mut self, call: AggregateCall, text: String) -> (usize, DataType) {
         let t = call.output.clone();
         self.calls.push(call);
-        Ok(Some((first_aggregate_slot(self.group_sql.len()) + self.calls.len() - 1, t)))
+        self.call_texts.push(text);
+        (first_aggregate_slot(self.group_sql.len()) + self.calls.len() - 1, t)
+    }
+
+    /// `COURSE_DISTANCE('course', lat, lon)`, `SPEED(lat, lon)`, …
+    fn tracking_call(
+        &mut self,
+        e: &sql::Expr,
+        kind: TrackKind,
+        args: &[&FunctionArg],
+    ) -> Result<AggregateCall, PlanError> {
+        let name = TrackKind::ALL.iter().find(|(_, k)| *k == kind).map_or("", |(n, _)| *n);
+        let exprs = args
+            .iter()
+            .map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) => Ok(x),
+                _ => plan_error(format!("{e}: {name} takes plain arguments")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (course, lat, lon) = match (kind.needs_course(), exprs.as_slice()) {
+            (true, [course, lat, lon]) => {
+                let sql::Expr::Value(v) = course else {
+                    return plan_error(format!(
+                        "{e}: the course is a quoted name, e.g. {name}('sydney-half', lat, lon)"
+                    ));
+                };
+                let sql::Value::SingleQuotedString(course) = &v.value else {
+                    return plan_error(format!(
+                        "{e}: the course is a quoted name, e.g. {name}('sydney-half', lat, lon)"
+                    ));
+                };
+                (Some(self.geometry.course(course).map_err(|m| PlanError(format!("{e}: {m}")))?), lat, lon)
+            }
+            (true, _) => {
+                return plan_error(format!(
+                    "{e}: takes a course, a latitude and a longitude: {name}('course', lat, lon)"
+                ))
+            }
+            (false, [lat, lon]) => (None, lat, lon),
+            (false, _) => return plan_error(format!("{e}: takes a latitude and a longitude: {name}(lat, lon)")),
+        };
+        let tracking = Tracking { kind, course, max_speed_kmh: self.geometry.max_speed_kmh };
+        let (lat, lon) = (compile(lat, self.input)?, compile(lon, self.input)?);
+        AggregateCall::tracking(tracking, lat, lon).map_err(|m| PlanError(format!("{e}: {}", m.0)))
+    }
+
+    /// `RANK() OVER (ORDER BY …)` and friends: a placeholder slot, renumbered after planning.
+    fn window_function(&mut self, e: &sql::Expr, f: &sql::Function) -> Result<(usize, DataType), PlanError> {
+        if self.in_over {
+            return plan_error(format!("{e}: window functions cannot nest"));
+        }
+        let Some(sql::WindowType::WindowSpec(spec)) = &f.over else {
+            return plan_error(format!("{e}: named windows are not supported; write OVER (ORDER BY …)"));
+        };
+        if spec.window_frame.is_some() {
+            return plan_error(format!(
+                "{e}: window frames (ROWS/RANGE …) are not supported; the frame is every group"
+            ));
+        }
+        self.in_over = true;
+        let compiled = self.compile_over(e, f, spec);
+        self.in_over = false;
+        let (kind, t, order) = compiled?;
+        self.over.push(OverCall { kind, order });
+        Ok((OVER_PLACEHOLDER + self.over.len() - 1, t))
+    }
+
+    fn compile_over(
+        &mut self,
+        e: &sql::Expr,
+        f: &sql::Function,
+        spec: &sql::WindowSpec,
+    ) -> Result<(OverKind, DataType, usize), PlanError> {
+        let args: Vec<&FunctionArg> = match &f.args {
+            FunctionArguments::List(list) => list.args.iter().collect(),
+            _ => Vec::new(),
+        };
+        let name = f.name.to_string().to_ascii_uppercase();
+        let (kind, t) = match (name.as_str(), args.as_slice()) {
+            ("RANK", []) => (OverKind::Rank, DataType::BigInt),
+            ("DENSE_RANK", []) => (OverKind::DenseRank, DataType::BigInt),
+            ("ROW_NUMBER", []) => (OverKind::RowNumber, DataType::BigInt),
+            ("FIRST_VALUE", [FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))]) => {
+                let (arg, t) = compile(arg, self)?;
+                (OverKind::FirstValue(arg), t)
+            }
+            ("RANK" | "DENSE_RANK" | "ROW_NUMBER", _) => {
+                return plan_error(format!("{e}: {name}() takes no arguments"))
+            }
+            ("FIRST_VALUE", _) => return plan_error(format!("{e}: FIRST_VALUE takes one expression")),
+            _ => return plan_error(format!("{e}: not a window function (RANK, DENSE_RANK, ROW_NUMBER, FIRST_VALUE)")),
+        };
+        if spec.order_by.is_empty() {
+            return plan_error(format!("{e}: say how groups are ordered: OVER (ORDER BY …)"));
+        }
+        let text = format!("{} {}", spec.partition_by.len(), spec).to_ascii_lowercase();
+        if let Some(i) = self.order_texts.iter().position(|t| *t == text) {
+            return Ok((kind, t, i));
+        }
+        let mut partition_by = Vec::with_capacity(spec.partition_by.len());
+        for p in &spec.partition_by {
+            partition_by.push(compile(p, self)?.0);
+        }
+        let mut order_by = Vec::with_capacity(spec.order_by.len());
+        for o in &spec.order_by {
+            let descending = match &o.options.sort {
+                None | Some(sql::OrderBySort::Asc) => false,
+                Some(sql::OrderBySort::Desc) => true,
+                Some(sql::OrderBySort::Using(_)) => {
+                    return plan_error(format!("{o}: ORDER BY … USING is not supported"))
+                }
+            };
+            // As in PostgreSQL: NULLs sort as if larger than any value.
+            let nulls_first = o.options.nulls_first.unwrap_or(descending);
+            order_by.push(SortKey { expr: compile(&o.expr, self)?.0, descending, nulls_first });
+        }
+        self.orders.push(GroupOrder { partition_by, order_by });
+        self.order_texts.push(text);
+        Ok((kind, t, self.orders.len() - 1))
     }
 }
 
@@ -400,24 +616,30 @@ mod tests {
             "SELECT who, WINDOWSTART AS ws, MIN(speed) AS lo, COUNT(*) n, AVG(speed) * 2 AS twice FROM race_stream
              WINDOW TUMBLING (SIZE 5 MINUTES) GROUP BY who HAVING COUNT(*) > 1",
         );
-        let p = plan(&s, &race()).unwrap();
+        let p = plan(&s, &race(), &Geometry::default()).unwrap();
         let names: Vec<_> = p.output.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["who", "ws", "lo", "n", "twice", "WINDOWSTART", "WINDOWEND"]);
         let Shape::Aggregate { calls, items, .. } = &p.shape else { panic!() };
-        assert_eq!(calls.len(), 4, "MIN, COUNT, AVG, and HAVING's COUNT");
+        assert_eq!(calls.len(), 3, "MIN, COUNT, AVG; HAVING's COUNT(*) is the same COUNT");
         assert!(matches!(items[1], Item::Expr(Expr::Column(1))), "WINDOWSTART after the one group column");
         assert_eq!(p.output[3].data_type, DataType::BigInt);
     }
 
     #[test]
     fn mistakes_are_named_before_running() {
-        let e = plan(&select("SELECT who, speed FROM race_stream GROUP BY who"), &race()).unwrap_err().0;
+        let e = plan(&select("SELECT who, speed FROM race_stream GROUP BY who"), &race(), &Geometry::default())
+            .unwrap_err()
+            .0;
         assert!(e.contains("speed: not in GROUP BY"), "{e}");
-        let e = plan(&select("SELECT who FROM race_stream WHERE altitude > 3"), &race()).unwrap_err().0;
+        let e = plan(&select("SELECT who FROM race_stream WHERE altitude > 3"), &race(), &Geometry::default())
+            .unwrap_err()
+            .0;
         assert!(e.contains("altitude: no such column in race_stream"), "{e}");
-        let e = plan(&select("SELECT who FROM race_stream EMIT FINAL"), &race()).unwrap_err().0;
+        let e = plan(&select("SELECT who FROM race_stream EMIT FINAL"), &race(), &Geometry::default()).unwrap_err().0;
         assert!(e.contains("EMIT FINAL needs"), "{e}");
-        let e = plan(&select("SELECT SUM(who) FROM race_stream GROUP BY lat"), &race()).unwrap_err().0;
+        let e = plan(&select("SELECT SUM(who) FROM race_stream GROUP BY lat"), &race(), &Geometry::default())
+            .unwrap_err()
+            .0;
         assert!(e.contains("expected a number, got STRING"), "{e}");
     }
 
@@ -425,7 +647,8 @@ mod tests {
     fn undeclared_streams_read_fields_by_name() {
         let mut source = race();
         source.columns.clear();
-        let p = plan(&select("SELECT *, batt + 1 AS b FROM race WHERE who = 'ben'"), &source).unwrap();
+        let p = plan(&select("SELECT *, batt + 1 AS b FROM race WHERE who = 'ben'"), &source, &Geometry::default())
+            .unwrap();
         let names: Vec<_> = p.fields.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["who", "batt"]);
         assert!(matches!(&p.shape, Shape::Project { items, .. } if matches!(items[0], Item::WholeValue)));

@@ -136,10 +136,12 @@ impl QueryRunner {
 }
 
 /// Whether every group of the query lies within one input partition: stateless queries, and
-/// aggregations grouped by the record key (records are partitioned by key).
+/// aggregations grouped by the record key (records are partitioned by key) that do not
+/// rank groups against each other.
 fn splits_by_partition(plan: &Plan) -> bool {
     match &plan.shape {
         Shape::Project { .. } => true,
+        Shape::Aggregate { over, .. } if !over.is_empty() => false,
         Shape::Aggregate { group_by, .. } => match group_by.as_slice() {
             [Expr::Column(slot)] => {
                 *slot == ROWKEY || (*slot >= FIRST_FIELD && plan.fields.get(*slot - FIRST_FIELD).is_some_and(|f| f.key))

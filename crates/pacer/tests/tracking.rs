@@ -1,0 +1,96 @@
+//! Tracking end to end: the race example (course derived from the recorded data, league
+//! table in SQL) replayed over MQTT gives the finish order and times the raw fixes give.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::Pacer;
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/race");
+
+fn haversine_m(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (p1, p2) = (a.0.to_radians(), b.0.to_radians());
+    let (dp, dl) = (p2 - p1, (b.1 - a.1).to_radians());
+    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * 6_371_000.0 * h.sqrt().asin()
+}
+
+/// Each runner's finish time (s) from the raw fixes alone, without any course: the finish
+/// is where alice stopped her watch (the course is her track); a runner finishes at the fix
+/// closest to it once they have been more than 2 km away from it (the farthest point of
+/// the course is 2.2 km from the finish).
+fn finish_times_from_raw_fixes(fixes: &[serde_json::Value]) -> BTreeMap<String, (i64, usize)> {
+    let last_of_alice = fixes.iter().rev().find(|f| f["who"] == "alice").unwrap();
+    let finish = (last_of_alice["lat"].as_f64().unwrap(), last_of_alice["lon"].as_f64().unwrap());
+    let mut runners: BTreeMap<String, Vec<&serde_json::Value>> = BTreeMap::new();
+    for f in fixes {
+        runners.entry(f["who"].as_str().unwrap().to_string()).or_default().push(f);
+    }
+    runners
+        .into_iter()
+        .map(|(who, fixes)| {
+            let position = |f: &serde_json::Value| (f["lat"].as_f64().unwrap(), f["lon"].as_f64().unwrap());
+            let away = fixes.iter().position(|f| haversine_m(position(f), finish) > 2000.0).unwrap();
+            let closest = fixes[away..]
+                .iter()
+                .min_by(|a, b| haversine_m(position(a), finish).total_cmp(&haversine_m(position(b), finish)))
+                .unwrap();
+            (who, (closest["timeepoc"].as_i64().unwrap(), fixes.len()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_replayed_race_finishes_in_the_order_and_at_the_times_of_the_raw_fixes() {
+    let text = std::fs::read_to_string(Path::new(EXAMPLE).join("sydney-half-2019.jsonl")).unwrap();
+    let raw: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let expected = finish_times_from_raw_fixes(&raw);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = Path::new(EXAMPLE).join("pacer.toml");
+    let pacer = Pacer::start_with(dir.path(), &["--config", config.to_str().unwrap()]);
+    // The course is alice's recorded track (21.3 km), not the built-in GeoJSON.
+    let courses: serde_json::Value = serde_json::from_str(&pacer.get("/api/v1/courses")).unwrap();
+    let course = &courses["features"][0];
+    assert_eq!(course["properties"]["name"], "sydney-half");
+    let length = course["properties"]["length_m"].as_f64().unwrap();
+    assert!((21_000.0..21_500.0).contains(&length), "{length}");
+
+    let fixes = pacer_sim::parse_race(&text).unwrap();
+    let options = pacer_sim::ReplayOptions { host: "127.0.0.1".into(), port: pacer.mqtt_port, speed: 5000.0 };
+    let acked = tokio::runtime::Runtime::new().unwrap().block_on(pacer_sim::replay_race(fixes, options)).unwrap();
+    assert_eq!(acked as usize, raw.len());
+    // Every fix has gone through the league table once each runner's count is complete.
+    for (who, (_, count)) in &expected {
+        pacer.wait_for_record("race_status", |r| r["key"] == who.as_str() && r["value"]["fixes"] == *count);
+    }
+
+    let (status, answer) = pacer.post_sql("SELECT who, rank, finished_at, to_finish_m FROM race_status");
+    assert_eq!(status, 200, "{answer}");
+    let mut rows: Vec<(i64, String, i64)> = answer["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r[3], 0.0, "{r}: finished, nothing left to run");
+            let finished = r[2].as_i64().unwrap_or_else(|| panic!("{r} has no finish time"));
+            (r[1].as_i64().unwrap(), r[0].as_str().unwrap().to_string(), finished)
+        })
+        .collect();
+    rows.sort();
+    for (_, who, finished_ms) in &rows {
+        let independent = expected[who].0;
+        let difference = (finished_ms / 1000 - independent).abs();
+        assert!(difference <= 30, "{who}: Pacer says {finished_ms} ms, the raw fixes {independent} s");
+    }
+    let mut by_time: Vec<(&i64, &String)> = expected.iter().map(|(who, (t, _))| (t, who)).collect();
+    by_time.sort();
+    let order: Vec<&String> = rows.iter().map(|(_, who, _)| who).collect();
+    assert_eq!(order, by_time.iter().map(|(_, who)| *who).collect::<Vec<_>>());
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    // What the data says: ben first; simon (whose watch passed 11 m from the finish at
+    // 21:52:23) before alice and derek.
+    assert_eq!(order, ["ben", "simon", "alice", "derek"]);
+}

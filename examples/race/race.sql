@@ -1,0 +1,33 @@
+-- The race's fixes (ingested from `race/{who}`), and its league table: one row per runner,
+-- updated with every fix, ranked live.
+-- Pacer runs this when no [sql] file is configured (the demo); examples/race/pacer.toml
+-- runs it with the course derived from the recorded data.
+CREATE STREAM race (who VARCHAR, timeepoc BIGINT, lat DOUBLE, lon DOUBLE, alt DOUBLE, batt INT,
+                   speed DOUBLE)
+  WITH (kafka_topic='race', value_format='JSON');
+
+CREATE TABLE race_status AS
+  SELECT who,
+         LATEST_BY_OFFSET(lat) AS lat,
+         LATEST_BY_OFFSET(lon) AS lon,
+         LATEST_BY_OFFSET(alt) AS alt,
+         LATEST_BY_OFFSET(batt) AS batt,
+         -- The watch's speed when it sends one, else from the last two fixes (km/h).
+         COALESCE(LATEST_BY_OFFSET(speed), SPEED(lat, lon)) AS speed,
+         PACE(lat, lon) AS pace_min_km,
+         HEADING(lat, lon) AS heading,
+         MAX(ROWTIME) AS ts,
+         COURSE_DISTANCE('sydney-half', lat, lon) AS progress_m,
+         TO_FINISH('sydney-half', lat, lon) AS to_finish_m,
+         FINISH_TIME('sydney-half', lat, lon) AS finished_at,
+         PROJECTED_FINISH('sydney-half', lat, lon) AS projected_finish,
+         RANK() OVER (ORDER BY FINISH_TIME('sydney-half', lat, lon) NULLS LAST,
+                               TO_FINISH('sydney-half', lat, lon)) AS rank,
+         FIRST_VALUE(COURSE_DISTANCE('sydney-half', lat, lon))
+           OVER (ORDER BY FINISH_TIME('sydney-half', lat, lon) NULLS LAST,
+                          TO_FINISH('sydney-half', lat, lon))
+           - COURSE_DISTANCE('sydney-half', lat, lon) AS gap_m,
+         COUNT(*) AS fixes
+  FROM race
+  GROUP BY who
+  EMIT CHANGES;
