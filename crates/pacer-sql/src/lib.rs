@@ -9,7 +9,9 @@ pub mod engine;
 pub mod geo_fn;
 pub mod geometry;
 pub mod track;
+pub mod zone;
 
 pub use course::Course;
 pub use engine::Engine;
 pub use geometry::Geometry;
+pub use zone::Zone;

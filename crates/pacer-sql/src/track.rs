@@ -1,7 +1,7 @@
-//! Tracking aggregates: what a device's consecutive fixes say about its movement and its
-//! progress along a course. `COURSE_DISTANCE`, `TO_FINISH`, `FINISH_TIME`,
-//! `PROJECTED_FINISH`, `SPEED`, `HEADING` and `PACE` all fold a group's fixes, in order,
-//! into one [`TrackState`] and read a different field of it.
+//! Tracking functions: what a device's consecutive fixes say about its movement, its
+//! progress along a course and its zones. `COURSE_DISTANCE`, `TO_FINISH`, `FINISH_TIME`,
+//! `PROJECTED_FINISH`, `SPEED`, `HEADING`, `PACE`, `ZONE_EVENT` and `IN_ZONE` all fold a
+//! device's fixes, in order, into one [`TrackState`] and read a different field of it.
 //!
 //! A fix that implies an impossible speed from the last accepted one (a GPS jump) is
 //! ignored; so is a forward jump of progress faster than that speed, which is how a match
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::course::Course;
 use crate::geo_fn::{geo_distance, DistanceUnit};
+use crate::zone::Zone;
 
 /// Progress may run this far ahead of what the speed limit allows.
 const PROGRESS_SLACK_M: f64 = 200.0;
@@ -39,10 +40,32 @@ pub enum TrackKind {
     Heading,
     /// Minutes per km between the last two accepted fixes.
     Pace,
+    /// 'enter' or 'exit' on the fix that completes a (debounced) transition, else NULL.
+    ZoneEvent,
+    /// Whether the device is in the zone (debounced).
+    InZone,
+}
+
+/// What the first argument of a tracking function names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    None,
+    Course,
+    Zone,
+}
+
+/// A tracking function's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrackValue {
+    Number(f64),
+    /// Event time, ms.
+    Time(i64),
+    Text(&'static str),
+    Bool(bool),
 }
 
 impl TrackKind {
-    pub const ALL: [(&'static str, TrackKind); 7] = [
+    pub const ALL: [(&'static str, TrackKind); 9] = [
         ("COURSE_DISTANCE", TrackKind::CourseDistance),
         ("TO_FINISH", TrackKind::ToFinish),
         ("FINISH_TIME", TrackKind::FinishTime),
@@ -50,19 +73,24 @@ impl TrackKind {
         ("SPEED", TrackKind::Speed),
         ("HEADING", TrackKind::Heading),
         ("PACE", TrackKind::Pace),
+        ("ZONE_EVENT", TrackKind::ZoneEvent),
+        ("IN_ZONE", TrackKind::InZone),
     ];
 
     pub fn named(name: &str) -> Option<TrackKind> {
         Self::ALL.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, k)| *k)
     }
 
-    /// Whether the first argument names a course.
-    pub fn needs_course(self) -> bool {
-        !matches!(self, TrackKind::Speed | TrackKind::Heading | TrackKind::Pace)
+    pub fn place(self) -> Place {
+        match self {
+            TrackKind::Speed | TrackKind::Heading | TrackKind::Pace => Place::None,
+            TrackKind::ZoneEvent | TrackKind::InZone => Place::Zone,
+            _ => Place::Course,
+        }
     }
 
-    pub fn is_time(self) -> bool {
-        matches!(self, TrackKind::FinishTime | TrackKind::ProjectedFinish)
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, k)| *k == self).map_or("", |(n, _)| n)
     }
 }
 
@@ -71,6 +99,7 @@ impl TrackKind {
 pub struct Tracking {
     pub kind: TrackKind,
     pub course: Option<Arc<Course>>,
+    pub zone: Option<Arc<Zone>>,
     /// Fixes implying more than this from the last accepted fix are GPS jumps.
     pub max_speed_kmh: f64,
 }
@@ -96,6 +125,17 @@ pub struct TrackState {
     start_progress: f64,
     first_t: i64,
     finished_at: Option<i64>,
+    /// In the zone, as far as debouncing has confirmed.
+    #[serde(default)]
+    inside: bool,
+    /// Fixes on the other side since, and when the first was.
+    #[serde(default)]
+    pending: u32,
+    #[serde(default)]
+    pending_since: i64,
+    /// The transition the latest fix completed: Some(true) entered, Some(false) left.
+    #[serde(default)]
+    event: Option<bool>,
 }
 
 impl TrackState {
@@ -108,6 +148,7 @@ impl TrackState {
 impl Tracking {
     /// Folds one fix in. Out-of-range positions and GPS jumps change nothing.
     pub fn add(&self, state: &mut TrackState, fix: Fix) {
+        state.event = None;
         if !(-90.0..=90.0).contains(&fix.lat) || !(-180.0..=180.0).contains(&fix.lon) {
             return;
         }
@@ -123,6 +164,9 @@ impl Tracking {
         }
         if let Some(course) = &self.course {
             self.advance(course, state, fix);
+        }
+        if let Some(zone) = &self.zone {
+            debounce(zone, state, fix);
         }
         if state.last.is_none() {
             state.first_t = fix.t;
@@ -164,8 +208,19 @@ impl Tracking {
         }
     }
 
-    /// The aggregate's value: a double, a time in ms, or None for NULL.
-    pub fn result(&self, state: &TrackState) -> Option<f64> {
+    /// The function's value; None is NULL.
+    pub fn result(&self, state: &TrackState) -> Option<TrackValue> {
+        match self.kind {
+            TrackKind::FinishTime | TrackKind::ProjectedFinish => {
+                self.number(state).map(|t| TrackValue::Time(t as i64))
+            }
+            TrackKind::ZoneEvent => state.event.map(|e| TrackValue::Text(if e { "enter" } else { "exit" })),
+            TrackKind::InZone => state.last.map(|_| TrackValue::Bool(state.inside)),
+            _ => self.number(state).map(TrackValue::Number),
+        }
+    }
+
+    fn number(&self, state: &TrackState) -> Option<f64> {
         let length = self.course.as_ref().map(|c| c.length_m());
         match self.kind {
             TrackKind::CourseDistance => state.progress,
@@ -194,7 +249,26 @@ impl Tracking {
                 (a.lat != b.lat || a.lon != b.lon)
                     .then(|| Haversine.bearing(Point::new(a.lon, a.lat), Point::new(b.lon, b.lat)))
             }
+            TrackKind::ZoneEvent | TrackKind::InZone => None,
         }
+    }
+}
+
+/// A fix on the other side of the zone's edge than the device's confirmed side counts
+/// towards a transition; one back on the confirmed side starts the count again.
+fn debounce(zone: &Zone, state: &mut TrackState, fix: Fix) {
+    if zone.contains(fix.lat, fix.lon) == state.inside {
+        state.pending = 0;
+        return;
+    }
+    if state.pending == 0 {
+        state.pending_since = fix.t;
+    }
+    state.pending += 1;
+    if state.pending >= zone.debounce_fixes.max(1) && fix.t - state.pending_since >= zone.dwell_ms {
+        state.inside = !state.inside;
+        state.pending = 0;
+        state.event = Some(state.inside);
     }
 }
 
@@ -214,7 +288,7 @@ mod tests {
     }
 
     fn tracking(kind: TrackKind) -> Tracking {
-        Tracking { kind, course: Some(line()), max_speed_kmh: 50.0 }
+        Tracking { kind, course: Some(line()), zone: None, max_speed_kmh: 50.0 }
     }
 
     fn fold(kind: TrackKind, fixes: &[(f64, i64)]) -> (Tracking, TrackState) {
@@ -231,14 +305,14 @@ mod tests {
         // 0.001° of longitude on the equator is 111.19 m; in 20 s that is 20 km/h.
         let fixes = [(0.0, 0), (0.001, 20)];
         let (t, s) = fold(TrackKind::Speed, &fixes);
-        let speed = t.result(&s).unwrap();
+        let speed = t.number(&s).unwrap();
         assert!((speed - 20.01).abs() < 0.05, "{speed}");
         let (t, s) = fold(TrackKind::Pace, &fixes);
-        assert!((t.result(&s).unwrap() - 60.0 / speed).abs() < 1e-9);
+        assert!((t.number(&s).unwrap() - 60.0 / speed).abs() < 1e-9);
         let (t, s) = fold(TrackKind::Heading, &fixes);
-        assert!((t.result(&s).unwrap() - 90.0).abs() < 1e-6, "due east");
+        assert!((t.number(&s).unwrap() - 90.0).abs() < 1e-6, "due east");
         let (t, s) = fold(TrackKind::Speed, &fixes[..1]);
-        assert_eq!(t.result(&s), None, "one fix has no speed");
+        assert_eq!(t.number(&s), None, "one fix has no speed");
     }
 
     #[test]
@@ -246,9 +320,9 @@ mod tests {
         // The third fix is 1 km further after 10 s (360 km/h): dropped, so speed and
         // progress stay those of the second.
         let (t, s) = fold(TrackKind::Speed, &[(0.0, 0), (0.001, 20), (0.01, 30)]);
-        assert!((t.result(&s).unwrap() - 20.01).abs() < 0.05);
+        assert!((t.number(&s).unwrap() - 20.01).abs() < 0.05);
         let (t, s) = fold(TrackKind::CourseDistance, &[(0.0, 0), (0.001, 20), (0.01, 30)]);
-        assert!((t.result(&s).unwrap() - 111.2).abs() < 0.5);
+        assert!((t.number(&s).unwrap() - 111.2).abs() < 0.5);
     }
 
     #[test]
@@ -256,14 +330,19 @@ mod tests {
         // East 1 km, north 200 m, back west 1 km: a glitch 200 m north of the way out lies
         // on the way back, 1.4 km further along the course.
         let course = Course::new("loop", vec![(0.0, 0.0), (0.009, 0.0), (0.009, 0.0018), (0.0, 0.0018)]).unwrap();
-        let t = Tracking { kind: TrackKind::CourseDistance, course: Some(Arc::new(course)), max_speed_kmh: 100.0 };
+        let t = Tracking {
+            kind: TrackKind::CourseDistance,
+            course: Some(Arc::new(course)),
+            zone: None,
+            max_speed_kmh: 100.0,
+        };
         let mut s = TrackState::default();
         t.add(&mut s, Fix { lat: 0.0, lon: 0.0036, t: 0 });
         t.add(&mut s, Fix { lat: 0.0018, lon: 0.0036, t: 10_000 });
-        assert!((t.result(&s).unwrap() - 400.0).abs() < 2.0, "{:?}", t.result(&s));
+        assert!((t.number(&s).unwrap() - 400.0).abs() < 2.0, "{:?}", t.number(&s));
         // A minute on, being there is possible.
         t.add(&mut s, Fix { lat: 0.0018, lon: 0.0036, t: 60_000 });
-        assert!((t.result(&s).unwrap() - 1800.0).abs() < 5.0, "{:?}", t.result(&s));
+        assert!((t.number(&s).unwrap() - 1800.0).abs() < 5.0, "{:?}", t.number(&s));
     }
 
     #[test]
@@ -271,20 +350,44 @@ mod tests {
         // 20 fixes 50 m apart every 10 s (18 km/h); the last is 10 m past the end.
         let fixes: Vec<(f64, i64)> = (0..=20).map(|i| (i as f64 * 0.00045 + 0.00009, i * 10)).collect();
         let (t, s) = fold(TrackKind::FinishTime, &fixes);
-        let finished = t.result(&s).expect("finished") / 1000.0;
+        let finished = t.number(&s).expect("finished") / 1000.0;
         // The end (1000.8 m) lies between the fix at 190 s (950 m… + 10) and the one at 200 s.
         assert!((finished - 198.0).abs() < 1.0, "{finished}");
         let (t, s) = fold(TrackKind::ToFinish, &fixes);
-        assert_eq!(t.result(&s), Some(0.0));
+        assert_eq!(t.number(&s), Some(0.0));
         let (t, s) = fold(TrackKind::ProjectedFinish, &fixes[..10]);
-        let projected = t.result(&s).unwrap() / 1000.0;
+        let projected = t.number(&s).unwrap() / 1000.0;
         assert!((projected - 199.0).abs() < 3.0, "at a steady pace the projection is the finish: {projected}");
+    }
+
+    #[test]
+    fn zone_transitions_wait_for_the_debounce() {
+        use crate::zone::Area;
+        // A 100 m circle around the origin; three fixes needed on the new side.
+        let mut zone = Zone::new("z", Area::Circle { center: Point::new(0.0, 0.0), radius_m: 100.0 });
+        zone.debounce_fixes = 3;
+        let t = Tracking { kind: TrackKind::ZoneEvent, course: None, zone: Some(Arc::new(zone)), max_speed_kmh: 100.0 };
+        let mut s = TrackState::default();
+        // metres east of the centre, one fix every 10 s
+        let track = [300.0, 50.0, 200.0, 50.0, 40.0, 30.0, 20.0, 150.0, 160.0, 170.0, 180.0];
+        let events: Vec<Option<TrackValue>> = track
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                t.add(&mut s, Fix { lat: 0.0, lon: m / 111_195.0, t: i as i64 * 10_000 });
+                t.result(&s)
+            })
+            .collect();
+        let enter = Some(TrackValue::Text("enter"));
+        let exit = Some(TrackValue::Text("exit"));
+        // A lone fix inside (50 m) then out again is a wobble; three inside in a row enter.
+        assert_eq!(events, [None, None, None, None, None, enter, None, None, None, exit, None]);
     }
 
     #[test]
     fn starting_near_the_end_is_no_finish() {
         // A device switched on 30 m before the end covered 3% of the course.
         let (t, s) = fold(TrackKind::FinishTime, &[(0.0087, 0), (0.009, 10)]);
-        assert_eq!(t.result(&s), None);
+        assert_eq!(t.number(&s), None);
     }
 }

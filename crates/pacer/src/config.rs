@@ -16,6 +16,7 @@ pub struct Config {
     /// Ingest rules, first match wins. Empty: the built-in defaults.
     pub ingest: Vec<RuleConfig>,
     pub course: Vec<CourseConfig>,
+    pub zone: Vec<ZoneConfig>,
     pub tracking: TrackingConfig,
     pub sql: SqlConfig,
 }
@@ -112,6 +113,62 @@ pub struct CourseConfig {
     /// JSON lines: only the fixes whose fields have these values (`{ who = "alice" }`).
     #[serde(default, rename = "match")]
     pub only: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// Zones (geofences) `ZONE_EVENT('name', lat, lon)` and `IN_ZONE` name: a circle, or the
+/// polygons (and, with `width_m`, corridors along lines) of a GeoJSON file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// Required for a circle; for a file, names its only zone (else each feature's `name`).
+    pub name: Option<String>,
+    pub circle: Option<Circle>,
+    /// GeoJSON, relative to the config file.
+    pub file: Option<PathBuf>,
+    /// Corridor width for LineStrings in `file`, metres.
+    pub width_m: Option<f64>,
+    /// Consecutive fixes on the other side before an enter or exit counts…
+    #[serde(default = "one")]
+    pub debounce_fixes: u32,
+    /// …and the seconds they must span.
+    #[serde(default)]
+    pub dwell_s: f64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Circle {
+    pub lat: f64,
+    pub lon: f64,
+    pub radius_m: f64,
+}
+
+impl ZoneConfig {
+    /// The zones this entry defines.
+    pub fn zones(&self) -> anyhow::Result<Vec<pacer_sql::Zone>> {
+        use pacer_sql::Zone;
+        let mut zones = match (&self.circle, &self.file, &self.name) {
+            (Some(c), None, Some(name)) => {
+                anyhow::ensure!(c.radius_m > 0.0, "circle radius_m must be above 0");
+                vec![Zone::circle(name, c.lat, c.lon, c.radius_m)]
+            }
+            (Some(_), None, None) => anyhow::bail!("a circle zone needs a name"),
+            (None, Some(file), name) => {
+                let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+                Zone::from_geojson(&text, name.as_deref(), self.width_m).with_context(|| file.display().to_string())?
+            }
+            _ => anyhow::bail!("give a zone either circle = {{ lat, lon, radius_m }} or file = \"zones.geojson\""),
+        };
+        for zone in &mut zones {
+            zone.debounce_fixes = self.debounce_fixes.max(1);
+            zone.dwell_ms = (self.dwell_s * 1000.0) as i64;
+        }
+        Ok(zones)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +273,9 @@ impl Config {
         };
         for course in &mut config.course {
             resolve(&mut course.file);
+        }
+        for zone in &mut config.zone {
+            zone.file.as_mut().map(resolve);
         }
         config.mqtt.password_file.as_mut().map(resolve);
         config.mqtt.acl_file.as_mut().map(resolve);

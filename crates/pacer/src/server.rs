@@ -179,7 +179,7 @@ impl Server {
     }
 }
 
-/// The configured courses (the built-in race course unless one takes its name) and the
+/// The configured courses (the built-in race course unless one takes its name), zones and
 /// tracking settings.
 fn load_geometry(config: &Config) -> anyhow::Result<Geometry> {
     let mut geometry = Geometry::default();
@@ -191,6 +191,12 @@ fn load_geometry(config: &Config) -> anyhow::Result<Geometry> {
         let course =
             Course::from_file(&c.name, &c.file, &c.only).with_context(|| format!("[[course]] {:?}", c.name))?;
         geometry.add_course(course);
+    }
+    for (i, z) in config.zone.iter().enumerate() {
+        let what = z.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
+        for zone in z.zones().with_context(|| format!("[[zone]] {what}"))? {
+            geometry.add_zone(zone);
+        }
     }
     Ok(geometry)
 }

@@ -94,3 +94,88 @@ fn the_replayed_race_finishes_in_the_order_and_at_the_times_of_the_raw_fixes() {
     // 21:52:23) before alice and derek.
     assert_eq!(order, ["ben", "simon", "alice", "derek"]);
 }
+
+/// (lat, lon, unix seconds) of every point of a real recorded run: a Garmin export from the
+/// `gpx` crate's fixtures, read here with plain string search.
+fn garmin_track() -> Vec<(f64, f64, i64)> {
+    let gpx = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../pacer-sql/tests/fixtures/garmin-activity.gpx"
+    ))
+    .unwrap();
+    let attribute = |text: &str, name: &str| -> f64 {
+        let start = text.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        text[start..start + text[start..].find('"').unwrap()].parse().unwrap()
+    };
+    gpx.split("<trkpt ")
+        .skip(1)
+        .map(|point| {
+            let time = &point[point.find("<time>").unwrap() + 6..point.find("</time>").unwrap()];
+            (attribute(point, "lat"), attribute(point, "lon"), pacer_core::parse_time(time).unwrap() / 1000)
+        })
+        .collect()
+}
+
+#[test]
+fn a_recorded_run_through_a_geofence_gives_exactly_its_debounced_transitions() {
+    let track = garmin_track();
+    assert_eq!(track.len(), 988);
+    // A 40 m circle around a point of the way out; the run comes back the same way.
+    let (lat, lon, _) = track[300];
+    const RADIUS_M: f64 = 40.0;
+    const DEBOUNCE: usize = 2;
+
+    // The transitions, computed here: a side change counts after DEBOUNCE fixes in a row.
+    let mut expected = Vec::new();
+    let (mut inside, mut run) = (false, 0);
+    for &(la, lo, t) in &track {
+        if (haversine_m((la, lo), (lat, lon)) <= RADIUS_M) == inside {
+            run = 0;
+            continue;
+        }
+        run += 1;
+        if run == DEBOUNCE {
+            inside = !inside;
+            run = 0;
+            expected.push((if inside { "enter" } else { "exit" }, t * 1000));
+        }
+    }
+    assert!(expected.len() >= 4 && !inside, "{expected:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pacer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[zone]]\nname = \"bridge\"\ncircle = {{ lat = {lat}, lon = {lon}, radius_m = {RADIUS_M} }}\n\
+             debounce_fixes = {DEBOUNCE}\n[sql]\nfile = \"zones.sql\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("zones.sql"),
+        "CREATE STREAM fixes (who VARCHAR, lat DOUBLE, lon DOUBLE) WITH (kafka_topic='race', value_format='JSON');
+         CREATE STREAM zone_events AS
+           SELECT who, ZONE_EVENT('bridge', lat, lon) AS event, ROWTIME AS at FROM fixes
+           WHERE lat IS NOT NULL AND ZONE_EVENT('bridge', lat, lon) IS NOT NULL EMIT CHANGES;",
+    )
+    .unwrap();
+    let pacer = Pacer::start_with(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+
+    // The run over MQTT, then two fixes at the centre ten minutes later: their 'enter'
+    // comes last, so once it is there every transition of the run has been written.
+    let mut lines: Vec<String> =
+        track.iter().map(|(la, lo, t)| format!(r#"{{"who":"walker","timeepoc":{t},"lat":{la},"lon":{lo}}}"#)).collect();
+    let end = track.last().unwrap().2;
+    for t in [end + 600, end + 601] {
+        lines.push(format!(r#"{{"who":"walker","timeepoc":{t},"lat":{lat},"lon":{lon}}}"#));
+    }
+    expected.push(("enter", (end + 601) * 1000));
+    pacer.mosquitto_pub_lines("race/walker", 1, &lines);
+
+    let events = pacer.tail("zone_events", expected.len());
+    let got: Vec<(&str, i64)> =
+        events.iter().map(|r| (r["value"]["event"].as_str().unwrap(), r["value"]["at"].as_i64().unwrap())).collect();
+    assert_eq!(got, expected);
+    assert!(events.iter().all(|r| r["key"] == "walker" && r["value"]["who"] == "walker"));
+}

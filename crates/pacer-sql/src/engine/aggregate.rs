@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::expr::{plan_error, Expr, PlanError};
 use super::plan::ROWTIME;
 use super::value::{DataType, Value};
-use crate::track::{Fix, TrackKind, TrackState, Tracking};
+use crate::track::{Fix, TrackKind, TrackState, TrackValue, Tracking};
 
 /// COLLECT_LIST and COLLECT_SET keep at most this many values, like ksqlDB's default.
 const COLLECT_LIMIT: usize = 1000;
@@ -35,6 +35,8 @@ const NAMES: &[&str] = &[
     "SPEED",
     "HEADING",
     "PACE",
+    "ZONE_EVENT",
+    "IN_ZONE",
 ];
 
 /// Every aggregate's name, for SHOW FUNCTIONS.
@@ -142,7 +144,12 @@ impl AggregateCall {
                 return plan_error(format!("the {what} must be a number, got {t}"));
             }
         }
-        let output = if tracking.kind.is_time() { DataType::BigInt } else { DataType::Double };
+        let output = match tracking.kind {
+            TrackKind::FinishTime | TrackKind::ProjectedFinish => DataType::BigInt,
+            TrackKind::ZoneEvent => DataType::String,
+            TrackKind::InZone => DataType::Boolean,
+            _ => DataType::Double,
+        };
         Ok(AggregateCall {
             kind: AggKind::Track(tracking.kind),
             arg: Some(lat.0),
@@ -353,8 +360,10 @@ impl AggregateCall {
                 let Some((_, tracking)) = &self.track else { return Value::Null };
                 match tracking.result(fixes) {
                     None => Value::Null,
-                    Some(t) if tracking.kind.is_time() => Value::Int(t as i64),
-                    Some(x) => Value::Double(x),
+                    Some(TrackValue::Number(x)) => Value::Double(x),
+                    Some(TrackValue::Time(t)) => Value::Int(t),
+                    Some(TrackValue::Text(t)) => Value::from(t),
+                    Some(TrackValue::Bool(b)) => Value::Bool(b),
                 }
             }
         }

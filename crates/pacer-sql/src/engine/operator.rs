@@ -22,7 +22,7 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
-use super::aggregate::Acc;
+use super::aggregate::{Acc, AggregateCall};
 use super::ast::{Emit, Window, WindowKind};
 use super::expr::Expr;
 use super::plan::{
@@ -105,8 +105,12 @@ impl Operator {
                 items.iter().any(|i| matches!(i, Item::WholeValue))
             }
         };
+        let keyed = match &plan.shape {
+            Shape::Project { keyed, .. } => keyed.len(),
+            Shape::Aggregate { .. } => 0,
+        };
         Operator {
-            row: vec![Value::Null; FIRST_FIELD + plan.fields.len()],
+            row: vec![Value::Null; FIRST_FIELD + plan.fields.len() + keyed],
             plan: Arc::new(plan),
             groups: HashMap::default(),
             closing: BTreeSet::new(),
@@ -154,7 +158,15 @@ impl Operator {
         }
         let timestamp = row[ROWTIME].as_i64().unwrap_or(record.timestamp);
         match &plan.shape {
-            Shape::Project { items, key } => {
+            Shape::Project { items, key, keyed, after } => {
+                if !keyed.is_empty() {
+                    self.track_by_key(record, row, keyed, timestamp)?;
+                    if let Some(after) = after {
+                        if !after.eval(row)?.is_true() {
+                            return Ok(());
+                        }
+                    }
+                }
                 let key = match key {
                     Some(k) => key_text(&[k.eval(row)?]),
                     None => record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
@@ -280,6 +292,49 @@ impl Operator {
             ));
         }
         self.advance(timestamp, out);
+        Ok(())
+    }
+
+    /// Feeds the record to the tracking functions of its key and puts their values in the
+    /// row after the decoded fields. Kept like an unwindowed group, so checkpoints and
+    /// restores treat both alike.
+    fn track_by_key(
+        &mut self,
+        record: &Record,
+        row: &mut [Value],
+        calls: &[AggregateCall],
+        t: i64,
+    ) -> Result<(), String> {
+        self.inputs.clear();
+        for call in calls {
+            self.inputs.push(call.input(row)?);
+        }
+        let key = record.key.as_ref().map(|k| String::from_utf8_lossy(k)).unwrap_or_default();
+        let windows = self.groups.entry(Box::from(&*key)).or_default();
+        if windows.is_empty() {
+            let accs = calls.iter().map(|c| c.start()).collect();
+            let group = vec![Value::String(key.to_string())];
+            windows.push(WindowState {
+                group,
+                start: NO_WINDOW,
+                end: i64::MAX,
+                accs,
+                last: t,
+                over: Vec::new(),
+                dirty: false,
+            });
+        }
+        let state = &mut windows[0];
+        let first = row.len() - calls.len();
+        for (i, (call, acc)) in calls.iter().zip(&mut state.accs).enumerate() {
+            call.add_value(acc, self.inputs[i].clone());
+            row[first + i] = call.result(acc);
+        }
+        state.last = state.last.max(t);
+        if !state.dirty {
+            state.dirty = true;
+            self.changed.push((Box::from(&*key), NO_WINDOW));
+        }
         Ok(())
     }
 

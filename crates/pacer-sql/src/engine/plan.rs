@@ -9,7 +9,7 @@ use super::ast::{Emit, Select, SourceKind, Window, WindowKind};
 use super::expr::{compile, plan_error, Expr, PlanError, Scope};
 use super::value::DataType;
 use crate::geometry::Geometry;
-use crate::track::{TrackKind, Tracking};
+use crate::track::{Place, TrackKind, Tracking};
 
 /// A declared column of a source.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -79,7 +79,9 @@ pub struct Plan {
 #[derive(Debug, Clone)]
 pub enum Shape {
     /// One output row per input row. `key` is PARTITION BY (else the input key stays).
-    Project { items: Vec<Item>, key: Option<Expr> },
+    /// `keyed` are tracking functions, with state per record key, whose values follow the
+    /// decoded fields in the row; `after` the WHERE conditions that read them.
+    Project { items: Vec<Item>, key: Option<Expr>, keyed: Vec<AggregateCall>, after: Option<Expr> },
     /// Grouped (and maybe windowed) aggregation. Items and HAVING read the grouped row:
     /// group values, then WINDOWSTART and WINDOWEND, then aggregate results.
     Aggregate {
@@ -135,8 +137,32 @@ pub enum Item {
 }
 
 /// Window function results are compiled to these placeholder slots, renumbered once the
-/// number of aggregates is known.
+/// number of aggregates is known; so are keyed tracking functions, once the decoded fields
+/// are.
 const OVER_PLACEHOLDER: usize = 1 << 24;
+const KEYED_PLACEHOLDER: usize = 1 << 23;
+
+/// The conditions of `a AND b AND …`.
+fn conjuncts(e: &sql::Expr) -> Vec<&sql::Expr> {
+    match e {
+        sql::Expr::BinaryOp { left, op: sql::BinaryOperator::And, right } => {
+            let mut all = conjuncts(left);
+            all.extend(conjuncts(right));
+            all
+        }
+        sql::Expr::Nested(inner) => conjuncts(inner),
+        other => vec![other],
+    }
+}
+
+fn reads_keyed(e: &Expr) -> bool {
+    let found = std::cell::Cell::new(false);
+    e.clone().remap_columns(&|slot| {
+        found.set(found.get() || slot >= KEYED_PLACEHOLDER);
+        slot
+    });
+    found.get()
+}
 
 pub fn plan(select: &Select, source: &Source, geometry: &Geometry) -> Result<Plan, PlanError> {
     let mut input = InputScope { source, fields: Vec::new(), reads_key: false };
@@ -151,11 +177,20 @@ pub fn plan(select: &Select, source: &Source, geometry: &Geometry) -> Result<Pla
         Some(name) => Some(input.column(name)?.0 - FIRST_FIELD),
         None => None,
     };
-    let filter = match &select.selection {
-        Some(e) => Some(compile(e, &mut input)?.0),
-        None => None,
-    };
     let grouped = !select.group_by.is_empty() || select.items.iter().any(has_aggregate);
+    // Without GROUP BY, tracking functions keep state per record key, and the WHERE
+    // conditions that read them apply after they took the record in.
+    let mut stream = StreamScope { calls: Vec::new(), call_texts: Vec::new(), geometry };
+    let (mut filter, mut after) = (None, None);
+    for condition in select.selection.iter().flat_map(conjuncts) {
+        let (compiled, _) =
+            if grouped { compile(condition, &mut input)? } else { compile(condition, &mut stream.over(&mut input))? };
+        let slot = if reads_keyed(&compiled) { &mut after } else { &mut filter };
+        *slot = Some(match slot.take() {
+            None => compiled,
+            Some(before) => Expr::And(Box::new(before), Box::new(compiled)),
+        });
+    }
     if select.window.is_some() && !grouped {
         return plan_error("WINDOW needs GROUP BY (or an aggregate)");
     }
@@ -231,8 +266,21 @@ pub fn plan(select: &Select, source: &Source, geometry: &Geometry) -> Result<Pla
             [e] => Some(compile(e, &mut input)?.0),
             _ => return plan_error("PARTITION BY takes one expression"),
         };
-        let (items, output) = select_items(&select.items, &mut input, source)?;
-        (Shape::Project { items, key }, output)
+        let (mut items, output) = select_items(&select.items, &mut stream.over(&mut input), source)?;
+        let first_keyed = FIRST_FIELD + input.fields.len();
+        let renumber =
+            |slot: usize| if slot >= KEYED_PLACEHOLDER { first_keyed + slot - KEYED_PLACEHOLDER } else { slot };
+        for e in items
+            .iter_mut()
+            .filter_map(|i| match i {
+                Item::Expr(e) => Some(e),
+                Item::WholeValue => None,
+            })
+            .chain(after.as_mut())
+        {
+            e.remap_columns(&renumber);
+        }
+        (Shape::Project { items, key, keyed: stream.calls, after }, output)
     };
     Ok(Plan {
         source: source.clone(),
@@ -301,7 +349,8 @@ fn has_aggregate(item: &SelectItem) -> bool {
     let mut found = false;
     let _ = sql::visit_expressions(e, |e| {
         if let sql::Expr::Function(f) = e {
-            found |= is_aggregate(&f.name.to_string());
+            let name = f.name.to_string();
+            found |= is_aggregate(&name) && TrackKind::named(&name).is_none();
         }
         std::ops::ControlFlow::<()>::Continue(())
     });
@@ -331,6 +380,98 @@ impl Scope for InputScope<'_> {
         // An undeclared stream: any JSON field, typed at run time.
         self.fields.push(Field { name: name.to_string(), data_type: DataType::Any, key: false });
         Ok((FIRST_FIELD + self.fields.len() - 1, DataType::Any))
+    }
+}
+
+/// `COURSE_DISTANCE('course', lat, lon)`, `ZONE_EVENT('zone', lat, lon)`, `SPEED(lat, lon)`, …
+fn tracking_call(
+    e: &sql::Expr,
+    kind: TrackKind,
+    args: &[&FunctionArg],
+    geometry: &Geometry,
+    input: &mut InputScope,
+) -> Result<AggregateCall, PlanError> {
+    let name = kind.name();
+    let exprs = args
+        .iter()
+        .map(|a| match a {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) => Ok(x),
+            _ => plan_error(format!("{e}: {name} takes plain arguments")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut tracking = Tracking { kind, course: None, zone: None, max_speed_kmh: geometry.max_speed_kmh };
+    let (lat, lon) = match (kind.place(), exprs.as_slice()) {
+        (Place::None, [lat, lon]) => (lat, lon),
+        (Place::None, _) => return plan_error(format!("{e}: takes a latitude and a longitude: {name}(lat, lon)")),
+        (place, [named, lat, lon]) => {
+            let what = if place == Place::Course { "course" } else { "zone" };
+            let quoted = match named {
+                sql::Expr::Value(v) => match &v.value {
+                    sql::Value::SingleQuotedString(n) => Some(n),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let Some(n) = quoted else {
+                return plan_error(format!("{e}: the {what} is a quoted name: {name}('{what}', lat, lon)"));
+            };
+            let problem = |m: String| PlanError(format!("{e}: {m}"));
+            match place {
+                Place::Course => tracking.course = Some(geometry.course(n).map_err(problem)?),
+                _ => tracking.zone = Some(geometry.zone(n).map_err(problem)?),
+            }
+            (lat, lon)
+        }
+        (place, _) => {
+            let what = if place == Place::Course { "course" } else { "zone" };
+            return plan_error(format!("{e}: takes a {what}, a latitude and a longitude: {name}('{what}', lat, lon)"));
+        }
+    };
+    let (lat, lon) = (compile(lat, input)?, compile(lon, input)?);
+    AggregateCall::tracking(tracking, lat, lon).map_err(|m| PlanError(format!("{e}: {}", m.0)))
+}
+
+/// Tracking functions in a query without GROUP BY: state per record key.
+struct StreamScope<'g> {
+    calls: Vec<AggregateCall>,
+    call_texts: Vec<String>,
+    geometry: &'g Geometry,
+}
+
+impl<'g> StreamScope<'g> {
+    /// This scope reading `input`'s columns.
+    fn over<'s, 'a, 'b>(&'s mut self, input: &'a mut InputScope<'b>) -> StreamInput<'s, 'a, 'b, 'g> {
+        StreamInput { stream: self, input }
+    }
+}
+
+struct StreamInput<'s, 'a, 'b, 'g> {
+    stream: &'s mut StreamScope<'g>,
+    input: &'a mut InputScope<'b>,
+}
+
+impl Scope for StreamInput<'_, '_, '_, '_> {
+    fn column(&mut self, name: &str) -> Result<(usize, DataType), PlanError> {
+        self.input.column(name)
+    }
+
+    fn replace(&mut self, e: &sql::Expr) -> Result<Option<(usize, DataType)>, PlanError> {
+        let sql::Expr::Function(f) = e else { return Ok(None) };
+        let Some(kind) = TrackKind::named(&f.name.to_string()) else { return Ok(None) };
+        let text = e.to_string();
+        let s = &mut *self.stream;
+        if let Some(i) = s.call_texts.iter().position(|t| t.eq_ignore_ascii_case(&text)) {
+            return Ok(Some((KEYED_PLACEHOLDER + i, s.calls[i].output.clone())));
+        }
+        let args: Vec<&FunctionArg> = match &f.args {
+            FunctionArguments::List(list) => list.args.iter().collect(),
+            _ => Vec::new(),
+        };
+        let call = tracking_call(e, kind, &args, s.geometry, self.input)?;
+        let t = call.output.clone();
+        s.calls.push(call);
+        s.call_texts.push(text);
+        Ok(Some((KEYED_PLACEHOLDER + s.calls.len() - 1, t)))
     }
 }
 
@@ -406,7 +547,7 @@ impl Scope for GroupScope<'_, '_> {
             _ => Vec::new(),
         };
         if let Some(kind) = TrackKind::named(&name) {
-            let call = self.tracking_call(e, kind, &args)?;
+            let call = tracking_call(e, kind, &args, self.geometry, self.input)?;
             return Ok(Some(self.push_call(call, text)));
         }
         let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment == Some(sql::DuplicateTreatment::Distinct));
@@ -434,48 +575,6 @@ impl GroupScope<'_, '_> {
         self.calls.push(call);
         self.call_texts.push(text);
         (first_aggregate_slot(self.group_sql.len()) + self.calls.len() - 1, t)
-    }
-
-    /// `COURSE_DISTANCE('course', lat, lon)`, `SPEED(lat, lon)`, …
-    fn tracking_call(
-        &mut self,
-        e: &sql::Expr,
-        kind: TrackKind,
-        args: &[&FunctionArg],
-    ) -> Result<AggregateCall, PlanError> {
-        let name = TrackKind::ALL.iter().find(|(_, k)| *k == kind).map_or("", |(n, _)| *n);
-        let exprs = args
-            .iter()
-            .map(|a| match a {
-                FunctionArg::Unnamed(FunctionArgExpr::Expr(x)) => Ok(x),
-                _ => plan_error(format!("{e}: {name} takes plain arguments")),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let (course, lat, lon) = match (kind.needs_course(), exprs.as_slice()) {
-            (true, [course, lat, lon]) => {
-                let sql::Expr::Value(v) = course else {
-                    return plan_error(format!(
-                        "{e}: the course is a quoted name, e.g. {name}('sydney-half', lat, lon)"
-                    ));
-                };
-                let sql::Value::SingleQuotedString(course) = &v.value else {
-                    return plan_error(format!(
-                        "{e}: the course is a quoted name, e.g. {name}('sydney-half', lat, lon)"
-                    ));
-                };
-                (Some(self.geometry.course(course).map_err(|m| PlanError(format!("{e}: {m}")))?), lat, lon)
-            }
-            (true, _) => {
-                return plan_error(format!(
-                    "{e}: takes a course, a latitude and a longitude: {name}('course', lat, lon)"
-                ))
-            }
-            (false, [lat, lon]) => (None, lat, lon),
-            (false, _) => return plan_error(format!("{e}: takes a latitude and a longitude: {name}(lat, lon)")),
-        };
-        let tracking = Tracking { kind, course, max_speed_kmh: self.geometry.max_speed_kmh };
-        let (lat, lon) = (compile(lat, self.input)?, compile(lon, self.input)?);
-        AggregateCall::tracking(tracking, lat, lon).map_err(|m| PlanError(format!("{e}: {}", m.0)))
     }
 
     /// `RANK() OVER (ORDER BY …)` and friends: a placeholder slot, renumbered after planning.

@@ -55,6 +55,21 @@ impl Pacer {
         assert!(status.success(), "mosquitto_pub failed: {status}");
     }
 
+    /// Publishes each line as one message with a single `mosquitto_pub -l`, in order.
+    pub fn mosquitto_pub_lines(&self, topic: &str, qos: u8, lines: &[String]) {
+        let mut child = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &self.mqtt_port.to_string(), "-V", "mqttv311"])
+            .args(["-q", &qos.to_string(), "-t", topic, "-l", "-i", "lines-test"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub must be installed (Debian mosquitto-clients)");
+        let mut stdin = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut stdin, (lines.join("\n") + "\n").as_bytes()).unwrap();
+        drop(stdin);
+        let status = child.wait().unwrap();
+        assert!(status.success(), "mosquitto_pub -l failed: {status}");
+    }
+
     pub fn tail(&self, stream: &str, n: usize) -> Vec<serde_json::Value> {
         let out = Command::new(PACER)
             .args(["tail", stream, "--from-beginning", "-n", &n.to_string(), "--server", &self.http])
