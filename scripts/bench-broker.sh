@@ -17,7 +17,7 @@ trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 
 printf 'listener 18831 127.0.0.1\nallow_anonymous true\n' > "$tmp/mosquitto.conf"
 mosquitto -c "$tmp/mosquitto.conf" 2>"$tmp/mosquitto.log" &
-PACER_LOG=warn "$pacer" up --data-dir "$tmp/pacer" --mqtt-listen 127.0.0.1:18832 --http-listen 127.0.0.1:0 >"$tmp/pacer.out" 2>&1 &
+PACER_LOG=warn "$pacer" up --data-dir "$tmp/pacer" --mqtt-listen 127.0.0.1:18832 --http-listen 127.0.0.1:0 --osmand-listen "" >"$tmp/pacer.out" 2>&1 &
 wait_for_mqtt 18831; wait_for_mqtt 18832
 
 cases=(

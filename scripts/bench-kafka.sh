@@ -21,9 +21,9 @@ trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
   --storage-engine sqlite://tansu.db >"$tmp/tansu.log" 2>&1) &
 printf '[log]\nbackend = "kafka"\n[log.kafka]\nbrokers = "127.0.0.1:19093"\n' > "$tmp/kafka.toml"
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/19093) 2>/dev/null && break; sleep 0.1; done
-PACER_LOG=warn "$pacer" up --data-dir "$tmp/embedded" --mqtt-listen 127.0.0.1:18841 --http-listen 127.0.0.1:0 >"$tmp/embedded.out" 2>&1 &
+PACER_LOG=warn "$pacer" up --data-dir "$tmp/embedded" --mqtt-listen 127.0.0.1:18841 --http-listen 127.0.0.1:0 --osmand-listen "" >"$tmp/embedded.out" 2>&1 &
 pid_embedded=$!
-PACER_LOG=warn "$pacer" up --config "$tmp/kafka.toml" --mqtt-listen 127.0.0.1:18842 --http-listen 127.0.0.1:0 >"$tmp/kafka.out" 2>&1 &
+PACER_LOG=warn "$pacer" up --config "$tmp/kafka.toml" --mqtt-listen 127.0.0.1:18842 --http-listen 127.0.0.1:0 --osmand-listen "" >"$tmp/kafka.out" 2>&1 &
 pid_kafka=$!
 # CPU time (ms) a process has used: Pacer's own cost, apart from the broker's and the load's.
 cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) * 1000 / hz}' "/proc/$1/stat"; }

@@ -12,7 +12,7 @@ const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable
   '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'];
 
 test('the demo shows four moving runners and a league table led by the least remaining distance', { timeout: 180_000 }, async () => {
-  const pacer = await startPacer(['demo', '--speed', '60', '--mqtt-listen', '127.0.0.1:0', '--http-listen', '127.0.0.1:0']);
+  const pacer = await startPacer(['demo', '--speed', '60', '--mqtt-listen', '127.0.0.1:0', '--http-listen', '127.0.0.1:0', '--osmand-listen', '127.0.0.1:0']);
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS });
   try {
     const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });

@@ -7,6 +7,7 @@
 //! to the `_dead_letters` stream with the reason; nothing is dropped silently.
 
 mod broker_store;
+mod owntracks;
 mod relay;
 mod rule;
 
@@ -33,6 +34,20 @@ pub fn default_rules() -> Vec<RuleConfig> {
             stream: Some("locations".into()),
             format: Decoder::Owntracks,
             key: Some("{topic[1]}/{topic[2]}".into()),
+            ..Default::default()
+        },
+        RuleConfig {
+            mqtt: Some("owntracks/+/+/+".into()),
+            stream: Some("owntracks".into()),
+            format: Decoder::Owntracks,
+            key: Some("{topic[1]}/{topic[2]}".into()),
+            ..Default::default()
+        },
+        RuleConfig {
+            mqtt: Some("osmand/+".into()),
+            stream: Some("locations".into()),
+            format: Decoder::Owntracks,
+            key: Some("{topic}".into()),
             ..Default::default()
         },
         RuleConfig {

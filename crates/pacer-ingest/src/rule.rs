@@ -41,7 +41,8 @@ pub enum Decoder {
     /// Any JSON document, stored as sent.
     #[default]
     Json,
-    /// An OwnTracks message: a JSON object with `_type`; `tst` (seconds) is its event time.
+    /// An OwnTracks message: checked by its `_type` and normalized (`owntracks`); its `tst`
+    /// (seconds), when it has one, is its event time.
     Owntracks,
     /// The payload bytes as they are.
     Raw,
@@ -217,7 +218,6 @@ impl IngestRule {
             (Some(f), _) => {
                 (Some(f.trim_start_matches("$.").split('.').map(str::to_string).collect()), c.timestamp_unit)
             }
-            (None, Decoder::Owntracks) => (Some(vec!["tst".to_string()]), TimestampUnit::S),
             (None, _) => (None, c.timestamp_unit),
         };
         let key = c.key.as_deref().map(KeyTemplate::parse).transpose()?;
@@ -256,25 +256,31 @@ impl IngestRule {
                 Some(serde_json::from_slice::<Value>(&p.payload).map_err(|e| format!("payload is not JSON: {e}"))?)
             }
         };
-        if self.decoder == Decoder::Owntracks {
-            let ty = json.as_ref().and_then(|j| j.get("_type")).and_then(Value::as_str);
-            if ty.is_none() {
-                return Err("OwnTracks payload has no \"_type\" string".into());
+        let mut value = p.payload.clone();
+        let mut tst = None;
+        let json = match (self.decoder, json) {
+            (Decoder::Owntracks, Some(message)) => {
+                let (normalized, seconds) = crate::owntracks::normalize(message)?;
+                value = Bytes::from(normalized.to_string());
+                tst = seconds;
+                Some(normalized)
             }
-        }
-        let timestamp = match (&self.timestamp_field, &json) {
-            (Some(path), Some(j)) => {
+            (_, json) => json,
+        };
+        let timestamp = match (&self.timestamp_field, &json, tst) {
+            (Some(path), Some(j), _) => {
                 let field = format!("$.{}", path.join("."));
                 let v = lookup(j, path).ok_or_else(|| format!("timestamp field {field} missing"))?;
                 event_time(v, self.unit).map_err(|e| format!("timestamp field {field}: {e}"))?
             }
+            (None, _, Some(seconds)) => seconds.saturating_mul(1000),
             _ => p.received_at,
         };
         let key = match &self.key {
             Some(t) => Some(Bytes::from(t.render(p, json.as_ref())?)),
             None => None,
         };
-        Ok(Decoded { key, timestamp, value: p.payload.clone() })
+        Ok(Decoded { key, timestamp, value })
     }
 }
 

@@ -31,7 +31,7 @@ use crate::router::Session;
 use crate::session::{parse_shared, Delivery, Inflight, QueuedDelivery, Subscription, NEVER_EXPIRES};
 use crate::topic;
 use crate::wire::{self, In, Out, Version};
-use crate::Shared;
+use crate::{Refused, Shared};
 
 /// How long a client has to send CONNECT after opening the socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -158,18 +158,18 @@ where
     } else {
         request.client_id.clone()
     };
-    match (&request.username, &shared.security.passwords) {
-        (None, _) if !shared.config.allow_anonymous => {
+    match shared.authenticate(request.username.as_deref(), request.password.as_deref()) {
+        Err(Refused::Anonymous) => {
             let _ = transport.send(refuse(Refusal::NotAuthorized)).await;
             tracing::info!(%peer, %client_id, "refused anonymous client");
             return;
         }
-        (Some(user), Some(passwords)) if !passwords.verify(user, request.password.as_deref().unwrap_or_default()) => {
+        Err(Refused::BadCredentials) => {
             let _ = transport.send(refuse(Refusal::BadCredentials)).await;
-            tracing::info!(%peer, %client_id, %user, "refused: bad user name or password");
+            tracing::info!(%peer, %client_id, user = ?request.username, "refused: bad user name or password");
             return;
         }
-        _ => {}
+        Ok(()) => {}
     }
     if let (Some(acl), Some(will)) = (&shared.security.acl, &request.will) {
         if !acl.allows_topic(request.username.as_deref(), &client_id, &will.publication.topic, Access::Write) {

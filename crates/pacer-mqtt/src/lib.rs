@@ -154,7 +154,38 @@ struct Shared {
     metrics: Metrics,
 }
 
+/// Why a client's credentials are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Anonymous,
+    BadCredentials,
+}
+
+/// Why a publication from outside MQTT was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishRefused {
+    #[error("anonymous clients are not allowed: give a user name and password")]
+    Anonymous,
+    #[error("bad user name or password")]
+    BadCredentials,
+    #[error("the ACL does not allow publishing to {0}")]
+    NotAuthorized(String),
+    #[error("not stored: {0:#}")]
+    NotStored(anyhow::Error),
+}
+
 impl Shared {
+    /// The CONNECT check: anonymous clients if allowed, else a known user with its password.
+    pub(crate) fn authenticate(&self, username: Option<&str>, password: Option<&[u8]>) -> Result<(), Refused> {
+        match (username, &self.security.passwords) {
+            (None, _) if !self.config.allow_anonymous => Err(Refused::Anonymous),
+            (Some(user), Some(passwords)) if !passwords.verify(user, password.unwrap_or_default()) => {
+                Err(Refused::BadCredentials)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Makes publications durable (and the retained ones' retained copies), then routes them.
     async fn accept(&self, publications: Vec<Publication>) -> anyhow::Result<()> {
         self.sink.accept(&publications).await?;
@@ -219,6 +250,34 @@ impl Broker {
 
     pub fn register_metrics(&self, registry: &mut Registry) {
         self.shared.metrics.register(registry);
+    }
+
+    /// Publishes as an MQTT client would, for devices that speak another protocol (OwnTracks
+    /// HTTP mode): its credentials and the ACL are checked as for CONNECT and PUBLISH, then
+    /// it is stored and delivered. Returns once durable.
+    pub async fn publish_as_client(
+        &self,
+        publication: Publication,
+        password: Option<&[u8]>,
+    ) -> Result<(), PublishRefused> {
+        let username = publication.username.as_deref();
+        match self.shared.authenticate(username, password) {
+            Err(Refused::Anonymous) => return Err(PublishRefused::Anonymous),
+            Err(Refused::BadCredentials) => return Err(PublishRefused::BadCredentials),
+            Ok(()) => {}
+        }
+        if let Some(acl) = &self.shared.security.acl {
+            if !acl.allows_topic(username, &publication.client_id, &publication.topic, auth::Access::Write) {
+                return Err(PublishRefused::NotAuthorized(publication.topic));
+            }
+        }
+        self.publish(publication).await
+    }
+
+    /// Publishes for a device whose protocol has no credentials (OsmAnd): stored, then
+    /// delivered. Returns once durable.
+    pub async fn publish(&self, publication: Publication) -> Result<(), PublishRefused> {
+        self.shared.accept(vec![publication]).await.map_err(PublishRefused::NotStored)
     }
 
     /// Delivers messages another Pacer node accepted (and stored) to this node's

@@ -1,9 +1,12 @@
 //! Pacer's HTTP side: the embedded dashboard, the live feed, the API and `/metrics`.
 //!
-//! It reads the log for the dashboard, the live feed and queries; the one way it writes is
-//! `POST /api/v1/streams/{name}/records`, an input like MQTT.
+//! It reads the log for the dashboard, the live feed and queries. It takes input like MQTT
+//! does: `POST /api/v1/streams/{name}/records`, and devices' own protocols (OwnTracks HTTP
+//! mode at `/pub`; OsmAnd on its own port, `osmand::router`), published through the broker.
 
 mod live;
+pub mod osmand;
+mod owntracks;
 mod records;
 
 use std::sync::Arc;
@@ -46,6 +49,8 @@ pub struct WebState {
     pub courses: Value,
     /// The SQL engine behind `POST /api/v1/sql`.
     pub engine: Arc<pacer_sql::Engine>,
+    /// Publishes what devices POST (OwnTracks HTTP mode); None: no device input here.
+    pub broker: Option<pacer_mqtt::Broker>,
 }
 
 pub fn router(state: Arc<WebState>) -> Router {
@@ -59,6 +64,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/api/v1/streams/{name}/records", get(records::read).post(records::append))
         .route("/api/v1/live", get(live::live))
         .route("/api/v1/sql", post(sql))
+        .route("/pub", post(owntracks::publish))
         .route("/metrics", get(metrics))
         .with_state(state)
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 pub struct Config {
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
+    pub osmand: OsmandConfig,
     pub log: LogConfig,
     /// Ingest rules, first match wins. Empty: the built-in defaults.
     pub ingest: Vec<RuleConfig>,
@@ -75,6 +76,20 @@ pub struct HttpConfig {
     /// Map tiles; empty string: offline basemap only.
     pub tile_url: String,
     pub tile_attribution: String,
+}
+
+/// The OsmAnd protocol (Traccar's client apps) on its own port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OsmandConfig {
+    /// "" turns it off.
+    pub listen: String,
+}
+
+impl Default for OsmandConfig {
+    fn default() -> Self {
+        OsmandConfig { listen: "0.0.0.0:5055".into() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

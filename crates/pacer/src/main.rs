@@ -38,6 +38,9 @@ struct ServerArgs {
     /// HTTP listener address (dashboard, API, /metrics) [default: 0.0.0.0:8080]
     #[arg(long)]
     http_listen: Option<String>,
+    /// OsmAnd protocol listener (Traccar client apps); "" turns it off [default: 0.0.0.0:5055]
+    #[arg(long)]
+    osmand_listen: Option<String>,
     /// When the log fsyncs: always, batch (group commit) or off [default: batch]
     #[arg(long, value_parser = parse_fsync)]
     fsync: Option<pacer_log::FsyncPolicy>,
@@ -342,6 +345,9 @@ fn apply(config: &mut Config, args: &ServerArgs) {
     }
     if let Some(addr) = &args.http_listen {
         config.http.listen = addr.clone();
+    }
+    if let Some(addr) = &args.osmand_listen {
+        config.osmand.listen = addr.clone();
     }
     if let Some(fsync) = args.fsync {
         config.log.fsync = fsync;

@@ -28,6 +28,7 @@ pub struct Server {
     pub tls_addr: Option<SocketAddr>,
     pub websocket_addr: Option<SocketAddr>,
     pub wss_addr: Option<SocketAddr>,
+    pub osmand_addr: Option<SocketAddr>,
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
@@ -91,6 +92,7 @@ impl Server {
             },
             courses: json!({"type": "FeatureCollection", "features": features}),
             engine,
+            broker: Some(broker.clone()),
         });
 
         let mqtt_listener = TcpListener::bind(&config.mqtt.listen)
@@ -136,6 +138,15 @@ impl Server {
             tasks.spawn(async move { serving.await.with_context(|| format!("{what} server")) });
         }
         let [websocket_addr, wss_addr] = websocket_addrs;
+        let mut osmand_addr = None;
+        if !config.osmand.listen.is_empty() {
+            let listen = &config.osmand.listen;
+            let listener =
+                TcpListener::bind(listen).await.with_context(|| format!("OsmAnd listener: cannot bind {listen}"))?;
+            osmand_addr = Some(listener.local_addr()?);
+            let osmand = pacer_web::osmand::router(broker.clone());
+            tasks.spawn(async move { axum::serve(listener, osmand).await.context("OsmAnd server") });
+        }
         if let Some(relaying) = relaying {
             tasks.spawn(async move { relaying.await.context("MQTT relay between nodes") });
         }
@@ -146,7 +157,7 @@ impl Server {
             LogBackend::Kafka => format!("kafka at {}", config.log.kafka.brokers),
         };
         tracing::info!(%mqtt_addr, %http_addr, log, "pacer started");
-        Ok(Server { mqtt_addr, http_addr, tls_addr, websocket_addr, wss_addr, tasks })
+        Ok(Server { mqtt_addr, http_addr, tls_addr, websocket_addr, wss_addr, osmand_addr, tasks })
     }
 
     /// Waits until a part stops (which is an error: they run forever) or Ctrl-C.
@@ -174,6 +185,9 @@ impl Server {
         }
         if let Some(addr) = self.wss_addr {
             line.push_str(&format!(" wss={addr}"));
+        }
+        if let Some(addr) = self.osmand_addr {
+            line.push_str(&format!(" osmand=http://{addr}"));
         }
         line
     }

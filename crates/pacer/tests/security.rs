@@ -100,3 +100,31 @@ async fn subscriptions_are_held_to_the_acl() {
         ]
     );
 }
+
+/// OwnTracks HTTP mode goes through the same password file and ACL as MQTT.
+#[test]
+fn owntracks_http_posts_are_held_to_the_same_credentials_and_acl() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = secured_pacer(dir.path());
+    let fix = r#"{"_type":"location","tst":1,"lat":1,"lon":2}"#;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let post = |user: Option<(&str, &str)>, device_user: &str| {
+        runtime.block_on(async {
+            let mut request =
+                reqwest::Client::new().post(format!("{}/pub?u={device_user}&d=phone", pacer.http)).body(fix);
+            if let Some((name, password)) = user {
+                request = request.basic_auth(name, Some(password));
+            }
+            request.send().await.unwrap().status().as_u16()
+        })
+    };
+    assert_eq!(post(Some(("alice", "secret1")), "alice"), 200);
+    assert_eq!(post(Some(("alice", "wrong")), "alice"), 401);
+    assert_eq!(post(None, "alice"), 401, "anonymous clients are not allowed here");
+    assert_eq!(post(Some(("bob", "secret2")), "alice"), 403, "bob may not publish as alice");
+    let stored: serde_json::Value = serde_json::from_str(&pacer.get("/api/v1/streams/locations/records")).unwrap();
+    let records = stored["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "only alice's own fix is stored: {stored}");
+    assert_eq!(records[0]["key"], "alice/phone");
+    assert_eq!(records[0]["headers"]["mqtt.username"], "alice");
+}

@@ -179,3 +179,64 @@ fn a_recorded_run_through_a_geofence_gives_exactly_its_debounced_transitions() {
     assert_eq!(got, expected);
     assert!(events.iter().all(|r| r["key"] == "walker" && r["value"]["who"] == "walker"));
 }
+
+#[test]
+fn an_owntracks_http_post_and_an_osmand_get_land_in_the_locations_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(dir.path());
+    let osmand = pacer.listeners["osmand"].clone();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+
+    // OwnTracks HTTP mode: Basic auth, user and device in headers; iOS leaves vel out at 0.
+    let post = |body: &'static str| {
+        runtime.block_on(async {
+            let response = client
+                .post(format!("{}/pub", pacer.http))
+                .basic_auth("jane", Some("secret"))
+                .header("X-Limit-U", "jane")
+                .header("X-Limit-D", "phone")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        })
+    };
+    let location = r#"{"_type":"location","lat":48.85833,"lon":2.29513,"tst":1376715317,"acc":75,"tid":"jp"}"#;
+    assert_eq!(post(location), (200, "[]".to_string()));
+    let transition = r#"{"_type":"transition","event":"enter","desc":"Home","lat":48.85,"lon":2.29,"tst":1376715400}"#;
+    assert_eq!(post(transition).0, 200);
+
+    // OsmAnd, as Traccar Client sends it: a GET with the fix in the query; speed in knots.
+    let status = runtime.block_on(async {
+        let url = format!("{osmand}/?id=truck7&lat=47.37&lon=8.52&timestamp=1700000000&speed=10&batt=80");
+        client.get(url).send().await.unwrap().status().as_u16()
+    });
+    assert_eq!(status, 200);
+    let bad = runtime.block_on(async { client.get(format!("{osmand}/?id=truck7")).send().await.unwrap() });
+    assert_eq!(bad.status().as_u16(), 400);
+
+    let locations = pacer.tail("locations", 2);
+    let jane = &locations[0];
+    assert_eq!(jane["key"], "jane/phone");
+    assert_eq!(jane["timestamp"], 1_376_715_317_000_i64);
+    assert_eq!(jane["headers"]["mqtt.topic"], "owntracks/jane/phone");
+    assert_eq!(
+        (jane["value"]["acc"].clone(), jane["value"]["vel"].clone()),
+        (serde_json::json!(75), serde_json::json!(0))
+    );
+    let truck = &locations[1];
+    assert_eq!(truck["key"], "osmand/truck7");
+    assert_eq!(truck["timestamp"], 1_700_000_000_000_i64);
+    let vel = truck["value"]["vel"].as_f64().unwrap();
+    assert!((vel - 18.52).abs() < 1e-9, "10 knots is 18.52 km/h, got {vel}");
+    assert_eq!(
+        (truck["value"]["lat"].clone(), truck["value"]["batt"].clone()),
+        (serde_json::json!(47.37), serde_json::json!(80.0))
+    );
+    // The transition went where the app would have published it over MQTT.
+    let events = pacer.tail("owntracks", 1);
+    assert_eq!(events[0]["headers"]["mqtt.topic"], "owntracks/jane/phone/event");
+    assert_eq!(events[0]["value"]["event"], "enter");
+}

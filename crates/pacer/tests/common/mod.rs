@@ -29,7 +29,16 @@ impl Pacer {
     /// Starts `pacer up` with extra arguments, e.g. `--config FILE`.
     pub fn start_with(data_dir: &Path, args: &[&str]) -> Pacer {
         let mut child = Command::new(PACER)
-            .args(["up", "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "up",
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--osmand-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--data-dir")
             .arg(data_dir)
             .args(args)
             .env("PACER_LOG", std::env::var("PACER_LOG").unwrap_or("warn".into()))
