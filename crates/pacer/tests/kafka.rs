@@ -254,20 +254,7 @@ fn sasl_scram_logs_in_and_a_wrong_password_is_named_at_start() {
     drop(pacer);
 
     let wrong = kafka_config(dir.path(), &tansu, "s.", &sasl.replace("s3cret", "guess"));
-    let out = Command::new(common::PACER)
-        .args([
-            "up",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--osmand-listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&wrong)
-        .output()
-        .unwrap();
+    let out = Pacer::up().arg("--config").arg(&wrong).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started with a wrong password");
     let last = stderr.lines().last().unwrap_or_default();

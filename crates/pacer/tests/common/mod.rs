@@ -26,18 +26,17 @@ impl Pacer {
         Pacer::start_with(data_dir, &[])
     }
 
+    /// `pacer up` on free local ports.
+    pub fn up() -> Command {
+        let mut command = Command::new(PACER);
+        command.args(["up", "--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]);
+        command.args(["--osmand-listen", "127.0.0.1:0"]);
+        command
+    }
+
     /// Starts `pacer up` with extra arguments, e.g. `--config FILE`.
     pub fn start_with(data_dir: &Path, args: &[&str]) -> Pacer {
-        let mut child = Command::new(PACER)
-            .args([
-                "up",
-                "--mqtt-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--osmand-listen",
-                "127.0.0.1:0",
-            ])
+        let mut child = Pacer::up()
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
