@@ -7,6 +7,7 @@
 //! to the `_dead_letters` stream with the reason; nothing is dropped silently.
 
 mod broker_store;
+mod device_status;
 mod owntracks;
 mod relay;
 mod rule;
@@ -20,6 +21,7 @@ use pacer_log::Log;
 use serde_json::json;
 
 pub use broker_store::LogBrokerStore;
+pub use device_status::{DeviceStatus, DeviceStatusConfig};
 pub use relay::Relay;
 pub use rule::{Decoder, IngestRule, KeyTemplate, RuleConfig, TimestampUnit};
 
@@ -72,6 +74,7 @@ pub fn default_rules() -> Vec<RuleConfig> {
 pub struct Ingest {
     rules: Vec<IngestRule>,
     log: Arc<dyn Log>,
+    devices: Option<Arc<DeviceStatus>>,
 }
 
 impl Ingest {
@@ -80,7 +83,13 @@ impl Ingest {
         for (i, c) in configs.iter().enumerate() {
             rules.extend(IngestRule::from_config(c).map_err(|e| anyhow::anyhow!("[[ingest]] rule {}: {e}", i + 1))?);
         }
-        Ok(Ingest { rules, log })
+        Ok(Ingest { rules, log, devices: None })
+    }
+
+    /// Keeps `devices` informed of every record their streams get.
+    pub fn with_device_status(mut self, devices: Arc<DeviceStatus>) -> Self {
+        self.devices = Some(devices);
+        self
     }
 
     /// Stores a publication by the first rule that matches its topic. Publications no rule
@@ -93,8 +102,14 @@ impl Ingest {
     /// connection costs one durable write per stream, not one per message.
     pub async fn ingest_all(&self, publications: &[Publication]) -> anyhow::Result<()> {
         let mut by_stream: Vec<(&str, Vec<NewRecord>)> = Vec::new();
+        let mut seen = Vec::new();
         for p in publications {
-            let Some((stream, record)) = self.record_for(p) else { continue };
+            let Some((stream, record, offline)) = self.record_for(p) else { continue };
+            if let (Some(devices), Some(key)) = (&self.devices, &record.key) {
+                if devices.watches(stream) {
+                    seen.push((String::from_utf8_lossy(key).into_owned(), &p.client_id, p.received_at, offline));
+                }
+            }
             match by_stream.iter_mut().find(|(s, _)| *s == stream) {
                 Some((_, records)) => records.push(record),
                 None => by_stream.push((stream, vec![record])),
@@ -102,11 +117,17 @@ impl Ingest {
         }
         let appends = by_stream.into_iter().map(|(stream, records)| self.log.append(stream, records));
         futures::future::try_join_all(appends).await?;
+        if let Some(devices) = &self.devices {
+            for (key, client, at, offline) in seen {
+                devices.seen(&key, client, at, offline);
+            }
+        }
         Ok(())
     }
 
-    /// The stream and record a publication becomes: by its rule, or a dead letter.
-    fn record_for<'a>(&'a self, p: &Publication) -> Option<(&'a str, NewRecord)> {
+    /// The stream and record a publication becomes: by its rule, or a dead letter; and
+    /// whether it says its device went offline.
+    fn record_for<'a>(&'a self, p: &Publication) -> Option<(&'a str, NewRecord, bool)> {
         let rule = self.rules.iter().find(|r| r.matches(&p.topic))?;
         let mut headers = vec![
             (header::TOPIC.to_string(), Bytes::from(p.topic.clone())),
@@ -121,6 +142,7 @@ impl Ingest {
             Ok(decoded) => (
                 rule.stream(),
                 NewRecord { timestamp: decoded.timestamp, key: decoded.key, value: decoded.value, headers },
+                decoded.offline,
             ),
             Err(reason) => {
                 tracing::debug!(topic = %p.topic, client_id = %p.client_id, %reason, "payload sent to dead letters");
@@ -137,7 +159,7 @@ impl Ingest {
                     value: Bytes::from(value.to_string()),
                     headers,
                 };
-                (DEAD_LETTERS, record)
+                (DEAD_LETTERS, record, false)
             }
         })
     }

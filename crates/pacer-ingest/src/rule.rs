@@ -195,6 +195,8 @@ pub struct Decoded {
     pub key: Option<Bytes>,
     pub timestamp: i64,
     pub value: Bytes,
+    /// The message says its device went away (an OwnTracks `lwt`).
+    pub offline: bool,
 }
 
 impl IngestRule {
@@ -258,6 +260,7 @@ impl IngestRule {
         };
         let mut value = p.payload.clone();
         let mut tst = None;
+        let offline = json.as_ref().is_some_and(crate::device_status::says_offline);
         let json = match (self.decoder, json) {
             (Decoder::Owntracks, Some(message)) => {
                 let (normalized, seconds) = crate::owntracks::normalize(message)?;
@@ -280,7 +283,7 @@ impl IngestRule {
             Some(t) => Some(Bytes::from(t.render(p, json.as_ref())?)),
             None => None,
         };
-        Ok(Decoded { key, timestamp, value })
+        Ok(Decoded { key, timestamp, value, offline })
     }
 }
 

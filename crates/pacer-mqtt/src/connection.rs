@@ -215,6 +215,9 @@ where
         return;
     }
     shared.metrics.connections.inc();
+    if let Some(observer) = shared.observer.get() {
+        observer.connected(&client_id);
+    }
     tracing::info!(%peer, %client_id, ?version, keep_alive, clean_start = request.clean_start, session_expiry = request.session_expiry, session_present = connected.session_present, "client connected");
 
     let generation = connected.generation;
@@ -273,16 +276,20 @@ where
         None => {}
     }
 
-    let publish_will = match &close {
+    let (publish_will, reason) = match &close {
         Close::Client { with_will, .. } => {
             tracing::info!(%peer, %client_id, "client disconnected");
-            *with_will
+            (*with_will, "disconnect")
         }
         Close::Abnormal { why, .. } => {
             tracing::info!(%peer, %client_id, reason = %why, "connection lost");
-            true
+            (true, why.as_str())
         }
     };
+    // A client taken over by a new connection with its id has not gone away.
+    if let Some(observer) = shared.observer.get().filter(|_| !shared.router.resumed_since(&client_id, generation)) {
+        observer.disconnected(&client_id, reason);
+    }
     if let (true, Some(will)) = (publish_will, request.will) {
         let delay = will.delay_secs.min(expiry);
         let publication = connect::will_publication(will.publication, &client_id, request.username);

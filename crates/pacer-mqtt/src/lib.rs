@@ -40,6 +40,13 @@ pub trait PublishSink: Send + Sync + 'static {
     async fn accept(&self, publications: &[Publication]) -> anyhow::Result<()>;
 }
 
+/// Told when clients come and go (device status follows it).
+pub trait SessionObserver: Send + Sync + 'static {
+    fn connected(&self, client_id: &str);
+    /// `reason`: "disconnect" when the client said goodbye, else why the connection was lost.
+    fn disconnected(&self, client_id: &str, reason: &str);
+}
+
 /// Where the broker keeps what must survive a restart: retained messages and the
 /// subscriptions of persistent sessions. Each call returns once the change is durable.
 #[async_trait]
@@ -152,6 +159,7 @@ struct Shared {
     sink: Arc<dyn PublishSink>,
     store: Arc<dyn BrokerStore>,
     metrics: Metrics,
+    observer: std::sync::OnceLock<Arc<dyn SessionObserver>>,
 }
 
 /// Why a client's credentials are refused.
@@ -240,12 +248,20 @@ impl Broker {
             "broker state restored"
         );
         let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
-        let shared = Arc::new(Shared { config, connection_slots, security, router, sink, store, metrics });
+        let observer = std::sync::OnceLock::new();
+        let shared = Arc::new(Shared { config, connection_slots, security, router, sink, store, metrics, observer });
         // Restored sessions are away from now on: their expiry clock starts now.
         for client_id in restored {
             connection::schedule_expiry(&shared, &client_id, 0);
         }
         Ok(Broker { shared })
+    }
+
+    /// Tells `observer` about every client that connects or goes; one observer per broker.
+    pub fn observe_sessions(&self, observer: Arc<dyn SessionObserver>) {
+        if self.shared.observer.set(observer).is_err() {
+            tracing::warn!("a session observer was already set; the new one is ignored");
+        }
     }
 
     pub fn register_metrics(&self, registry: &mut Registry) {

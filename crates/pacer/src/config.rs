@@ -19,7 +19,40 @@ pub struct Config {
     pub course: Vec<CourseConfig>,
     pub zone: Vec<ZoneConfig>,
     pub tracking: TrackingConfig,
+    pub device_status: DeviceStatusSection,
     pub sql: SqlConfig,
+}
+
+/// Devices online and offline, as a stream of transitions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceStatusSection {
+    /// Streams whose record keys are devices.
+    pub streams: Vec<String>,
+    /// Seconds of silence after which a device is offline.
+    pub inactive_after_s: f64,
+    /// Where the transitions go.
+    pub stream: String,
+}
+
+impl Default for DeviceStatusSection {
+    fn default() -> Self {
+        DeviceStatusSection {
+            streams: vec!["locations".into(), "race".into()],
+            inactive_after_s: 300.0,
+            stream: "device_status".into(),
+        }
+    }
+}
+
+impl DeviceStatusSection {
+    pub fn config(&self) -> pacer_ingest::DeviceStatusConfig {
+        pacer_ingest::DeviceStatusConfig {
+            streams: self.streams.clone(),
+            inactive_after: std::time::Duration::from_secs_f64(self.inactive_after_s.max(0.0)),
+            output: self.stream.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

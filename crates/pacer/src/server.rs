@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use pacer_ingest::{Ingest, Relay};
+use pacer_ingest::{DeviceStatus, Ingest, Relay};
 use pacer_kafka::{KafkaLog, NewTopics};
 use pacer_log::{EmbeddedLog, EmbeddedLogConfig, Log};
 use pacer_mqtt::Broker;
@@ -38,7 +38,9 @@ impl Server {
         let log = open_log(&config, &mut registry)?;
 
         let rules = if config.ingest.is_empty() { pacer_ingest::default_rules() } else { config.ingest.clone() };
-        let ingest = Arc::new(Ingest::new(&rules, log.clone())?);
+        let devices =
+            DeviceStatus::open(config.device_status.config(), log.clone()).await.context("restoring device status")?;
+        let ingest = Arc::new(Ingest::new(&rules, log.clone())?.with_device_status(devices.clone()));
         let broker_config = config.mqtt.broker();
         let security = pacer_mqtt::Security {
             passwords: config.mqtt.password_file.as_deref().map(pacer_mqtt::auth::PasswordFile::load).transpose()?,
@@ -58,6 +60,7 @@ impl Server {
             None => None,
         };
         broker.register_metrics(&mut registry);
+        broker.observe_sessions(devices.clone());
 
         let geometry = Arc::new(load_geometry(&config)?);
         let engine = Engine::start(log.clone(), geometry.clone()).await.context("loading the SQL catalog")?;
@@ -151,6 +154,7 @@ impl Server {
             tasks.spawn(async move { relaying.await.context("MQTT relay between nodes") });
         }
         tasks.spawn(async move { broker.serve(mqtt_listener).await.context("MQTT server") });
+        tasks.spawn(async move { devices.run().await.context("device status") });
         tasks.spawn(async move { axum::serve(http_listener, pacer_web::router(web)).await.context("HTTP server") });
         let log = match config.log.backend {
             LogBackend::Embedded => format!("embedded in {}", config.log.dir.display()),

@@ -240,3 +240,53 @@ fn an_owntracks_http_post_and_an_osmand_get_land_in_the_locations_stream() {
     assert_eq!(events[0]["headers"]["mqtt.topic"], "owntracks/jane/phone/event");
     assert_eq!(events[0]["value"]["event"], "enter");
 }
+
+#[test]
+fn device_status_follows_connections_lwt_and_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pacer.toml");
+    std::fs::write(&config, "[device_status]\ninactive_after_s = 3\n").unwrap();
+    let pacer = Pacer::start_with(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+
+    // An OwnTracks phone over MQTT: connects, reports, says goodbye.
+    pacer.mosquitto_pub("owntracks/jane/phone", 1, r#"{"_type":"location","lat":1,"lon":2,"tst":1700000000}"#);
+    // The same phone in HTTP mode: a report, then its last will.
+    for body in [r#"{"_type":"location","lat":1,"lon":2,"tst":1700000060}"#, r#"{"_type":"lwt","tst":1700000070}"#] {
+        let status = runtime.block_on(async {
+            let url = format!("{}/pub?u=jane&d=phone", pacer.http);
+            client.post(url).body(body).send().await.unwrap().status().as_u16()
+        });
+        assert_eq!(status, 200);
+    }
+    // A Traccar client that sends once and falls silent.
+    let osmand = pacer.listeners["osmand"].clone();
+    let status = runtime.block_on(async {
+        client.get(format!("{osmand}/?id=truck7&lat=47.37&lon=8.52")).send().await.unwrap().status().as_u16()
+    });
+    assert_eq!(status, 200);
+
+    let transitions: Vec<(String, String, String)> = pacer
+        .tail("device_status", 6)
+        .iter()
+        .map(|r| {
+            let v = &r["value"];
+            assert_eq!(r["key"], v["device"]);
+            let text = |f: &str| v[f].as_str().unwrap().to_string();
+            (text("device"), text("status"), text("reason"))
+        })
+        .collect();
+    let t = |d: &str, s: &str, r: &str| (d.to_string(), s.to_string(), r.to_string());
+    assert_eq!(
+        transitions,
+        [
+            t("jane/phone", "online", "data"),
+            t("jane/phone", "offline", "disconnect"),
+            t("jane/phone", "online", "data"),
+            t("jane/phone", "offline", "lwt"),
+            t("osmand/truck7", "online", "data"),
+            t("osmand/truck7", "offline", "inactive"),
+        ]
+    );
+}
