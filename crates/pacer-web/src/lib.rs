@@ -7,6 +7,7 @@
 mod live;
 pub mod osmand;
 mod owntracks;
+pub mod recorder;
 mod records;
 
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct WebState {
     pub engine: Arc<pacer_sql::Engine>,
     /// Publishes what devices POST (OwnTracks HTTP mode); None: no device input here.
     pub broker: Option<pacer_mqtt::Broker>,
+    /// Last locations for the OwnTracks Recorder API (`recorder::LastLocations::follow`).
+    pub recorder: Arc<recorder::LastLocations>,
 }
 
 pub fn router(state: Arc<WebState>) -> Router {
@@ -65,6 +68,10 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/api/v1/live", get(live::live))
         .route("/api/v1/sql", post(sql))
         .route("/pub", post(owntracks::publish))
+        .route("/api/0/list", get(recorder::list).post(recorder::list))
+        .route("/api/0/last", get(recorder::last).post(recorder::last))
+        .route("/api/0/locations", get(recorder::locations).post(recorder::locations))
+        .route("/ws/last", get(recorder::websocket))
         .route("/metrics", get(metrics))
         .with_state(state)
 }

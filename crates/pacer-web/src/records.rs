@@ -18,6 +18,34 @@ use crate::{error, WebState};
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 100_000;
 
+/// Up to `limit` records of `stream` with event times in [from, to] (ms) and key `key`, in
+/// log order.
+pub(crate) async fn read_range(
+    log: &dyn pacer_log::Log,
+    stream: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+    key: Option<&str>,
+    limit: usize,
+) -> Result<Vec<pacer_core::Record>, pacer_log::LogError> {
+    let start = from.map_or(StartAt::Beginning, StartAt::Timestamp);
+    let mut reader = log.reader(stream, start)?;
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let batch = reader.try_batch().await?;
+        if batch.is_empty() {
+            break;
+        }
+        // Event times are not ordered across a partition, so the range is a filter.
+        let wanted = batch
+            .into_iter()
+            .filter(|r| from.is_none_or(|f| r.timestamp >= f) && to.is_none_or(|t| r.timestamp <= t))
+            .filter(|r| key.is_none_or(|k| r.key.as_deref() == Some(k.as_bytes())));
+        out.extend(wanted.take(limit - out.len()));
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Deserialize)]
 pub struct RecordsQuery {
     /// Event time range, ms since the epoch or RFC 3339; both ends included.
@@ -42,28 +70,10 @@ pub async fn read(
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    let start = from.map_or(StartAt::Beginning, StartAt::Timestamp);
-    let mut reader = match state.log.reader(&name, start) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    let out = match read_range(state.log.as_ref(), &name, from, to, q.key.as_deref(), limit).await {
+        Ok(records) => records.iter().map(|r| r.to_json(&name)).collect::<Vec<_>>(),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let mut out = Vec::new();
-    while out.len() < limit {
-        let batch = match reader.try_batch().await {
-            Ok(b) if b.is_empty() => break,
-            Ok(b) => b,
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        };
-        // Event times are not ordered across a partition, so the range is a filter.
-        out.extend(
-            batch
-                .iter()
-                .filter(|r| from.is_none_or(|f| r.timestamp >= f) && to.is_none_or(|t| r.timestamp <= t))
-                .filter(|r| q.key.as_ref().is_none_or(|k| r.key.as_deref() == Some(k.as_bytes())))
-                .map(|r| r.to_json(&name))
-                .take(limit - out.len()),
-        );
-    }
     Json(json!({ "records": out })).into_response()
 }
 

@@ -96,6 +96,7 @@ impl Server {
             courses: json!({"type": "FeatureCollection", "features": features}),
             engine,
             broker: Some(broker.clone()),
+            recorder: pacer_web::recorder::LastLocations::follow(log.clone()),
         });
 
         let mqtt_listener = TcpListener::bind(&config.mqtt.listen)

@@ -290,3 +290,65 @@ fn device_status_follows_connections_lwt_and_silence() {
         ]
     );
 }
+
+/// The OwnTracks Recorder's API, as its web pages call it: a location POSTed in HTTP mode
+/// is pushed on /ws/last, then listed, last, and in the device's track in every format.
+#[test]
+fn the_owntracks_recorder_api_serves_what_the_apps_sent() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        runtime.block_on(async {
+            let response = client.get(format!("{}{path}", pacer.http)).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        })
+    };
+    let ws_url = format!("{}/ws/last", pacer.http.replacen("http://", "ws://", 1));
+    let pushed: serde_json::Value = runtime.block_on(async {
+        let (mut socket, _) = tokio_tungstenite::connect_async(&ws_url).await.unwrap();
+        let location = r#"{"_type":"location","lat":48.85833,"lon":2.29513,"tst":1700000000,"alt":35,"tid":"jp"}"#;
+        let status =
+            client.post(format!("{}/pub?u=jane&d=phone", pacer.http)).body(location).send().await.unwrap().status();
+        assert_eq!(status.as_u16(), 200);
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(30), socket.next()).await.unwrap();
+        let pushed = serde_json::from_str(frame.unwrap().unwrap().to_text().unwrap()).unwrap();
+        // LAST: every device's last location, then the frame echoed.
+        socket.send(Message::text("LAST")).await.unwrap();
+        let last = socket.next().await.unwrap().unwrap();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(last.to_text().unwrap()).unwrap()["tid"], "jp");
+        assert_eq!(socket.next().await.unwrap().unwrap().to_text().unwrap(), "LAST");
+        pushed
+    });
+    assert_eq!(pushed["topic"], "owntracks/jane/phone");
+    assert_eq!((pushed["username"].as_str(), pushed["device"].as_str()), (Some("jane"), Some("phone")));
+    assert_eq!(pushed["isotst"], "2023-11-14T22:13:20Z");
+    assert_eq!(pushed["disptst"], "2023-11-14 22:13:20");
+
+    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+    assert_eq!(json(&get("/api/0/list").1)["results"], serde_json::json!(["jane"]));
+    assert_eq!(json(&get("/api/0/list?user=jane").1)["results"], serde_json::json!(["phone"]));
+    let last = json(&get("/api/0/last?fields=lat,lon,tid").1);
+    assert_eq!(last, serde_json::json!([{"lat": 48.85833, "lon": 2.29513, "tid": "jp"}]));
+
+    let track = "/api/0/locations?user=jane&device=phone&from=2023-11-14&to=2023-11-15";
+    let (status, body) = get(track);
+    assert_eq!(status, 200);
+    let body = json(&body);
+    assert_eq!((body["count"].clone(), body["status"].clone()), (serde_json::json!(1), serde_json::json!(200)));
+    assert_eq!(body["data"][0]["tst"], 1700000000);
+    let geo = json(&get(&format!("{track}&format=geojson")).1);
+    assert_eq!(geo["features"][0]["geometry"]["coordinates"], serde_json::json!([2.29513, 48.85833]));
+    assert_eq!(geo["features"][0]["properties"]["name"], "jp");
+    let csv = get(&format!("{track}&format=csv&fields=tst,lat,lon")).1;
+    assert_eq!(csv, "tst,lat,lon\n1700000000,48.85833,2.29513\n");
+    let gpx = get(&format!("{track}&format=gpx")).1;
+    assert!(gpx.contains("<trkpt lat='48.858330' lon='2.295130'>") && gpx.contains("<ele>35.00</ele>"), "{gpx}");
+    // Outside the range, and without a device: as the Recorder answers.
+    assert_eq!(json(&get("/api/0/locations?user=jane&device=phone&from=2024-01-01&to=2024-02-01").1)["count"], 0);
+    assert_eq!(get("/api/0/locations?user=jane").0, 416);
+}
