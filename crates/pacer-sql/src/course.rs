@@ -1,7 +1,8 @@
 //! A course: a named line that devices move along (a race route, a bus line).
 //!
-//! Progress along it is found with haversine closest points on its segments plus the
-//! cumulative length before each segment (DESIGN: `LineLocatePoint` is planar). Where the
+//! Progress along it is the closest point on its segments (in a flat projection centred on
+//! the device) plus the haversine length of the course before it (DESIGN:
+//! `LineLocatePoint` on raw lon/lat would be distorted). Where the
 //! course passes the same place twice (loops, out-and-back, a finish beside the start) the
 //! device's previous progress picks the right pass, and progress never goes backwards on a
 //! GPS glitch.
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Context;
-use geo::{Closest, Distance, Haversine, HaversineClosestPoint, Line, Point};
+use geo::{Distance, Haversine, Point};
 
 /// How far behind its last progress a device may be matched (GPS noise), in metres.
 const BACKTRACK_M: f64 = 100.0;
@@ -20,6 +21,8 @@ const LOOKAHEAD_M: f64 = 2000.0;
 const OFF_COURSE_M: f64 = 200.0;
 /// Among candidate matches this close to the best one, the earliest along the course wins.
 const TIE_M: f64 = 30.0;
+/// The mean Earth radius the haversine lengths use.
+const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
 #[derive(Debug, Clone)]
 pub struct Course {
@@ -112,6 +115,16 @@ impl Course {
         *self.cumulative.last().unwrap()
     }
 
+    /// (lat, lon) `metres` along the course (clamped to its ends); straight between points.
+    pub fn point_at(&self, metres: f64) -> (f64, f64) {
+        let metres = metres.clamp(0.0, self.length_m());
+        let i = self.cumulative.partition_point(|c| *c <= metres).clamp(1, self.points.len() - 1);
+        let (a, b) = (self.points[i - 1], self.points[i]);
+        let span = self.cumulative[i] - self.cumulative[i - 1];
+        let share = if span > 0.0 { (metres - self.cumulative[i - 1]) / span } else { 0.0 };
+        (a.y() + (b.y() - a.y()) * share, a.x() + (b.x() - a.x()) * share)
+    }
+
     /// (lon, lat) of the finish.
     pub fn end(&self) -> (f64, f64) {
         let p = self.points.last().expect("a course has points");
@@ -142,19 +155,28 @@ impl Course {
 
     /// (distance off the course, progress) of the closest point on segments overlapping
     /// [from, to] metres; among near-ties the earliest.
+    ///
+    /// Distances are taken in a flat projection centred on the device (metres east and
+    /// north): within a few km that is within 0.1% of the great-circle distance, far below
+    /// GPS error, and this runs for every segment near every fix.
     fn best_match(&self, here: Point, from: f64, to: f64) -> Option<(f64, f64)> {
+        let east = here.y().to_radians().cos() * EARTH_RADIUS_M;
+        let flat = |p: Point| {
+            let dlon = (p.x() - here.x() + 540.0).rem_euclid(360.0) - 180.0;
+            (dlon.to_radians() * east, (p.y() - here.y()).to_radians() * EARTH_RADIUS_M)
+        };
+        let first = self.cumulative.partition_point(|c| *c < from).saturating_sub(1);
         let mut candidates = Vec::new();
-        for i in 0..self.points.len() - 1 {
-            if self.cumulative[i + 1] < from || self.cumulative[i] > to {
-                continue;
+        for i in first..self.points.len() - 1 {
+            if self.cumulative[i] > to {
+                break;
             }
-            let (a, b) = (self.points[i], self.points[i + 1]);
-            let closest = match Line::new(a, b).haversine_closest_point(&here) {
-                Closest::Intersection(p) | Closest::SinglePoint(p) => p,
-                Closest::Indeterminate => a,
-            };
-            let off = Haversine.distance(here, closest);
-            let along = self.cumulative[i] + Haversine.distance(a, closest);
+            let ((ax, ay), (bx, by)) = (flat(self.points[i]), flat(self.points[i + 1]));
+            let (dx, dy) = (bx - ax, by - ay);
+            let length2 = dx * dx + dy * dy;
+            let t = if length2 > 0.0 { (-(ax * dx + ay * dy) / length2).clamp(0.0, 1.0) } else { 0.0 };
+            let off = (ax + t * dx).hypot(ay + t * dy);
+            let along = self.cumulative[i] + t * (self.cumulative[i + 1] - self.cumulative[i]);
             if (from..=to).contains(&along) {
                 candidates.push((off, along));
             }
@@ -191,6 +213,17 @@ mod tests {
         let turn = c.progress(0.0, 0.0089, Some(p1));
         let back = c.progress(0.0, 0.0045, Some(turn));
         assert!((back - 1500.0).abs() < 10.0, "inbound {back}");
+    }
+
+    #[test]
+    fn a_point_along_the_course_is_found_by_its_progress() {
+        let c = out_and_back();
+        let (lat, lon) = c.point_at(500.0);
+        assert!(lat.abs() < 1e-9 && (lon - 0.0045).abs() < 1e-5, "({lat}, {lon})");
+        assert!((c.progress(lat, lon, None) - 500.0).abs() < 1.0);
+        let (_, lon) = c.point_at(1500.0);
+        assert!((c.progress(0.0, lon, Some(1000.0)) - 1500.0).abs() < 10.0, "on the way back");
+        assert_eq!(c.point_at(1e9), (0.00001, 0.0), "the end");
     }
 
     #[test]

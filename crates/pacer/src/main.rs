@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_sql;
+mod bench_tracking;
 mod config;
 mod produce;
 mod server;
@@ -195,6 +196,19 @@ enum Bench {
         #[arg(long)]
         ndjson: Option<PathBuf>,
     },
+    /// The demo's league table (course progress, finish, rank) on one core, beside a plain
+    /// last-fix table
+    Tracking {
+        /// Runners (the league table's size)
+        #[arg(long, default_value_t = 1000)]
+        runners: u64,
+        /// Seconds of the race, one fix per runner per second
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Directory for the log
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Publish over MQTT → windowed EMIT CHANGES query → push query over HTTP: latency
     SqlLatency {
         #[arg(long, default_value = "127.0.0.1")]
@@ -311,6 +325,9 @@ async fn run_bench(bench: Bench) -> anyhow::Result<()> {
         }
         Bench::SqlLatency { host, port, server, rate, seconds, devices, qos } => {
             bench_sql::latency(bench_sql::LatencyBench { host, port, server, rate, seconds, devices, qos }).await
+        }
+        Bench::Tracking { runners, seconds, dir } => {
+            bench_tracking::tracking(bench_tracking::TrackingBench { runners, seconds, dir }).await
         }
         Bench::Sql { records, keys, dir, ndjson } => {
             bench_sql::sql(bench_sql::SqlBench { records, keys, dir, ndjson }).await

@@ -77,6 +77,9 @@ pub struct AggregateCall {
     /// Tracking aggregates: the longitude, and how fixes are read.
     pub track: Option<(Expr, Tracking)>,
     pub output: DataType,
+    /// Reads the accumulator of this earlier call instead of keeping its own: tracking
+    /// functions over the same fixes and place fold them once.
+    pub shares: Option<usize>,
 }
 
 impl AggregateCall {
@@ -91,6 +94,7 @@ impl AggregateCall {
                     arg: None,
                     track: None,
                     output: DataType::BigInt,
+                    shares: None,
                 });
             }
             return plan_error(format!("{upper}: takes one argument"));
@@ -134,7 +138,7 @@ impl AggregateCall {
         if k.is_some() && !matches!(kind, AggKind::TopK(_) | AggKind::TopKDistinct(_)) {
             return plan_error(format!("{upper}: takes one argument"));
         }
-        Ok(AggregateCall { kind, arg: Some(arg), track: None, output })
+        Ok(AggregateCall { kind, arg: Some(arg), track: None, output, shares: None })
     }
 
     /// A tracking aggregate over (lat, lon) fixes at ROWTIME.
@@ -155,6 +159,7 @@ impl AggregateCall {
             arg: Some(lat.0),
             track: Some((lon.0, tracking)),
             output,
+            shares: None,
         })
     }
 

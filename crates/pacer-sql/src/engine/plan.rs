@@ -180,7 +180,7 @@ pub fn plan(select: &Select, source: &Source, geometry: &Geometry) -> Result<Pla
     let grouped = !select.group_by.is_empty() || select.items.iter().any(has_aggregate);
     // Without GROUP BY, tracking functions keep state per record key, and the WHERE
     // conditions that read them apply after they took the record in.
-    let mut stream = StreamScope { calls: Vec::new(), call_texts: Vec::new(), geometry };
+    let mut stream = StreamScope { calls: Vec::new(), call_texts: Vec::new(), fixes: Vec::new(), geometry };
     let (mut filter, mut after) = (None, None);
     for condition in select.selection.iter().flat_map(conjuncts) {
         let (compiled, _) =
@@ -214,6 +214,7 @@ pub fn plan(select: &Select, source: &Source, geometry: &Geometry) -> Result<Pla
             group_types,
             calls: Vec::new(),
             call_texts: Vec::new(),
+            fixes: Vec::new(),
             over: Vec::new(),
             orders: Vec::new(),
             order_texts: Vec::new(),
@@ -390,7 +391,7 @@ fn tracking_call(
     args: &[&FunctionArg],
     geometry: &Geometry,
     input: &mut InputScope,
-) -> Result<AggregateCall, PlanError> {
+) -> Result<(AggregateCall, String), PlanError> {
     let name = kind.name();
     let exprs = args
         .iter()
@@ -427,14 +428,20 @@ fn tracking_call(
             return plan_error(format!("{e}: takes a {what}, a latitude and a longitude: {name}('{what}', lat, lon)"));
         }
     };
+    // What its accumulator folds: the same place and fixes make the same state.
+    let place = tracking.course.as_ref().map(|c| c.name.as_str()).or(tracking.zone.as_ref().map(|z| z.name.as_str()));
+    let fixes = format!("{:?} {} {lat} {lon}", (kind.place(), place), kind.place() == Place::None).to_ascii_lowercase();
     let (lat, lon) = (compile(lat, input)?, compile(lon, input)?);
-    AggregateCall::tracking(tracking, lat, lon).map_err(|m| PlanError(format!("{e}: {}", m.0)))
+    let call = AggregateCall::tracking(tracking, lat, lon).map_err(|m| PlanError(format!("{e}: {}", m.0)))?;
+    Ok((call, fixes))
 }
 
 /// Tracking functions in a query without GROUP BY: state per record key.
 struct StreamScope<'g> {
     calls: Vec<AggregateCall>,
     call_texts: Vec<String>,
+    /// Each call's fixes and place (see GroupScope).
+    fixes: Vec<String>,
     geometry: &'g Geometry,
 }
 
@@ -467,10 +474,12 @@ impl Scope for StreamInput<'_, '_, '_, '_> {
             FunctionArguments::List(list) => list.args.iter().collect(),
             _ => Vec::new(),
         };
-        let call = tracking_call(e, kind, &args, s.geometry, self.input)?;
+        let (mut call, fixes) = tracking_call(e, kind, &args, s.geometry, self.input)?;
+        call.shares = s.fixes.iter().position(|f| *f == fixes);
         let t = call.output.clone();
         s.calls.push(call);
         s.call_texts.push(text);
+        s.fixes.push(fixes);
         Ok(Some((KEYED_PLACEHOLDER + s.calls.len() - 1, t)))
     }
 }
@@ -484,6 +493,9 @@ struct GroupScope<'a, 'b> {
     calls: Vec<AggregateCall>,
     /// Each call's SQL text: the same aggregate written twice is computed once.
     call_texts: Vec<String>,
+    /// Each call's fixes and place, for tracking functions: those over the same share one
+    /// accumulator (the first one's).
+    fixes: Vec<Option<String>>,
     over: Vec<OverCall>,
     orders: Vec<GroupOrder>,
     order_texts: Vec<String>,
@@ -547,7 +559,9 @@ impl Scope for GroupScope<'_, '_> {
             _ => Vec::new(),
         };
         if let Some(kind) = TrackKind::named(&name) {
-            let call = tracking_call(e, kind, &args, self.geometry, self.input)?;
+            let (mut call, fixes) = tracking_call(e, kind, &args, self.geometry, self.input)?;
+            call.shares = self.fixes.iter().position(|f| f.as_deref() == Some(fixes.as_str()));
+            self.fixes.push(Some(fixes));
             return Ok(Some(self.push_call(call, text)));
         }
         let distinct = matches!(&f.args, FunctionArguments::List(l) if l.duplicate_treatment == Some(sql::DuplicateTreatment::Distinct));
@@ -565,6 +579,7 @@ impl Scope for GroupScope<'_, '_> {
         };
         let name = if distinct && name.eq_ignore_ascii_case("COUNT") { "COUNT_DISTINCT".to_string() } else { name };
         let call = AggregateCall::new(&name, arg, k)?;
+        self.fixes.push(None);
         Ok(Some(self.push_call(call, text)))
     }
 }
