@@ -14,7 +14,9 @@ CREATE TABLE race_status AS
          LATEST_BY_OFFSET(batt) AS batt,
          -- The watch's speed when it sends one, else from the last two fixes (km/h).
          COALESCE(LATEST_BY_OFFSET(speed), SPEED(lat, lon)) AS speed,
-         PACE(lat, lon) AS pace_min_km,
+         -- Minutes per km at that speed (PACE(lat, lon) would take it from the fixes).
+         CASE WHEN COALESCE(LATEST_BY_OFFSET(speed), SPEED(lat, lon)) > 0.5
+              THEN 60 / COALESCE(LATEST_BY_OFFSET(speed), SPEED(lat, lon)) END AS pace_min_km,
          HEADING(lat, lon) AS heading,
          MAX(ROWTIME) AS ts,
          COURSE_DISTANCE('sydney-half', lat, lon) AS progress_m,
@@ -31,3 +33,16 @@ CREATE TABLE race_status AS
   FROM race
   GROUP BY who
   EMIT CHANGES;
+
+-- The seed's ksqlDB query (DESIGN.md), verbatim: each runner's speeds and straight-line
+-- distance to the finish in five-minute windows.
+CREATE STREAM data_demo_stream (who VARCHAR, timeepoc BIGINT, lat DOUBLE, lon DOUBLE, alt DOUBLE, batt INT, speed DOUBLE)
+  WITH (kafka_topic='race', value_format='JSON');
+
+CREATE TABLE runner_status AS
+SELECT who,
+       MIN(speed) AS min_speed, MAX(speed) AS max_speed,
+       MIN(GEO_DISTANCE(lat, lon, -33.87014, 151.211945, 'km')) AS dist_to_finish,
+       COUNT(*) AS num_events
+FROM data_demo_stream WINDOW TUMBLING (SIZE 5 MINUTE)
+GROUP BY who;

@@ -1,16 +1,26 @@
-// Pacer's live dashboard: the race on a map and a league table, fed by the SSE feed of the
-// tracking query's status stream. Every status record is one runner's latest fix with its
-// progress along the course and rank; replaying the stream from the beginning also draws
-// the trails, and EventSource resumes after a network blip from the last event id.
+// Pacer's live dashboard: the race on a map, the league table, a device panel with charts,
+// alerts, the streams and a SQL console. The map and table follow the league table's stream
+// (one row per runner, re-sent whenever its rank, progress or gap changes) over SSE;
+// replaying it from the beginning also draws the trails and fills the charts. Updates are
+// drawn once per animation frame, however many arrive.
 import L from 'leaflet';
 import 'leaflet/dist/leaflet.css';
 import './app.css';
 import { feature } from 'topojson-client';
 import land from 'world-atlas/land-50m.json';
+import { escapeHtml, km, duration, pace, clock, follow } from './util.js';
+import { TimeChart } from './chart.js';
+import { Alerts } from './alerts.js';
+import { Streams } from './streams.js';
+import { SqlConsole } from './sql.js';
 
 const COLORS = ['#e63946', '#1d4ed8', '#059669', '#d97706', '#7c3aed', '#db2777', '#0891b2', '#65a30d'];
 const TRAIL_POINTS = 2000;
+const HISTORY_POINTS = 5000;
+/** Numeric fields of a status row not worth charting. */
+const NOT_CHARTED = new Set(['lat', 'lon', 'ts', 'rank', 'fixes', 'finished_at', 'projected_finish']);
 
+const $ = (id) => document.getElementById(id);
 const map = L.map('map', { zoomSnap: 0.25, worldCopyJump: true }).setView([0, 0], 2);
 L.control.scale({ imperial: false, maxWidth: 160 }).addTo(map);
 
@@ -20,10 +30,25 @@ L.geoJSON(feature(land, land.objects.land), {
   style: { color: '#9aa99a', weight: 1, fillColor: '#eef2e6', fillOpacity: 1 },
 }).addTo(map);
 
-const runners = new Map(); // who -> { marker, trail, status, color, rank }
+const runners = new Map(); // who -> { marker, trail, color, points, history, status, rank, online }
 let pending = new Map();
 let renderQueued = false;
 let firstTs = null;
+let selected = null;
+let sort = { key: 'rank', descending: false };
+
+const tabs = [...document.querySelectorAll('[role=tab]')];
+const alerts = new Alerts($('alerts'), $('alert-count'), () => !$('panel-alerts').hidden);
+const streams = new Streams($('stream-rows'), $('tail-title'), $('tail'));
+const chart = new TimeChart($('chart'));
+new SqlConsole({
+  text: $('sql-text'),
+  run: $('sql-run'),
+  stop: $('sql-stop'),
+  status: $('sql-status'),
+  result: $('sql-result'),
+  chart: $('sql-chart'),
+});
 
 async function start() {
   const config = await (await fetch('/api/v1/config')).json();
@@ -39,10 +64,27 @@ async function start() {
     L.marker([config.finish.lat, config.finish.lon], { icon, title: 'Finish', keyboard: false }).addTo(map);
     if (!bounds) bounds = L.latLngBounds([[config.finish.lat, config.finish.lon]]);
   }
-  // The view is set once. After this only the user moves the map.
+  // The view is set once. After this only the user moves the map (or Follow, which they chose).
   if (bounds) map.fitBounds(bounds.pad(0.05));
-  connect(config.live_stream);
+  const connection = $('connection');
+  follow(config.live_stream, 'beginning', onStatusRows, (state) => {
+    connection.textContent = state === 'live' ? 'live' : 'reconnecting…';
+    connection.className = state === 'live' ? 'live' : '';
+  });
+  follow('device_status', 'beginning', (records) => {
+    for (const { value } of records) {
+      if (!value || !value.device) continue;
+      alerts.status(value);
+      const r = runners.get(value.device);
+      if (r) r.online = value.status === 'online';
+      online.set(value.device, value.status === 'online');
+    }
+    queueRender();
+  });
 }
+
+/** Device status by device, for runners that appear after their status did. */
+const online = new Map();
 
 function addTiles(config) {
   if (!config.tile_url) return showOfflineNote();
@@ -59,33 +101,34 @@ function addTiles(config) {
 }
 
 function showOfflineNote() {
-  document.getElementById('basemap-note').hidden = false;
+  $('basemap-note').hidden = false;
 }
 
-function connect(stream) {
-  const status = document.getElementById('connection');
-  const source = new EventSource(`/api/v1/live?stream=${encodeURIComponent(stream)}&from=beginning`);
-  source.addEventListener('open', () => {
-    status.textContent = 'live';
-    status.className = 'live';
-  });
-  source.addEventListener('error', () => {
-    status.textContent = 'reconnecting…';
-    status.className = '';
-  });
-  source.addEventListener('records', (e) => {
-    for (const rec of JSON.parse(e.data)) {
-      const s = rec.value;
-      if (!s || typeof s.lat !== 'number') continue;
-      addTrailPoint(s);
-      pending.set(s.who, s);
-      if (firstTs === null || s.ts < firstTs) firstTs = s.ts;
+function onStatusRows(records) {
+  for (const rec of records) {
+    const s = rec.value;
+    if (!s || typeof s.lat !== 'number') continue;
+    const r = runner(s.who);
+    const last = r.points[r.points.length - 1];
+    if (!last || last.lat !== s.lat || last.lng !== s.lon) r.points.push(L.latLng(s.lat, s.lon));
+    if (r.points.length > TRAIL_POINTS) r.points.splice(0, r.points.length - TRAIL_POINTS);
+    if (!r.history.length || r.history[r.history.length - 1].ts !== s.ts) r.history.push(s);
+    if (r.history.length > HISTORY_POINTS) r.history.splice(0, r.history.length - HISTORY_POINTS);
+    if (s.finished_at && !r.finishedNoted) {
+      r.finishedNoted = true;
+      alerts.add('finish', `${s.who} finished, rank ${s.rank}`, s.finished_at);
     }
-    if (!renderQueued) {
-      renderQueued = true;
-      requestAnimationFrame(render);
-    }
-  });
+    pending.set(s.who, s);
+    if (firstTs === null || s.ts < firstTs) firstTs = s.ts;
+  }
+  queueRender();
+}
+
+function queueRender() {
+  if (!renderQueued) {
+    renderQueued = true;
+    requestAnimationFrame(render);
+  }
 }
 
 function runner(who) {
@@ -97,17 +140,12 @@ function runner(who) {
     html: `<span class="dot" style="background:${color}"></span><span class="label">${escapeHtml(who)}</span>`,
     iconSize: null,
   });
-  const marker = L.marker([0, 0], { icon, title: who, riseOnHover: true });
+  const marker = L.marker([0, 0], { icon, title: who, alt: who, riseOnHover: true });
+  marker.on('click', () => select(who));
   const trail = L.polyline([], { color, weight: 3, opacity: 0.8, interactive: false, className: 'trail' }).addTo(map);
-  r = { marker, trail, color, points: [], status: null, rank: null, added: false };
+  r = { marker, trail, color, points: [], history: [], status: null, rank: null, online: online.get(who) ?? true, added: false };
   runners.set(who, r);
   return r;
-}
-
-function addTrailPoint(s) {
-  const r = runner(s.who);
-  r.points.push(L.latLng(s.lat, s.lon));
-  if (r.points.length > TRAIL_POINTS) r.points.splice(0, r.points.length - TRAIL_POINTS);
 }
 
 function render() {
@@ -123,52 +161,141 @@ function render() {
     }
     r.trail.setLatLngs(r.points);
   }
+  for (const r of runners.values()) r.marker.getElement()?.classList.toggle('offline', !r.online);
+  if (selected && pending.has(selected)) {
+    if ($('follow').checked) map.panTo(runners.get(selected).marker.getLatLng(), { animate: false });
+    renderDevice();
+  }
   pending = new Map();
   renderTable();
 }
 
+function value(who, r, key) {
+  if (key === 'who') return who;
+  if (key === 'online') return r.online ? 1 : 0;
+  return r.status[key];
+}
+
 function renderTable() {
   const rows = [...runners.entries()].filter(([, r]) => r.status);
-  rows.sort(([a, ra], [b, rb]) => ra.status.rank - rb.status.rank || a.localeCompare(b));
-  const leader = rows.length ? rows[0][1].status : null;
+  const direction = sort.descending ? -1 : 1;
+  rows.sort(([a, ra], [b, rb]) => {
+    const x = value(a, ra, sort.key);
+    const y = value(b, rb, sort.key);
+    if (x == null && y != null) return 1;
+    if (y == null && x != null) return -1;
+    const c = typeof x === 'string' ? x.localeCompare(y) : x - y;
+    return direction * c || a.localeCompare(b);
+  });
   const latestTs = Math.max(...rows.map(([, r]) => r.status.ts));
-  const body = document.getElementById('league-rows');
-  const html = [];
-  rows.forEach(([who, r], i) => {
+  const html = rows.map(([who, r]) => {
     const s = r.status;
-    const rank = i + 1;
-    const moved = r.rank && rank !== r.rank ? (rank < r.rank ? 'moved-up' : 'moved-down') : '';
-    r.rank = rank;
-    const gap = leader && s !== leader ? `+${km(s.to_finish_m - leader.to_finish_m)}` : '—';
-    const toFinish = s.finished_at ? 'finished' : km(s.to_finish_m);
-    html.push(`<tr data-who="${escapeHtml(who)}" data-to-finish="${s.to_finish_m}" data-rank="${rank}" class="${moved}">
-      <td>${rank}</td>
+    // Highlight a change of rank as the query computed it.
+    const moved = r.rank && s.rank !== r.rank ? (s.rank < r.rank ? 'moved-up' : 'moved-down') : '';
+    r.rank = s.rank;
+    const toFinish = s.finished_at ? `finished ${duration(s.finished_at - firstTs)}` : km(s.to_finish_m);
+    const gap = s.gap_m ? `+${km(s.gap_m)}` : '—';
+    const state = r.online ? 'online' : 'offline';
+    return `<tr data-who="${escapeHtml(who)}" data-to-finish="${s.to_finish_m}" data-rank="${s.rank}" tabindex="0"
+        class="${moved}${who === selected ? ' selected' : ''}">
+      <td>${s.rank ?? '—'}</td>
       <td><span class="swatch" style="background:${r.color}"></span>${escapeHtml(who)}</td>
       <td>${toFinish}</td>
-      <td>${s.progress_m == null ? '—' : km(s.progress_m)}</td>
-      <td>${s.speed == null ? '—' : s.speed.toFixed(1)}</td>
-      <td>${gap}</td></tr>`);
+      <td>${km(s.progress_m)}</td>
+      <td>${s.speed == null ? '—' : Number(s.speed).toFixed(1)}</td>
+      <td>${pace(s.pace_min_km)}</td>
+      <td>${gap}</td>
+      <td>${clock(s.ts)}</td>
+      <td class="${state}">${state}</td></tr>`;
   });
-  body.innerHTML = html.join('');
+  $('league-rows').innerHTML = html.join('');
   if (firstTs !== null && Number.isFinite(latestTs)) {
-    document.getElementById('race-clock').textContent = `race time ${duration(latestTs - firstTs)}`;
+    $('race-clock').textContent = `race time ${duration(latestTs - firstTs)}`;
   }
 }
 
-function km(m) {
-  return `${(m / 1000).toFixed(2)} km`;
+function select(who) {
+  selected = who;
+  showTab('device');
+  renderDevice();
+  renderTable();
 }
 
-function duration(ms) {
-  const s = Math.max(0, Math.floor(ms / 1000));
-  const pad = (n) => String(n).padStart(2, '0');
-  return `${Math.floor(s / 3600)}:${pad(Math.floor(s / 60) % 60)}:${pad(s % 60)}`;
+function renderDevice() {
+  const r = runners.get(selected);
+  $('device-none').hidden = Boolean(r);
+  $('device-detail').hidden = !r;
+  if (!r || !r.status) return;
+  const s = r.status;
+  $('device-name').textContent = selected;
+  const facts = [
+    ['Rank', s.rank],
+    ['Covered', km(s.progress_m)],
+    ['To finish', s.finished_at ? 'finished' : km(s.to_finish_m)],
+    ['Speed', s.speed == null ? '—' : `${Number(s.speed).toFixed(1)} km/h`],
+    ['Pace', `${pace(s.pace_min_km)} /km`],
+    ['Heading', s.heading == null ? '—' : `${Math.round(s.heading)}°`],
+    ['Altitude', s.alt == null ? '—' : `${s.alt} m`],
+    ['Projected finish', clock(s.projected_finish)],
+    ['Last fix', clock(s.ts)],
+    ['Status', r.online ? 'online' : 'offline'],
+  ];
+  $('device-facts').innerHTML = facts.map(([k, v]) => `<dt>${k}</dt><dd>${escapeHtml(v ?? '—')}</dd>`).join('');
+  const select = $('chart-field');
+  const fields = Object.keys(s).filter((k) => typeof s[k] === 'number' && !NOT_CHARTED.has(k));
+  if ([...select.options].map((o) => o.value).join() !== fields.join()) {
+    const keep = select.value;
+    select.innerHTML = fields.map((f) => `<option>${escapeHtml(f)}</option>`).join('');
+    select.value = fields.includes(keep) ? keep : fields.includes('speed') ? 'speed' : fields[0];
+  }
+  const field = select.value;
+  const points = r.history.filter((h) => typeof h[field] === 'number').map((h) => [h.ts, h[field]]);
+  chart.show(field, points);
 }
 
-function escapeHtml(s) {
-  return String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]);
+function showTab(name) {
+  for (const tab of tabs) {
+    const on = tab.id === `tab-${name}`;
+    tab.setAttribute('aria-selected', String(on));
+    tab.tabIndex = on ? 0 : -1;
+    $(tab.getAttribute('aria-controls')).hidden = !on;
+  }
+  if (name === 'alerts') alerts.seen();
+  if (name === 'streams') streams.start();
+  else streams.stop();
+  if (name === 'device') renderDevice();
 }
+
+for (const tab of tabs) {
+  tab.addEventListener('click', () => showTab(tab.id.slice(4)));
+  tab.addEventListener('keydown', (e) => {
+    const i = tabs.indexOf(tab);
+    const next = e.key === 'ArrowRight' ? tabs[(i + 1) % tabs.length] : e.key === 'ArrowLeft' ? tabs[(i + tabs.length - 1) % tabs.length] : null;
+    if (next) {
+      next.focus();
+      showTab(next.id.slice(4));
+    }
+  });
+}
+
+document.querySelector('#league thead').addEventListener('click', (e) => {
+  const button = e.target.closest('button[data-sort]');
+  if (!button) return;
+  const key = button.dataset.sort;
+  sort = { key, descending: sort.key === key ? !sort.descending : false };
+  for (const b of document.querySelectorAll('#league th')) b.removeAttribute('aria-sort');
+  button.closest('th').setAttribute('aria-sort', sort.descending ? 'descending' : 'ascending');
+  renderTable();
+});
+
+const choose = (e) => {
+  const row = e.target.closest('tr[data-who]');
+  if (row && (e.type === 'click' || e.key === 'Enter')) select(row.dataset.who);
+};
+$('league-rows').addEventListener('click', choose);
+$('league-rows').addEventListener('keydown', choose);
+$('chart-field').addEventListener('change', renderDevice);
 
 start().catch((e) => {
-  document.getElementById('connection').textContent = `error: ${e.message}`;
+  $('connection').textContent = `error: ${e.message}`;
 });

@@ -1,6 +1,6 @@
-// The walking skeleton as a user sees it: `pacer demo` in real headless Chromium. Four
-// runners appear on the map, the league table has four rows ranked by remaining distance,
-// and the markers move.
+// The demo as a user sees it: `pacer demo` in real headless Chromium. Four runners appear
+// on the map and move, the league table ranks them by remaining distance and reorders on an
+// overtake, a runner's panel charts its fixes, the alerts, streams and SQL console work.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
@@ -11,7 +11,7 @@ import { startPacer, outputDir } from './pacer.mjs';
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
   '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'];
 
-test('the demo shows four moving runners and a league table led by the least remaining distance', { timeout: 180_000 }, async () => {
+test('the demo shows four moving runners and a league table led by the least remaining distance', { timeout: 300_000 }, async () => {
   const pacer = await startPacer(['demo', '--speed', '60', '--mqtt-listen', '127.0.0.1:0', '--http-listen', '127.0.0.1:0', '--osmand-listen', '127.0.0.1:0']);
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS });
   try {
@@ -40,7 +40,11 @@ test('the demo shows four moving runners and a league table led by the least rem
     assert.equal(rows.length, 4);
     const least = rows.reduce((a, b) => (b.toFinish < a.toFinish ? b : a));
     assert.equal(rows[0].who, least.who, `leader ${rows[0].who} but ${least.who} has the least to go: ${JSON.stringify(rows)}`);
-    assert.deepEqual(rows.map((r) => r.rank), [1, 2, 3, 4]);
+    // RANK as SQL computes it: equal distances share a rank (alice, ben and derek ran the
+    // same track, so they can be level).
+    const ranks = rows.map((r) => r.rank);
+    assert.equal(ranks[0], 1);
+    assert.deepEqual(ranks, [...ranks].sort((a, b) => a - b), `rows in rank order: ${ranks}`);
     for (let i = 1; i < rows.length; i++) assert.ok(rows[i - 1].toFinish <= rows[i].toFinish, JSON.stringify(rows));
 
     // Each runner leaves a trail; the course and the offline basemap are drawn (no tiles here).
@@ -52,6 +56,52 @@ test('the demo shows four moving runners and a league table led by the least rem
 
     await mkdir(outputDir, { recursive: true });
     await page.screenshot({ path: path.join(outputDir, 'dashboard.png') });
+
+    // The league table reorders when a runner overtakes: the order changes while running.
+    const order = () => page.$$eval('#league-rows tr', (trs) => trs.map((r) => r.dataset.who).join(','));
+    const firstOrder = await order();
+    await page.waitForFunction((o) => [...document.querySelectorAll('#league-rows tr')].map((r) => r.dataset.who).join(',') !== o,
+      firstOrder, { timeout: 90_000 });
+    const ranksNow = await page.$$eval('#league-rows tr', (trs) => trs.map((r) => Number(r.dataset.rank)));
+    assert.deepEqual(ranksNow, [...ranksNow].sort((a, b) => a - b), `still in rank order after the overtake: ${ranksNow}`);
+
+    // A runner's panel: its chart has the points of its fixes so far, and grows.
+    await page.click('#league-rows tr[data-who="ben"]');
+    await page.waitForSelector('#panel-device:not([hidden])');
+    assert.equal(await page.textContent('#device-name'), 'ben');
+    await page.waitForFunction(() => Number(document.getElementById('chart').dataset.points) > 5, null, { timeout: 30_000 });
+    const points = Number(await page.getAttribute('#chart', 'data-points'));
+    await page.waitForFunction((n) => Number(document.getElementById('chart').dataset.points) > n, points, { timeout: 30_000 });
+    assert.ok(await page.$('#chart canvas'), 'uPlot drew a canvas');
+    await page.screenshot({ path: path.join(outputDir, 'device.png') });
+
+    // Alerts: the replay's runners came online (device_status).
+    await page.click('#tab-alerts');
+    await page.waitForFunction(() => document.querySelectorAll('#alerts li[data-kind=online]').length >= 4, null, { timeout: 30_000 });
+
+    // Streams: the race stream is listed, and its live tail shows new fixes.
+    await page.click('#tab-streams');
+    await page.waitForSelector('#stream-rows button[data-stream="race"]');
+    await page.click('#stream-rows button[data-stream="race"]');
+    await page.waitForFunction(() => document.getElementById('tail').textContent.includes('"who"'), null, { timeout: 30_000 });
+
+    // The SQL console answers a pull query on the league table with its rows.
+    await page.click('#tab-sql');
+    await page.fill('#sql-text', 'SELECT who, rank, to_finish_m FROM race_status');
+    await page.click('#sql-run');
+    await page.waitForFunction(() => document.querySelectorAll('#sql-result tbody tr').length === 4, null, { timeout: 30_000 });
+    const who = await page.$$eval('#sql-result tbody tr td:first-child', (tds) => tds.map((t) => t.textContent).sort());
+    assert.deepEqual(who, ['alice', 'ben', 'derek', 'simon']);
+    // The seed's ksqlDB table, verbatim in the built-in SQL: rows per runner and window.
+    await page.fill('#sql-text', 'SELECT * FROM runner_status');
+    await page.click('#sql-run');
+    await page.waitForFunction(() => document.querySelectorAll('#sql-result tbody tr').length >= 4
+      && [...document.querySelectorAll('#sql-result thead th')].some((th) => th.textContent === 'dist_to_finish'), null, { timeout: 30_000 });
+    await page.fill('#sql-text', 'SELECT who FROM race_status WHERE rank = = 1');
+    await page.click('#sql-run');
+    await page.waitForSelector('#sql-result .error');
+    assert.match(await page.textContent('#sql-result .error'), /Line: 1, Column/);
+    await page.screenshot({ path: path.join(outputDir, 'sql.png') });
   } finally {
     await browser.close();
     pacer.stop();

@@ -37,13 +37,14 @@ const CATALOG: &str = "__catalog";
 /// Rows a pull query on a stream returns when it has no LIMIT.
 pub const DEFAULT_PULL_LIMIT: usize = 10_000;
 
+/// Transparent: the message is the cause's, said once in an error chain.
 #[derive(Debug, thiserror::Error)]
 pub enum SqlError {
-    #[error("{0}")]
+    #[error(transparent)]
     Syntax(#[from] parse::SyntaxError),
-    #[error("{0}")]
+    #[error(transparent)]
     Plan(#[from] PlanError),
-    #[error("{0}")]
+    #[error(transparent)]
     Log(#[from] pacer_log::LogError),
 }
 
@@ -153,7 +154,7 @@ impl Engine {
     /// Runs the statements of a SQL file at start-up: a CREATE whose name already exists,
     /// or an INSERT INTO already running, is left as it is, so the file can run at every start.
     pub async fn execute_file(&self, sql: &str) -> Result<(), SqlError> {
-        for (statement, text) in parse::parse_with_text(sql)? {
+        for (statement, text) in parse::parse_file(sql)? {
             let existing = {
                 let catalog = self.catalog.lock().await;
                 match &statement {

@@ -20,8 +20,18 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
     Ok(parse_with_text(sql)?.into_iter().map(|(s, _)| s).collect())
 }
 
-/// Parses statements, each with its own text (to keep in the catalog and show in SHOW QUERIES).
+/// Parses statements, each with its own text (to keep in the catalog and show in SHOW QUERIES);
+/// at least one.
 pub fn parse_with_text(sql: &str) -> Result<Vec<(Statement, String)>, SyntaxError> {
+    let statements = parse_file(sql)?;
+    if statements.is_empty() {
+        return Err(SyntaxError("expected a statement, found nothing".into()));
+    }
+    Ok(statements)
+}
+
+/// The statements of a file, which may hold none (only comments, or nothing).
+pub fn parse_file(sql: &str) -> Result<Vec<(Statement, String)>, SyntaxError> {
     let dialect = GenericDialect {};
     let parser = Parser::new(&dialect).try_with_sql(sql).map_err(|e| syntax_error(sql, e))?;
     let mut p = Grammar { p: parser, pending_gt: false };
@@ -40,9 +50,6 @@ pub fn parse_with_text(sql: &str) -> Result<Vec<(Statement, String)>, SyntaxErro
             let found = p.p.peek_token();
             return Err(syntax_error(sql, p.p.expected::<()>("end of statement", found).unwrap_err()));
         }
-    }
-    if statements.is_empty() {
-        return Err(SyntaxError("expected a statement, found nothing".into()));
     }
     Ok(statements)
 }
