@@ -13,6 +13,7 @@ import { TimeChart } from './chart.js';
 import { Alerts } from './alerts.js';
 import { Streams } from './streams.js';
 import { SqlConsole } from './sql.js';
+import { Replay } from './replay.js';
 
 const COLORS = ['#e63946', '#1d4ed8', '#059669', '#d97706', '#7c3aed', '#db2777', '#0891b2', '#65a30d'];
 const TRAIL_POINTS = 2000;
@@ -41,6 +42,18 @@ const tabs = [...document.querySelectorAll('[role=tab]')];
 const alerts = new Alerts($('alerts'), $('alert-count'), () => !$('panel-alerts').hidden);
 const streams = new Streams($('stream-rows'), $('tail-title'), $('tail'));
 const chart = new TimeChart($('chart'));
+const replay = new Replay(
+  {
+    toggle: $('replay-toggle'),
+    bar: $('replay-bar'),
+    play: $('replay-play'),
+    speed: $('replay-speed'),
+    slider: $('replay-slider'),
+    label: $('replay-time'),
+  },
+  () => [firstTs, latestTs()],
+  () => drawAll(),
+);
 new SqlConsole({
   text: $('sql-text'),
   run: $('sql-run'),
@@ -153,6 +166,7 @@ function render() {
   for (const [who, s] of pending) {
     const r = runner(who);
     r.status = s;
+    if (replay.active) continue; // the replay decides what the map shows
     r.marker.setLatLng([s.lat, s.lon]);
     if (!r.added) {
       r.marker.addTo(map);
@@ -162,7 +176,8 @@ function render() {
     r.trail.setLatLngs(r.points);
   }
   for (const r of runners.values()) r.marker.getElement()?.classList.toggle('offline', !r.online);
-  if (selected && pending.has(selected)) {
+  if (replay.active) $('replay-slider').max = String(latestTs());
+  if (selected && pending.has(selected) && !replay.active) {
     if ($('follow').checked) map.panTo(runners.get(selected).marker.getLatLng(), { animate: false });
     renderDevice();
   }
@@ -170,14 +185,59 @@ function render() {
   renderTable();
 }
 
+function latestTs() {
+  let latest = null;
+  for (const r of runners.values()) if (r.status && (latest === null || r.status.ts > latest)) latest = r.status.ts;
+  return latest;
+}
+
+/** What a runner's row was at replay time `t`: its last row at or before it. */
+function statusAt(r, t) {
+  const h = r.history;
+  let lo = 0;
+  let hi = h.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (h[mid].ts <= t) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo > 0 ? h[lo - 1] : null;
+}
+
+/** The row shown for a runner: live, or at the replay time. */
+function shown(r) {
+  return replay.active ? statusAt(r, replay.time) : r.status;
+}
+
+/** Redraws markers, trails, table and panel for the replay time (or live). */
+function drawAll() {
+  for (const [who, r] of runners) {
+    const s = shown(r);
+    if (!s) {
+      r.trail.setLatLngs([]);
+      continue;
+    }
+    r.marker.setLatLng([s.lat, s.lon]);
+    if (!r.added) {
+      r.marker.addTo(map);
+      r.marker.getElement().dataset.who = who;
+      r.added = true;
+    }
+    const upTo = replay.active ? r.history.filter((h) => h.ts <= replay.time).map((h) => L.latLng(h.lat, h.lon)) : r.points;
+    r.trail.setLatLngs(upTo);
+  }
+  renderTable();
+  if (selected) renderDevice();
+}
+
 function value(who, r, key) {
   if (key === 'who') return who;
   if (key === 'online') return r.online ? 1 : 0;
-  return r.status[key];
+  return shown(r)[key];
 }
 
 function renderTable() {
-  const rows = [...runners.entries()].filter(([, r]) => r.status);
+  const rows = [...runners.entries()].filter(([, r]) => shown(r));
   const direction = sort.descending ? -1 : 1;
   rows.sort(([a, ra], [b, rb]) => {
     const x = value(a, ra, sort.key);
@@ -187,9 +247,9 @@ function renderTable() {
     const c = typeof x === 'string' ? x.localeCompare(y) : x - y;
     return direction * c || a.localeCompare(b);
   });
-  const latestTs = Math.max(...rows.map(([, r]) => r.status.ts));
+  const latest = Math.max(...rows.map(([, r]) => shown(r).ts));
   const html = rows.map(([who, r]) => {
-    const s = r.status;
+    const s = shown(r);
     // Highlight a change of rank as the query computed it.
     const moved = r.rank && s.rank !== r.rank ? (s.rank < r.rank ? 'moved-up' : 'moved-down') : '';
     r.rank = s.rank;
@@ -209,8 +269,8 @@ function renderTable() {
       <td class="${state}">${state}</td></tr>`;
   });
   $('league-rows').innerHTML = html.join('');
-  if (firstTs !== null && Number.isFinite(latestTs)) {
-    $('race-clock').textContent = `race time ${duration(latestTs - firstTs)}`;
+  if (firstTs !== null && Number.isFinite(latest)) {
+    $('race-clock').textContent = `race time ${duration(latest - firstTs)}`;
   }
 }
 
@@ -225,8 +285,8 @@ function renderDevice() {
   const r = runners.get(selected);
   $('device-none').hidden = Boolean(r);
   $('device-detail').hidden = !r;
-  if (!r || !r.status) return;
-  const s = r.status;
+  const s = r && shown(r);
+  if (!s) return;
   $('device-name').textContent = selected;
   const facts = [
     ['Rank', s.rank],
@@ -249,7 +309,8 @@ function renderDevice() {
     select.value = fields.includes(keep) ? keep : fields.includes('speed') ? 'speed' : fields[0];
   }
   const field = select.value;
-  const points = r.history.filter((h) => typeof h[field] === 'number').map((h) => [h.ts, h[field]]);
+  const until = replay.active ? replay.time : Infinity;
+  const points = r.history.filter((h) => h.ts <= until && typeof h[field] === 'number').map((h) => [h.ts, h[field]]);
   chart.show(field, points);
 }
 

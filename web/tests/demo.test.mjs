@@ -102,6 +102,23 @@ test('the demo shows four moving runners and a league table led by the least rem
     await page.waitForSelector('#sql-result .error');
     assert.match(await page.textContent('#sql-result .error'), /Line: 1, Column/);
     await page.screenshot({ path: path.join(outputDir, 'sql.png') });
+
+    // Replay: back to the start, the markers stand where the runners were then; playing
+    // moves them; leaving it returns to live.
+    const liveWhere = await where();
+    await page.click('#replay-toggle');
+    await page.waitForSelector('#replay-bar:not([hidden])');
+    const startWhere = await where();
+    assert.notEqual(startWhere, liveWhere, 'at the start of the replay the markers are elsewhere');
+    await page.selectOption('#replay-speed', '300');
+    await page.click('#replay-play');
+    await page.waitForFunction((b) => [...document.querySelectorAll('.leaflet-marker-icon.runner')]
+      .map((e) => e.style.transform).join('|') !== b, startWhere, { timeout: 30_000 });
+    const replayRanks = await page.$$eval('#league-rows tr', (trs) => trs.length);
+    assert.equal(replayRanks, 4, 'the league table follows the replay');
+    await page.screenshot({ path: path.join(outputDir, 'replay.png') });
+    await page.click('#replay-toggle');
+    await page.waitForSelector('#replay-bar', { state: 'hidden' });
   } finally {
     await browser.close();
     pacer.stop();
