@@ -17,12 +17,24 @@ import { Replay } from './replay.js';
 
 const COLORS = ['#e63946', '#1d4ed8', '#059669', '#d97706', '#7c3aed', '#db2777', '#0891b2', '#65a30d'];
 const TRAIL_POINTS = 2000;
+/** Trails show the last ten minutes of event time. */
+const TRAIL_MS = 10 * 60 * 1000;
+/** Past this many runners, new ones are dots on a canvas (no label), trails too, and the
+ * table and trails redraw at most twice a second: 1000 devices at 1 Hz stay smooth. */
+const MANY = 60;
+const SLOW_REDRAW_MS = 500;
+/** With many runners: two minutes of trail each, and the table's first rows. */
+const TRAIL_MS_MANY = 2 * 60 * 1000;
+const TABLE_ROWS_MANY = 200;
 const HISTORY_POINTS = 5000;
 /** Numeric fields of a status row not worth charting. */
 const NOT_CHARTED = new Set(['lat', 'lon', 'ts', 'rank', 'fixes', 'finished_at', 'projected_finish']);
 
 const $ = (id) => document.getElementById(id);
 const map = L.map('map', { zoomSnap: 0.25, worldCopyJump: true }).setView([0, 0], 2);
+const canvas = L.canvas({ padding: 0.2 });
+let lastSlowRedraw = 0;
+let slowRedrawQueued = false;
 L.control.scale({ imperial: false, maxWidth: 160 }).addTo(map);
 
 // Offline basemap first: Natural Earth land under whatever tiles manage to load.
@@ -123,8 +135,16 @@ function onStatusRows(records) {
     if (!s || typeof s.lat !== 'number') continue;
     const r = runner(s.who);
     const last = r.points[r.points.length - 1];
-    if (!last || last.lat !== s.lat || last.lng !== s.lon) r.points.push(L.latLng(s.lat, s.lon));
-    if (r.points.length > TRAIL_POINTS) r.points.splice(0, r.points.length - TRAIL_POINTS);
+    if (!last || last.lat !== s.lat || last.lng !== s.lon) {
+      const point = L.latLng(s.lat, s.lon);
+      point.ts = s.ts;
+      r.points.push(point);
+    }
+    let old = 0;
+    const keep = runners.size > MANY ? TRAIL_MS_MANY : TRAIL_MS;
+    while (old < r.points.length && r.points[old].ts < s.ts - keep) old += 1;
+    if (r.points.length - old > TRAIL_POINTS) old = r.points.length - TRAIL_POINTS;
+    if (old > 0) r.points.splice(0, old);
     if (!r.history.length || r.history[r.history.length - 1].ts !== s.ts) r.history.push(s);
     if (r.history.length > HISTORY_POINTS) r.history.splice(0, r.history.length - HISTORY_POINTS);
     if (s.finished_at && !r.finishedNoted) {
@@ -148,14 +168,23 @@ function runner(who) {
   let r = runners.get(who);
   if (r) return r;
   const color = COLORS[runners.size % COLORS.length];
-  const icon = L.divIcon({
-    className: 'runner',
-    html: `<span class="dot" style="background:${color}"></span><span class="label">${escapeHtml(who)}</span>`,
-    iconSize: null,
-  });
-  const marker = L.marker([0, 0], { icon, title: who, alt: who, riseOnHover: true });
+  const few = runners.size < MANY;
+  let marker;
+  if (few) {
+    const icon = L.divIcon({
+      className: 'runner',
+      html: `<span class="dot" style="background:${color}"></span><span class="label">${escapeHtml(who)}</span>`,
+      iconSize: null,
+    });
+    marker = L.marker([0, 0], { icon, title: who, alt: who, riseOnHover: true });
+  } else {
+    marker = L.circleMarker([0, 0], { renderer: canvas, radius: 5, color: '#fff', weight: 1, fillColor: color, fillOpacity: 1 });
+    marker.bindTooltip(who);
+  }
   marker.on('click', () => select(who));
-  const trail = L.polyline([], { color, weight: 3, opacity: 0.8, interactive: false, className: 'trail' }).addTo(map);
+  const trail = L.polyline([], {
+    color, weight: few ? 3 : 1.5, opacity: 0.8, interactive: false, className: 'trail', renderer: few ? undefined : canvas,
+  }).addTo(map);
   r = { marker, trail, color, points: [], history: [], status: null, rank: null, online: online.get(who) ?? true, added: false };
   runners.set(who, r);
   return r;
@@ -163,6 +192,9 @@ function runner(who) {
 
 function render() {
   renderQueued = false;
+  const now = performance.now();
+  const slow = runners.size > MANY;
+  const redrawSlow = !slow || now - lastSlowRedraw >= SLOW_REDRAW_MS;
   for (const [who, s] of pending) {
     const r = runner(who);
     r.status = s;
@@ -170,19 +202,37 @@ function render() {
     r.marker.setLatLng([s.lat, s.lon]);
     if (!r.added) {
       r.marker.addTo(map);
-      r.marker.getElement().dataset.who = who;
+      const element = r.marker.getElement?.();
+      if (element) element.dataset.who = who;
       r.added = true;
     }
-    r.trail.setLatLngs(r.points);
+    if (redrawSlow) r.trail.setLatLngs(r.points);
+    else r.trailStale = true;
   }
-  for (const r of runners.values()) r.marker.getElement()?.classList.toggle('offline', !r.online);
+  if (redrawSlow) {
+    for (const r of runners.values()) {
+      if (r.trailStale) r.trail.setLatLngs(r.points);
+      r.trailStale = false;
+      r.marker.getElement?.()?.classList.toggle('offline', !r.online);
+    }
+  }
   if (replay.active) $('replay-slider').max = String(latestTs());
   if (selected && pending.has(selected) && !replay.active) {
     if ($('follow').checked) map.panTo(runners.get(selected).marker.getLatLng(), { animate: false });
     renderDevice();
   }
   pending = new Map();
-  renderTable();
+  if (redrawSlow) {
+    lastSlowRedraw = now;
+    if (!$('panel-league').hidden) renderTable();
+  } else if (!slowRedrawQueued) {
+    // Whatever arrives last is drawn, even if nothing follows it.
+    slowRedrawQueued = true;
+    setTimeout(() => {
+      slowRedrawQueued = false;
+      queueRender();
+    }, SLOW_REDRAW_MS);
+  }
 }
 
 function latestTs() {
@@ -214,13 +264,19 @@ function drawAll() {
   for (const [who, r] of runners) {
     const s = shown(r);
     if (!s) {
+      // Not started yet at the replay time: off the map.
       r.trail.setLatLngs([]);
+      if (r.added) {
+        r.marker.remove();
+        r.added = false;
+      }
       continue;
     }
     r.marker.setLatLng([s.lat, s.lon]);
     if (!r.added) {
       r.marker.addTo(map);
-      r.marker.getElement().dataset.who = who;
+      const element = r.marker.getElement?.();
+      if (element) element.dataset.who = who;
       r.added = true;
     }
     const upTo = replay.active ? r.history.filter((h) => h.ts <= replay.time).map((h) => L.latLng(h.lat, h.lon)) : r.points;
@@ -247,7 +303,9 @@ function renderTable() {
     const c = typeof x === 'string' ? x.localeCompare(y) : x - y;
     return direction * c || a.localeCompare(b);
   });
-  const latest = Math.max(...rows.map(([, r]) => shown(r).ts));
+  const latest = rows.reduce((m, [, r]) => Math.max(m, shown(r).ts), -Infinity);
+  const hidden = rows.length > MANY ? rows.length - TABLE_ROWS_MANY : 0;
+  if (hidden > 0) rows.length = TABLE_ROWS_MANY;
   const html = rows.map(([who, r]) => {
     const s = shown(r);
     // Highlight a change of rank as the query computed it.
@@ -268,6 +326,7 @@ function renderTable() {
       <td>${clock(s.ts)}</td>
       <td class="${state}">${state}</td></tr>`;
   });
+  if (hidden > 0) html.push(`<tr class="more"><td colspan="9">and ${hidden} more (sort to see others)</td></tr>`);
   $('league-rows').innerHTML = html.join('');
   if (firstTs !== null && Number.isFinite(latest)) {
     $('race-clock').textContent = `race time ${duration(latest - firstTs)}`;
@@ -325,6 +384,7 @@ function showTab(name) {
   if (name === 'streams') streams.start();
   else streams.stop();
   if (name === 'device') renderDevice();
+  if (name === 'league') renderTable();
 }
 
 for (const tab of tabs) {

@@ -6,6 +6,7 @@ mod bench_tracking;
 mod config;
 mod produce;
 mod server;
+mod simulate;
 mod tail;
 
 use std::path::PathBuf;
@@ -122,10 +123,42 @@ enum Command {
         #[arg(long, short = 'D')]
         delete: bool,
     },
+    /// Devices publishing a scenario over MQTT to any broker (Pacer, mosquitto, EMQX)
+    Simulate {
+        #[command(subcommand)]
+        scenario: Scenario,
+    },
     /// Measures a broker (Pacer or any other) with real MQTT clients
     Bench {
         #[command(subcommand)]
         bench: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// The race: the bundled 2019 Sydney half replayed at --speed, or, with --devices,
+    /// synthetic runners along its course in real time
+    Race {
+        #[command(flatten)]
+        target: simulate::Target,
+        /// Synthetic runners (without it: the bundled race's four)
+        #[arg(long)]
+        devices: Option<u32>,
+        /// Fixes per second per runner
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Replay: event time runs this many times faster than real time
+        #[arg(long, default_value_t = 30.0)]
+        speed: f64,
+        /// The same seed runs the same race
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Stop after this many seconds (else when every runner finished, or Ctrl-C)
+        #[arg(long)]
+        duration: Option<u64>,
+        #[arg(long, value_enum, default_value = "race")]
+        format: simulate::FormatArg,
     },
 }
 
@@ -280,6 +313,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { speed, exit_after_replay, server } => demo(speed, exit_after_replay, server).await,
         Command::Bench { bench } => run_bench(bench).await,
+        Command::Simulate { scenario: Scenario::Race { target, devices, rate, speed, seed, duration, format } } => {
+            simulate::race(simulate::RaceArgs { target, devices, rate, speed, seed, duration, format }).await
+        }
         Command::Tail { stream, from_beginning, from, key, limit, server } => {
             tail::tail(tail::TailOptions { server, stream, from_beginning, from_time: from, key, limit }).await
         }
