@@ -1,13 +1,17 @@
 //! Simulators: devices that publish over real MQTT to any broker.
 //!
-//! `runners`: N synthetic runners along a course, in real time.
+//! `devices` runs any number of simulated devices, each its own MQTT client: synthetic
+//! `runners` along a course, `generators`, `vehicles`.
 //!
 //! The race replay plays the 2019 Sydney half marathon (bundled) in event-time order at a
 //! speed-up factor, one MQTT client per runner as a phone would be, QoS 1, on `race/{who}`
 //! with the seed's JSON as payload.
 
 pub mod bench;
+pub mod devices;
+pub mod generators;
 pub mod runners;
+pub mod vehicles;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,14 +1,11 @@
-//! Synthetic runners along a course: N phones, each its own MQTT client, reporting at a
-//! fixed rate in real time, with a pace of their own that drifts, and GPS noise. The same
-//! seed gives the same race.
+//! Synthetic runners along a course: phones reporting in real time (see `devices`), each
+//! with a pace of its own that drifts, and GPS noise. The same seed gives the same race.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use pacer_sql::Course;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::sync::watch;
+
+use crate::devices::Device;
 
 /// How runners report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,28 +14,6 @@ pub enum Format {
     Race,
     /// OwnTracks locations on `owntracks/{who}/phone`.
     OwnTracks,
-}
-
-#[derive(Debug, Clone)]
-pub struct RunnersOptions {
-    pub host: String,
-    pub port: u16,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub runners: u32,
-    /// Fixes per second per runner.
-    pub rate_hz: f64,
-    pub seed: u64,
-    pub format: Format,
-    pub course: Arc<Course>,
-}
-
-/// Counters the progress display reads.
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub sent: AtomicU64,
-    pub acked: AtomicU64,
-    pub errors: AtomicU64,
 }
 
 /// One runner's legs and lungs.
@@ -109,75 +84,33 @@ impl Runner {
     }
 }
 
-/// Runs every runner until `stop` turns true or they all finished. Returns once each has
-/// disconnected.
-pub async fn run(o: RunnersOptions, progress: Arc<Progress>, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    anyhow::ensure!(o.rate_hz > 0.0, "--rate must be above 0, got {}", o.rate_hz);
-    let mut tasks = Vec::new();
-    for i in 0..o.runners {
-        let (o, progress, stop) = (o.clone(), progress.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move { run_one(Runner::new(i, o.seed), o, progress, stop).await }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    Ok(())
+/// A runner on a course, as a simulated device: done one fix after the finish.
+pub struct RaceDevice {
+    pub runner: Runner,
+    pub course: Arc<Course>,
+    pub format: Format,
+    finished: bool,
 }
 
-async fn run_one(
-    mut runner: Runner,
-    o: RunnersOptions,
-    progress: Arc<Progress>,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let mut mqtt = MqttOptions::new(format!("pacer-sim-{}", runner.who), o.host.clone(), o.port);
-    mqtt.set_keep_alive(Duration::from_secs(30));
-    if let Some(user) = &o.username {
-        mqtt.set_credentials(user.clone(), o.password.clone().unwrap_or_default());
+impl RaceDevice {
+    pub fn new(index: u32, seed: u64, course: Arc<Course>, format: Format) -> Self {
+        RaceDevice { runner: Runner::new(index, seed), course, format, finished: false }
     }
-    let (client, mut events) = AsyncClient::new(mqtt, 64);
-    let counters = progress.clone();
-    let driver = tokio::spawn(async move {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    counters.acked.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
-                Ok(_) => {}
-                Err(e) => {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "simulated runner: MQTT connection failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    });
-    let period = Duration::from_secs_f64(1.0 / o.rate_hz);
-    // Spread the runners over the period, as phones are not in step.
-    let offset = period.mul_f64(fastrand::Rng::with_seed(o.seed ^ runner.distance.to_bits()).f64());
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-    let length = o.course.length_m();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => break,
-        }
-        runner.advance(period.as_secs_f64());
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
-        let (topic, payload) = runner.report(&o.course, o.format, now);
-        if client.publish(topic, QoS::AtLeastOnce, false, payload).await.is_err() {
-            progress.errors.fetch_add(1, Ordering::Relaxed);
-            break;
-        }
-        progress.sent.fetch_add(1, Ordering::Relaxed);
-        if runner.distance >= length {
-            break;
-        }
+}
+
+impl Device for RaceDevice {
+    fn client_id(&self) -> String {
+        format!("pacer-sim-{}", self.runner.who)
     }
-    let _ = client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
-    Ok(())
+
+    fn report(&mut self, seconds: f64, now_ms: i64) -> Option<(String, String)> {
+        if self.finished {
+            return None;
+        }
+        self.runner.advance(seconds);
+        self.finished = self.runner.distance >= self.course.length_m();
+        Some(self.runner.report(&self.course, self.format, now_ms.div_euclid(1000)))
+    }
 }
 
 #[cfg(test)]

@@ -141,24 +141,29 @@ enum Scenario {
     /// synthetic runners along its course in real time
     Race {
         #[command(flatten)]
-        target: simulate::Target,
+        fleet: simulate::Fleet,
         /// Synthetic runners (without it: the bundled race's four)
         #[arg(long)]
         devices: Option<u32>,
-        /// Fixes per second per runner
-        #[arg(long, default_value_t = 1.0)]
-        rate: f64,
         /// Replay: event time runs this many times faster than real time
         #[arg(long, default_value_t = 30.0)]
         speed: f64,
-        /// The same seed runs the same race
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Stop after this many seconds (else when every runner finished, or Ctrl-C)
-        #[arg(long)]
-        duration: Option<u64>,
         #[arg(long, value_enum, default_value = "race")]
         format: simulate::FormatArg,
+    },
+    /// Emergency generators on emergency_generators/{id}: fuel draining with load, refuels
+    Generators {
+        #[command(flatten)]
+        fleet: simulate::Fleet,
+        #[arg(long, default_value_t = 10)]
+        devices: u32,
+    },
+    /// Cars with MQTTX's Tesla schema on mqttx/simulate/tesla/{clientid}
+    Vehicles {
+        #[command(flatten)]
+        fleet: simulate::Fleet,
+        #[arg(long, default_value_t = 10)]
+        devices: u32,
     },
 }
 
@@ -313,9 +318,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { speed, exit_after_replay, server } => demo(speed, exit_after_replay, server).await,
         Command::Bench { bench } => run_bench(bench).await,
-        Command::Simulate { scenario: Scenario::Race { target, devices, rate, speed, seed, duration, format } } => {
-            simulate::race(simulate::RaceArgs { target, devices, rate, speed, seed, duration, format }).await
-        }
+        Command::Simulate { scenario } => match scenario {
+            Scenario::Race { fleet, devices, speed, format } => {
+                simulate::race(simulate::RaceArgs { fleet, devices, speed, format }).await
+            }
+            Scenario::Generators { fleet, devices } => simulate::generators(fleet, devices).await,
+            Scenario::Vehicles { fleet, devices } => simulate::vehicles(fleet, devices).await,
+        },
         Command::Tail { stream, from_beginning, from, key, limit, server } => {
             tail::tail(tail::TailOptions { server, stream, from_beginning, from_time: from, key, limit }).await
         }

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pacer_sim::runners::{self, Format, Progress, RunnersOptions};
+use pacer_sim::devices::{self, Connection, Device, Progress};
+use pacer_sim::generators::Generator;
+use pacer_sim::runners::{Format, RaceDevice};
+use pacer_sim::vehicles::Vehicle;
 use pacer_sql::Course;
 
 use crate::config::BUILTIN_COURSE;
@@ -33,25 +36,49 @@ pub enum FormatArg {
     Owntracks,
 }
 
-pub struct RaceArgs {
+/// What every scenario takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Fleet {
+    #[command(flatten)]
     pub target: Target,
-    pub devices: Option<u32>,
+    /// Reports per second per device
+    #[arg(long, default_value_t = 1.0)]
     pub rate: f64,
-    pub speed: f64,
+    /// The same seed gives the same devices doing the same things
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Stop after this many seconds (else Ctrl-C, or when every device is done)
+    #[arg(long)]
     pub duration: Option<u64>,
+}
+
+pub struct RaceArgs {
+    pub fleet: Fleet,
+    pub devices: Option<u32>,
+    pub speed: f64,
     pub format: FormatArg,
+}
+
+pub async fn generators(fleet: Fleet, devices: u32) -> anyhow::Result<()> {
+    let all = (0..devices).map(|i| Box::new(Generator::new(i, fleet.seed)) as Box<dyn Device>).collect();
+    run(all, "generators", fleet).await
+}
+
+pub async fn vehicles(fleet: Fleet, devices: u32) -> anyhow::Result<()> {
+    let all = (0..devices).map(|i| Box::new(Vehicle::new(i, fleet.seed)) as Box<dyn Device>).collect();
+    run(all, "vehicles", fleet).await
 }
 
 /// The bundled race replayed at `speed`, or `devices` synthetic runners in real time.
 pub async fn race(a: RaceArgs) -> anyhow::Result<()> {
     let Some(devices) = a.devices else {
+        let target = a.fleet.target;
         anyhow::ensure!(
-            a.target.username.is_none(),
+            target.username.is_none(),
             "the replay of the bundled race connects anonymously; give --devices to use credentials"
         );
         let fixes = pacer_sim::parse_race(pacer_sim::SYDNEY_HALF_2019)?;
-        let options = pacer_sim::ReplayOptions { host: a.target.host, port: a.target.port, speed: a.speed };
+        let options = pacer_sim::ReplayOptions { host: target.host, port: target.port, speed: a.speed };
         let acked = pacer_sim::replay_race(fixes, options).await?;
         println!("replayed the 2019 Sydney half: {acked} fixes published and acknowledged");
         return Ok(());
@@ -61,24 +88,29 @@ pub async fn race(a: RaceArgs) -> anyhow::Result<()> {
         FormatArg::Race => Format::Race,
         FormatArg::Owntracks => Format::OwnTracks,
     };
-    let options = RunnersOptions {
-        host: a.target.host.clone(),
-        port: a.target.port,
-        username: a.target.username,
-        password: a.target.password,
-        runners: devices,
-        rate_hz: a.rate,
-        seed: a.seed,
-        format,
-        course,
+    let seed = a.fleet.seed;
+    let all =
+        (0..devices).map(|i| Box::new(RaceDevice::new(i, seed, course.clone(), format)) as Box<dyn Device>).collect();
+    run(all, "runners", a.fleet).await
+}
+
+/// Runs `all` with a progress line until they are done, `--duration` passes or Ctrl-C.
+async fn run(all: Vec<Box<dyn Device>>, what: &str, fleet: Fleet) -> anyhow::Result<()> {
+    let count = all.len();
+    let target = format!("{}:{}", fleet.target.host, fleet.target.port);
+    let connection = Connection {
+        host: fleet.target.host,
+        port: fleet.target.port,
+        username: fleet.target.username,
+        password: fleet.target.password,
     };
     let progress = Arc::new(Progress::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut running = tokio::spawn(runners::run(options, progress.clone(), stopped));
+    let mut running = tokio::spawn(devices::run(all, connection, fleet.rate, progress.clone(), stopped));
     let bar =
         ProgressBar::new_spinner().with_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
     let started = Instant::now();
-    let deadline = a.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let deadline = fleet.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let result = loop {
         tokio::select! {
@@ -86,8 +118,8 @@ pub async fn race(a: RaceArgs) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 let sent = progress.sent.load(Ordering::Relaxed);
                 bar.set_message(format!(
-                    "{devices} runners → {}:{}: {sent} sent, {} acknowledged, {:.0} msg/s, {} errors",
-                    a.target.host, a.target.port, progress.acked.load(Ordering::Relaxed),
+                    "{count} {what} → {target}: {sent} sent, {} acknowledged, {:.0} msg/s, {} errors",
+                    progress.acked.load(Ordering::Relaxed),
                     sent as f64 / started.elapsed().as_secs_f64().max(1e-3), progress.errors.load(Ordering::Relaxed)
                 ));
                 bar.tick();
@@ -103,7 +135,7 @@ pub async fn race(a: RaceArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     result??;
     println!(
-        "{devices} runners: {} fixes sent, {} acknowledged, {} errors in {:.1} s",
+        "{count} {what}: {} messages sent, {} acknowledged, {} errors in {:.1} s",
         progress.sent.load(Ordering::Relaxed),
         progress.acked.load(Ordering::Relaxed),
         progress.errors.load(Ordering::Relaxed),
