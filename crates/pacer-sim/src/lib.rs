@@ -1,13 +1,15 @@
 //! Simulators: devices that publish over real MQTT to any broker.
 //!
 //! `devices` runs any number of simulated devices, each its own MQTT client: synthetic
-//! `runners` along a course, `generators`, `vehicles`.
+//! `runners` along a course, `generators`, `vehicles`, `buses`, `access` readers.
 //!
 //! The race replay plays the 2019 Sydney half marathon (bundled) in event-time order at a
 //! speed-up factor, one MQTT client per runner as a phone would be, QoS 1, on `race/{who}`
 //! with the seed's JSON as payload.
 
+pub mod access;
 pub mod bench;
+pub mod buses;
 pub mod devices;
 pub mod generators;
 pub mod runners;
@@ -104,6 +106,14 @@ async fn run_runner(who: String, fixes: Vec<Fix>, t0: i64, start: Instant, o: Re
     let client = publisher.await.context("publisher panicked")??;
     let _ = client.disconnect().await;
     Ok(acked)
+}
+
+/// Great-circle distance between two (lat, lon) points, metres.
+pub fn haversine_m(a: (f64, f64), b: (f64, f64)) -> f64 {
+    let (p1, p2) = (a.0.to_radians(), b.0.to_radians());
+    let (dp, dl) = (p2 - p1, (b.1 - a.1).to_radians());
+    let h = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * 6_371_008.8 * h.sqrt().asin()
 }
 
 #[cfg(test)]

@@ -165,6 +165,21 @@ enum Scenario {
         #[arg(long, default_value_t = 10)]
         devices: u32,
     },
+    /// Buses moving along the three London lines on buses/{line}/{key}
+    Buses {
+        #[command(flatten)]
+        fleet: simulate::Fleet,
+        #[arg(long, default_value_t = 6)]
+        devices: u32,
+    },
+    /// The 1000 Zurich door readers on access/{deviceId}: rejections near 47.37, 8.52
+    Access {
+        #[command(flatten)]
+        fleet: simulate::Fleet,
+        /// Only the first N readers [default: all 1000]
+        #[arg(long)]
+        devices: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -324,6 +339,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Scenario::Generators { fleet, devices } => simulate::generators(fleet, devices).await,
             Scenario::Vehicles { fleet, devices } => simulate::vehicles(fleet, devices).await,
+            Scenario::Buses { fleet, devices } => simulate::buses(fleet, devices).await,
+            Scenario::Access { fleet, devices } => simulate::access(fleet, devices).await,
         },
         Command::Tail { stream, from_beginning, from, key, limit, server } => {
             tail::tail(tail::TailOptions { server, stream, from_beginning, from_time: from, key, limit }).await

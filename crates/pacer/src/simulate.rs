@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
+use pacer_sim::buses::{self, Bus};
 use pacer_sim::devices::{self, Connection, Device, Progress};
 use pacer_sim::generators::Generator;
 use pacer_sim::runners::{Format, RaceDevice};
@@ -67,6 +68,22 @@ pub async fn generators(fleet: Fleet, devices: u32) -> anyhow::Result<()> {
 pub async fn vehicles(fleet: Fleet, devices: u32) -> anyhow::Result<()> {
     let all = (0..devices).map(|i| Box::new(Vehicle::new(i, fleet.seed)) as Box<dyn Device>).collect();
     run(all, "vehicles", fleet).await
+}
+
+pub async fn buses(fleet: Fleet, devices: u32) -> anyhow::Result<()> {
+    let routes = buses::lines()?;
+    let all = (0..devices).map(|i| Box::new(Bus::new(i, fleet.seed, &routes)) as Box<dyn Device>).collect();
+    run(all, "buses", fleet).await
+}
+
+/// The Zurich readers (all of them, or the first `devices`).
+pub async fn access(fleet: Fleet, devices: Option<u32>) -> anyhow::Result<()> {
+    let mut readers = pacer_sim::access::readers(fleet.seed)?;
+    if let Some(n) = devices {
+        readers.truncate(n as usize);
+    }
+    let all = readers.into_iter().map(|r| Box::new(r) as Box<dyn Device>).collect();
+    run(all, "readers", fleet).await
 }
 
 /// The bundled race replayed at `speed`, or `devices` synthetic runners in real time.

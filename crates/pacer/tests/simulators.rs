@@ -101,3 +101,81 @@ fn vehicles_report_the_tesla_schema_keyed_by_client_id_at_publish_time() {
         pacer.wait_for_record("vehicle_status", |r| r["key"] == vehicle.as_str() && r["value"]["reports"] == *count);
     }
 }
+
+#[test]
+fn buses_move_along_their_lines_without_jumps() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start_example(dir.path(), "buses");
+    let said = simulate(&pacer, &["buses", "--devices", "6", "--rate", "5", "--duration", "2", "--seed", "5"]);
+    assert!(said.contains("6 buses:") && said.contains("0 errors"), "{said}");
+    let mut by_bus: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for r in records(&pacer, "buses") {
+        let v = r["value"].clone();
+        assert_eq!(r["key"], v["key"]);
+        assert_eq!(r["timestamp"], v["timestamp"], "event time is the fix's timestamp");
+        for field in ["bus_line", "latitude", "longitude"] {
+            assert!(!v[field].is_null(), "{field} in {v}");
+        }
+        by_bus.entry(r["key"].as_str().unwrap().to_string()).or_default().push(v);
+    }
+    assert_eq!(by_bus.len(), 6);
+    let lines: std::collections::BTreeSet<&str> =
+        by_bus.values().map(|fixes| fixes[0]["bus_line"].as_str().unwrap()).collect();
+    assert_eq!(lines.into_iter().collect::<Vec<_>>(), ["1", "2", "3"]);
+    for (bus, fixes) in &by_bus {
+        for pair in fixes.windows(2) {
+            let at = |v: &Value| (v["latitude"].as_f64().unwrap(), v["longitude"].as_f64().unwrap());
+            let metres = pacer_sim::haversine_m(at(&pair[0]), at(&pair[1]));
+            let seconds =
+                (pair[1]["timestamp"].as_i64().unwrap() - pair[0]["timestamp"].as_i64().unwrap()) as f64 / 1000.0;
+            // At most 12 m/s between fixes (the lines' points are hundreds of metres apart).
+            assert!(metres <= 12.0 * seconds.max(0.2) + 1.0, "{bus} jumped {metres} m in {seconds} s");
+        }
+        let n = fixes.len() as i64;
+        pacer.wait_for_record("bus_positions", |r| r["key"] == bus.as_str() && r["value"]["reports"] == n);
+    }
+}
+
+#[test]
+fn access_rejections_dominate_only_near_the_disruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start_example(dir.path(), "access");
+    let said = simulate(&pacer, &["access", "--rate", "2", "--duration", "2", "--seed", "11"]);
+    assert!(said.contains("1000 readers:") && said.contains("0 errors"), "{said}");
+    // Where each reader is, from the data, and its events, from the stream.
+    let devices: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(EXAMPLES).join("access/devices.json")).unwrap())
+            .unwrap();
+    let near: std::collections::BTreeSet<String> = devices
+        .iter()
+        .filter(|d| {
+            let loc = d["payload"]["location"]["loc"].as_str().unwrap();
+            let (lat, lon) = loc.split_once(',').unwrap();
+            pacer_sim::haversine_m((lat.parse().unwrap(), lon.parse().unwrap()), (47.37, 8.52)) <= 100.0
+        })
+        .map(|d| d["deviceId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(near.len(), 5);
+    let mut counts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for r in records(&pacer, "access_events") {
+        let entry = counts.entry(r["key"].as_str().unwrap().to_string()).or_default();
+        entry.0 += 1;
+        entry.1 += i64::from(r["value"]["eventType"] == "accessRejected");
+    }
+    assert_eq!(counts.len(), 1000);
+    let share = |ids: &mut dyn Iterator<Item = &(i64, i64)>| {
+        let (events, rejected) = ids.fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+        rejected as f64 / events as f64
+    };
+    let near_share = share(&mut counts.iter().filter(|(k, _)| near.contains(*k)).map(|(_, c)| c));
+    let far_share = share(&mut counts.iter().filter(|(k, _)| !near.contains(*k)).map(|(_, c)| c));
+    assert!(near_share > 0.9, "near the disruption {near_share}");
+    assert!(far_share < 0.05, "elsewhere {far_share}");
+    // The example's table counts them as the stream holds them.
+    for id in near.iter().chain(counts.keys().filter(|k| !near.contains(*k)).take(5)) {
+        let (events, rejected) = counts[id];
+        pacer.wait_for_record("access_counts", |r| {
+            r["key"] == id.as_str() && r["value"]["events"] == events && r["value"]["rejected"] == rejected
+        });
+    }
+}
