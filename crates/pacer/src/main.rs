@@ -150,6 +150,9 @@ enum Scenario {
         speed: f64,
         #[arg(long, value_enum, default_value = "race")]
         format: simulate::FormatArg,
+        /// Synthetic runners' course: GPX (track or route) or GeoJSON [default: the Sydney half's]
+        #[arg(long)]
+        course: Option<PathBuf>,
     },
     /// Emergency generators on emergency_generators/{id}: fuel draining with load, refuels
     Generators {
@@ -334,8 +337,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { speed, exit_after_replay, server } => demo(speed, exit_after_replay, server).await,
         Command::Bench { bench } => run_bench(bench).await,
         Command::Simulate { scenario } => match scenario {
-            Scenario::Race { fleet, devices, speed, format } => {
-                simulate::race(simulate::RaceArgs { fleet, devices, speed, format }).await
+            Scenario::Race { fleet, devices, speed, format, course } => {
+                simulate::race(simulate::RaceArgs { fleet, devices, speed, format, course }).await
             }
             Scenario::Generators { fleet, devices } => simulate::generators(fleet, devices).await,
             Scenario::Vehicles { fleet, devices } => simulate::vehicles(fleet, devices).await,

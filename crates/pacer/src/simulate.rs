@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use pacer_sim::buses::{self, Bus};
 use pacer_sim::devices::{self, Connection, Device, Progress};
@@ -58,6 +59,8 @@ pub struct RaceArgs {
     pub devices: Option<u32>,
     pub speed: f64,
     pub format: FormatArg,
+    /// A GPX or GeoJSON course for synthetic runners (default: the Sydney half's).
+    pub course: Option<std::path::PathBuf>,
 }
 
 pub async fn generators(fleet: Fleet, devices: u32) -> anyhow::Result<()> {
@@ -100,7 +103,12 @@ pub async fn race(a: RaceArgs) -> anyhow::Result<()> {
         println!("replayed the 2019 Sydney half: {acked} fixes published and acknowledged");
         return Ok(());
     };
-    let course = Arc::new(Course::from_geojson(BUILTIN_COURSE, pacer_sim::SYDNEY_HALF_COURSE)?);
+    let course = match &a.course {
+        Some(path) => Course::from_file("course", path, &Default::default())
+            .with_context(|| format!("--course {}", path.display()))?,
+        None => Course::from_geojson(BUILTIN_COURSE, pacer_sim::SYDNEY_HALF_COURSE)?,
+    };
+    let course = Arc::new(course);
     let format = match a.format {
         FormatArg::Race => Format::Race,
         FormatArg::Owntracks => Format::OwnTracks,

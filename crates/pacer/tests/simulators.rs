@@ -179,3 +179,32 @@ fn access_rejections_dominate_only_near_the_disruption() {
         });
     }
 }
+
+#[test]
+fn synthetic_runners_fill_the_league_table_and_owntracks_phones_the_locations() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(&dir.path().join("data"));
+    let said = simulate(&pacer, &["race", "--devices", "8", "--rate", "5", "--duration", "2", "--seed", "2"]);
+    assert!(said.contains("8 runners:") && said.contains("0 errors"), "{said}");
+    let mut fixes: BTreeMap<String, i64> = BTreeMap::new();
+    for r in records(&pacer, "race") {
+        *fixes.entry(r["key"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    assert_eq!(fixes.len(), 8);
+    for (who, n) in &fixes {
+        let row = pacer.wait_for_record("race_status", |r| r["key"] == who.as_str() && r["value"]["fixes"] == *n);
+        assert!(row["value"]["progress_m"].as_f64().unwrap() < 100.0, "two seconds from the start corral: {row}");
+    }
+
+    // A course of one's own (the Garmin run), and OwnTracks phones.
+    let gpx = concat!(env!("CARGO_MANIFEST_DIR"), "/../pacer-sql/tests/fixtures/garmin-activity.gpx");
+    let args = ["race", "--devices", "3", "--rate", "5", "--duration", "1", "--format", "owntracks", "--course", gpx];
+    simulate(&pacer, &args);
+    let locations = records(&pacer, "locations");
+    assert!(!locations.is_empty());
+    for r in &locations {
+        assert!(r["key"].as_str().unwrap().ends_with("/phone"), "{r}");
+        let (lat, lon) = (r["value"]["lat"].as_f64().unwrap(), r["value"]["lon"].as_f64().unwrap());
+        assert!(pacer_sim::haversine_m((lat, lon), (37.2417, -121.9723)) < 200.0, "near the run's start: {lat}, {lon}");
+    }
+}
