@@ -24,6 +24,8 @@ pub struct Connection {
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// MQTT over TLS, trusting the certificates (PEM) of these CAs.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 /// Counters the progress display reads.
@@ -70,6 +72,9 @@ async fn run_one(
     mqtt.set_keep_alive(Duration::from_secs(30));
     if let Some(user) = &c.username {
         mqtt.set_credentials(user.clone(), c.password.clone().unwrap_or_default());
+    }
+    if let Some(ca) = &c.tls_ca {
+        mqtt.set_transport(rumqttc::Transport::tls(ca.clone(), None, None));
     }
     let (client, mut events) = AsyncClient::new(mqtt, 64);
     let counters = progress.clone();

@@ -28,6 +28,13 @@ pub struct Target {
     pub username: Option<String>,
     #[arg(long)]
     pub password: Option<String>,
+    /// MQTT over TLS (port 8883 usually), trusting the CAs in --cafile
+    #[arg(long, requires = "cafile")]
+    pub tls: bool,
+    /// PEM file of the CA(s) that signed the broker's certificate (for a public CA:
+    /// /etc/ssl/certs/ca-certificates.crt)
+    #[arg(long)]
+    pub cafile: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -123,11 +130,16 @@ pub async fn race(a: RaceArgs) -> anyhow::Result<()> {
 async fn run(all: Vec<Box<dyn Device>>, what: &str, fleet: Fleet) -> anyhow::Result<()> {
     let count = all.len();
     let target = format!("{}:{}", fleet.target.host, fleet.target.port);
+    let tls_ca = match (&fleet.target.tls, &fleet.target.cafile) {
+        (true, Some(path)) => Some(std::fs::read(path).with_context(|| format!("--cafile {}", path.display()))?),
+        _ => None,
+    };
     let connection = Connection {
         host: fleet.target.host,
         port: fleet.target.port,
         username: fleet.target.username,
         password: fleet.target.password,
+        tls_ca,
     };
     let progress = Arc::new(Progress::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);

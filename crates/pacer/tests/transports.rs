@@ -106,3 +106,25 @@ async fn rumqttc_talks_mqtt_over_secure_websocket() {
     assert_eq!((got.topic.as_str(), &got.payload[..]), ("generators/g7", &b"fuel 420"[..]));
     assert_eq!(pacer.tail("mqtt", 1)[0]["value"], "fuel 420", "stored like any publish");
 }
+
+/// `pacer simulate … --tls --cafile`: simulated devices over MQTT/TLS.
+#[test]
+fn pacer_simulate_publishes_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certificates(dir.path());
+    let pacer = start_with_config(
+        dir.path(),
+        "[mqtt]\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\n",
+    );
+    let port = pacer.listeners["mqtts"].rsplit(':').next().unwrap().to_string();
+    let out = Command::new(common::PACER)
+        .args(["simulate", "generators", "--devices", "2", "--rate", "5", "--duration", "1"])
+        .args(["--host", "localhost", "--port", &port, "--tls", "--cafile"])
+        .arg(dir.path().join("ca.pem"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("0 errors"), "{said} {}", String::from_utf8_lossy(&out.stderr));
+    let records = pacer.tail("mqtt", 1);
+    assert!(records[0]["key"].as_str().unwrap().starts_with("emergency_generators/gen-"), "{:?}", records[0]);
+}
