@@ -34,6 +34,14 @@ CREATE TABLE race_status AS
   GROUP BY who
   EMIT CHANGES;
 
+-- Runners entering and leaving the finish area (a 40 m circle around the end of the course,
+-- built in unless a [[zone]] takes the name): the dashboard's alerts show them.
+CREATE STREAM race_zone_events AS
+  SELECT who, ZONE_EVENT('finish-area', lat, lon) AS event, ROWTIME AS at
+  FROM race
+  WHERE ZONE_EVENT('finish-area', lat, lon) IS NOT NULL
+  EMIT CHANGES;
+
 -- The seed's ksqlDB query (DESIGN.md), verbatim: each runner's speeds and straight-line
 -- distance to the finish in five-minute windows.
 CREATE STREAM data_demo_stream (who VARCHAR, timeepoc BIGINT, lat DOUBLE, lon DOUBLE, alt DOUBLE, batt INT, speed DOUBLE)

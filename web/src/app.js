@@ -84,6 +84,8 @@ async function start() {
     const line = L.geoJSON(f, { interactive: false, style: { color: '#14213d', weight: 4, opacity: 0.55 } }).addTo(map);
     bounds = bounds ? bounds.extend(line.getBounds()) : line.getBounds();
   }
+  const zones = await (await fetch('/api/v1/zones')).json();
+  for (const z of zones.features) drawZone(z);
   if (config.finish) {
     const icon = L.divIcon({ className: 'finish-flag', html: '<span>FINISH</span>', iconSize: null });
     L.marker([config.finish.lat, config.finish.lon], { icon, title: 'Finish', keyboard: false }).addTo(map);
@@ -96,6 +98,14 @@ async function start() {
     connection.textContent = state === 'live' ? 'live' : 'reconnecting…';
     connection.className = state === 'live' ? 'live' : '';
   });
+  for (const stream of config.alert_streams || []) {
+    follow(stream, 'beginning', (records) => {
+      for (const { key, value } of records) {
+        if (!value || !value.event) continue;
+        alerts.add('zone', `${value.who ?? value.device ?? key} ${value.event} (${stream})`, value.at);
+      }
+    });
+  }
   follow('device_status', 'beginning', (records) => {
     for (const { value } of records) {
       if (!value || !value.device) continue;
@@ -110,6 +120,17 @@ async function start() {
 
 /** Device status by device, for runners that appear after their status did. */
 const online = new Map();
+
+/** A zone on the map: circles in metres, polygons, corridors as dashed lines. */
+function drawZone(f) {
+  const style = { color: '#7c3aed', weight: 2, fillOpacity: 0.08, interactive: false, className: 'zone' };
+  const [lon, lat] = f.geometry.type === 'Point' ? f.geometry.coordinates : [0, 0];
+  const layer = f.properties.kind === 'circle'
+    ? L.circle([lat, lon], { ...style, radius: f.properties.radius_m })
+    : L.geoJSON(f, { style: () => ({ ...style, dashArray: f.properties.kind === 'corridor' ? '6 4' : null }) });
+  layer.addTo(map);
+  layer.bindTooltip?.(f.properties.name);
+}
 
 function addTiles(config) {
   if (!config.tile_url) return showOfflineNote();

@@ -46,6 +46,10 @@ impl Geometry {
     pub fn courses(&self) -> impl Iterator<Item = &Arc<Course>> {
         self.courses.values()
     }
+
+    pub fn zones(&self) -> impl Iterator<Item = &Arc<Zone>> {
+        self.zones.values()
+    }
 }
 
 fn find<T>(

@@ -39,6 +39,39 @@ impl Zone {
         Zone::new(name, Area::Circle { center: Point::new(lon, lat), radius_m })
     }
 
+    /// The zone as a GeoJSON Feature, for maps: a circle is its centre with `radius_m`, a
+    /// corridor its line with `width_m`.
+    pub fn to_geojson(&self) -> serde_json::Value {
+        let (kind, geometry, extra) = match &self.area {
+            Area::Circle { center, radius_m } => (
+                "circle",
+                serde_json::json!({"type": "Point", "coordinates": [center.x(), center.y()]}),
+                ("radius_m", *radius_m),
+            ),
+            Area::Corridor { line, half_width_m } => {
+                let coordinates: Vec<[f64; 2]> = line.points().map(|p| [p.x(), p.y()]).collect();
+                (
+                    "corridor",
+                    serde_json::json!({"type": "LineString", "coordinates": coordinates}),
+                    ("width_m", half_width_m * 2.0),
+                )
+            }
+            Area::Polygons(polygons) => {
+                let ring = |r: &LineString| r.points().map(|p| [p.x(), p.y()]).collect::<Vec<_>>();
+                let coordinates: Vec<Vec<Vec<[f64; 2]>>> = polygons
+                    .iter()
+                    .map(|p| std::iter::once(ring(p.exterior())).chain(p.interiors().iter().map(ring)).collect())
+                    .collect();
+                ("polygon", serde_json::json!({"type": "MultiPolygon", "coordinates": coordinates}), ("", 0.0))
+            }
+        };
+        let mut properties = serde_json::json!({"name": self.name, "kind": kind});
+        if !extra.0.is_empty() {
+            properties[extra.0] = serde_json::json!(extra.1);
+        }
+        serde_json::json!({"type": "Feature", "properties": properties, "geometry": geometry})
+    }
+
     pub fn contains(&self, lat: f64, lon: f64) -> bool {
         let here = Point::new(lon, lat);
         match &self.area {
@@ -123,5 +156,14 @@ mod tests {
         assert!(!zones[1].contains(0.0102, 0.005), "22 m off the road");
         assert!(Zone::from_geojson(square, None, None).unwrap_err().to_string().contains("width"));
         assert!(Zone::from_geojson(square, Some("x"), Some(1.0)).unwrap_err().to_string().contains("2 zones"));
+        // Back out as GeoJSON for the map.
+        let yard = zones[0].to_geojson();
+        assert_eq!(
+            (yard["properties"]["kind"].as_str(), yard["geometry"]["type"].as_str()),
+            (Some("polygon"), Some("MultiPolygon"))
+        );
+        assert_eq!(zones[1].to_geojson()["properties"]["width_m"], 20.0);
+        assert_eq!(circle.to_geojson()["properties"]["radius_m"], 100.0);
+        assert_eq!(circle.to_geojson()["geometry"]["coordinates"], serde_json::json!([8.52, 47.37]));
     }
 }

@@ -29,6 +29,8 @@ use serde_json::{json, Value};
 pub struct DashboardConfig {
     /// Stream of status records the map and the league table follow.
     pub live_stream: String,
+    /// Streams of events (`who`/`device`, `event`, `at`) the alerts feed shows.
+    pub alert_streams: Vec<String>,
     /// Map tile URL template; None uses the offline basemap only.
     pub tile_url: Option<String>,
     pub tile_attribution: String,
@@ -48,6 +50,8 @@ pub struct WebState {
     pub dashboard: DashboardConfig,
     /// Courses as a GeoJSON FeatureCollection.
     pub courses: Value,
+    /// Zones as a GeoJSON FeatureCollection (circles: a point with `radius_m`).
+    pub zones: Value,
     /// The SQL engine behind `POST /api/v1/sql`.
     pub engine: Arc<pacer_sql::Engine>,
     /// Publishes what devices POST (OwnTracks HTTP mode); None: no device input here.
@@ -63,6 +67,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
         .route("/api/v1/config", get(config))
         .route("/api/v1/courses", get(courses))
+        .route("/api/v1/zones", get(zones))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/streams/{name}/records", get(records::read).post(records::append))
         .route("/api/v1/live", get(live::live))
@@ -90,6 +95,10 @@ async fn config(State(state): State<Arc<WebState>>) -> Json<DashboardConfig> {
 
 async fn courses(State(state): State<Arc<WebState>>) -> Json<Value> {
     Json(state.courses.clone())
+}
+
+async fn zones(State(state): State<Arc<WebState>>) -> Json<Value> {
+    Json(state.zones.clone())
 }
 
 async fn streams(State(state): State<Arc<WebState>>) -> Json<Value> {

@@ -20,6 +20,11 @@ use crate::config::{Config, LogBackend, BUILTIN_COURSE, BUILTIN_SQL};
 
 /// The table the dashboard shows: the league table of the race queries.
 const LEAGUE_TABLE: &str = "race_status";
+/// Streams of events the dashboard's alerts show: the race's finish-area transitions.
+const ALERT_STREAMS: [&str; 1] = ["race_zone_events"];
+/// Around the end of the built-in course.
+const BUILTIN_ZONE: &str = "finish-area";
+const BUILTIN_ZONE_RADIUS_M: f64 = 40.0;
 
 /// A running Pacer: its bound addresses and the tasks that make it up.
 pub struct Server {
@@ -89,11 +94,13 @@ impl Server {
             registry,
             dashboard: DashboardConfig {
                 live_stream: LEAGUE_TABLE.into(),
+                alert_streams: ALERT_STREAMS.iter().map(|s| s.to_string()).collect(),
                 tile_url: Some(config.http.tile_url.clone()).filter(|u| !u.is_empty()),
                 tile_attribution: config.http.tile_attribution.clone(),
                 finish,
             },
             courses: json!({"type": "FeatureCollection", "features": features}),
+            zones: json!({"type": "FeatureCollection", "features": geometry.zones().map(|z| z.to_geojson()).collect::<Vec<_>>()}),
             engine,
             broker: Some(broker.clone()),
             recorder: pacer_web::recorder::LastLocations::follow(log.clone()),
@@ -198,8 +205,8 @@ impl Server {
     }
 }
 
-/// The configured courses (the built-in race course unless one takes its name), zones and
-/// tracking settings.
+/// The configured courses and zones (the built-in race course and its finish area unless
+/// configured ones take their names), and the tracking settings.
 fn load_geometry(config: &Config) -> anyhow::Result<Geometry> {
     let mut geometry = Geometry::default();
     geometry.max_speed_kmh = config.tracking.max_speed_kmh;
@@ -210,6 +217,10 @@ fn load_geometry(config: &Config) -> anyhow::Result<Geometry> {
         let course =
             Course::from_file(&c.name, &c.file, &c.only).with_context(|| format!("[[course]] {:?}", c.name))?;
         geometry.add_course(course);
+    }
+    if !config.zone.iter().any(|z| z.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(BUILTIN_ZONE))) {
+        let (lon, lat) = geometry.course(BUILTIN_COURSE).map_err(anyhow::Error::msg)?.end();
+        geometry.add_zone(pacer_sql::Zone::circle(BUILTIN_ZONE, lat, lon, BUILTIN_ZONE_RADIUS_M));
     }
     for (i, z) in config.zone.iter().enumerate() {
         let what = z.name.clone().unwrap_or_else(|| format!("#{}", i + 1));

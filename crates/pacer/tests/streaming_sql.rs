@@ -165,7 +165,7 @@ fn statements_are_checked_before_they_run() {
     let ids: Vec<&str> = body["rows"].as_array().unwrap().iter().map(|r| r[0].as_str().unwrap()).collect();
     assert_eq!(
         ids,
-        ["CTAS_RACE_STATUS", "CTAS_RUNNER_STATUS"],
+        ["CSAS_RACE_ZONE_EVENTS", "CTAS_RACE_STATUS", "CTAS_RUNNER_STATUS"],
         "the built-in race queries, and nothing the failed statements started"
     );
 

@@ -93,6 +93,40 @@ fn the_replayed_race_finishes_in_the_order_and_at_the_times_of_the_raw_fixes() {
     // What the data says: ben first; simon (whose watch passed 11 m from the finish at
     // 21:52:23) before alice and derek.
     assert_eq!(order, ["ben", "simon", "alice", "derek"]);
+
+    // The finish area (40 m around the end of the course) gives each runner exactly the
+    // transitions its raw fixes make across that circle.
+    let last_of_alice = raw.iter().rev().find(|f| f["who"] == "alice").unwrap();
+    let finish = (last_of_alice["lat"].as_f64().unwrap(), last_of_alice["lon"].as_f64().unwrap());
+    let mut expected_events: Vec<(String, String, i64)> = Vec::new();
+    let mut inside: BTreeMap<String, bool> = BTreeMap::new();
+    let mut by_time: Vec<&serde_json::Value> = raw.iter().collect();
+    by_time.sort_by_key(|f| f["timeepoc"].as_i64());
+    for f in by_time {
+        let who = f["who"].as_str().unwrap().to_string();
+        let now = haversine_m((f["lat"].as_f64().unwrap(), f["lon"].as_f64().unwrap()), finish) <= 40.0;
+        let was = inside.insert(who.clone(), now).unwrap_or(false);
+        if now != was {
+            let event = if now { "enter" } else { "exit" };
+            expected_events.push((who, event.to_string(), f["timeepoc"].as_i64().unwrap() * 1000));
+        }
+    }
+    let mut got: Vec<(String, String, i64)> = pacer
+        .tail("race_zone_events", expected_events.len())
+        .iter()
+        .map(|r| {
+            let v = &r["value"];
+            (
+                v["who"].as_str().unwrap().to_string(),
+                v["event"].as_str().unwrap().to_string(),
+                v["at"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
+    expected_events.sort_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
+    assert_eq!(got, expected_events);
+    assert!(expected_events.iter().filter(|e| e.1 == "enter").count() >= 4, "every runner reaches the finish area");
 }
 
 /// (lat, lon, unix seconds) of every point of a real recorded run: a Garmin export from the
