@@ -220,13 +220,7 @@ function render() {
     const r = runner(who);
     r.status = s;
     if (replay.active) continue; // the replay decides what the map shows
-    r.marker.setLatLng([s.lat, s.lon]);
-    if (!r.added) {
-      r.marker.addTo(map);
-      const element = r.marker.getElement?.();
-      if (element) element.dataset.who = who;
-      r.added = true;
-    }
+    place(who, r, s);
     if (redrawSlow) r.trail.setLatLngs(r.points);
     else r.trailStale = true;
   }
@@ -253,6 +247,17 @@ function render() {
       slowRedrawQueued = false;
       queueRender();
     }, SLOW_REDRAW_MS);
+  }
+}
+
+/** Puts a runner's marker where `s` says, adding it to the map the first time. */
+function place(who, r, s) {
+  r.marker.setLatLng([s.lat, s.lon]);
+  if (!r.added) {
+    r.marker.addTo(map);
+    const element = r.marker.getElement?.();
+    if (element) element.dataset.who = who;
+    r.added = true;
   }
 }
 
@@ -293,13 +298,7 @@ function drawAll() {
       }
       continue;
     }
-    r.marker.setLatLng([s.lat, s.lon]);
-    if (!r.added) {
-      r.marker.addTo(map);
-      const element = r.marker.getElement?.();
-      if (element) element.dataset.who = who;
-      r.added = true;
-    }
+    place(who, r, s);
     const upTo = replay.active ? r.history.filter((h) => h.ts <= replay.time).map((h) => L.latLng(h.lat, h.lon)) : r.points;
     r.trail.setLatLngs(upTo);
   }

@@ -98,11 +98,24 @@ impl DeviceStatus {
     /// A device's record was stored.
     pub(crate) fn seen(&self, device: &str, client_id: &str, at: i64, offline: bool) {
         let mut state = self.state.lock().unwrap();
-        state.clients.entry(client_id.to_string()).or_default().insert(device.to_string());
-        let entry =
-            state.devices.entry(device.to_string()).or_insert(Device { online: false, last_seen: at, client_id: None });
+        // Every publish to a watched stream passes here: allocate only for what is new.
+        match state.clients.get_mut(client_id) {
+            Some(devices) if devices.contains(device) => {}
+            Some(devices) => {
+                devices.insert(device.to_string());
+            }
+            None => {
+                state.clients.insert(client_id.to_string(), BTreeSet::from([device.to_string()]));
+            }
+        }
+        if !state.devices.contains_key(device) {
+            state.devices.insert(device.to_string(), Device { online: false, last_seen: at, client_id: None });
+        }
+        let entry = state.devices.get_mut(device).expect("inserted above");
         entry.last_seen = at;
-        entry.client_id = Some(client_id.to_string());
+        if entry.client_id.as_deref() != Some(client_id) {
+            entry.client_id = Some(client_id.to_string());
+        }
         let (online, reason) = if offline { (false, "lwt") } else { (true, "data") };
         if entry.online != online {
             entry.online = online;

@@ -107,7 +107,7 @@ impl Ingest {
             let Some((stream, record, offline)) = self.record_for(p) else { continue };
             if let (Some(devices), Some(key)) = (&self.devices, &record.key) {
                 if devices.watches(stream) {
-                    seen.push((String::from_utf8_lossy(key).into_owned(), &p.client_id, p.received_at, offline));
+                    seen.push((key.clone(), &p.client_id, p.received_at, offline));
                 }
             }
             match by_stream.iter_mut().find(|(s, _)| *s == stream) {
@@ -119,7 +119,7 @@ impl Ingest {
         futures::future::try_join_all(appends).await?;
         if let Some(devices) = &self.devices {
             for (key, client, at, offline) in seen {
-                devices.seen(&key, client, at, offline);
+                devices.seen(&String::from_utf8_lossy(&key), client, at, offline);
             }
         }
         Ok(())

@@ -3,6 +3,23 @@
 
 use crate::devices::Device;
 
+/// The fields of MQTTX's Tesla schema besides `location` (latitude, longitude).
+pub const FIELDS: [&str; 13] = [
+    "vin",
+    "speed",
+    "odometer",
+    "soc",
+    "elevation",
+    "heading",
+    "accuracy",
+    "power",
+    "shift_state",
+    "range",
+    "est_battery_range",
+    "gps_as_of",
+    "timestamp",
+];
+
 pub struct Vehicle {
     pub client_id: String,
     vin: String,
@@ -92,21 +109,7 @@ mod tests {
         }
         assert!(v.odometer >= start.2);
         let r = v.reading(1_700_000_000_000);
-        for field in [
-            "vin",
-            "speed",
-            "odometer",
-            "soc",
-            "elevation",
-            "heading",
-            "accuracy",
-            "power",
-            "shift_state",
-            "range",
-            "est_battery_range",
-            "gps_as_of",
-            "timestamp",
-        ] {
+        for field in FIELDS {
             assert!(!r[field].is_null(), "{field} in {r}");
         }
         assert!(r["location"]["latitude"].is_f64() && r["location"]["longitude"].is_f64());

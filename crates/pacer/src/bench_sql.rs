@@ -97,20 +97,11 @@ pub async fn sql(b: SqlBench) -> anyhow::Result<()> {
     let mut operator = Operator::new(plan(&select, &source, &pacer_sql::Geometry::default())?);
 
     let started = Instant::now();
-    let mut reader = log.reader("readings", StartAt::Beginning)?;
-    let (mut events, mut windows, mut counted, mut sum_of_max) = (0u64, 0u64, 0i64, 0f64);
+    let (mut windows, mut counted, mut sum_of_max) = (0u64, 0i64, 0f64);
+    let events =
+        run_operator(&log, "readings", &mut operator, |out| tally(out, &mut windows, &mut counted, &mut sum_of_max))
+            .await?;
     let mut out = Vec::new();
-    loop {
-        let records = reader.try_batch().await?;
-        if records.is_empty() {
-            break;
-        }
-        for record in &records {
-            operator.process(record, &mut out).map_err(anyhow::Error::msg)?;
-        }
-        events += records.len() as u64;
-        tally(&mut out, &mut windows, &mut counted, &mut sum_of_max)?;
-    }
     // End of input: a batch engine sees every window closed, so close them all here too.
     operator.advance(i64::MAX, &mut out);
     tally(&mut out, &mut windows, &mut counted, &mut sum_of_max)?;
@@ -121,6 +112,29 @@ pub async fn sql(b: SqlBench) -> anyhow::Result<()> {
         events as f64 / secs
     );
     Ok(())
+}
+
+/// Runs `stream` from its beginning to its end through `operator`, handing each batch's
+/// rows to `take`; returns how many records went in.
+pub async fn run_operator(
+    log: &dyn Log,
+    stream: &str,
+    operator: &mut Operator,
+    mut take: impl FnMut(&mut Vec<Output>) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    let mut reader = log.reader(stream, StartAt::Beginning)?;
+    let (mut events, mut out) = (0u64, Vec::new());
+    loop {
+        let records = reader.try_batch().await?;
+        if records.is_empty() {
+            return Ok(events);
+        }
+        for record in &records {
+            operator.process(record, &mut out).map_err(anyhow::Error::msg)?;
+        }
+        events += records.len() as u64;
+        take(&mut out)?;
+    }
 }
 
 /// Adds closed windows to the checksum: windows, events in them, sum of max_temp.

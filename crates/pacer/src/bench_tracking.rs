@@ -15,13 +15,14 @@ use anyhow::Context;
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 use pacer_core::NewRecord;
-use pacer_log::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy, Log, StartAt};
+use pacer_log::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy, Log};
 use pacer_sql::engine::ast::{SourceKind, Statement};
-use pacer_sql::engine::operator::{Operator, Output};
+use pacer_sql::engine::operator::Operator;
 use pacer_sql::engine::parse;
 use pacer_sql::engine::plan::{plan, Column, Source};
 use pacer_sql::{Course, Geometry};
 
+use crate::bench_sql::run_operator;
 use crate::config::{BUILTIN_COURSE, BUILTIN_SQL};
 
 pub struct TrackingBench {
@@ -92,19 +93,20 @@ pub async fn tracking(b: TrackingBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `race` stream and the league table's SELECT, as the built-in SQL declares them.
+/// The `race` stream and the league table's (`race_status`) SELECT, as the built-in SQL
+/// declares them.
 fn race_queries() -> anyhow::Result<(Source, pacer_sql::engine::ast::Select)> {
     let mut source = None;
     let mut league = None;
     for statement in parse::parse(BUILTIN_SQL)? {
         match statement {
-            Statement::CreateSource { name, columns, .. } => {
+            Statement::CreateSource { name, columns, .. } if name == "race" => {
                 let columns =
                     columns.into_iter().map(|c| Column { name: c.name, data_type: c.data_type, key: c.key }).collect();
                 let (topic, kind, timestamp, windowed) = (name.clone(), SourceKind::Stream, None, false);
                 source = Some(Source { name, kind, topic, columns, timestamp, windowed });
             }
-            Statement::CreateAs { query, .. } => league = Some(*query),
+            Statement::CreateAs { name, query, .. } if name == "race_status" => league = Some(*query),
             _ => {}
         }
     }
@@ -121,25 +123,16 @@ struct Run {
 
 async fn run(log: &Arc<dyn Log>, mut operator: Operator) -> anyhow::Result<Run> {
     let started = Instant::now();
-    let mut reader = log.reader("race", StartAt::Beginning)?;
-    let (mut fixes, mut rows) = (0u64, 0u64);
-    let mut leader = String::new();
-    let mut out: Vec<Output> = Vec::new();
-    loop {
-        let records = reader.try_batch().await?;
-        if records.is_empty() {
-            break;
-        }
-        for record in &records {
-            operator.process(record, &mut out).map_err(anyhow::Error::msg)?;
-        }
-        fixes += records.len() as u64;
+    let (mut rows, mut leader) = (0u64, String::new());
+    let fixes = run_operator(log.as_ref(), "race", &mut operator, |out| {
         rows += out.len() as u64;
         for o in out.drain(..) {
             if o.value.as_ref().and_then(|v| v.get("rank")).and_then(|r| r.as_i64()) == Some(1) {
                 leader = o.key.unwrap_or_default();
             }
         }
-    }
+        Ok(())
+    })
+    .await?;
     Ok(Run { fixes, rows, secs: started.elapsed().as_secs_f64(), leader })
 }

@@ -77,21 +77,7 @@ fn vehicles_report_the_tesla_schema_keyed_by_client_id_at_publish_time() {
         assert_eq!(r["headers"]["mqtt.topic"], format!("mqttx/simulate/tesla/{key}"));
         let t = r["timestamp"].as_i64().unwrap();
         assert!((before..=after).contains(&t), "publish time, {t} not in {before}..{after}");
-        for field in [
-            "vin",
-            "speed",
-            "odometer",
-            "soc",
-            "elevation",
-            "heading",
-            "accuracy",
-            "power",
-            "shift_state",
-            "range",
-            "est_battery_range",
-            "gps_as_of",
-            "timestamp",
-        ] {
+        for field in pacer_sim::vehicles::FIELDS {
             assert!(!r["value"][field].is_null(), "{field} in {}", r["value"]);
         }
         *reports.entry(key.to_string()).or_default() += 1;

@@ -32,15 +32,21 @@ fn start_with_config(dir: &Path, config: &str) -> Pacer {
     Pacer::start_with(&dir.join("data"), &["--config", dir.join("pacer.toml").to_str().unwrap()])
 }
 
-#[test]
-fn mosquitto_pub_publishes_over_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    write_certificates(dir.path());
+/// Pacer with an MQTT/TLS listener, and that listener's port.
+fn start_with_tls(dir: &Path) -> (Pacer, String) {
+    write_certificates(dir);
     let pacer = start_with_config(
-        dir.path(),
+        dir,
         "[mqtt]\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\n",
     );
     let port = pacer.listeners["mqtts"].rsplit(':').next().unwrap().to_string();
+    (pacer, port)
+}
+
+#[test]
+fn mosquitto_pub_publishes_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pacer, port) = start_with_tls(dir.path());
     let out = Command::new("mosquitto_pub")
         .args(["-h", "localhost", "-p", &port, "--cafile"])
         .arg(dir.path().join("ca.pem"))
@@ -111,12 +117,7 @@ async fn rumqttc_talks_mqtt_over_secure_websocket() {
 #[test]
 fn pacer_simulate_publishes_over_tls() {
     let dir = tempfile::tempdir().unwrap();
-    write_certificates(dir.path());
-    let pacer = start_with_config(
-        dir.path(),
-        "[mqtt]\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\n",
-    );
-    let port = pacer.listeners["mqtts"].rsplit(':').next().unwrap().to_string();
+    let (pacer, port) = start_with_tls(dir.path());
     let out = Command::new(common::PACER)
         .args(["simulate", "generators", "--devices", "2", "--rate", "5", "--duration", "1"])
         .args(["--host", "localhost", "--port", &port, "--tls", "--cafile"])
