@@ -19,22 +19,29 @@ const COLORS = ['#e63946', '#1d4ed8', '#059669', '#d97706', '#7c3aed', '#db2777'
 const TRAIL_POINTS = 2000;
 /** Trails show the last ten minutes of event time. */
 const TRAIL_MS = 10 * 60 * 1000;
-/** Past this many runners, new ones are dots on a canvas (no label), trails too, and the
- * table and trails redraw at most twice a second: 1000 devices at 1 Hz stay smooth. */
+/** Past this many runners, new ones are dots on a canvas (no label), trails too, and the page
+ * redraws on a tick (4 times a second) instead of every frame: dots every tick, trails and the
+ * table (only its rows in view) in turns. 1000 devices at 1 Hz stay smooth. */
 const MANY = 60;
-const SLOW_REDRAW_MS = 500;
-/** With many runners: two minutes of trail each, and the table's first rows. */
+const TICK_MS = 250;
+/** With many runners: two minutes of trail each, a point every 5 s. */
 const TRAIL_MS_MANY = 2 * 60 * 1000;
-const TABLE_ROWS_MANY = 200;
+const TRAIL_STEP_MS_MANY = 5000;
+/** Rows drawn beyond the visible ones, either side, so scrolling shows no blank. */
+const ROWS_AROUND = 10;
 const HISTORY_POINTS = 5000;
 /** Numeric fields of a status row not worth charting. */
 const NOT_CHARTED = new Set(['lat', 'lon', 'ts', 'rank', 'fixes', 'finished_at', 'projected_finish']);
 
 const $ = (id) => document.getElementById(id);
 const map = L.map('map', { zoomSnap: 0.25, worldCopyJump: true }).setView([0, 0], 2);
-const canvas = L.canvas({ padding: 0.2 });
-let lastSlowRedraw = 0;
-let slowRedrawQueued = false;
+// Dots and trails on separate canvases: a dot that moves redraws the dots, not 1000 trails.
+const dotCanvas = L.canvas();
+const trailCanvas = L.canvas();
+let lastRender = 0;
+let tick = 0;
+let trailsStale = false;
+let tableStale = false;
 L.control.scale({ imperial: false, maxWidth: 160 }).addTo(map);
 
 // Offline basemap first: Natural Earth land under whatever tiles manage to load.
@@ -49,6 +56,8 @@ let renderQueued = false;
 let firstTs = null;
 let selected = null;
 let sort = { key: 'rank', descending: false };
+/** A league row's height (px), measured after each draw. */
+let rowHeight = 29;
 
 const tabs = [...document.querySelectorAll('[role=tab]')];
 const alerts = new Alerts($('alerts'), $('alert-count'), () => !$('panel-alerts').hidden);
@@ -77,6 +86,7 @@ new SqlConsole({
 
 async function start() {
   const config = await (await fetch('/api/v1/config')).json();
+  liveStream = config.live_stream;
   addTiles(config);
   const courses = await (await fetch('/api/v1/courses')).json();
   let bounds = null;
@@ -118,6 +128,9 @@ async function start() {
   });
 }
 
+/** The stream of status rows the map and the table follow. */
+let liveStream = null;
+
 /** Device status by device, for runners that appear after their status did. */
 const online = new Map();
 
@@ -156,13 +169,17 @@ function onStatusRows(records) {
     if (!s || typeof s.lat !== 'number') continue;
     const r = runner(s.who);
     const last = r.points[r.points.length - 1];
+    const many = runners.size > MANY;
     if (!last || last.lat !== s.lat || last.lng !== s.lon) {
       const point = L.latLng(s.lat, s.lon);
       point.ts = s.ts;
-      r.points.push(point);
+      // With many runners a trail keeps a point every TRAIL_STEP_MS_MANY (and the latest).
+      const before = r.points[r.points.length - 2];
+      if (many && before && s.ts - before.ts < TRAIL_STEP_MS_MANY) r.points[r.points.length - 1] = point;
+      else r.points.push(point);
     }
     let old = 0;
-    const keep = runners.size > MANY ? TRAIL_MS_MANY : TRAIL_MS;
+    const keep = many ? TRAIL_MS_MANY : TRAIL_MS;
     while (old < r.points.length && r.points[old].ts < s.ts - keep) old += 1;
     if (r.points.length - old > TRAIL_POINTS) old = r.points.length - TRAIL_POINTS;
     if (old > 0) r.points.splice(0, old);
@@ -178,11 +195,12 @@ function onStatusRows(records) {
   queueRender();
 }
 
+/** Draws what arrived: in the next frame, or with many runners on the next tick. */
 function queueRender() {
-  if (!renderQueued) {
-    renderQueued = true;
-    requestAnimationFrame(render);
-  }
+  if (renderQueued) return;
+  renderQueued = true;
+  if (runners.size <= MANY) requestAnimationFrame(render);
+  else setTimeout(() => requestAnimationFrame(render), Math.max(0, lastRender + TICK_MS - performance.now()));
 }
 
 function runner(who) {
@@ -199,12 +217,12 @@ function runner(who) {
     });
     marker = L.marker([0, 0], { icon, title: who, alt: who, riseOnHover: true });
   } else {
-    marker = L.circleMarker([0, 0], { renderer: canvas, radius: 5, color: '#fff', weight: 1, fillColor: color, fillOpacity: 1 });
+    marker = L.circleMarker([0, 0], { renderer: dotCanvas, radius: 5, color: '#fff', weight: 1, fillColor: color, fillOpacity: 1 });
     marker.bindTooltip(who);
   }
   marker.on('click', () => select(who));
   const trail = L.polyline([], {
-    color, weight: few ? 3 : 1.5, opacity: 0.8, interactive: false, className: 'trail', renderer: few ? undefined : canvas,
+    color, weight: few ? 3 : 1.5, opacity: 0.8, interactive: false, className: 'trail', renderer: few ? undefined : trailCanvas,
   }).addTo(map);
   r = { marker, trail, color, points: [], history: [], status: null, rank: null, online: online.get(who) ?? true, added: false };
   runners.set(who, r);
@@ -213,18 +231,25 @@ function runner(who) {
 
 function render() {
   renderQueued = false;
-  const now = performance.now();
-  const slow = runners.size > MANY;
-  const redrawSlow = !slow || now - lastSlowRedraw >= SLOW_REDRAW_MS;
+  lastRender = performance.now();
+  const many = runners.size > MANY;
+  // With many runners the dots move every tick, and the trails and the table take turns.
+  tick += 1;
+  const drawTrails = !many || tick % 2 === 0;
+  const drawTable = !many || tick % 2 === 1;
   for (const [who, s] of pending) {
     const r = runner(who);
     r.status = s;
+    tableStale = true;
     if (replay.active) continue; // the replay decides what the map shows
-    place(who, r, s);
-    if (redrawSlow) r.trail.setLatLngs(r.points);
-    else r.trailStale = true;
+    // Most rows of a busy league only change ranks: the dot stays where it is.
+    if (place(who, r, s)) {
+      r.trailStale = true;
+      trailsStale = true;
+    }
   }
-  if (redrawSlow) {
+  if (drawTrails && trailsStale) {
+    trailsStale = false;
     for (const r of runners.values()) {
       if (r.trailStale) r.trail.setLatLngs(r.points);
       r.trailStale = false;
@@ -237,28 +262,26 @@ function render() {
     renderDevice();
   }
   pending = new Map();
-  if (redrawSlow) {
-    lastSlowRedraw = now;
+  if (drawTable && tableStale) {
+    tableStale = false;
     if (!$('panel-league').hidden) renderTable();
-  } else if (!slowRedrawQueued) {
-    // Whatever arrives last is drawn, even if nothing follows it.
-    slowRedrawQueued = true;
-    setTimeout(() => {
-      slowRedrawQueued = false;
-      queueRender();
-    }, SLOW_REDRAW_MS);
   }
+  // Whatever arrives last is drawn, even if nothing follows it.
+  if (trailsStale || tableStale) queueRender();
 }
 
-/** Puts a runner's marker where `s` says, adding it to the map the first time. */
+/** Puts a runner's marker where `s` says, adding it to the map the first time; whether it moved. */
 function place(who, r, s) {
-  r.marker.setLatLng([s.lat, s.lon]);
+  const at = r.marker.getLatLng();
+  const moved = !r.added || at.lat !== s.lat || at.lng !== s.lon;
+  if (moved) r.marker.setLatLng([s.lat, s.lon]);
   if (!r.added) {
     r.marker.addTo(map);
     const element = r.marker.getElement?.();
     if (element) element.dataset.who = who;
     r.added = true;
   }
+  return moved;
 }
 
 function latestTs() {
@@ -312,7 +335,15 @@ function value(who, r, key) {
   return shown(r)[key];
 }
 
+/** Whether a pointer is down on the table: redrawing then would lose the click. */
+let tablePressed = false;
+let tableDeferred = false;
+
 function renderTable() {
+  if (tablePressed) {
+    tableDeferred = true;
+    return;
+  }
   const rows = [...runners.entries()].filter(([, r]) => shown(r));
   const direction = sort.descending ? -1 : 1;
   rows.sort(([a, ra], [b, rb]) => {
@@ -324,9 +355,14 @@ function renderTable() {
     return direction * c || a.localeCompare(b);
   });
   const latest = rows.reduce((m, [, r]) => Math.max(m, shown(r).ts), -Infinity);
-  const hidden = rows.length > MANY ? rows.length - TABLE_ROWS_MANY : 0;
-  if (hidden > 0) rows.length = TABLE_ROWS_MANY;
-  const html = rows.map(([who, r]) => {
+  // Only the rows in view (and a few either side) are in the DOM; spacers keep the scroll
+  // height, so 1000 runners cost what 40 do.
+  const panel = $('panel-league');
+  const body = $('league-rows');
+  const above = panel.getBoundingClientRect().top - body.getBoundingClientRect().top;
+  const first = Math.max(0, Math.floor(above / rowHeight) - ROWS_AROUND);
+  const last = Math.min(rows.length, first + Math.ceil(panel.clientHeight / rowHeight) + 2 * ROWS_AROUND);
+  const html = rows.slice(first, last).map(([who, r], i) => {
     const s = shown(r);
     // Highlight a change of rank as the query computed it.
     const moved = r.rank && s.rank !== r.rank ? (s.rank < r.rank ? 'moved-up' : 'moved-down') : '';
@@ -335,7 +371,7 @@ function renderTable() {
     const gap = s.gap_m ? `+${km(s.gap_m)}` : '—';
     const state = r.online ? 'online' : 'offline';
     return `<tr data-who="${escapeHtml(who)}" data-to-finish="${s.to_finish_m}" data-rank="${s.rank}" tabindex="0"
-        class="${moved}${who === selected ? ' selected' : ''}">
+        aria-rowindex="${first + i + 2}" class="${moved}${who === selected ? ' selected' : ''}">
       <td>${s.rank ?? '—'}</td>
       <td><span class="swatch" style="background:${r.color}"></span>${escapeHtml(who)}</td>
       <td>${toFinish}</td>
@@ -346,8 +382,16 @@ function renderTable() {
       <td>${clock(s.ts)}</td>
       <td class="${state}">${state}</td></tr>`;
   });
-  if (hidden > 0) html.push(`<tr class="more"><td colspan="9">and ${hidden} more (sort to see others)</td></tr>`);
-  $('league-rows').innerHTML = html.join('');
+  const spacer = (n) => `<tr class="spacer" aria-hidden="true"><td colspan="9" style="height:${n * rowHeight}px"></td></tr>`;
+  if (first > 0) html.unshift(spacer(first));
+  if (last < rows.length) html.push(spacer(rows.length - last));
+  // Keyboard focus stays on the runner it was on.
+  const focused = document.activeElement?.closest?.('#league-rows tr')?.dataset.who;
+  body.innerHTML = html.join('');
+  if (focused) body.querySelector(`tr[data-who="${CSS.escape(focused)}"]`)?.focus({ preventScroll: true });
+  $('league').setAttribute('aria-rowcount', String(rows.length + 1));
+  const row = body.querySelector('tr[data-who]');
+  if (row) rowHeight = row.getBoundingClientRect().height || rowHeight;
   if (firstTs !== null && Number.isFinite(latest)) {
     $('race-clock').textContent = `race time ${duration(latest - firstTs)}`;
   }
@@ -388,9 +432,59 @@ function renderDevice() {
     select.value = fields.includes(keep) ? keep : fields.includes('speed') ? 'speed' : fields[0];
   }
   const field = select.value;
-  const until = replay.active ? replay.time : Infinity;
-  const points = r.history.filter((h) => h.ts <= until && typeof h[field] === 'number').map((h) => [h.ts, h[field]]);
+  const points = chartRows(selected, r).filter((h) => typeof h[field] === 'number').map((h) => [h.ts, h[field]]);
   chart.show(field, points);
+}
+
+/** The chosen range of one runner's rows, read from the server: { who, range, rows }. */
+let ranged = null;
+
+/**
+ * The rows the device chart shows: what the page received ("Live"), or the chosen range read
+ * from the server followed by what arrived since; with replay, up to the replay time.
+ */
+function chartRows(who, r) {
+  const range = $('chart-range').value;
+  let rows = r.history;
+  if (range !== 'live') {
+    if (ranged?.who !== who || ranged?.range !== range) loadRange(who, r, range);
+    const stored = ranged.rows ?? [];
+    const last = stored.length ? stored[stored.length - 1].ts : -Infinity;
+    rows = stored.concat(r.history.filter((h) => h.ts > last));
+    if (range !== 'all') {
+      const from = r.status.ts - Number(range);
+      rows = rows.filter((h) => h.ts >= from);
+    }
+  }
+  return replay.active ? rows.filter((h) => h.ts <= replay.time) : rows;
+}
+
+/** Reads a runner's rows over `range` (ms before its last fix, or 'all') from the stream. */
+async function loadRange(who, r, range) {
+  const request = { who, range, rows: null };
+  ranged = request;
+  const status = $('chart-status');
+  status.textContent = 'reading history…';
+  const from = range === 'all' ? '' : `&from=${r.status.ts - Number(range)}`;
+  try {
+    const url = `/api/v1/streams/${encodeURIComponent(liveStream)}/records?key=${encodeURIComponent(who)}${from}&limit=100000`;
+    const response = await fetch(url);
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.error ?? response.statusText);
+    // A runner's row is sent again when others overtake it: keep one row per fix, the last.
+    const rows = [];
+    for (const { value } of body.records) {
+      if (!value || typeof value.ts !== 'number') continue;
+      if (rows.length && rows[rows.length - 1].ts === value.ts) rows[rows.length - 1] = value;
+      else rows.push(value);
+    }
+    request.rows = rows;
+    if (ranged === request) status.textContent = `${rows.length} fixes from the server`;
+  } catch (e) {
+    request.rows = [];
+    if (ranged === request) status.textContent = `history could not be read: ${e.message}`;
+  }
+  if (ranged === request && selected === who) renderDevice();
 }
 
 function showTab(name) {
@@ -434,8 +528,28 @@ const choose = (e) => {
   if (row && (e.type === 'click' || e.key === 'Enter')) select(row.dataset.who);
 };
 $('league-rows').addEventListener('click', choose);
+$('league-rows').addEventListener('pointerdown', () => {
+  tablePressed = true;
+});
+for (const type of ['pointerup', 'pointercancel']) {
+  window.addEventListener(type, () => {
+    tablePressed = false;
+    if (tableDeferred) {
+      tableDeferred = false;
+      requestAnimationFrame(renderTable);
+    }
+  });
+}
+$('panel-league').addEventListener('scroll', () => requestAnimationFrame(renderTable), { passive: true });
 $('league-rows').addEventListener('keydown', choose);
 $('chart-field').addEventListener('change', renderDevice);
+$('chart-range').addEventListener('change', () => {
+  if ($('chart-range').value === 'live') {
+    ranged = null; // a read still under way is no longer wanted
+    $('chart-status').textContent = '';
+  }
+  renderDevice();
+});
 
 start().catch((e) => {
   $('connection').textContent = `error: ${e.message}`;

@@ -7,6 +7,11 @@ export class TimeChart {
     this.element = element;
     this.plot = null;
     this.label = null;
+    // Dragging across the chart zooms in (uPlot); a double-click zooms back out.
+    this.zoomed = false;
+    element.addEventListener('dblclick', () => {
+      this.zoomed = false;
+    });
   }
 
   /** Draws `points` ([ms, value] pairs, in time order) as `label`. */
@@ -14,11 +19,13 @@ export class TimeChart {
     this.element.dataset.points = String(points.length);
     const data = [points.map((p) => p[0] / 1000), points.map((p) => p[1])];
     if (this.plot && this.label === label) {
-      this.plot.setData(data);
+      // New points keep a range the user zoomed into.
+      this.plot.setData(data, !this.zoomed);
       return;
     }
     this.plot?.destroy();
     this.label = label;
+    this.zoomed = false;
     const width = Math.max(240, this.element.clientWidth || 320);
     this.plot = new uPlot({
       width,
@@ -26,6 +33,7 @@ export class TimeChart {
       series: [{}, { label, stroke: '#1d4ed8', width: 2, points: { show: false } }],
       axes: [{}, { size: 60 }],
       legend: { live: false },
+      hooks: { setSelect: [(u) => { if (u.select.width > 0) this.zoomed = true; }] },
     }, data, this.element);
   }
 

@@ -28,10 +28,10 @@ export function clock(ms) {
 /**
  * Follows a stream's live feed (SSE). EventSource reconnects by itself and sends the last
  * event id, so the server resumes right after the last batch it delivered: no gap, no
- * duplicate. `onRecords` gets each batch.
+ * duplicate. `onRecords` gets each batch of {key, timestamp, value} records.
  */
 export function follow(stream, from, onRecords, onState) {
-  const source = new EventSource(`/api/v1/live?stream=${encodeURIComponent(stream)}&from=${from}`);
+  const source = new EventSource(`/api/v1/live?stream=${encodeURIComponent(stream)}&from=${from}&compact=true`);
   source.addEventListener('open', () => onState?.('live'));
   source.addEventListener('error', () => onState?.('reconnecting'));
   source.addEventListener('records', (e) => onRecords(JSON.parse(e.data)));

@@ -6,14 +6,11 @@ import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { startPacer, outputDir } from './pacer.mjs';
-
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'];
+import { startPacer, outputDir, CHROMIUM } from './pacer.mjs';
 
 test('the demo shows four moving runners and a league table led by the least remaining distance', { timeout: 300_000 }, async () => {
   const pacer = await startPacer(['demo', '--speed', '20', '--mqtt-listen', '127.0.0.1:0', '--http-listen', '127.0.0.1:0', '--osmand-listen', '127.0.0.1:0']);
-  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS });
+  const browser = await chromium.launch(CHROMIUM);
   try {
     const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     await page.goto(pacer.http);

@@ -1,5 +1,7 @@
-// Test helpers: start a real pacer process on free ports and wait for its ready line.
+// Test helpers: start a real pacer process and wait for its ready line, publish with
+// mosquitto_pub, launch Debian's Chromium.
 import { spawn } from 'node:child_process';
+import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -32,5 +34,35 @@ export function startPacer(args, { readyTimeoutMs = 60_000 } = {}) {
         resolve({ child, mqtt: m[1], http: m[2], stop: () => child.kill('SIGTERM') });
       }
     });
+  });
+}
+
+/** Debian's Chromium, headless, with nothing reaching out to the network. */
+export const CHROMIUM = {
+  executablePath: '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
+};
+
+/** A TCP port free on 127.0.0.1 right now. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Publishes one message per line at QoS 1 with mosquitto_pub, and waits for it to finish. */
+export function publish(mqttPort, topic, lines) {
+  return new Promise((resolve, reject) => {
+    const child = spawn('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(mqttPort), '-q', '1', '-t', topic, '-l'],
+      { stdio: ['pipe', 'ignore', 'inherit'] });
+    child.on('error', reject);
+    child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`mosquitto_pub exited with ${code}`))));
+    child.stdin.end(`${lines.join('\n')}\n`);
   });
 }

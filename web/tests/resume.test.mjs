@@ -3,38 +3,11 @@
 // the runner's chart holds every fix exactly once.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
-import { startPacer, outputDir } from './pacer.mjs';
-
-const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'];
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.on('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-/** Publishes one fix per line at QoS 1 with mosquitto_pub, and waits for it to finish. */
-function publish(mqttPort, topic, lines) {
-  return new Promise((resolve, reject) => {
-    const child = spawn('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(mqttPort), '-q', '1', '-t', topic, '-l'],
-      { stdio: ['pipe', 'ignore', 'inherit'] });
-    child.on('error', reject);
-    child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`mosquitto_pub exited with ${code}`))));
-    child.stdin.end(`${lines.join('\n')}\n`);
-  });
-}
+import { startPacer, outputDir, CHROMIUM, freePort, publish } from './pacer.mjs';
 
 /** Fixes of one runner walking north, a second apart, from second `from`. */
 function fixes(from, count) {
@@ -50,7 +23,7 @@ test('after a dropped connection the page resumes without a gap or a duplicate',
   const args = ['up', '--data-dir', dir, '--mqtt-listen', `127.0.0.1:${mqttPort}`,
     '--http-listen', `127.0.0.1:${httpPort}`, '--osmand-listen', ''];
   let pacer = await startPacer(args);
-  const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS });
+  const browser = await chromium.launch(CHROMIUM);
   try {
     const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     await page.goto(pacer.http);

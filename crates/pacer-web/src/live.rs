@@ -26,6 +26,10 @@ pub struct LiveQuery {
     from: Option<String>,
     /// Only records with this key.
     key: Option<String>,
+    /// Each record as `{key, timestamp, value}` only: a page following a busy stream parses
+    /// half the bytes.
+    #[serde(default)]
+    compact: bool,
 }
 
 pub async fn live(State(state): State<Arc<WebState>>, Query(q): Query<LiveQuery>, headers: HeaderMap) -> Response {
@@ -38,7 +42,7 @@ pub async fn live(State(state): State<Arc<WebState>>, Query(q): Query<LiveQuery>
         },
     };
     match state.log.reader(&q.stream, start) {
-        Ok(reader) => events(reader, q.stream, q.key).into_response(),
+        Ok(reader) => events(reader, q.stream, q.key, q.compact).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
@@ -61,6 +65,7 @@ fn events(
     reader: Box<dyn StreamReader>,
     stream: String,
     key: Option<String>,
+    compact: bool,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let events = futures::stream::unfold(Some(reader), move |reader| {
         let (stream, key) = (stream.clone(), key.clone());
@@ -72,7 +77,7 @@ fn events(
                         let records: Vec<Value> = batch
                             .iter()
                             .filter(|r| key.as_ref().is_none_or(|k| r.key.as_deref() == Some(k.as_bytes())))
-                            .map(|r| r.to_json(&stream))
+                            .map(|r| if compact { compact_json(r) } else { r.to_json(&stream) })
                             .collect();
                         if records.is_empty() {
                             continue;
@@ -90,4 +95,12 @@ fn events(
         }
     });
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+fn compact_json(record: &pacer_core::Record) -> Value {
+    serde_json::json!({
+        "key": record.key.as_deref().map(String::from_utf8_lossy),
+        "timestamp": record.timestamp,
+        "value": pacer_core::bytes_to_json(&record.value),
+    })
 }

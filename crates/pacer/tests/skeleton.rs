@@ -32,21 +32,33 @@ fn a_qos1_publish_is_read_back_by_tail_and_arrives_on_the_live_feed() {
     assert_eq!(records[0]["headers"]["mqtt.qos"], "1");
     assert_eq!(records[0]["headers"]["mqtt.client_id"], "skeleton-test");
 
-    let url = format!("{}/api/v1/live?stream=mqtt&from=beginning", pacer.http);
-    let first_event = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let response = reqwest::get(&url).await.unwrap();
-        assert_eq!(response.headers()["content-type"], "text/event-stream");
-        let mut body = response.bytes_stream();
-        let mut text = String::new();
-        while !text.contains("\n\n") {
-            let chunk = tokio::time::timeout(Duration::from_secs(20), body.next()).await.expect("an SSE event");
-            text.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
-        }
-        text
-    });
-    assert!(first_event.contains("event: records"), "{first_event}");
-    assert!(first_event.contains("id: 0:1"), "{first_event}");
-    assert!(first_event.contains(r#"\"temp\":21.5"#) || first_event.contains(r#""temp":21.5"#), "{first_event}");
+    let first_event = |query: &str| {
+        let url = format!("{}/api/v1/live?stream=mqtt&from=beginning{query}", pacer.http);
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let response = reqwest::get(&url).await.unwrap();
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
+            let mut body = response.bytes_stream();
+            let mut text = String::new();
+            while !text.contains("\n\n") {
+                let chunk = tokio::time::timeout(Duration::from_secs(20), body.next()).await.expect("an SSE event");
+                text.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+            }
+            text
+        })
+    };
+    let event = first_event("");
+    assert!(event.contains("event: records"), "{event}");
+    assert!(event.contains("id: 0:1"), "{event}");
+    assert!(event.contains(r#"\"temp\":21.5"#) || event.contains(r#""temp":21.5"#), "{event}");
+    // The dashboard's form: key, timestamp and value only.
+    let event = first_event("&compact=true");
+    let data = event.lines().find_map(|l| l.strip_prefix("data: ")).expect("a data line");
+    let records: serde_json::Value = serde_json::from_str(data).unwrap();
+    let record = records[0].as_object().unwrap();
+    assert_eq!(record.keys().collect::<Vec<_>>(), ["key", "timestamp", "value"], "{event}");
+    assert_eq!(record["key"], "sensors/t1");
+    assert_eq!(record["value"]["temp"], 21.5);
+    assert!(record["timestamp"].as_i64().unwrap() > 0);
 
     let metrics = pacer.get("/metrics");
     assert!(metrics.contains("pacer_mqtt_messages_in_total 1"), "{metrics}");
