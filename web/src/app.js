@@ -14,9 +14,12 @@ import { Alerts } from './alerts.js';
 import { Streams } from './streams.js';
 import { SqlConsole } from './sql.js';
 import { Replay } from './replay.js';
+import { MetricGrid } from './grid.js';
 
 const COLORS = ['#e63946', '#1d4ed8', '#059669', '#d97706', '#7c3aed', '#db2777', '#0891b2', '#65a30d'];
 const TRAIL_POINTS = 2000;
+/** A device that went offline, as a dot on the canvas (labelled markers use .offline). */
+const OFFLINE_COLOR = '#94a3b8';
 /** Trails show the last ten minutes of event time. */
 const TRAIL_MS = 10 * 60 * 1000;
 /** Past this many runners, new ones are dots on a canvas (no label), trails too, and the page
@@ -40,7 +43,8 @@ const dotCanvas = L.canvas();
 const trailCanvas = L.canvas();
 let lastRender = 0;
 let tick = 0;
-let trailsStale = false;
+/** Trails or a status colour on the map, and the table, wait to be redrawn. */
+let mapStale = false;
 let tableStale = false;
 L.control.scale({ imperial: false, maxWidth: 160 }).addTo(map);
 
@@ -123,6 +127,8 @@ async function start() {
       const r = runners.get(value.device);
       if (r) r.online = value.status === 'online';
       online.set(value.device, value.status === 'online');
+      mapStale = true;
+      tableStale = true;
     }
     queueRender();
   });
@@ -159,9 +165,12 @@ function addTiles(config) {
   tiles.addTo(map);
 }
 
+/** No tiles: the bundled land, a metric grid and the scale bar carry the map. */
 function showOfflineNote() {
   $('basemap-note').hidden = false;
+  grid ??= new MetricGrid(map);
 }
+let grid = null;
 
 function onStatusRows(records) {
   for (const rec of records) {
@@ -245,15 +254,20 @@ function render() {
     // Most rows of a busy league only change ranks: the dot stays where it is.
     if (place(who, r, s)) {
       r.trailStale = true;
-      trailsStale = true;
+      mapStale = true;
     }
   }
-  if (drawTrails && trailsStale) {
-    trailsStale = false;
+  if (drawTrails && mapStale) {
+    mapStale = false;
     for (const r of runners.values()) {
       if (r.trailStale) r.trail.setLatLngs(r.points);
       r.trailStale = false;
-      r.marker.getElement?.()?.classList.toggle('offline', !r.online);
+      if (r.drawnOnline !== r.online) {
+        r.drawnOnline = r.online;
+        const element = r.marker.getElement?.();
+        if (element) element.classList.toggle('offline', !r.online);
+        else r.marker.setStyle({ fillColor: r.online ? r.color : OFFLINE_COLOR });
+      }
     }
   }
   if (replay.active) $('replay-slider').max = String(latestTs());
@@ -267,7 +281,7 @@ function render() {
     if (!$('panel-league').hidden) renderTable();
   }
   // Whatever arrives last is drawn, even if nothing follows it.
-  if (trailsStale || tableStale) queueRender();
+  if (mapStale || tableStale) queueRender();
 }
 
 /** Puts a runner's marker where `s` says, adding it to the map the first time; whether it moved. */

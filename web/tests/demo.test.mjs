@@ -50,6 +50,8 @@ test('the demo shows four moving runners and a league table led by the least rem
     assert.ok(trails.every((points) => points >= 2), `trail points: ${trails}`);
     assert.ok(await page.$$eval('.leaflet-overlay-pane path', (p) => p.length) >= 6, 'basemap, course and trails');
     assert.ok(await page.$('.leaflet-control-scale'), 'scale bar');
+    assert.ok(await page.$('path.grid'), 'metric grid');
+    assert.match(await page.textContent('.grid-label'), /^grid \d+(\.\d+)? k?m$/);
     assert.equal(await page.$$eval('path.zone', (p) => p.length), 1, 'the finish area is drawn');
 
     await mkdir(outputDir, { recursive: true });
@@ -96,6 +98,15 @@ test('the demo shows four moving runners and a league table led by the least rem
     await page.click('#sql-run');
     await page.waitForFunction(() => document.querySelectorAll('#sql-result tbody tr').length >= 4
       && [...document.querySelectorAll('#sql-result thead th')].some((th) => th.textContent === 'dist_to_finish'), null, { timeout: 30_000 });
+    // A history query over the race's first minute: what the stream holds for ben then.
+    const from = await page.evaluate(async () => (await (await fetch('/api/v1/streams/race/records?limit=1')).json()).records[0].timestamp);
+    const to = from + 60_000;
+    const stored = await page.evaluate(async ([f, t]) => (await (await fetch(`/api/v1/streams/race/records?key=ben&from=${f}&to=${t}&limit=100000`)).json()).records.length, [from, to]);
+    assert.ok(stored > 5, `ben has fixes in the first minute: ${stored}`);
+    await page.fill('#sql-text', `SELECT who, COUNT(*) AS fixes FROM race WHERE who = 'ben' AND ROWTIME BETWEEN ${from} AND ${to} GROUP BY who`);
+    await page.click('#sql-run');
+    await page.waitForFunction(() => [...document.querySelectorAll('#sql-result thead th')].some((th) => th.textContent === 'fixes'), null, { timeout: 30_000 });
+    assert.deepEqual(await page.$$eval('#sql-result tbody tr', (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent))), [['ben', String(stored)]]);
     await page.fill('#sql-text', 'SELECT who FROM race_status WHERE rank = = 1');
     await page.click('#sql-run');
     await page.waitForSelector('#sql-result .error');

@@ -41,6 +41,9 @@ test('the device chart shows a chosen range read from the server', { timeout: 12
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   await page.goto(pacer.http);
   await page.waitForSelector('#league-rows tr[data-who="tom"]', { timeout: 30_000 });
+  // mosquitto_pub has disconnected: tom is offline, in the table and on the map.
+  await page.waitForSelector('#league-rows tr[data-who="tom"] td.offline', { timeout: 30_000 });
+  await page.waitForSelector('.leaflet-marker-icon.runner.offline[data-who="tom"]', { timeout: 30_000 });
   await page.click('#league-rows tr[data-who="tom"]');
   await page.selectOption('#chart-field', 'speed');
   // Live: what the page received, of which it keeps the last 5000 fixes.
