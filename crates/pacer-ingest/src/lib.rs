@@ -9,6 +9,7 @@
 mod broker_store;
 mod device_status;
 mod owntracks;
+mod publish;
 mod relay;
 mod rule;
 
@@ -22,8 +23,9 @@ use serde_json::json;
 
 pub use broker_store::LogBrokerStore;
 pub use device_status::{DeviceStatus, DeviceStatusConfig};
+pub use publish::{PublishConfig, StreamPublisher};
 pub use relay::Relay;
-pub use rule::{Decoder, IngestRule, KeyTemplate, RuleConfig, TimestampUnit};
+pub use rule::{Decoder, IngestRule, KeyTemplate, RuleConfig, TemplateOver, TimestampUnit};
 
 /// Stream that receives what could not be decoded, with the reason.
 pub const DEAD_LETTERS: &str = "_dead_letters";

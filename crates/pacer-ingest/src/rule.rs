@@ -58,7 +58,8 @@ pub enum TimestampUnit {
     Iso8601,
 }
 
-/// A key template compiled into its parts.
+/// A template compiled into its parts: an ingest rule's key (over the MQTT message), or the
+/// topic a stream's records are published on (over the record).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyTemplate(Vec<Part>);
 
@@ -70,30 +71,51 @@ enum Part {
     Topic,
     TopicLevel(usize),
     Field(Vec<String>),
+    /// A record's key and stream (publishing only).
+    Key,
+    Stream,
+}
+
+/// What a template is rendered over, which decides the placeholders it may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateOver {
+    Message,
+    Record,
 }
 
 impl KeyTemplate {
+    /// A key template for ingest rules: `{clientid}`, `{username}`, `{topic}`, `{topic[N]}`, `{$.field}`.
     pub fn parse(template: &str) -> Result<Self, String> {
+        Self::parse_over(template, TemplateOver::Message)
+    }
+
+    /// A template over MQTT messages, or over records (`{key}`, `{stream}`, `{$.field}`).
+    pub fn parse_over(template: &str, over: TemplateOver) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut rest = template;
         while let Some(open) = rest.find('{') {
             if open > 0 {
                 parts.push(Part::Literal(rest[..open].to_string()));
             }
-            let close = rest[open..].find('}').ok_or_else(|| format!("unclosed '{{' in key template {template:?}"))?;
+            let close = rest[open..].find('}').ok_or_else(|| format!("unclosed '{{' in template {template:?}"))?;
             let name = &rest[open + 1..open + close];
-            parts.push(match name {
-                "clientid" => Part::ClientId,
-                "username" => Part::Username,
-                "topic" => Part::Topic,
-                _ if name.starts_with("topic[") && name.ends_with(']') => Part::TopicLevel(
+            parts.push(match (name, over) {
+                (_, _) if name.starts_with("$.") => Part::Field(name[2..].split('.').map(str::to_string).collect()),
+                ("clientid", TemplateOver::Message) => Part::ClientId,
+                ("username", TemplateOver::Message) => Part::Username,
+                ("topic", TemplateOver::Message) => Part::Topic,
+                (_, TemplateOver::Message) if name.starts_with("topic[") && name.ends_with(']') => Part::TopicLevel(
                     name[6..name.len() - 1].parse().map_err(|_| format!("bad topic level in {{{name}}}"))?,
                 ),
-                _ if name.starts_with("$.") => Part::Field(name[2..].split('.').map(str::to_string).collect()),
-                _ => {
+                ("key", TemplateOver::Record) => Part::Key,
+                ("stream", TemplateOver::Record) => Part::Stream,
+                (_, TemplateOver::Message) => {
                     return Err(format!(
                         "unknown placeholder {{{name}}}: expected clientid, username, topic, topic[N] or $.field"
                     ))
+                }
+                (_, TemplateOver::Record) => {
+                    return Err(format!("unknown placeholder {{{name}}}: expected key, stream or $.field"))
                 }
             });
             rest = &rest[open + close + 1..];
@@ -105,25 +127,51 @@ impl KeyTemplate {
     }
 
     fn render(&self, p: &Publication, json: Option<&Value>) -> Result<String, String> {
-        let mut out = String::new();
-        for part in &self.0 {
+        self.render_with(json, |part, out| {
             match part {
-                Part::Literal(s) => out.push_str(s),
                 Part::ClientId => out.push_str(&p.client_id),
                 Part::Username => out.push_str(p.username.as_deref().unwrap_or("")),
                 Part::Topic => out.push_str(&p.topic),
                 Part::TopicLevel(n) => out.push_str(
                     p.topic.split('/').nth(*n).ok_or_else(|| format!("topic {:?} has no level {n}", p.topic))?,
                 ),
+                _ => unreachable!("parse_over(Message) admits no other placeholder"),
+            }
+            Ok(())
+        })
+    }
+
+    /// Renders over a record of `stream` whose value is `json` (when it is JSON).
+    pub fn render_record(&self, stream: &str, key: Option<&[u8]>, json: Option<&Value>) -> Result<String, String> {
+        self.render_with(json, |part, out| {
+            match part {
+                Part::Key => out.push_str(&String::from_utf8_lossy(key.ok_or("the record has no key")?)),
+                Part::Stream => out.push_str(stream),
+                _ => unreachable!("parse_over(Record) admits no other placeholder"),
+            }
+            Ok(())
+        })
+    }
+
+    fn render_with(
+        &self,
+        json: Option<&Value>,
+        mut placeholder: impl FnMut(&Part, &mut String) -> Result<(), String>,
+    ) -> Result<String, String> {
+        let mut out = String::new();
+        for part in &self.0 {
+            match part {
+                Part::Literal(s) => out.push_str(s),
                 Part::Field(path) => {
                     let v = json
                         .and_then(|j| lookup(j, path))
-                        .ok_or_else(|| format!("key field $.{} missing from payload", path.join(".")))?;
+                        .ok_or_else(|| format!("field $.{} missing from payload", path.join(".")))?;
                     match v {
                         Value::String(s) => out.push_str(s),
                         other => out.push_str(&other.to_string()),
                     }
                 }
+                other => placeholder(other, &mut out)?,
             }
         }
         Ok(out)

@@ -296,6 +296,12 @@ impl Broker {
         self.shared.accept(vec![publication]).await.map_err(PublishRefused::NotStored)
     }
 
+    /// Delivers messages whose content is already stored (a stream's records) to this node's
+    /// subscribers, as if published here; retained ones are kept as retained.
+    pub async fn deliver(&self, publications: Vec<Publication>) -> anyhow::Result<()> {
+        self.shared.route(publications, true).await
+    }
+
     /// Delivers messages another Pacer node accepted (and stored) to this node's
     /// subscribers, as if published here, without storing them again.
     pub async fn deliver_remote(&self, publications: Vec<Publication>) -> anyhow::Result<()> {

@@ -52,13 +52,14 @@ impl Generator {
         }
     }
 
-    pub fn reading(&mut self) -> serde_json::Value {
+    /// A reading stamped with the time it was taken (ms since the epoch).
+    pub fn reading(&mut self, now_ms: i64) -> serde_json::Value {
         let power = if self.fuel > 0.0 { (self.load * 250.0).round() } else { 0.0 };
         let temperature = 40.0 + self.load * 50.0 + (self.rng.f64() - 0.5) * 2.0;
         serde_json::json!({
             "generatorID": self.id, "lat": self.lat, "lon": self.lon,
             "temperature": (temperature * 10.0).round() / 10.0, "fuel": self.fuel.round(),
-            "power": power, "load": (self.load * 100.0).round() / 100.0,
+            "power": power, "load": (self.load * 100.0).round() / 100.0, "timestamp": now_ms,
         })
     }
 }
@@ -68,9 +69,9 @@ impl Device for Generator {
         format!("pacer-sim-{}", self.id)
     }
 
-    fn report(&mut self, seconds: f64, _now_ms: i64) -> Option<(String, String)> {
+    fn report(&mut self, seconds: f64, now_ms: i64) -> Option<(String, String)> {
         self.advance(seconds);
-        Some((format!("emergency_generators/{}", self.id), self.reading().to_string()))
+        Some((format!("emergency_generators/{}", self.id), self.reading(now_ms).to_string()))
     }
 }
 
@@ -92,9 +93,10 @@ mod tests {
         }
         assert!(lowest < LOW_FUEL, "it ran low: {lowest}");
         assert!(refuelled, "and was refuelled");
-        let r = g.reading();
+        let r = g.reading(1_795_000_000_000);
         for field in ["generatorID", "lat", "lon", "temperature", "fuel", "power", "load"] {
             assert!(!r[field].is_null(), "{field} in {r}");
         }
+        assert_eq!(r["timestamp"], 1_795_000_000_000i64);
     }
 }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use pacer_ingest::RuleConfig;
+use pacer_ingest::{PublishConfig, RuleConfig, StreamPublisher};
 use pacer_log::FsyncPolicy;
 use serde::Deserialize;
 
@@ -16,6 +16,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Ingest rules, first match wins. Empty: the built-in defaults.
     pub ingest: Vec<RuleConfig>,
+    /// Streams published to MQTT subscribers as records arrive.
+    pub publish: Vec<PublishConfig>,
     pub course: Vec<CourseConfig>,
     pub zone: Vec<ZoneConfig>,
     pub tracking: TrackingConfig,
@@ -337,6 +339,11 @@ impl Config {
                 config.tracking.max_speed_kmh
             );
         }
+        for (i, rule) in config.publish.iter().enumerate() {
+            if let Err(e) = StreamPublisher::from_config(rule) {
+                anyhow::bail!("{}: [[publish]] #{} (stream {:?}): {e}", path.display(), i + 1, rule.stream);
+            }
+        }
         // MQTT's remaining length tops out at 268,435,455 bytes; 0 would let one packet header
         // make the broker reserve that much.
         if !(1..=268_435_455).contains(&config.mqtt.max_packet_size) {
@@ -363,6 +370,16 @@ mod tests {
         assert!(err.contains("pacer.toml"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_publish_rule_names_the_file_the_rule_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pacer.toml");
+        std::fs::write(&path, "[[publish]]\nstream = \"alarms\"\ntopic = \"x\"\n\n[[publish]]\nstream = \"alarms\"\ntopic = \"alarms/#\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("pacer.toml: [[publish]] #2 (stream \"alarms\"): topic:"), "{err}");
+        assert!(err.contains("no wildcards"), "{err}");
     }
 
     #[test]

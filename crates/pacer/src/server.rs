@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use pacer_ingest::{DeviceStatus, Ingest, Relay};
+use pacer_ingest::{DeviceStatus, Ingest, Relay, StreamPublisher};
 use pacer_kafka::{KafkaLog, NewTopics};
 use pacer_log::{EmbeddedLog, EmbeddedLogConfig, Log};
 use pacer_mqtt::Broker;
@@ -66,6 +66,15 @@ impl Server {
         };
         broker.register_metrics(&mut registry);
         broker.observe_sessions(devices.clone());
+        // Placed before the queries start, so nothing they write is missed.
+        let mut publishing = Vec::new();
+        for (i, rule) in config.publish.iter().enumerate() {
+            let publisher =
+                StreamPublisher::from_config(rule).map_err(|e| anyhow::anyhow!("[[publish]] #{}: {e}", i + 1))?;
+            let task = publisher.start(log.clone(), broker.clone()).await;
+            publishing
+                .push((rule.stream.clone(), task.with_context(|| format!("publishing {} to MQTT", rule.stream))?));
+        }
 
         let geometry = Arc::new(load_geometry(&config)?);
         let engine = Engine::start(log.clone(), geometry.clone()).await.context("loading the SQL catalog")?;
@@ -157,6 +166,9 @@ impl Server {
             osmand_addr = Some(listener.local_addr()?);
             let osmand = pacer_web::osmand::router(broker.clone());
             tasks.spawn(async move { axum::serve(listener, osmand).await.context("OsmAnd server") });
+        }
+        for (stream, task) in publishing {
+            tasks.spawn(async move { task.await.with_context(|| format!("publishing {stream} to MQTT")) });
         }
         if let Some(relaying) = relaying {
             tasks.spawn(async move { relaying.await.context("MQTT relay between nodes") });

@@ -194,3 +194,73 @@ fn synthetic_runners_fill_the_league_table_and_owntracks_phones_the_locations() 
         assert!(pacer_sim::haversine_m((lat, lon), (37.2417, -121.9723)) < 200.0, "near the run's start: {lat}, {lon}");
     }
 }
+
+/// The seed's Flux task: every minute each generator's last reading of that minute, with its
+/// alarm and region, reaches an MQTT subscriber (a `[[publish]]` rule over the query's table).
+#[test]
+fn every_minute_the_last_reading_per_generator_reaches_mqtt_subscribers() {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = start_example(dir.path(), "generators");
+    let (client, mut connection) = Client::new(MqttOptions::new("alarm-reader", "127.0.0.1", pacer.mqtt_port), 100);
+    client.subscribe("generators/alarms/#", QoS::AtLeastOnce).unwrap();
+    for event in connection.iter() {
+        if let Event::Incoming(Packet::SubAck(_)) = event.expect("subscribe") {
+            break;
+        }
+    }
+
+    // Three generators read every 15 s for three minutes: g1 runs from 530 below 500, g2 is
+    // full, g3 low. A last reading in the fourth minute ends the third.
+    let t0: i64 = 1_795_000_020_000 / 60_000 * 60_000;
+    let fuel = |g: usize, k: i64| match g {
+        1 => 530.0 - 5.0 * k as f64,
+        2 => 800.0,
+        _ => 300.0 + k as f64,
+    };
+    // In time order, as the generators would send them (with no grace period, a reading
+    // for a minute that has ended is late: it goes to the dead letters).
+    for k in 0..12 {
+        for g in 1..=3 {
+            let reading = serde_json::json!({"generatorID": format!("g{g}"), "fuel": fuel(g, k), "load": 0.5,
+                                             "temperature": 60.0, "timestamp": t0 + k * 15_000});
+            pacer.mosquitto_pub(&format!("emergency_generators/g{g}"), 1, &reading.to_string());
+        }
+    }
+    let closing = serde_json::json!({"generatorID": "g1", "fuel": 470.0, "timestamp": t0 + 180_000});
+    pacer.mosquitto_pub("emergency_generators/g1", 1, &closing.to_string());
+
+    // What the readings say: per generator and minute, the minute's last fuel.
+    let mut expected: BTreeMap<(String, i64), f64> = BTreeMap::new();
+    for g in 1..=3 {
+        for minute in 0..3 {
+            expected.insert((format!("g{g}"), t0 + minute * 60_000), fuel(g, minute * 4 + 3));
+        }
+    }
+    let mut got: BTreeMap<(String, i64), f64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < expected.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(event) = connection.recv_timeout(left) else {
+            panic!("only {} of {} minute rows arrived: {got:?}", got.len(), expected.len())
+        };
+        if let Event::Incoming(Packet::Publish(p)) = event.expect("receive") {
+            let row: Value = serde_json::from_slice(&p.payload).unwrap();
+            let generator = p.topic.strip_prefix("generators/alarms/").expect("the rule's topic").to_string();
+            assert_eq!(row["generatorID"], generator.as_str());
+            let fuel = row["fuel"].as_f64().unwrap();
+            assert_eq!(row["alarm"], if fuel < 500.0 { "refuel" } else { "no action" }, "{row}");
+            assert_eq!(row["region"], "US");
+            let start = row["WINDOWSTART"].as_i64().unwrap();
+            assert!(got.insert((generator, start), fuel).is_none(), "one row per generator and minute: {row}");
+        }
+    }
+    assert_eq!(got, expected);
+    // The fourth minute is still open: nothing more comes for it.
+    assert!(
+        !matches!(connection.recv_timeout(Duration::from_millis(500)), Ok(Ok(Event::Incoming(Packet::Publish(_))))),
+        "a row for a minute that has not ended"
+    );
+}
