@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
@@ -36,23 +36,37 @@ pub struct Progress {
     pub errors: AtomicU64,
 }
 
+/// How often devices report, and how fast their time runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Reports per simulated second, per device.
+    pub rate_hz: f64,
+    /// Simulated seconds per real second: reports carry simulated time.
+    pub speed: f64,
+}
+
 /// Runs every device until `stop` turns true or each is done; returns once all have
 /// disconnected.
 pub async fn run(
     devices: Vec<Box<dyn Device>>,
     connection: Connection,
-    rate_hz: f64,
+    clock: Clock,
     progress: Arc<Progress>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let Clock { rate_hz, speed } = clock;
     anyhow::ensure!(rate_hz > 0.0, "--rate must be above 0, got {rate_hz}");
-    let period = Duration::from_secs_f64(1.0 / rate_hz);
+    anyhow::ensure!(speed > 0.0, "--speed must be above 0, got {speed}");
+    let period = Duration::from_secs_f64(1.0 / rate_hz / speed);
+    let started =
+        (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64, Instant::now());
     let count = devices.len().max(1) as f64;
     let mut tasks = Vec::new();
     for (i, device) in devices.into_iter().enumerate() {
         let (connection, progress, stop) = (connection.clone(), progress.clone(), stop.clone());
         let offset = period.mul_f64(i as f64 / count);
-        tasks.push(tokio::spawn(run_one(device, connection, period, offset, progress, stop)));
+        let timing = Timing { period, offset, started, speed };
+        tasks.push(tokio::spawn(run_one(device, connection, timing, progress, stop)));
     }
     for task in tasks {
         task.await??;
@@ -60,14 +74,24 @@ pub async fn run(
     Ok(())
 }
 
+/// One device's reporting times.
+struct Timing {
+    /// Between reports, in real time.
+    period: Duration,
+    offset: Duration,
+    /// When the fleet started: the clock (ms since the epoch) and the instant.
+    started: (i64, Instant),
+    speed: f64,
+}
+
 async fn run_one(
     mut device: Box<dyn Device>,
     c: Connection,
-    period: Duration,
-    offset: Duration,
+    timing: Timing,
     progress: Arc<Progress>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let Timing { period, offset, started, speed } = timing;
     let mut mqtt = MqttOptions::new(device.client_id(), c.host.clone(), c.port);
     mqtt.set_keep_alive(Duration::from_secs(30));
     if let Some(user) = &c.username {
@@ -100,8 +124,8 @@ async fn run_one(
             _ = tick.tick() => {}
             _ = stop.changed() => break,
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
-        let Some((topic, payload)) = device.report(period.as_secs_f64(), now) else { break };
+        let now = started.0 + (started.1.elapsed().as_secs_f64() * speed * 1000.0) as i64;
+        let Some((topic, payload)) = device.report(period.as_secs_f64() * speed, now) else { break };
         if client.publish(topic, QoS::AtLeastOnce, false, payload).await.is_err() {
             progress.errors.fetch_add(1, Ordering::Relaxed);
             break;

@@ -97,12 +97,15 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "PACER_SERVER")]
         server: String,
     },
-    /// Appends JSON lines from stdin to a stream of a running Pacer
+    /// Appends JSON lines (or a JSON array) from stdin to a stream of a running Pacer
     Produce {
         stream: String,
         /// Key of every record
-        #[arg(long)]
+        #[arg(long, conflicts_with = "key_field")]
         key: Option<String>,
+        /// Key each record by this field of its value (e.g. deviceId)
+        #[arg(long)]
+        key_field: Option<String>,
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "PACER_SERVER")]
         server: String,
     },
@@ -137,17 +140,14 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Scenario {
-    /// The race: the bundled 2019 Sydney half replayed at --speed, or, with --devices,
-    /// synthetic runners along its course in real time
+    /// The race: the bundled 2019 Sydney half replayed at --speed (default 30), or, with
+    /// --devices, synthetic runners along its course
     Race {
         #[command(flatten)]
         fleet: simulate::Fleet,
         /// Synthetic runners (without it: the bundled race's four)
         #[arg(long)]
         devices: Option<u32>,
-        /// Replay: event time runs this many times faster than real time
-        #[arg(long, default_value_t = 30.0)]
-        speed: f64,
         #[arg(long, value_enum, default_value = "race")]
         format: simulate::FormatArg,
         /// Synthetic runners' course: GPX (track or route) or GeoJSON [default: the Sydney half's]
@@ -337,8 +337,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { speed, exit_after_replay, server } => demo(speed, exit_after_replay, server).await,
         Command::Bench { bench } => run_bench(bench).await,
         Command::Simulate { scenario } => match scenario {
-            Scenario::Race { fleet, devices, speed, format, course } => {
-                simulate::race(simulate::RaceArgs { fleet, devices, speed, format, course }).await
+            Scenario::Race { fleet, devices, format, course } => {
+                simulate::race(simulate::RaceArgs { fleet, devices, format, course }).await
             }
             Scenario::Generators { fleet, devices } => simulate::generators(fleet, devices).await,
             Scenario::Vehicles { fleet, devices } => simulate::vehicles(fleet, devices).await,
@@ -363,7 +363,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("{} {user} in {}", if delete { "removed" } else { "set" }, file.display());
             Ok(())
         }
-        Command::Produce { stream, key, server } => produce::produce(&server, &stream, key.as_deref()).await,
+        Command::Produce { stream, key, key_field, server } => {
+            let key = match (&key, &key_field) {
+                (Some(k), _) => produce::KeyFrom::Fixed(k),
+                (None, Some(f)) => produce::KeyFrom::Field(f),
+                (None, None) => produce::KeyFrom::None,
+            };
+            produce::produce(&server, &stream, key).await
+        }
         Command::Sql { statement, server } => sql(&server, &statement).await,
     }
 }

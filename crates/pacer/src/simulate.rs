@@ -59,12 +59,15 @@ pub struct Fleet {
     /// Stop after this many seconds (else Ctrl-C, or when every device is done)
     #[arg(long)]
     pub duration: Option<u64>,
+    /// Simulated time runs this many times faster than the clock: devices report --rate times
+    /// per simulated second, stamped with simulated time [default: 1; the race's replay: 30]
+    #[arg(long)]
+    pub speed: Option<f64>,
 }
 
 pub struct RaceArgs {
     pub fleet: Fleet,
     pub devices: Option<u32>,
-    pub speed: f64,
     pub format: FormatArg,
     /// A GPX or GeoJSON course for synthetic runners (default: the Sydney half's).
     pub course: Option<std::path::PathBuf>,
@@ -99,13 +102,14 @@ pub async fn access(fleet: Fleet, devices: Option<u32>) -> anyhow::Result<()> {
 /// The bundled race replayed at `speed`, or `devices` synthetic runners in real time.
 pub async fn race(a: RaceArgs) -> anyhow::Result<()> {
     let Some(devices) = a.devices else {
-        let target = a.fleet.target;
+        let target = a.fleet.target.clone();
         anyhow::ensure!(
             target.username.is_none(),
             "the replay of the bundled race connects anonymously; give --devices to use credentials"
         );
         let fixes = pacer_sim::parse_race(pacer_sim::SYDNEY_HALF_2019)?;
-        let options = pacer_sim::ReplayOptions { host: target.host, port: target.port, speed: a.speed };
+        let speed = a.fleet.speed.unwrap_or(30.0);
+        let options = pacer_sim::ReplayOptions { host: target.host, port: target.port, speed };
         let acked = pacer_sim::replay_race(fixes, options).await?;
         println!("replayed the 2019 Sydney half: {acked} fixes published and acknowledged");
         return Ok(());
@@ -143,7 +147,8 @@ async fn run(all: Vec<Box<dyn Device>>, what: &str, fleet: Fleet) -> anyhow::Res
     };
     let progress = Arc::new(Progress::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut running = tokio::spawn(devices::run(all, connection, fleet.rate, progress.clone(), stopped));
+    let clock = devices::Clock { rate_hz: fleet.rate, speed: fleet.speed.unwrap_or(1.0) };
+    let mut running = tokio::spawn(devices::run(all, connection, clock, progress.clone(), stopped));
     let bar =
         ProgressBar::new_spinner().with_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
     let started = Instant::now();

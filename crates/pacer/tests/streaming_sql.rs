@@ -369,3 +369,123 @@ fn push_queries_insert_into_dead_letters_and_a_restart() {
     let (_, terminated) = pacer.post_sql("TERMINATE INSERTQUERY_1");
     assert_eq!(terminated["message"], "terminated INSERTQUERY_1");
 }
+
+/// History queries with SQL II: a stream joined with a table (LEFT and INNER), Flink's
+/// TUMBLE over a column's event time, and CTEs joining a windowed aggregate with an
+/// aggregate of it; each answer checked against the rows computed here.
+#[test]
+fn history_queries_join_tables_and_window_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(dir.path());
+    for statement in [
+        "CREATE STREAM readings (sensor VARCHAR, ts BIGINT, temp DOUBLE) WITH (kafka_topic='readings', value_format='JSON')",
+        "CREATE TABLE sensors (sensor VARCHAR PRIMARY KEY, site VARCHAR) WITH (kafka_topic='sensors', value_format='JSON')",
+    ] {
+        assert_eq!(pacer.post_sql(statement).0, 200);
+    }
+    // Three sensors every 20 s for 200 s; the record timestamps are not the readings' times.
+    let t0: i64 = 1_795_000_000_000 / 60_000 * 60_000;
+    let temp = |s: i64, k: i64| 20.0 + s as f64 * 0.5 + ((k * 7 + s * 3) % 5) as f64;
+    let mut readings = Vec::new();
+    for k in 0..10 {
+        for s in 1..=3 {
+            readings.push(serde_json::json!({"key": format!("s{s}"), "timestamp": 1_000 + k,
+                "value": {"sensor": format!("s{s}"), "ts": t0 + k * 20_000, "temp": temp(s, k)}}));
+        }
+    }
+    assert_eq!(pacer.post("/api/v1/streams/readings/records", &Value::from(readings)).0, 200);
+    let sites =
+        serde_json::json!([{"key": "s1", "value": {"site": "north"}}, {"key": "s2", "value": {"site": "south"}}]);
+    assert_eq!(pacer.post("/api/v1/streams/sensors/records", &sites).0, 200);
+    let rows = |sql: &str| -> Vec<Vec<Value>> {
+        let (status, body) = pacer.post_sql(sql);
+        assert_eq!(status, 200, "{sql}: {body}");
+        body["rows"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().clone()).collect()
+    };
+
+    // Enrichment: every reading, with its sensor's site where the table has one.
+    let joined = rows("SELECT r.sensor, s.site, r.temp FROM readings r LEFT JOIN sensors s ON r.sensor = s.sensor");
+    assert_eq!(joined.len(), 30);
+    for row in &joined {
+        let site = match row[0].as_str().unwrap() {
+            "s1" => Value::from("north"),
+            "s2" => Value::from("south"),
+            _ => Value::Null,
+        };
+        assert_eq!(row[1], site, "{row:?}");
+    }
+    let inner = rows("SELECT readings.sensor, site FROM readings JOIN sensors ON readings.sensor = sensors.sensor");
+    assert_eq!(inner.len(), 20, "s3 has no site: an inner join leaves it out");
+
+    // One-minute windows of the readings' own time.
+    let mut expected: BTreeMap<(i64, String), (f64, i64)> = BTreeMap::new();
+    for k in 0..10 {
+        for s in 1..=3 {
+            let start = (t0 + k * 20_000) / 60_000 * 60_000;
+            let e = expected.entry((start, format!("s{s}"))).or_default();
+            e.0 += temp(s, k);
+            e.1 += 1;
+        }
+    }
+    let windows = rows(
+        "SELECT window_start, window_end, sensor, AVG(temp) AS avg_temp, COUNT(*) AS n
+         FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
+         GROUP BY window_start, window_end, sensor",
+    );
+    assert_eq!(windows.len(), expected.len());
+    for row in &windows {
+        let start = row[0].as_i64().unwrap();
+        assert_eq!(row[1].as_i64().unwrap(), start + 60_000);
+        let (sum, n) = expected[&(start, row[2].as_str().unwrap().to_string())];
+        assert!((row[3].as_f64().unwrap() - sum / n as f64).abs() < 1e-9, "{row:?}");
+        assert_eq!(row[4], n);
+    }
+
+    // The hottest sensor of each window: a windowed aggregate joined with its own maximum.
+    let hottest = rows(
+        "WITH w AS (SELECT window_start, window_end, sensor, AVG(temp) AS avg_temp
+                    FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
+                    GROUP BY window_start, window_end, sensor),
+              top AS (SELECT window_start, MAX(avg_temp) AS hottest FROM w GROUP BY window_start)
+         SELECT w.window_start, w.sensor, t.hottest FROM w JOIN top t
+           ON w.window_start = t.window_start AND w.avg_temp = t.hottest",
+    );
+    let mut by_window: BTreeMap<i64, (f64, Vec<String>)> = BTreeMap::new();
+    for ((start, sensor), (sum, n)) in &expected {
+        let avg = sum / *n as f64;
+        let best = by_window.entry(*start).or_insert((f64::MIN, Vec::new()));
+        if avg > best.0 {
+            *best = (avg, vec![sensor.clone()]);
+        } else if avg == best.0 {
+            best.1.push(sensor.clone());
+        }
+    }
+    let mut got: BTreeMap<i64, (f64, Vec<String>)> = BTreeMap::new();
+    for row in &hottest {
+        let e = got.entry(row[0].as_i64().unwrap()).or_insert((row[2].as_f64().unwrap(), Vec::new()));
+        e.1.push(row[1].as_str().unwrap().to_string());
+        e.1.sort();
+    }
+    assert_eq!(got, by_window);
+
+    // Mistakes are named before anything runs.
+    let error = |sql: &str| {
+        let (status, body) = pacer.post_sql(sql);
+        assert_eq!(status, 400, "{sql}: {body}");
+        body["error"].as_str().unwrap().to_string()
+    };
+    let e = error("SELECT sensor FROM readings r JOIN sensors s ON r.sensor = s.sensor");
+    assert!(e.contains("sensor: ambiguous, qualify it (r.sensor or s.sensor)"), "{e}");
+    let e = error("SELECT r.temp FROM readings r JOIN sensors s ON sensor = sensor");
+    assert!(e.contains("sensor: both sides of the join have it; qualify it (r.sensor or s.sensor)"), "{e}");
+    let e = error("SELECT r.temp FROM readings r JOIN sensors s ON r.temp > 1");
+    assert!(e.contains("joins pair rows by equal columns"), "{e}");
+    let e = error("SELECT r.nope FROM readings r JOIN sensors s ON r.sensor = s.sensor");
+    assert!(e.contains("r.nope: no such column"), "{e}");
+    let e = error("SELECT window_start, COUNT(*) FROM TABLE(TUMBLE(TABLE readings, DESCRIPTOR(ts), INTERVAL '1' MINUTE)) GROUP BY sensor");
+    assert!(e.contains("GROUP BY window_start, window_end"), "{e}");
+    let e = error(
+        "CREATE STREAM enriched AS SELECT r.sensor, s.site FROM readings r JOIN sensors s ON r.sensor = s.sensor",
+    );
+    assert!(e.contains("joins without windows run as pull queries for now"), "{e}");
+}

@@ -85,9 +85,15 @@ pub type Properties = BTreeMap<String, String>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Select {
+    /// `WITH name AS (SELECT …), …` before the query (the outermost one only).
+    pub ctes: Vec<(String, Select)>,
     pub items: Vec<SelectItem>,
     pub from: String,
     pub alias: Option<String>,
+    /// `FROM TABLE(HOP(TABLE from, DESCRIPTOR(col), slide, size))` or `TUMBLE(…, size)`:
+    /// Flink's window table functions; each row belongs to its windows.
+    pub window_table: Option<WindowTable>,
+    pub joins: Vec<Join>,
     pub window: Option<Window>,
     pub selection: Option<Expr>,
     pub group_by: Vec<Expr>,
@@ -95,6 +101,29 @@ pub struct Select {
     pub having: Option<Expr>,
     pub emit: Emit,
     pub limit: Option<u64>,
+}
+
+/// A window table function in FROM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowTable {
+    pub kind: WindowKind,
+    /// The DESCRIPTOR column: event time (ROWTIME, or the column holding it).
+    pub time_column: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinKind {
+    Inner,
+    Left,
+}
+
+/// `[INNER | LEFT] JOIN source [alias] ON condition`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Join {
+    pub kind: JoinKind,
+    pub source: String,
+    pub alias: Option<String>,
+    pub on: Expr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -145,6 +145,23 @@ pub fn compile(e: &sql::Expr, scope: &mut dyn Scope) -> Result<(Expr, DataType),
             (Expr::Column(slot), t)
         }
         sql::Expr::Value(v) => literal(&v.value)?,
+        // `INTERVAL '5' MINUTES`, `INTERVAL '1 minute'`: a number of milliseconds, so
+        // `ROWTIME - INTERVAL '1' HOUR` and DATE_BIN(INTERVAL '1' MINUTE, …) read naturally.
+        sql::Expr::Interval(interval) => {
+            let amount = match interval.value.as_ref() {
+                sql::Expr::Value(v) => match &v.value {
+                    sql::Value::SingleQuotedString(s) | sql::Value::Number(s, _) => s.clone(),
+                    _ => return plan_error(format!("{e}: an interval's amount is a quoted number")),
+                },
+                _ => return plan_error(format!("{e}: an interval's amount is a quoted number")),
+            };
+            let text = match &interval.leading_field {
+                Some(unit) => format!("{amount} {unit}"),
+                None => amount,
+            };
+            let ms = super::functions::duration_ms(&text).map_err(|m| PlanError(format!("{e}: {m}")))?;
+            (Expr::Literal(Value::Int(ms)), DataType::BigInt)
+        }
         sql::Expr::Nested(inner) => compile(inner, scope)?,
         sql::Expr::IsNull(inner) | sql::Expr::IsNotNull(inner) => {
             let (inner, _) = boxed(scope, inner)?;

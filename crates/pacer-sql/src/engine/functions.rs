@@ -399,6 +399,14 @@ static FUNCTIONS: &[ScalarFunction] = &[
     scalar!("DATETOSTRING", 2, 2, [Int, Str] -> DataType::String, date_to_string),
     scalar!("STRINGTODATE", 2, 2, [Str] -> DataType::Int, string_to_date),
     scalar!("CONVERT_TZ", 3, 3, [Time, Str] -> DataType::Timestamp, convert_tz),
+    // Time buckets: Druid's TIME_FLOOR(time, 'PT1M'[, origin]) and DATE_BIN(stride, time[, origin])
+    // of PostgreSQL and InfluxDB 3, the stride an INTERVAL, milliseconds or a period.
+    scalar!("TIME_FLOOR", 2, 3, [Time, Any, Time] -> DataType::Timestamp, |args: &[Value]| {
+        time_bucket(arg(args, 0), arg(args, 1), args.get(2))
+    }),
+    scalar!("DATE_BIN", 2, 3, [Any, Time, Time] -> DataType::Timestamp, |args: &[Value]| {
+        time_bucket(arg(args, 1), arg(args, 0), args.get(2))
+    }),
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -1547,6 +1555,79 @@ fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// The start of the bucket `time` falls in: buckets `stride` long from `origin` (default the
+/// Unix epoch). NULL in, NULL out.
+fn time_bucket(time: &Value, stride: &Value, origin: Option<&Value>) -> Result<Value, String> {
+    let ms = |v: &Value| -> Result<Option<i64>, String> {
+        match v {
+            Value::Null => Ok(None),
+            Value::Int(i) => Ok(Some(*i)),
+            Value::String(s) => duration_ms(s).map(Some),
+            other => Err(format!("{other} is not a time or a period")),
+        }
+    };
+    let (Some(t), Some(stride)) = (ms(time)?, ms(stride)?) else { return Ok(Value::Null) };
+    if stride <= 0 {
+        return Err(format!("a bucket of {stride} ms: give a period above zero"));
+    }
+    let origin = match origin {
+        Some(o) => match ms(o)? {
+            Some(o) => o,
+            None => return Ok(Value::Null),
+        },
+        None => 0,
+    };
+    Ok(Value::Int(t - (t - origin).rem_euclid(stride)))
+}
+
+/// Milliseconds in a period: ISO 8601 (`PT1M`, `PT0.5S`, `P1D`, `P1W`) or an amount and a unit
+/// (`5 minutes`, `30 SECOND`, `1 h`); months and years have no fixed length and are refused.
+pub fn duration_ms(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    let bad = || format!("{text:?} is not a period (PT1M, P1D, '5 minutes', …)");
+    if let Some(iso) = t.strip_prefix(['P', 'p']) {
+        let mut total = 0.0;
+        let mut in_time = false;
+        let mut number = String::new();
+        for c in iso.chars() {
+            match c.to_ascii_uppercase() {
+                'T' if number.is_empty() => in_time = true,
+                '0'..='9' | '.' => number.push(c),
+                unit => {
+                    let n: f64 = number.parse().map_err(|_| bad())?;
+                    number.clear();
+                    total += n * match (unit, in_time) {
+                        ('W', false) => 7.0 * 86_400_000.0,
+                        ('D', false) => 86_400_000.0,
+                        ('H', true) => 3_600_000.0,
+                        ('M', true) => 60_000.0,
+                        ('S', true) => 1_000.0,
+                        ('M' | 'Y', false) => return Err(format!("{text:?}: months and years have no fixed length")),
+                        _ => return Err(bad()),
+                    };
+                }
+            }
+        }
+        if !number.is_empty() || total <= 0.0 {
+            return Err(bad());
+        }
+        return Ok(total.round() as i64);
+    }
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let n: f64 = t[..split].parse().map_err(|_| bad())?;
+    let unit = t[split..].trim().to_ascii_lowercase();
+    let ms = match unit.as_str() {
+        "" | "ms" | "millisecond" | "milliseconds" => 1.0,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1_000.0,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60_000.0,
+        "h" | "hour" | "hours" => 3_600_000.0,
+        "d" | "day" | "days" => 86_400_000.0,
+        "w" | "week" | "weeks" => 7.0 * 86_400_000.0,
+        _ => return Err(bad()),
+    };
+    Ok((n * ms).round() as i64)
+}
+
 /// UNIX_TIMESTAMP() is now; UNIX_TIMESTAMP(ts) and FROM_UNIXTIME(ms) change only the type.
 fn unix_timestamp(args: &[Value]) -> Result<Value, String> {
     if args.is_empty() {
@@ -2587,6 +2668,23 @@ mod tests {
 
     /// 2021-06-30T12:18:39.446Z, a Wednesday in summer time.
     const SUMMER: i64 = 1_625_055_519_446;
+
+    #[test]
+    fn time_buckets_floor_to_their_period() {
+        let t = 1_558_218_743_123; // 2019-05-18T22:32:23.123Z
+        assert_eq!(eval("TIME_FLOOR", &[i(t), s("PT1M")]), i(1_558_218_720_000));
+        assert_eq!(eval("TIME_FLOOR", &[i(t), s("PT15M")]), i(1_558_218_600_000));
+        assert_eq!(eval("DATE_BIN", &[i(60_000), i(t)]), i(1_558_218_720_000));
+        assert_eq!(eval("DATE_BIN", &[s("1 hour"), i(t), i(45 * 60_000)]), i(1_558_215_900_000));
+        assert_eq!(eval("DATE_BIN", &[s("P1D"), i(-1)]), i(-86_400_000), "before the origin too");
+        assert_eq!(eval("TIME_FLOOR", &[Value::Null, s("PT1M")]), Value::Null);
+        assert!(error("TIME_FLOOR", &[i(t), s("P1M")]).contains("months and years"));
+        assert!(error("DATE_BIN", &[s("fortnight"), i(t)]).contains("not a period"));
+        assert_eq!(duration_ms("PT0.5S"), Ok(500));
+        assert_eq!(duration_ms("P1DT2H"), Ok(93_600_000));
+        assert_eq!(duration_ms("30 SECOND"), Ok(30_000));
+        assert_eq!(duration_ms("250"), Ok(250));
+    }
 
     #[test]
     fn timestamps_format_with_java_patterns() {

@@ -14,6 +14,7 @@ pub mod operator;
 pub mod parse;
 pub mod plan;
 pub mod query;
+pub mod relation;
 pub mod value;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,16 +27,19 @@ use serde_json::{Map, Value as Json};
 use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::geometry::Geometry;
-use ast::{Emit, SourceKind, Statement};
+use ast::{Emit, Select, SourceKind, Statement};
 use expr::PlanError;
 use operator::Operator;
 use plan::{Column, Plan, Shape, Source};
 use query::QueryRunner;
+use relation::Row;
 
 /// Internal stream of the DDL statements that built the catalog, in order.
 const CATALOG: &str = "__catalog";
 /// Rows a pull query on a stream returns when it has no LIMIT.
 pub const DEFAULT_PULL_LIMIT: usize = 10_000;
+/// Rows a join or CTE reads from one source, at most.
+const MAX_RELATION_ROWS: usize = 1_000_000;
 
 /// Transparent: the message is the cause's, said once in an error chain.
 #[derive(Debug, thiserror::Error)]
@@ -231,18 +235,27 @@ impl Engine {
                     }
                 }
                 check_format(&properties)?;
-                let source = self.source(&catalog, &query.from)?;
-                let plan = plan::plan(&query, &source, &self.geometry)?;
-                let aggregated = matches!(plan.shape, Shape::Aggregate { .. });
-                match (kind, aggregated) {
-                    (SourceKind::Stream, true) => {
-                        return invalid("an aggregation makes a table: CREATE TABLE … AS SELECT … GROUP BY")
+                let (plan, source, columns) = if query.ctes.is_empty() && query.joins.is_empty() {
+                    let (query, source) = self.windowed(&catalog, &query)?;
+                    let plan = plan::plan(&query, &source, &self.geometry)?;
+                    let aggregated = matches!(plan.shape, Shape::Aggregate { .. });
+                    match (kind, aggregated) {
+                        (SourceKind::Stream, true) => {
+                            return invalid("an aggregation makes a table: CREATE TABLE … AS SELECT … GROUP BY")
+                        }
+                        (SourceKind::Table, false) if source.kind != SourceKind::Table => {
+                            return invalid("CREATE TABLE … AS SELECT needs GROUP BY (or a table to select from)")
+                        }
+                        _ => {}
                     }
-                    (SourceKind::Table, false) if source.kind != SourceKind::Table => {
-                        return invalid("CREATE TABLE … AS SELECT needs GROUP BY (or a table to select from)")
+                    let columns = plan.output.iter().filter(|c| c.name != "*").cloned().collect();
+                    (plan, source, columns)
+                } else {
+                    if kind != SourceKind::Stream {
+                        return invalid("a query with WITH or joins writes a stream of rows: CREATE STREAM … AS");
                     }
-                    _ => {}
-                }
+                    self.window_stage(&catalog, &query)?
+                };
                 let topic = properties.get("KAFKA_TOPIC").cloned().unwrap_or_else(|| name.clone());
                 validate_stream_name(&topic)?;
                 let id = format!(
@@ -257,9 +270,9 @@ impl Engine {
                     name: name.clone(),
                     kind,
                     topic: topic.clone(),
-                    columns: plan.output.iter().filter(|c| c.name != "*").cloned().collect(),
+                    columns,
                     timestamp: None,
-                    windowed: matches!(plan.shape, Shape::Aggregate { window: Some(_), .. }),
+                    windowed: plan.stage.is_none() && matches!(plan.shape, Shape::Aggregate { window: Some(_), .. }),
                 };
                 self.persist(persist, text).await?;
                 catalog.sources.insert(key, sink);
@@ -281,6 +294,9 @@ impl Engine {
                 if sink.kind != SourceKind::Stream {
                     return invalid(format!("{target} is a table; INSERT INTO writes streams"));
                 }
+                if !query.ctes.is_empty() || !query.joins.is_empty() {
+                    return invalid("persistent queries with joins or WITH are not supported yet (pull queries are)");
+                }
                 let source = self.source(&catalog, &query.from)?;
                 let plan = plan::plan(&query, &source, &self.geometry)?;
                 if matches!(plan.shape, Shape::Aggregate { .. }) {
@@ -300,9 +316,22 @@ impl Engine {
                 Ok(Response::Message(format!("query {id} running")))
             }
             Statement::Select(select) => {
-                let source = {
+                if !select.ctes.is_empty() || !select.joins.is_empty() {
+                    if select.emit != Emit::None {
+                        return invalid(
+                            "push queries with joins or WITH are not supported yet; run it as a pull query \
+                             (without EMIT), or CREATE STREAM … AS over a window table function",
+                        );
+                    }
+                    let mut result = self.pull_relational(&select).await?;
+                    result.rows.truncate(select.limit.map_or(DEFAULT_PULL_LIMIT, |l| l as usize));
+                    return Ok(Response::Rows(result.into_result()));
+                }
+                let (select, source) = {
                     let catalog = self.catalog.lock().await;
-                    self.source(&catalog, &select.from)?
+                    let (mut windowed, source) = self.windowed(&catalog, &select)?;
+                    windowed.emit = select.emit; // a pull query stays one
+                    (windowed, source)
                 };
                 let plan = plan::plan(&select, &source, &self.geometry)?;
                 if select.emit == Emit::None {
@@ -367,6 +396,55 @@ impl Engine {
                 Ok(Response::Rows(QueryResult { columns: ["field", "type", "key"].map(String::from).to_vec(), rows }))
             }
         }
+    }
+
+    /// A persistent windowed query with CTEs or joins: the plan of its window table function's
+    /// aggregation, carrying the rest as the stage each closed window goes through; the source
+    /// it reads; its output columns. Names and types are checked now, over empty relations.
+    fn window_stage(&self, catalog: &Catalog, query: &Select) -> Result<(Plan, Source, Vec<Column>), SqlError> {
+        let (name, windows, rest) = relation::split_windowed(query)?;
+        let (windows, source) = self.windowed(catalog, &windows)?;
+        let mut plan = plan::plan(&windows, &source, &self.geometry)?;
+        let mut env = relation::Env::new();
+        env.insert(name.to_ascii_lowercase(), relation::Relation::from_rows(plan.output.clone(), Vec::new()));
+        let mut sources = Vec::new();
+        for base in relation::base_names(&rest) {
+            if env.contains_key(&base) {
+                continue;
+            }
+            let s = self.source(catalog, &base)?;
+            if s.columns.is_empty() {
+                return invalid(format!(
+                    "{base}: declare its columns (CREATE STREAM|TABLE {base} (…) WITH (…)) to join it"
+                ));
+            }
+            env.insert(base, relation::Relation::from_rows(s.columns.clone(), Vec::new()));
+            sources.push(s);
+        }
+        let columns = relation::evaluate_query(&rest, &env, &self.geometry)?.columns;
+        let stage = relation::WindowStage {
+            name,
+            columns: plan.output.clone(),
+            rest,
+            sources,
+            geometry: self.geometry.clone(),
+        };
+        plan.stage = Some(Arc::new(stage));
+        Ok((plan, source, columns))
+    }
+
+    /// A persistent query's SELECT with a window table function as the engine's window (it
+    /// emits each window once, when it ends, as Flink does), and the source it reads.
+    fn windowed(&self, catalog: &Catalog, query: &Select) -> Result<(Select, Source), SqlError> {
+        let (mut select, time) = relation::desugar_window_table(query)?;
+        let mut source = self.source(catalog, &select.from)?;
+        if query.window_table.is_some() {
+            source.timestamp = time.or(source.timestamp);
+            if select.emit == Emit::None {
+                select.emit = Emit::Final;
+            }
+        }
+        Ok((select, source))
     }
 
     /// A declared source, or an undeclared log stream readable by field name.
@@ -469,72 +547,25 @@ impl Engine {
         }
     }
 
-    /// A pull query: the log read up to now. A table source counts only its latest row per
-    /// key (and window); so does an aggregation's result.
-    async fn pull(&self, plan: Plan) -> Result<QueryResult, SqlError> {
-        let limit = plan.limit.map(|l| l as usize);
-        let table_source = plan.source.kind == SourceKind::Table;
-        let aggregated = matches!(plan.shape, Shape::Aggregate { .. });
-        let topic = plan.source.topic.clone();
-        let mut output_columns: Vec<String> = plan.output.iter().map(|c| c.name.clone()).collect();
-        let mut operator = Operator::new(plan);
-        let mut reader = self.log.reader(&topic, StartAt::Beginning)?;
-        let mut latest: LatestRows = LatestRows::default();
-        let mut table: LatestRows = LatestRows::default();
-        let mut rows: Vec<Map<String, Json>> = Vec::new();
-        let mut out = Vec::new();
-        let (mut rejected, mut first_reason) = (0usize, None);
-        let full = |rows: &Vec<Map<String, Json>>| !aggregated && rows.len() >= limit.unwrap_or(DEFAULT_PULL_LIMIT);
-        'read: loop {
-            // A table's current state is its latest row per key (and window), read first.
-            let batch = reader.try_batch().await?;
-            let records = match (batch.is_empty(), table_source) {
-                (true, false) => break,
-                (true, true) => table.take_records(),
-                (false, true) => {
-                    batch.into_iter().for_each(|r| table.put_record(r));
-                    continue;
-                }
-                (false, false) => batch,
+    /// A pull query with CTEs or joins: the sources it reads, each whole as of now, then its
+    /// CTEs in order, then its body.
+    async fn pull_relational(&self, select: &Select) -> Result<relation::Relation, SqlError> {
+        let mut env = relation::Env::new();
+        for name in relation::base_names(select) {
+            let source = {
+                let catalog = self.catalog.lock().await;
+                self.source(&catalog, &name)?
             };
-            for record in &records {
-                if let Err(reason) = operator.process(record, &mut out) {
-                    rejected += 1;
-                    first_reason.get_or_insert(reason);
-                }
-                for o in out.drain(..) {
-                    if aggregated {
-                        latest.put(o.key, o.window, o.value);
-                    } else if let Some(v) = o.value {
-                        rows.push(v);
-                    }
-                }
-                if full(&rows) {
-                    break 'read;
-                }
-            }
-            if table_source {
-                break;
-            }
+            env.insert(name, whole(self.log.as_ref(), source, &self.geometry).await?);
         }
-        if rejected > 0 {
-            // A pull query answers with the rows it could compute; the skipped ones are named.
-            tracing::warn!(stream = %topic, rejected, first_reason = first_reason.as_deref().unwrap_or(""), "pull query skipped records it could not read");
-        }
-        if aggregated {
-            rows = latest.into_values();
-        }
-        if let Some(l) = limit {
-            rows.truncate(l);
-        }
-        if output_columns.iter().any(|c| c == "*") {
-            output_columns = expand_wildcard(&output_columns, &rows);
-        }
-        let rows = rows
-            .into_iter()
-            .map(|mut r| output_columns.iter().map(|c| r.remove(c).unwrap_or(Json::Null)).collect())
-            .collect();
-        Ok(QueryResult { columns: output_columns, rows })
+        Ok(relation::evaluate_query(select, &env, &self.geometry)?)
+    }
+
+    /// A pull query: the log read up to now.
+    async fn pull(&self, plan: Plan) -> Result<QueryResult, SqlError> {
+        let limit = plan.limit.map_or(DEFAULT_PULL_LIMIT, |l| l as usize);
+        let (columns, rows) = pull_rows(self.log.as_ref(), plan, limit).await?;
+        Ok(relation::Relation::from_rows(columns, rows).into_result())
     }
 
     /// A push query: a task running the plan from `start`, sending rows until the
@@ -578,6 +609,87 @@ impl Engine {
     }
 }
 
+/// Every row of a source as of now (a table: its latest row per key), for joins and CTEs.
+pub(crate) async fn whole(log: &dyn Log, source: Source, geometry: &Geometry) -> Result<relation::Relation, SqlError> {
+    let everything = parse::parse(&format!("SELECT * FROM \"{}\"", source.name))?;
+    let Some(Statement::Select(select)) = everything.into_iter().next() else { unreachable!("a SELECT") };
+    let plan = plan::plan(&select, &source, geometry)?;
+    let (columns, rows) = pull_rows(log, plan, MAX_RELATION_ROWS).await?;
+    if rows.len() >= MAX_RELATION_ROWS {
+        return invalid(format!(
+            "{}: more than {MAX_RELATION_ROWS} rows; joins and WITH read their sources whole, so narrow it first",
+            source.name
+        ));
+    }
+    Ok(relation::Relation::from_rows(columns, rows))
+}
+
+/// The rows of `plan` over its source's records up to now, each with its event time: a pull
+/// query's answer, and a relation for the queries that join or window it. A table source
+/// counts only its latest row per key (and window); so does an aggregation's result. Without
+/// aggregation, reading stops after `cap` rows. Also gives the output column names, with `*`
+/// spelled out.
+pub(crate) async fn pull_rows(log: &dyn Log, plan: Plan, cap: usize) -> Result<(Vec<Column>, Vec<Row>), SqlError> {
+    let table_source = plan.source.kind == SourceKind::Table;
+    let aggregated = matches!(plan.shape, Shape::Aggregate { .. });
+    let topic = plan.source.topic.clone();
+    let limit = plan.limit.map(|l| l as usize);
+    let mut columns = plan.output.clone();
+    let mut operator = Operator::new(plan);
+    let mut reader = log.reader(&topic, StartAt::Beginning)?;
+    let mut latest: LatestRows = LatestRows::default();
+    let mut table: LatestRows = LatestRows::default();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut out = Vec::new();
+    let (mut rejected, mut first_reason) = (0usize, None);
+    'read: loop {
+        // A table's current state is its latest row per key (and window), read first.
+        let batch = reader.try_batch().await?;
+        let records = match (batch.is_empty(), table_source) {
+            (true, false) => break,
+            (true, true) => table.take_records(),
+            (false, true) => {
+                batch.into_iter().for_each(|r| table.put_record(r));
+                continue;
+            }
+            (false, false) => batch,
+        };
+        for record in &records {
+            if let Err(reason) = operator.process(record, &mut out) {
+                rejected += 1;
+                first_reason.get_or_insert(reason);
+            }
+            for o in out.drain(..) {
+                if aggregated {
+                    latest.put(o.key, o.window, o.value.map(|value| Row { timestamp: o.timestamp, value }));
+                } else if let Some(value) = o.value {
+                    rows.push(Row { timestamp: o.timestamp, value });
+                }
+            }
+            if !aggregated && rows.len() >= cap {
+                break 'read;
+            }
+        }
+        if table_source {
+            break;
+        }
+    }
+    if rejected > 0 {
+        // A pull query answers with the rows it could compute; the skipped ones are named.
+        tracing::warn!(stream = %topic, rejected, first_reason = first_reason.as_deref().unwrap_or(""), "pull query skipped records it could not read");
+    }
+    if aggregated {
+        rows = latest.into_values();
+    }
+    if let Some(l) = limit {
+        rows.truncate(l);
+    }
+    if columns.iter().any(|c| c.name == "*") {
+        columns = expand_wildcard(&columns, &rows);
+    }
+    Ok((columns, rows))
+}
+
 impl RunningQuery {
     fn info_now(&self) -> QueryInfo {
         let mut info = self.info.clone();
@@ -591,10 +703,10 @@ impl RunningQuery {
 
 /// Latest row per key and window, in first-seen order; None removes.
 #[derive(Default)]
-struct LatestRows {
+pub(crate) struct LatestRows {
     order: Vec<(Option<String>, Option<Json>)>,
     index: HashMap<(Option<String>, Option<Json>), usize>,
-    values: Vec<Option<Map<String, Json>>>,
+    values: Vec<Option<Row>>,
     records: Vec<Option<Record>>,
 }
 
@@ -610,7 +722,7 @@ impl LatestRows {
         self.order.len() - 1
     }
 
-    fn put(&mut self, key: Option<String>, window: Option<i64>, value: Option<Map<String, Json>>) {
+    pub(crate) fn put(&mut self, key: Option<String>, window: Option<i64>, value: Option<Row>) {
         let i = self.slot((key, window.map(Json::from)));
         self.values[i] = value;
     }
@@ -627,7 +739,7 @@ impl LatestRows {
         self.records[i] = (!value.is_empty()).then_some(Record { value, ..record });
     }
 
-    fn into_values(self) -> Vec<Map<String, Json>> {
+    pub(crate) fn into_values(self) -> Vec<Row> {
         self.values.into_iter().flatten().collect()
     }
 
@@ -636,17 +748,19 @@ impl LatestRows {
     }
 }
 
-fn expand_wildcard(columns: &[String], rows: &[Map<String, Json>]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
+/// The columns with `*` replaced by the fields the rows hold (typed at run time).
+fn expand_wildcard(columns: &[Column], rows: &[Row]) -> Vec<Column> {
+    let mut out: Vec<Column> = Vec::new();
+    let known = |out: &[Column], name: &str| out.iter().chain(columns).any(|c| c.name == name);
     for c in columns {
-        if c != "*" {
+        if c.name != "*" {
             out.push(c.clone());
             continue;
         }
         for row in rows {
-            for k in row.keys() {
-                if !out.contains(k) && !columns.contains(k) {
-                    out.push(k.clone());
+            for k in row.value.keys() {
+                if !known(&out, k) {
+                    out.push(Column { name: k.clone(), data_type: value::DataType::Any, key: false });
                 }
             }
         }

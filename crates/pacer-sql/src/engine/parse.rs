@@ -82,8 +82,21 @@ pub fn syntax_error(sql: &str, e: ParserError) -> SyntaxError {
 }
 
 /// Words that end a FROM clause, so they are never read as a table alias.
-const CLAUSE_WORDS: &[&str] =
-    &["WINDOW", "WHERE", "GROUP", "HAVING", "EMIT", "PARTITION", "LIMIT", "JOIN", "INNER", "LEFT", "RIGHT", "FULL"];
+const CLAUSE_WORDS: &[&str] = &[
+    "WINDOW",
+    "WHERE",
+    "GROUP",
+    "HAVING",
+    "EMIT",
+    "PARTITION",
+    "LIMIT",
+    "JOIN",
+    "INNER",
+    "LEFT",
+    "RIGHT",
+    "FULL",
+    "ON",
+];
 /// The words of those that start a join.
 const JOIN_WORDS: &[&str] = &["JOIN", "INNER", "LEFT", "RIGHT", "FULL"];
 
@@ -108,8 +121,7 @@ impl Grammar<'_> {
                 if !columns.is_empty() {
                     return self.fail("AS SELECT without a column list (the query defines the columns)");
                 }
-                self.expect_word("SELECT")?;
-                let query = Box::new(self.select()?);
+                let query = Box::new(self.query()?);
                 return Ok(Statement::CreateAs { kind, name, properties, query, or_replace, if_not_exists });
             }
             return Ok(Statement::CreateSource { kind, name, columns, properties, or_replace, if_not_exists });
@@ -118,11 +130,10 @@ impl Grammar<'_> {
             self.expect_word("INTO")?;
             let target = self.name()?;
             let _ = self.properties()?;
-            self.expect_word("SELECT")?;
-            return Ok(Statement::InsertInto { target, query: Box::new(self.select()?) });
+            return Ok(Statement::InsertInto { target, query: Box::new(self.query()?) });
         }
-        if self.word("SELECT") {
-            return Ok(Statement::Select(Box::new(self.select()?)));
+        if self.peek_word("SELECT") || self.peek_word("WITH") {
+            return Ok(Statement::Select(Box::new(self.query()?)));
         }
         if self.word("DROP") {
             let kind = self.source_kind()?;
@@ -169,18 +180,48 @@ impl Grammar<'_> {
         }
     }
 
+    /// `[WITH name AS (SELECT …), …] SELECT …`.
+    fn query(&mut self) -> R<Select> {
+        let mut ctes = Vec::new();
+        if self.word("WITH") {
+            loop {
+                let name = self.name()?;
+                self.expect_word("AS")?;
+                self.p.expect_token(&Token::LParen)?;
+                self.expect_word("SELECT")?;
+                let select = self.select()?;
+                self.p.expect_token(&Token::RParen)?;
+                ctes.push((name, select));
+                if !self.p.consume_token(&Token::Comma) {
+                    break;
+                }
+            }
+        }
+        self.expect_word("SELECT")?;
+        Ok(Select { ctes, ..self.select()? })
+    }
+
     /// After `SELECT`: the rest of a query.
     fn select(&mut self) -> R<Select> {
         let items = self.p.parse_projection()?;
         self.expect_word("FROM")?;
-        let from = self.name()?;
-        let bare_alias = matches!(&self.p.peek_token().token, Token::Word(w)
-            if w.quote_style.is_some() || !CLAUSE_WORDS.iter().any(|c| w.value.eq_ignore_ascii_case(c)));
-        let alias = if self.word("AS") || bare_alias { Some(self.name()?) } else { None };
-        if JOIN_WORDS.iter().any(|w| self.peek_word(w)) {
-            return self.fail(
-                "WINDOW, WHERE, GROUP BY, PARTITION BY, HAVING, EMIT or LIMIT (joins come with the SQL II work)",
-            );
+        let (from, window_table) = if self.word("TABLE") { self.window_table()? } else { (self.name()?, None) };
+        let alias = self.alias()?;
+        let mut joins = Vec::new();
+        loop {
+            let kind = if self.word("JOIN") || self.words(&["INNER", "JOIN"]) {
+                JoinKind::Inner
+            } else if self.words(&["LEFT", "JOIN"]) || self.words(&["LEFT", "OUTER", "JOIN"]) {
+                JoinKind::Left
+            } else if JOIN_WORDS.iter().any(|w| self.peek_word(w)) {
+                return self.fail("JOIN, INNER JOIN or LEFT [OUTER] JOIN (RIGHT and FULL joins are not supported)");
+            } else {
+                break;
+            };
+            let source = self.name()?;
+            let alias = self.alias()?;
+            self.expect_word("ON")?;
+            joins.push(Join { kind, source, alias, on: self.p.parse_expr()? });
         }
         let window = if self.word("WINDOW") { Some(self.window()?) } else { None };
         let selection = if self.word("WHERE") { Some(self.p.parse_expr()?) } else { None };
@@ -207,7 +248,80 @@ impl Grammar<'_> {
             Emit::None
         };
         let limit = if self.word("LIMIT") { Some(self.p.parse_literal_uint()?) } else { None };
-        Ok(Select { items, from, alias, window, selection, group_by, partition_by, having, emit, limit })
+        Ok(Select {
+            ctes: Vec::new(),
+            items,
+            from,
+            alias,
+            window_table,
+            joins,
+            window,
+            selection,
+            group_by,
+            partition_by,
+            having,
+            emit,
+            limit,
+        })
+    }
+
+    /// `AS name`, a bare name that is not a clause's first word, or nothing.
+    fn alias(&mut self) -> R<Option<String>> {
+        let bare = matches!(&self.p.peek_token().token, Token::Word(w)
+            if w.quote_style.is_some() || !CLAUSE_WORDS.iter().any(|c| w.value.eq_ignore_ascii_case(c)));
+        Ok(if self.word("AS") || bare { Some(self.name()?) } else { None })
+    }
+
+    /// After `FROM TABLE`: `(HOP(TABLE name, DESCRIPTOR(col), slide, size))` or
+    /// `(TUMBLE(TABLE name, DESCRIPTOR(col), size))`, Flink's window table functions.
+    fn window_table(&mut self) -> R<(String, Option<WindowTable>)> {
+        self.p.expect_token(&Token::LParen)?;
+        let hop = if self.word("HOP") {
+            true
+        } else if self.word("TUMBLE") {
+            false
+        } else {
+            return self.fail("HOP or TUMBLE (window table functions)");
+        };
+        self.p.expect_token(&Token::LParen)?;
+        self.expect_word("TABLE")?;
+        let from = self.name()?;
+        self.p.expect_token(&Token::Comma)?;
+        self.expect_word("DESCRIPTOR")?;
+        self.p.expect_token(&Token::LParen)?;
+        let time_column = self.name()?;
+        self.p.expect_token(&Token::RParen)?;
+        self.p.expect_token(&Token::Comma)?;
+        let first = self.interval()?;
+        let kind = if hop {
+            self.p.expect_token(&Token::Comma)?;
+            let size = self.interval()?;
+            if first > size {
+                return self.fail("a slide no longer than the size (HOP(TABLE t, DESCRIPTOR(c), slide, size))");
+            }
+            WindowKind::Hopping { size, advance: first }
+        } else {
+            WindowKind::Tumbling { size: first }
+        };
+        self.p.expect_token(&Token::RParen)?;
+        self.p.expect_token(&Token::RParen)?;
+        Ok((from, Some(WindowTable { kind, time_column })))
+    }
+
+    /// `INTERVAL '30' SECONDS` (or a bare `30 SECONDS`), in milliseconds, above zero.
+    fn interval(&mut self) -> R<i64> {
+        let ms = if self.word("INTERVAL") {
+            let token = self.p.next_token();
+            let Token::SingleQuotedString(n) = &token.token else { return self.p.expected("a quoted number", token) };
+            let Ok(n) = n.trim().parse::<i64>() else { return self.p.expected("a whole number in quotes", token) };
+            n * self.time_unit()?
+        } else {
+            self.duration()?
+        };
+        if ms <= 0 {
+            return self.fail("an interval greater than zero");
+        }
+        Ok(ms)
     }
 
     fn expressions(&mut self) -> R<Vec<Expr>> {
@@ -284,6 +398,11 @@ impl Grammar<'_> {
     /// `5 MINUTES` and the like, in milliseconds.
     fn duration(&mut self) -> R<i64> {
         let n = self.p.parse_literal_uint()? as i64;
+        Ok(n * self.time_unit()?)
+    }
+
+    /// A time unit word, in milliseconds.
+    fn time_unit(&mut self) -> R<i64> {
         let unit = self.p.next_token();
         let ms = match &unit.token {
             Token::Word(w) => match w.value.to_ascii_uppercase().trim_end_matches('S') {
@@ -296,7 +415,7 @@ impl Grammar<'_> {
             },
             _ => return self.p.expected("a time unit (MILLISECONDS, SECONDS, MINUTES, HOURS, DAYS)", unit),
         };
-        Ok(n * ms)
+        Ok(ms)
     }
 
     /// After `(`: column definitions up to `)`.
@@ -433,16 +552,16 @@ impl Grammar<'_> {
 
     /// Consumes all of `words` when they come next, or none of them.
     fn words(&mut self, words: &[&str]) -> bool {
-        let start = self.p.index();
-        for w in words {
-            if !self.word(w) {
-                while self.p.index() > start {
-                    self.p.prev_token();
-                }
-                return false;
+        // Looked at before any is taken: stepping back over whitespace is not exact.
+        let all = words.iter().enumerate().all(|(i, w)| {
+            matches!(&self.p.peek_nth_token(i).token, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w))
+        });
+        if all {
+            for _ in words {
+                self.p.next_token();
             }
         }
-        true
+        all
     }
 
     fn expect_word(&mut self, word: &str) -> R<()> {
@@ -523,6 +642,36 @@ GROUP BY who;";
     }
 
     #[test]
+    fn ctes_joins_and_window_table_functions() {
+        let sql = "WITH w AS (SELECT window_start, k, COUNT(*) AS n
+                     FROM TABLE(HOP(TABLE s, DESCRIPTOR(ts), INTERVAL '30' SECONDS, INTERVAL '1' MINUTE))
+                     GROUP BY window_start, window_end, k),
+                   v AS (SELECT * FROM w)
+                   SELECT a.k, b.name FROM v a JOIN t b ON a.k = b.k LEFT OUTER JOIN u ON u.k = a.k LIMIT 5";
+        let Some(Statement::Select(q)) = parse(sql).unwrap().pop() else { panic!() };
+        assert_eq!(q.ctes.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["w", "v"]);
+        let windows = q.ctes[0].1.window_table.clone().unwrap();
+        assert_eq!(windows.kind, WindowKind::Hopping { size: 60_000, advance: 30_000 });
+        assert_eq!((q.ctes[0].1.from.as_str(), windows.time_column.as_str()), ("s", "ts"));
+        assert_eq!((q.from.as_str(), q.alias.as_deref(), q.limit), ("v", Some("a"), Some(5)));
+        let joins: Vec<_> = q.joins.iter().map(|j| (j.kind, j.source.as_str(), j.alias.as_deref())).collect();
+        assert_eq!(joins, [(JoinKind::Inner, "t", Some("b")), (JoinKind::Left, "u", None)]);
+        assert_eq!(q.joins[1].on.to_string(), "u.k = a.k");
+        let Some(Statement::CreateAs { query, .. }) =
+            parse("CREATE STREAM x AS WITH w AS (SELECT * FROM s) SELECT * FROM w").unwrap().pop()
+        else {
+            panic!()
+        };
+        assert_eq!(query.ctes.len(), 1);
+        let Some(Statement::Select(t)) =
+            parse("SELECT 1 FROM TABLE(TUMBLE(TABLE s, DESCRIPTOR(ROWTIME), INTERVAL '5' MINUTES))").unwrap().pop()
+        else {
+            panic!()
+        };
+        assert_eq!(t.window_table.unwrap().kind, WindowKind::Tumbling { size: 300_000 });
+    }
+
+    #[test]
     fn errors_name_the_position_and_what_was_expected() {
         let e = parse("SELECT who FROM s WINDOW TUMBLING (SIZE 5 FORTNIGHTS)").unwrap_err().to_string();
         assert!(e.contains("Expected: a time unit") && e.contains("Line: 1, Column: 43"), "{e}");
@@ -532,8 +681,14 @@ GROUP BY who;";
         assert!(e.contains("Line: 1, Column: 22"), "{e}");
         let e = parse("SELECT a FROM s GROUP a").unwrap_err().to_string();
         assert!(e.contains("Expected: BY"), "{e}");
-        let e = parse("SELECT a FROM s JOIN t ON a = b").unwrap_err().to_string();
-        assert!(e.contains("joins"), "{e}");
+        let e = parse("SELECT a FROM s FULL JOIN t ON a = b").unwrap_err().to_string();
+        assert!(e.contains("LEFT [OUTER] JOIN") && e.contains("Column: 17"), "{e}");
+        let e = parse("SELECT a FROM TABLE(HOP(TABLE s, DESCRIPTOR(ts), INTERVAL '2' MINUTES, INTERVAL '1' MINUTE))")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a slide no longer than the size"), "{e}");
+        let e = parse("SELECT a FROM TABLE(SESSION(TABLE s))").unwrap_err().to_string();
+        assert!(e.contains("HOP or TUMBLE"), "{e}");
         let Some(Statement::Select(limited)) = parse("SELECT * FROM s LIMIT 3").unwrap().pop() else { panic!() };
         assert_eq!((limited.alias.as_deref(), limited.limit), (None, Some(3)), "LIMIT right after FROM");
     }

@@ -74,6 +74,8 @@ pub struct Plan {
     pub limit: Option<u64>,
     /// The query reads ROWKEY (decoding it costs an allocation per record otherwise spared).
     pub reads_key: bool,
+    /// For a windowed query with CTEs or joins: what becomes of each window's rows.
+    pub stage: Option<std::sync::Arc<super::relation::WindowStage>>,
 }
 
 #[derive(Debug, Clone)]
@@ -143,7 +145,7 @@ const OVER_PLACEHOLDER: usize = 1 << 24;
 const KEYED_PLACEHOLDER: usize = 1 << 23;
 
 /// The conditions of `a AND b AND …`.
-fn conjuncts(e: &sql::Expr) -> Vec<&sql::Expr> {
+pub(crate) fn conjuncts(e: &sql::Expr) -> Vec<&sql::Expr> {
     match e {
         sql::Expr::BinaryOp { left, op: sql::BinaryOperator::And, right } => {
             let mut all = conjuncts(left);
@@ -224,7 +226,10 @@ pub fn plan(select: &Select, source: &Source, geometry: &Geometry) -> Result<Pla
         let (mut items, mut output) = select_items(&select.items, &mut scope, source)?;
         // Windowed rows always say which window they are: the table's identity is the key
         // and the window start.
-        if select.window.is_some() {
+        // (A window table function's query names them as Flink does, and shows what it chose.)
+        let flink =
+            output.iter().any(|c| ["window_start", "window_end"].iter().any(|n| c.name.eq_ignore_ascii_case(n)));
+        if select.window.is_some() && !flink {
             for (offset, name) in ["WINDOWSTART", "WINDOWEND"].into_iter().enumerate() {
                 if !output.iter().any(|c| c.name.eq_ignore_ascii_case(name)) {
                     let slot = window_start_slot(select.group_by.len()) + offset;
@@ -293,6 +298,7 @@ pub fn plan(select: &Select, source: &Source, geometry: &Geometry) -> Result<Pla
         emit: select.emit,
         limit: select.limit,
         reads_key: input.reads_key,
+        stage: None,
     })
 }
 

@@ -139,6 +139,10 @@ impl QueryRunner {
 /// aggregations grouped by the record key (records are partitioned by key) that do not
 /// rank groups against each other.
 fn splits_by_partition(plan: &Plan) -> bool {
+    if plan.stage.is_some() {
+        // What a window becomes depends on all of its groups.
+        return false;
+    }
     match &plan.shape {
         Shape::Project { .. } => true,
         Shape::Aggregate { over, .. } if !over.is_empty() => false,
@@ -216,6 +220,22 @@ impl Task {
                 // A quiet input still closes its windows: event time moves with the wall clock.
                 let idle = last_event.1.elapsed().as_millis() as i64;
                 self.operator.advance(last_event.0.saturating_add(idle), &mut outputs);
+            }
+            if let Some(stage) = self.operator.plan().stage.clone() {
+                outputs = match stage.run(self.log.as_ref(), outputs).await {
+                    Ok(rows) => rows,
+                    Err(reason) => {
+                        // The window's rows cannot be made now (a joined table went away):
+                        // said in the dead letters, and the query goes on with the next.
+                        tracing::warn!(query = %self.id, %reason, "a window's rows failed");
+                        rejected.push(NewRecord::new(
+                            self.operator.stream_time(),
+                            None,
+                            serde_json::json!({"reason": reason, "query": self.id, "stream": input}).to_string(),
+                        ));
+                        Vec::new()
+                    }
+                };
             }
             pending |= !batch.is_empty() || !outputs.is_empty();
             let rows: Vec<NewRecord> =

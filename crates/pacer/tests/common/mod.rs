@@ -120,10 +120,14 @@ impl Pacer {
 
     /// `POST /api/v1/sql`: the HTTP status and the JSON answer.
     pub fn post_sql(&self, statement: &str) -> (u16, serde_json::Value) {
-        let url = format!("{}/api/v1/sql", self.http);
+        self.post("/api/v1/sql", &serde_json::json!({ "sql": statement }))
+    }
+
+    /// POSTs JSON: the HTTP status and the JSON answer.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let url = format!("{}{path}", self.http);
         tokio::runtime::Runtime::new().unwrap().block_on(async {
-            let response =
-                reqwest::Client::new().post(&url).json(&serde_json::json!({ "sql": statement })).send().await.unwrap();
+            let response = reqwest::Client::new().post(&url).json(body).send().await.unwrap();
             (response.status().as_u16(), response.json().await.unwrap())
         })
     }
