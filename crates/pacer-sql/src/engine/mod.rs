@@ -112,6 +112,8 @@ struct Catalog {
 pub struct Engine {
     log: Arc<dyn Log>,
     catalog: Mutex<Catalog>,
+    /// Tables joined to streams as they flow, by topic.
+    table_caches: std::sync::Mutex<HashMap<String, Arc<relation::TableCache>>>,
     /// Courses (and tracking settings) queries refer to by name.
     geometry: Arc<Geometry>,
 }
@@ -123,6 +125,7 @@ impl Engine {
         let engine = Arc::new(Engine {
             log: log.clone(),
             geometry,
+            table_caches: Default::default(),
             catalog: Mutex::new(Catalog { sources: BTreeMap::new(), queries: BTreeMap::new(), insert_count: 0 }),
         });
         let mut reader = log.reader(CATALOG, StartAt::Beginning)?;
@@ -235,9 +238,15 @@ impl Engine {
                     }
                 }
                 check_format(&properties)?;
-                let (plan, source, columns) = if query.ctes.is_empty() && query.joins.is_empty() {
-                    let (query, source) = self.windowed(&catalog, &query)?;
-                    let plan = plan::plan(&query, &source, &self.geometry)?;
+                let (plan, source, columns) = if query.ctes.is_empty() {
+                    let (plan, source) = if query.joins.is_empty() {
+                        let (query, source) = self.windowed(&catalog, &query)?;
+                        (plan::plan(&query, &source, &self.geometry)?, source)
+                    } else {
+                        let plan = self.lookup_plan(&catalog, &query).await?;
+                        let source = plan.source.clone();
+                        (plan, source)
+                    };
                     let aggregated = matches!(plan.shape, Shape::Aggregate { .. });
                     match (kind, aggregated) {
                         (SourceKind::Stream, true) => {
@@ -294,11 +303,17 @@ impl Engine {
                 if sink.kind != SourceKind::Stream {
                     return invalid(format!("{target} is a table; INSERT INTO writes streams"));
                 }
-                if !query.ctes.is_empty() || !query.joins.is_empty() {
-                    return invalid("persistent queries with joins or WITH are not supported yet (pull queries are)");
+                if !query.ctes.is_empty() {
+                    return invalid("INSERT INTO takes a query without WITH (CREATE STREAM … AS WITH … runs one)");
                 }
-                let source = self.source(&catalog, &query.from)?;
-                let plan = plan::plan(&query, &source, &self.geometry)?;
+                let (plan, source) = if query.joins.is_empty() {
+                    let source = self.source(&catalog, &query.from)?;
+                    (plan::plan(&query, &source, &self.geometry)?, source)
+                } else {
+                    let plan = self.lookup_plan(&catalog, &query).await?;
+                    let source = plan.source.clone();
+                    (plan, source)
+                };
                 if matches!(plan.shape, Shape::Aggregate { .. }) {
                     return invalid("INSERT INTO takes a query without GROUP BY");
                 }
@@ -316,10 +331,19 @@ impl Engine {
                 Ok(Response::Message(format!("query {id} running")))
             }
             Statement::Select(select) => {
+                if select.emit != Emit::None && select.ctes.is_empty() && !select.joins.is_empty() {
+                    let plan = {
+                        let catalog = self.catalog.lock().await;
+                        self.lookup_plan(&catalog, &select).await?
+                    };
+                    let earliest =
+                        options.auto_offset_reset.as_deref().is_some_and(|r| r.eq_ignore_ascii_case("earliest"));
+                    return self.push(plan, if earliest { StartAt::Beginning } else { StartAt::End });
+                }
                 if !select.ctes.is_empty() || !select.joins.is_empty() {
                     if select.emit != Emit::None {
                         return invalid(
-                            "push queries with joins or WITH are not supported yet; run it as a pull query \
+                            "push queries with WITH are not supported yet; run it as a pull query \
                              (without EMIT), or CREATE STREAM … AS over a window table function",
                         );
                     }
@@ -396,6 +420,37 @@ impl Engine {
                 Ok(Response::Rows(QueryResult { columns: ["field", "type", "key"].map(String::from).to_vec(), rows }))
             }
         }
+    }
+
+    /// The plan of a stream joined with tables as it flows; each table is kept in memory,
+    /// following its stream, shared by the queries that join it.
+    async fn lookup_plan(&self, catalog: &Catalog, select: &Select) -> Result<Plan, SqlError> {
+        if select.window_table.is_some() {
+            return invalid("a window table function with joins goes in a CTE: WITH w AS (SELECT … FROM TABLE(HOP(…)) …) SELECT … FROM w JOIN …");
+        }
+        let stream = self.source(catalog, &select.from)?;
+        let mut tables = Vec::new();
+        for join in &select.joins {
+            let table = self.source(catalog, &join.source)?;
+            if table.kind != SourceKind::Table || table.columns.is_empty() || table.windowed {
+                return invalid(format!(
+                    "{}: a stream joins declared tables as it flows (CREATE TABLE {} (k VARCHAR PRIMARY KEY, …) WITH (…)); \
+                     other joins run as pull queries, or per window in a CTE",
+                    join.source, join.source
+                ));
+            }
+            let cached = self.table_caches.lock().expect("not poisoned").get(&table.topic).cloned();
+            let rows = match cached {
+                Some(rows) => rows,
+                None => {
+                    let rows = relation::TableCache::follow(self.log.clone(), table.clone()).await?;
+                    self.table_caches.lock().expect("not poisoned").insert(table.topic.clone(), rows.clone());
+                    rows
+                }
+            };
+            tables.push((table, rows));
+        }
+        Ok(relation::LookupJoin::plan(select, &stream, tables, &self.geometry)?)
     }
 
     /// A persistent windowed query with CTEs or joins: the plan of its window table function's

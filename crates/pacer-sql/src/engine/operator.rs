@@ -134,6 +134,18 @@ impl Operator {
     /// Runs one record through; rows it causes go to `out`. An error rejects this record
     /// only (the reason goes to the dead-letter stream).
     pub fn process(&mut self, record: &Record, out: &mut Vec<Output>) -> Result<(), String> {
+        if let Some(lookup) = self.plan.lookup.clone() {
+            // A stream–table join: the record with its tables' rows, or nothing (inner join,
+            // no row for its key).
+            return match lookup.join(record)? {
+                Some(joined) => self.process_joined(&joined, out),
+                None => Ok(()),
+            };
+        }
+        self.process_joined(record, out)
+    }
+
+    fn process_joined(&mut self, record: &Record, out: &mut Vec<Output>) -> Result<(), String> {
         let mut row = std::mem::take(&mut self.row);
         let mut filled = std::mem::take(&mut self.filled);
         let result = self.process_row(record, &mut row, &mut filled, out);

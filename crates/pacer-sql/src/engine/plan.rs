@@ -76,6 +76,8 @@ pub struct Plan {
     pub reads_key: bool,
     /// For a windowed query with CTEs or joins: what becomes of each window's rows.
     pub stage: Option<std::sync::Arc<super::relation::WindowStage>>,
+    /// For a stream joined with tables: what meets each record before it is decoded.
+    pub lookup: Option<std::sync::Arc<super::relation::LookupJoin>>,
 }
 
 #[derive(Debug, Clone)]
@@ -299,6 +301,7 @@ pub fn plan(select: &Select, source: &Source, geometry: &Geometry) -> Result<Pla
         limit: select.limit,
         reads_key: input.reads_key,
         stage: None,
+        lookup: None,
     })
 }
 

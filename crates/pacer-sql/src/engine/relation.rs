@@ -55,7 +55,7 @@ impl Relation {
     }
 
     /// The same rows with every column named `qualifier.column`.
-    fn qualified(&self, qualifier: &str) -> Relation {
+    pub fn qualified(&self, qualifier: &str) -> Relation {
         let name = |c: &str| format!("{qualifier}.{c}");
         Relation {
             columns: self.columns.iter().map(|c| Column { name: name(&c.name), ..c.clone() }).collect(),
@@ -195,9 +195,9 @@ pub fn split_windowed(select: &Select) -> Result<(String, Select, Select), PlanE
             Ok((name, cte, rest))
         }
         [] => plan_error(
-            "a persistent query with WITH or joins takes its windows from a window table function in a CTE \
+            "a persistent query with WITH takes its windows from a window table function in a CTE \
              (WITH w AS (SELECT window_start, window_end, … FROM TABLE(HOP(TABLE s, DESCRIPTOR(ROWTIME), …)) \
-             GROUP BY window_start, window_end, …) …); joins without windows run as pull queries for now",
+             GROUP BY window_start, window_end, …) …); without windows, WITH runs in pull queries",
         ),
         _ => plan_error("one window table function per query"),
     }
@@ -329,17 +329,7 @@ pub fn evaluate(select: &Select, env: &Env, geometry: &Geometry) -> Result<Relat
 /// column of each side, joined by AND. A LEFT join keeps unmatched left rows (right columns
 /// NULL). A NULL never equals anything.
 fn hash_join(left: Relation, right: Relation, kind: JoinKind, on: &sql::Expr) -> Result<Relation, PlanError> {
-    let mut keys: Vec<(String, String)> = Vec::new();
-    for condition in conjuncts(on) {
-        let sql::Expr::BinaryOp { left: a, op: sql::BinaryOperator::Eq, right: b } = condition else {
-            return plan_error(format!("ON {condition}: joins pair rows by equal columns (a.x = b.y AND …)"));
-        };
-        let (a, b) = (column_of(a, &left, &right)?, column_of(b, &left, &right)?);
-        keys.push(match (a, b) {
-            (Side::Left(l), Side::Right(r)) | (Side::Right(r), Side::Left(l)) => (l, r),
-            _ => return plan_error(format!("ON {condition}: compare a column of each side of the join")),
-        });
-    }
+    let keys = equi_keys(on, &left.columns, &right.columns)?;
     let key = |row: &Row, side: fn(&(String, String)) -> &String| -> Option<String> {
         let mut text = String::new();
         for k in &keys {
@@ -375,21 +365,37 @@ fn hash_join(left: Relation, right: Relation, kind: JoinKind, on: &sql::Expr) ->
     Ok(Relation { columns, rows })
 }
 
+/// The (left, right) qualified column pairs an ON condition says must be equal.
+fn equi_keys(on: &sql::Expr, left: &[Column], right: &[Column]) -> Result<Vec<(String, String)>, PlanError> {
+    let mut keys = Vec::new();
+    for condition in conjuncts(on) {
+        let sql::Expr::BinaryOp { left: a, op: sql::BinaryOperator::Eq, right: b } = condition else {
+            return plan_error(format!("ON {condition}: joins pair rows by equal columns (a.x = b.y AND …)"));
+        };
+        let (a, b) = (column_of(a, left, right)?, column_of(b, left, right)?);
+        keys.push(match (a, b) {
+            (Side::Left(l), Side::Right(r)) | (Side::Right(r), Side::Left(l)) => (l, r),
+            _ => return plan_error(format!("ON {condition}: compare a column of each side of the join")),
+        });
+    }
+    Ok(keys)
+}
+
 enum Side {
     Left(String),
     Right(String),
 }
 
 /// Which side of a join a column reference names, as its qualified name.
-fn column_of(e: &sql::Expr, left: &Relation, right: &Relation) -> Result<Side, PlanError> {
+fn column_of(e: &sql::Expr, left: &[Column], right: &[Column]) -> Result<Side, PlanError> {
     let parts: Vec<Ident> = match e {
         sql::Expr::Identifier(id) => vec![id.clone()],
         sql::Expr::CompoundIdentifier(parts) => parts.clone(),
         sql::Expr::Nested(inner) => return column_of(inner, left, right),
         _ => return plan_error(format!("ON … {e} …: join conditions compare columns")),
     };
-    let in_left = resolve(&parts, &left.columns);
-    let in_right = resolve(&parts, &right.columns);
+    let in_left = resolve(&parts, left);
+    let in_right = resolve(&parts, right);
     match (in_left, in_right) {
         (Ok(l), Err(_)) => Ok(Side::Left(l)),
         (Err(_), Ok(r)) => Ok(Side::Right(r)),
@@ -450,5 +456,187 @@ fn qualify_names(select: &Select, columns: &[Column]) -> Result<Select, PlanErro
     match failure.into_inner() {
         Some(e) => Err(e),
         None => Ok(out),
+    }
+}
+
+/// A stream joined with tables as it flows, ksqlDB's stream–table join: each record of the
+/// stream meets the tables' rows for its key as they are when it is processed, under the
+/// same qualified names (`r.deviceId`, `d.payload`) a pull query's join gives them.
+#[derive(Debug)]
+pub struct LookupJoin {
+    pub qualifier: String,
+    /// The stream's declared columns.
+    pub columns: Vec<Column>,
+    pub tables: Vec<TableLookup>,
+}
+
+#[derive(Debug)]
+pub struct TableLookup {
+    pub qualifier: String,
+    pub kind: JoinKind,
+    /// The stream's column (qualified) that holds the table's key.
+    pub probe: String,
+    pub rows: Arc<TableCache>,
+}
+
+impl LookupJoin {
+    /// Plans `select` (FROM a stream, JOIN tables ON their keys): the stream's columns and the
+    /// tables' under qualified names, then the usual planner over them.
+    pub fn plan(
+        select: &Select,
+        stream: &Source,
+        tables: Vec<(Source, Arc<TableCache>)>,
+        geometry: &Geometry,
+    ) -> Result<plan::Plan, PlanError> {
+        if stream.kind != SourceKind::Stream || stream.columns.is_empty() {
+            return plan_error(format!(
+                "{}: a continuous join reads a declared stream (CREATE STREAM {} (…) WITH (…)) and joins tables to it",
+                stream.name, stream.name
+            ));
+        }
+        let qualifier = select.alias.clone().unwrap_or_else(|| select.from.clone());
+        let unkeyed = |columns: &[Column], q: &str| -> Vec<Column> {
+            columns
+                .iter()
+                .map(|c| Column { name: format!("{q}.{}", c.name), data_type: c.data_type.clone(), key: false })
+                .collect()
+        };
+        let mut columns = unkeyed(&stream.columns, &qualifier);
+        let mut lookups = Vec::new();
+        for (join, (table, rows)) in select.joins.iter().zip(tables) {
+            let q = join.alias.clone().unwrap_or_else(|| join.source.clone());
+            let Some(key) = table.columns.iter().find(|c| c.key) else {
+                return plan_error(format!("{}: a table joined to a stream needs a PRIMARY KEY column", table.name));
+            };
+            let right = unkeyed(&table.columns, &q);
+            let probe = match equi_keys(&join.on, &columns, &right)?.as_slice() {
+                [(probe, k)] if k.eq_ignore_ascii_case(&format!("{q}.{}", key.name)) => probe.clone(),
+                _ => {
+                    return plan_error(format!(
+                        "ON {}: a stream meets a table by the table's PRIMARY KEY ({q}.{} = …)",
+                        join.on, key.name
+                    ))
+                }
+            };
+            lookups.push(TableLookup { qualifier: q, kind: join.kind, probe, rows });
+            columns.extend(right);
+        }
+        let mut rewritten = qualify_names(select, &columns)?;
+        rewritten.joins.clear();
+        let source = Source {
+            name: stream.name.clone(),
+            kind: SourceKind::Stream,
+            topic: stream.topic.clone(),
+            columns,
+            timestamp: stream.timestamp.as_ref().map(|t| format!("{qualifier}.{t}")),
+            windowed: false,
+        };
+        let mut plan = plan::plan(&rewritten, &source, geometry)?;
+        plan.lookup = Some(Arc::new(LookupJoin { qualifier, columns: stream.columns.clone(), tables: lookups }));
+        Ok(plan)
+    }
+
+    /// The record with its tables' columns added; None when an inner join finds no row.
+    pub fn join(&self, record: &Record) -> Result<Option<Record>, String> {
+        let object = match serde_json::from_slice::<Json>(&record.value) {
+            Ok(Json::Object(map)) => map,
+            Ok(_) => return Err("value is not a JSON object".into()),
+            Err(e) => return Err(format!("value is not JSON ({e})")),
+        };
+        let key = record.key.as_ref().map(|k| Json::from(String::from_utf8_lossy(k).into_owned()));
+        let mut joined = Map::new();
+        for c in &self.columns {
+            let value = if c.key {
+                key.clone()
+            } else {
+                object
+                    .get(&c.name)
+                    .or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(&c.name)).map(|(_, v)| v))
+                    .cloned()
+            };
+            if let Some(v) = value {
+                joined.insert(format!("{}.{}", self.qualifier, c.name), v);
+            }
+        }
+        for table in &self.tables {
+            let probe = joined.get(&table.probe).filter(|v| !v.is_null()).map(key_text);
+            match probe.and_then(|k| table.rows.get(&k)) {
+                Some(row) => joined.extend(row.into_iter().map(|(c, v)| (format!("{}.{c}", table.qualifier), v))),
+                None if table.kind == JoinKind::Inner => return Ok(None),
+                None => {}
+            }
+        }
+        let value = Bytes::from(serde_json::to_vec(&Json::Object(joined)).expect("JSON values serialize"));
+        Ok(Some(Record { value, ..record.clone() }))
+    }
+}
+
+/// A key as the log holds it: strings as they are, other values as JSON.
+fn key_text(v: &Json) -> String {
+    match v {
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A table's latest row per key, kept up to date from its stream for the joins that read it.
+#[derive(Debug, Default)]
+pub struct TableCache {
+    rows: std::sync::RwLock<HashMap<String, Map<String, Json>>>,
+}
+
+impl TableCache {
+    /// Reads the table's stream to its end, then follows it on a task of its own.
+    pub async fn follow(log: Arc<dyn pacer_log::Log>, table: Source) -> Result<Arc<TableCache>, pacer_log::LogError> {
+        let cache = Arc::new(TableCache::default());
+        let mut reader = log.reader(&table.topic, pacer_log::StartAt::Beginning)?;
+        loop {
+            let batch = reader.try_batch().await?;
+            if batch.is_empty() {
+                break;
+            }
+            cache.apply(&table, &batch);
+        }
+        let following = cache.clone();
+        tokio::spawn(async move {
+            loop {
+                match reader.next_batch().await {
+                    Ok(batch) => following.apply(&table, &batch),
+                    Err(e) => {
+                        tracing::error!(table = %table.name, error = %e, "a joined table stopped following its stream");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(cache)
+    }
+
+    fn apply(&self, table: &Source, batch: &[Record]) {
+        let mut rows = self.rows.write().expect("not poisoned");
+        for record in batch {
+            let Some(key) = record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()) else { continue };
+            let value = match serde_json::from_slice::<Json>(&record.value) {
+                Ok(Json::Object(map)) => map,
+                // A tombstone (or anything but an object) removes the row.
+                _ => {
+                    rows.remove(&key);
+                    continue;
+                }
+            };
+            let row = table
+                .columns
+                .iter()
+                .filter_map(|c| {
+                    let v = if c.key { Some(Json::from(key.clone())) } else { value.get(&c.name).cloned() };
+                    v.map(|v| (c.name.clone(), v))
+                })
+                .collect();
+            rows.insert(key, row);
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<Map<String, Json>> {
+        self.rows.read().expect("not poisoned").get(key).cloned()
     }
 }
