@@ -4,6 +4,7 @@
 //! does: `POST /api/v1/streams/{name}/records`, and devices' own protocols (OwnTracks HTTP
 //! mode at `/pub`; OsmAnd on its own port, `osmand::router`), published through the broker.
 
+pub mod export;
 mod live;
 pub mod osmand;
 mod owntracks;
@@ -119,6 +120,9 @@ struct SqlRequest {
     /// ksqlDB clients send these as `streamsProperties`.
     #[serde(default, alias = "streamsProperties")]
     properties: StatementOptions,
+    /// A pull query's rows as `json` (default), `csv`, `geojson` or `gpx`.
+    #[serde(default)]
+    format: Option<String>,
 }
 
 /// An API error as JSON: `{"error": "…"}`.
@@ -132,10 +136,25 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 /// leaves: a `{"columns": […]}` line, then one JSON object per row. A bad statement gets a
 /// 400 with `{"error": "…"}` naming the line and column or the name that is wrong.
 async fn sql(State(state): State<Arc<WebState>>, Json(request): Json<SqlRequest>) -> Response {
+    let format = match request.format.as_deref().map(str::parse::<export::Format>).transpose() {
+        Ok(f) => f.unwrap_or(export::Format::Json),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
     let responses = match state.engine.execute(&request.sql, &request.properties).await {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    if format != export::Format::Json {
+        // A file of one query's rows: what a pull (history) query answers.
+        let [SqlResponse::Rows(result)] = responses.as_slice() else {
+            return error(StatusCode::BAD_REQUEST, "format: csv, geojson and gpx take one pull query");
+        };
+        let rows: Vec<Vec<Value>> = result.rows.clone();
+        return match format.write(&result.columns, &rows) {
+            Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
+        };
+    }
     let mut bodies = Vec::new();
     for response in responses {
         match response {

@@ -257,42 +257,22 @@ fn geojson(data: &[Value]) -> Value {
 /// The first object's keys as the header; each row that object's values, in those columns.
 fn csv(data: &[Value]) -> String {
     let Some(Value::Object(first)) = data.first() else { return String::new() };
-    let columns: Vec<&String> = first.keys().collect();
-    let cell = |v: Option<&Value>| match v {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(s)) if s.contains([',', '"', '\n']) => format!("\"{}\"", s.replace('"', "\"\"")),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-    };
-    let mut out = columns.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",");
-    out.push('\n');
-    for row in data {
-        out.push_str(&columns.iter().map(|c| cell(row.get(c.as_str()))).collect::<Vec<_>>().join(","));
-        out.push('\n');
-    }
-    out
+    let columns: Vec<String> = first.keys().cloned().collect();
+    let rows: Vec<Vec<Value>> =
+        data.iter().map(|row| columns.iter().map(|c| row.get(c).cloned().unwrap_or(Value::Null)).collect()).collect();
+    crate::export::csv(&columns, &rows)
 }
 
+/// One track, oldest point first.
 fn gpx(data: &[Value]) -> String {
-    let mut out = String::from(
-        "<?xml version='1.0' encoding='UTF-8' standalone='no' ?>\n<gpx version='1.1' creator='Pacer' \
-         xmlns='http://www.topografix.com/GPX/1/1'>\n <trk>\n  <trkseg>\n",
-    );
     let mut sorted: Vec<&Value> = data.iter().collect();
     sorted.sort_by_key(|v| v["tst"].as_i64());
-    for v in sorted {
-        let (Some(lat), Some(lon)) = (v["lat"].as_f64(), v["lon"].as_f64()) else { continue };
-        out.push_str(&format!("    <trkpt lat='{lat:.6}' lon='{lon:.6}'>\n"));
-        if let Some(time) = v["isotst"].as_str() {
-            out.push_str(&format!("\t<time>{time}</time>\n"));
-        }
-        if let Some(alt) = v["alt"].as_f64() {
-            out.push_str(&format!("\t<ele>{alt:.2}</ele>\n"));
-        }
-        out.push_str("    </trkpt>\n");
-    }
-    out.push_str("  </trkseg>\n </trk>\n</gpx>\n");
-    out
+    let columns = ["lat", "lon", "ts", "alt"].map(String::from);
+    let rows: Vec<Vec<Value>> = sorted
+        .iter()
+        .map(|v| vec![v["lat"].clone(), v["lon"].clone(), json!(v["tst"].as_i64().map(|s| s * 1000)), v["alt"].clone()])
+        .collect();
+    crate::export::gpx(&columns, &rows).expect("the columns are named lat and lon")
 }
 
 /// `/ws/last`: send `LAST` for every device's last location; then every location,

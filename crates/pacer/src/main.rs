@@ -112,6 +112,10 @@ enum Command {
     /// Runs a SQL statement on a running Pacer
     Sql {
         statement: String,
+        /// How a pull query's rows are printed: a table, or a file's contents (json, csv,
+        /// geojson, gpx)
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv", "geojson", "gpx"])]
+        format: String,
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "PACER_SERVER")]
         server: String,
     },
@@ -371,7 +375,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             produce::produce(&server, &stream, key).await
         }
-        Command::Sql { statement, server } => sql(&server, &statement).await,
+        Command::Sql { statement, format, server } => sql(&server, &statement, &format).await,
     }
 }
 
@@ -476,11 +480,15 @@ async fn demo(speed: f64, exit_after_replay: bool, args: ServerArgs) -> anyhow::
 
 /// Sends statements to `POST /api/v1/sql` and prints what comes back: rows as an aligned
 /// table, DDL as its message, a push query's rows as JSON lines until Ctrl-C.
-async fn sql(server: &str, statement: &str) -> anyhow::Result<()> {
+async fn sql(server: &str, statement: &str, format: &str) -> anyhow::Result<()> {
     let url = format!("{}/api/v1/sql", server.trim_end_matches('/'));
+    let request = match format {
+        "table" => serde_json::json!({ "sql": statement }),
+        _ => serde_json::json!({ "sql": statement, "format": format }),
+    };
     let mut response = reqwest::Client::new()
         .post(&url)
-        .json(&serde_json::json!({ "sql": statement }))
+        .json(&request)
         .send()
         .await
         .with_context(|| format!("cannot reach Pacer at {server} (is `pacer up` running?)"))?;
@@ -498,6 +506,10 @@ async fn sql(server: &str, statement: &str) -> anyhow::Result<()> {
                 other => other?,
             }
         }
+        return Ok(());
+    }
+    if ok && format != "table" {
+        print!("{}", response.text().await.context("reading Pacer's answer")?);
         return Ok(());
     }
     let body: serde_json::Value = response.json().await.context("Pacer answered with something other than JSON")?;

@@ -524,3 +524,67 @@ fn joins_and_window_table_functions_in_history_and_continuous_queries() {
         assert!(reading < 110.0, "the join never saw the table's change");
     }
 }
+
+/// History as files other tools read: `pacer sql --format gpx` read back with the gpx crate
+/// (a track per runner, every fix with its time and elevation), GeoJSON and CSV.
+#[test]
+fn history_exports_as_gpx_geojson_and_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(dir.path());
+    let fix = |who: &str, i: i64| {
+        format!(
+            r#"{{"who":"{who}","timeepoc":{},"lat":{},"lon":151.21,"alt":{},"speed":10}}"#,
+            1_558_212_482 + i,
+            -33.87 + i as f64 * 0.0001,
+            20 + i
+        )
+    };
+    for who in ["ann", "bob"] {
+        let count = if who == "ann" { 5 } else { 3 };
+        pacer.mosquitto_pub_lines(&format!("race/{who}"), 1, &(0..count).map(|i| fix(who, i)).collect::<Vec<_>>());
+    }
+    let query = "SELECT who, ROWTIME AS ts, lat, lon, alt FROM race";
+    let export = |format: &str, statement: &str| {
+        let out = Command::new(common::PACER)
+            .args(["sql", "--server", &pacer.http, "--format", format, statement])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (ok, text, err) = export("gpx", query);
+    assert!(ok, "{err}");
+    let read = gpx::read(text.as_bytes()).unwrap();
+    let tracks: Vec<(String, usize)> = read
+        .tracks
+        .iter()
+        .map(|t| (t.name.clone().unwrap(), t.segments.iter().map(|s| s.points.len()).sum()))
+        .collect();
+    assert_eq!(tracks, [("ann".to_string(), 5), ("bob".to_string(), 3)]);
+    let last = read.tracks[0].segments[0].points.last().unwrap();
+    assert!((last.point().y() - (-33.87 + 0.0004)).abs() < 1e-6);
+    assert_eq!(last.elevation, Some(24.0));
+    assert_eq!(last.time.unwrap().format().unwrap(), "2019-05-18T20:48:06.000000000Z");
+
+    let (ok, text, err) = export("geojson", query);
+    assert!(ok, "{err}");
+    let geojson: Value = serde_json::from_str(&text).unwrap();
+    let features = geojson["features"].as_array().unwrap();
+    assert_eq!(features.len(), 8);
+    assert_eq!(features[0]["geometry"]["coordinates"], serde_json::json!([151.21, -33.87]));
+    assert_eq!(features[0]["properties"]["who"], "ann");
+
+    let (ok, text, err) = export("csv", query);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "who,ts,lat,lon,alt");
+    assert_eq!(lines.len(), 9);
+    assert_eq!(lines[1], "ann,1558212482000,-33.87,151.21,20.0");
+
+    let (ok, _, err) = export("geojson", "SELECT who FROM race");
+    assert!(!ok && err.contains("GeoJSON needs a lat and a lon column; the result has who"), "{err}");
+}
