@@ -154,6 +154,8 @@ pub struct NewTopics {
     /// Topic `retention.ms` and `retention.bytes`; unset leaves the cluster's defaults.
     pub retention_ms: Option<u64>,
     pub retention_bytes: Option<u64>,
+    /// `retention.ms` of particular streams' topics: history policies.
+    pub stream_retention_ms: std::collections::HashMap<String, u64>,
 }
 
 /// The log on a Kafka cluster.
@@ -232,8 +234,9 @@ impl KafkaLog {
             return Ok(());
         }
         let settings = &self.new_topics;
+        let retention_ms = settings.stream_retention_ms.get(stream).copied().or(settings.retention_ms);
         let (retention_ms, retention_bytes) =
-            (settings.retention_ms.map(|v| v.to_string()), settings.retention_bytes.map(|v| v.to_string()));
+            (retention_ms.map(|v| v.to_string()), settings.retention_bytes.map(|v| v.to_string()));
         let mut new =
             NewTopic::new(topic, settings.partitions as i32, TopicReplication::Fixed(self.config.replication_factor));
         if let Some(ms) = &retention_ms {

@@ -18,11 +18,74 @@ pub struct Config {
     pub ingest: Vec<RuleConfig>,
     /// Streams published to MQTT subscribers as records arrive.
     pub publish: Vec<PublishConfig>,
+    /// How long streams are kept, and which are downsampled from others.
+    pub history: Vec<HistoryConfig>,
     pub course: Vec<CourseConfig>,
     pub zone: Vec<ZoneConfig>,
     pub tracking: TrackingConfig,
     pub device_status: DeviceStatusSection,
     pub sql: SqlConfig,
+}
+
+/// A stream's history policy: how long it is kept, and, for a downsampled stream, what it
+/// is made of (InfluxDB's retention policies and downsampling tasks).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    pub stream: String,
+    /// How long its records are kept: "7d", "12h", "P30D"; unset: as `[log]` says.
+    pub keep: Option<String>,
+    /// Downsampled from this stream: a row per record key and `every`, with `aggregate`.
+    pub from: Option<String>,
+    pub every: Option<String>,
+    /// Output column = aggregate of the column of the same name, e.g. `speed = "AVG"`.
+    #[serde(default)]
+    pub aggregate: std::collections::BTreeMap<String, String>,
+}
+
+impl HistoryConfig {
+    pub fn keep_ms(&self) -> Result<Option<u64>, String> {
+        self.keep.as_deref().map(|k| duration(k, "keep")).transpose()
+    }
+
+    /// The persistent query that keeps a downsampled stream: a tumbling window per record
+    /// key, emitted once it has passed.
+    pub fn downsampling_sql(&self) -> Result<Option<String>, String> {
+        let (from, every) = match (&self.from, &self.every) {
+            (None, None) if self.aggregate.is_empty() => return Ok(None),
+            (Some(from), Some(every)) if !self.aggregate.is_empty() => (from, duration(every, "every")?),
+            _ => return Err("a downsampled stream names from, every and aggregate (e.g. { speed = \"AVG\" })".into()),
+        };
+        let quoted = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+        let columns: Vec<String> = self
+            .aggregate
+            .iter()
+            .map(|(column, function)| {
+                if function.is_empty() || !function.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!(
+                        "aggregate.{column} = {function:?}: name an aggregate such as AVG, MAX or LATEST_BY_OFFSET"
+                    ));
+                }
+                Ok(format!("{function}({}) AS {}", quoted(column), quoted(column)))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(format!(
+            "CREATE TABLE {} WITH (kafka_topic='{}') AS SELECT ROWKEY AS \"key\", {} FROM {} \
+             WINDOW TUMBLING (SIZE {every} MILLISECONDS, GRACE PERIOD 0 SECONDS) GROUP BY ROWKEY EMIT FINAL;",
+            quoted(&self.stream),
+            self.stream,
+            columns.join(", "),
+            quoted(from)
+        )))
+    }
+}
+
+fn duration(text: &str, key: &str) -> Result<u64, String> {
+    match pacer_sql::engine::functions::duration_ms(text) {
+        Ok(ms) if ms > 0 => Ok(ms as u64),
+        Ok(_) => Err(format!("{key} = {text:?}: give a time above zero")),
+        Err(e) => Err(format!("{key}: {e}")),
+    }
 }
 
 /// Devices online and offline, as a stream of transitions.
@@ -338,6 +401,11 @@ impl Config {
                 path.display(),
                 config.tracking.max_speed_kmh
             );
+        }
+        for (i, policy) in config.history.iter().enumerate() {
+            if let Err(e) = policy.keep_ms().and_then(|_| policy.downsampling_sql()) {
+                anyhow::bail!("{}: [[history]] #{} (stream {:?}): {e}", path.display(), i + 1, policy.stream);
+            }
         }
         for (i, rule) in config.publish.iter().enumerate() {
             if let Err(e) = StreamPublisher::from_config(rule) {

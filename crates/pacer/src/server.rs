@@ -86,6 +86,12 @@ impl Server {
             }
             None => engine.execute_file(BUILTIN_SQL).await.context("the built-in race queries")?,
         }
+        for policy in &config.history {
+            let what = || format!("[[history]] stream {:?}: downsampling", policy.stream);
+            if let Some(sql) = policy.downsampling_sql().map_err(|e| anyhow::anyhow!("{}: {e}", what()))? {
+                engine.execute_file(&sql).await.with_context(what)?;
+            }
+        }
 
         let features: Vec<_> = geometry
             .courses()
@@ -243,6 +249,19 @@ fn load_geometry(config: &Config) -> anyhow::Result<Geometry> {
     Ok(geometry)
 }
 
+/// How long the `[[history]]` policies keep their streams (ms).
+fn stream_retention(config: &Config) -> anyhow::Result<std::collections::HashMap<String, u64>> {
+    let mut kept = std::collections::HashMap::new();
+    for policy in &config.history {
+        if let Some(ms) =
+            policy.keep_ms().map_err(|e| anyhow::anyhow!("[[history]] stream {:?}: {e}", policy.stream))?
+        {
+            kept.insert(policy.stream.clone(), ms);
+        }
+    }
+    Ok(kept)
+}
+
 /// The log `[log] backend` names; nothing past this point knows which one runs.
 fn open_log(config: &Config, registry: &mut Registry) -> anyhow::Result<Arc<dyn Log>> {
     let log = &config.log;
@@ -255,6 +274,7 @@ fn open_log(config: &Config, registry: &mut Registry) -> anyhow::Result<Arc<dyn 
             embedded.segment_ms = Some(log.segment_ms);
             embedded.retention_ms = log.retention_ms;
             embedded.retention_bytes = log.retention_bytes;
+            embedded.stream_retention_ms = stream_retention(config)?;
             let embedded =
                 EmbeddedLog::open(embedded).with_context(|| format!("opening the log in {}", log.dir.display()))?;
             embedded.register_metrics(registry);
@@ -267,6 +287,7 @@ fn open_log(config: &Config, registry: &mut Registry) -> anyhow::Result<Arc<dyn 
                     partitions: log.partitions,
                     retention_ms: log.retention_ms,
                     retention_bytes: log.retention_bytes,
+                    stream_retention_ms: stream_retention(config)?,
                 },
             )
             .context("[log] backend = \"kafka\"")?,

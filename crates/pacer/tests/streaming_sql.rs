@@ -631,3 +631,74 @@ fn history_exports_as_gpx_geojson_and_csv() {
     let (ok, _, err) = export("geojson", "SELECT who FROM race");
     assert!(!ok && err.contains("GeoJSON needs a lat and a lon column; the result has who"), "{err}");
 }
+
+/// `[[history]]` policies: a stream downsampled from another (a row per device and minute,
+/// the aggregates the config names) and kept for its own time; a policy missing a part is
+/// refused at start, naming the file and the entry.
+#[test]
+fn history_policies_downsample_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pacer.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[history]]
+stream = "race"
+keep = "7d"
+
+[[history]]
+stream = "race_1m"
+from = "race"
+every = "1m"
+keep = "90d"
+aggregate = { speed = "AVG", alt = "MAX" }
+"#,
+    )
+    .unwrap();
+    let pacer = Pacer::start_with(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    let t0: i64 = 1_558_212_480; // a whole minute
+    let fix = |who: &str, i: i64| (t0 + i * 15, (i % 7) as f64 + if who == "ann" { 10.0 } else { 12.5 }, 20 + i);
+    let mut expected: BTreeMap<(String, i64), (f64, i64, i64)> = BTreeMap::new();
+    // In time order: a minute is written once it has passed, and later fixes for it are late.
+    for i in 0..14 {
+        for who in ["ann", "bob"] {
+            let (t, speed, alt) = fix(who, i);
+            let minute = t * 1000 / 60_000 * 60_000;
+            if minute + 60_000 <= (t0 + 13 * 15) * 1000 {
+                let e = expected.entry((who.to_string(), minute)).or_insert((0.0, 0, i64::MIN));
+                *e = (e.0 + speed, e.1 + 1, e.2.max(alt));
+            }
+            let fix =
+                format!(r#"{{"who":"{who}","timeepoc":{t},"lat":-33.87,"lon":151.21,"alt":{alt},"speed":{speed}}}"#);
+            pacer.mosquitto_pub(&format!("race/{who}"), 1, &fix);
+        }
+    }
+    assert_eq!(expected.len(), 6, "three whole minutes of two runners");
+    let seen: Mutex<BTreeMap<(String, i64), Value>> = Mutex::default();
+    pacer.wait_for_record("race_1m", |r| {
+        let v = &r["value"];
+        let mut seen = seen.lock().unwrap();
+        seen.insert((v["key"].as_str().unwrap().to_string(), v["WINDOWSTART"].as_i64().unwrap()), v.clone());
+        expected.keys().all(|k| seen.contains_key(k))
+    });
+    let seen = seen.into_inner().unwrap();
+    for (key, (sum, n, alt)) in &expected {
+        let row = &seen[key];
+        assert!(close(row["speed"].as_f64().unwrap(), sum / *n as f64), "{key:?}: {row}");
+        assert_eq!(row["alt"].as_f64(), Some(*alt as f64), "{key:?}: {row}");
+    }
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[history]]\nstream = \"race_5m\"\nfrom = \"race\"\naggregate = { speed = \"AVG\" }\n")
+        .unwrap();
+    let out = Pacer::up()
+        .args(["--data-dir", dir.path().join("other").to_str().unwrap(), "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad.toml: [[history]] #1 (stream \"race_5m\"): a downsampled stream names from, every"),
+        "{err}"
+    );
+}

@@ -55,6 +55,15 @@ pub struct EmbeddedLogConfig {
     pub retention_ms: Option<u64>,
     /// Oldest segments are deleted while a partition is larger than this.
     pub retention_bytes: Option<u64>,
+    /// Streams kept for their own time (ms) instead of `retention_ms`: history policies.
+    pub stream_retention_ms: std::collections::HashMap<String, u64>,
+}
+
+impl EmbeddedLogConfig {
+    /// Before when a stream's whole segments are deleted, at time `now` (ms).
+    fn delete_before(&self, stream: &str, now: i64) -> Option<i64> {
+        self.stream_retention_ms.get(stream).or(self.retention_ms.as_ref()).map(|r| now - *r as i64)
+    }
 }
 
 impl EmbeddedLogConfig {
@@ -67,6 +76,7 @@ impl EmbeddedLogConfig {
             segment_ms: Some(24 * 3600 * 1000),
             retention_ms: None,
             retention_bytes: None,
+            stream_retention_ms: Default::default(),
         }
     }
 }
@@ -469,6 +479,16 @@ mod tests {
         assert!(seen.len() >= 100, "only damaged stretches are skipped: {} of 120", seen.len());
         // The active segment kept its tail, so appends continue after the last record.
         assert_eq!(log.append("s", vec![rec(120)]).await.unwrap()[0].offset, 120);
+    }
+
+    #[test]
+    fn a_stream_may_keep_its_own_time() {
+        let mut config = EmbeddedLogConfig::new("/nowhere");
+        assert_eq!(config.delete_before("race", 10_000), None, "kept for ever by default");
+        config.retention_ms = Some(1_000);
+        config.stream_retention_ms.insert("race_1m".into(), 5_000);
+        assert_eq!(config.delete_before("race", 10_000), Some(9_000));
+        assert_eq!(config.delete_before("race_1m", 10_000), Some(5_000));
     }
 
     #[tokio::test]

@@ -247,8 +247,9 @@ impl Writer {
     /// Rolls segments past their age and drops what retention no longer keeps.
     fn maintain(&mut self) {
         let config = &self.shared.config;
-        let before = config.retention_ms.map(|r| now_ms() - r as i64);
-        for sw in self.streams.values_mut() {
+        let now = now_ms();
+        for (stream, sw) in self.streams.iter_mut() {
+            let before = config.delete_before(stream, now);
             for writer in &mut sw.partitions {
                 let aged = config.segment_ms.is_some_and(|ms| {
                     let segments = writer.shared.segments.read().unwrap();
