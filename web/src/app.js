@@ -86,6 +86,8 @@ new SqlConsole({
   status: $('sql-status'),
   result: $('sql-result'),
   chart: $('sql-chart'),
+  format: $('sql-format'),
+  download: $('sql-download'),
 });
 
 async function start() {

@@ -6,11 +6,12 @@ import { TimeChart } from './chart.js';
 const MAX_ROWS = 500;
 
 export class SqlConsole {
-  constructor({ text, run, stop, status, result, chart }) {
-    Object.assign(this, { text, runButton: run, stopButton: stop, status, result });
+  constructor({ text, run, stop, status, result, chart, format, download }) {
+    Object.assign(this, { text, runButton: run, stopButton: stop, status, result, format });
     this.chart = new TimeChart(chart);
     this.abort = null;
     run.addEventListener('click', () => this.run());
+    download.addEventListener('click', () => this.download());
     stop.addEventListener('click', () => this.abort?.abort());
     text.addEventListener('keydown', (e) => {
       if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
@@ -52,6 +53,29 @@ export class SqlConsole {
     } catch (e) {
       if (e.name !== 'AbortError') this.status.textContent = `failed: ${e.message}`;
     }
+  }
+
+  /** The pull query's rows as a file (CSV, GeoJSON, GPX), written by Pacer. */
+  async download() {
+    const format = this.format.value;
+    this.status.textContent = `writing ${format}…`;
+    const response = await fetch('/api/v1/sql', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ sql: this.text.value, format }),
+    });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      this.status.textContent = '';
+      this.result.innerHTML = `<p class="error" role="alert">${escapeHtml(body.error || response.statusText)}</p>`;
+      return;
+    }
+    const link = document.createElement('a');
+    link.href = URL.createObjectURL(await response.blob());
+    link.download = `pacer-query.${format}`;
+    link.click();
+    URL.revokeObjectURL(link.href);
+    this.status.textContent = `downloaded ${link.download}`;
   }
 
   /** NDJSON: a `{"columns": […]}` line, then one object per row, until Stop. */

@@ -2,7 +2,7 @@
 // and the dashboard on a phone-sized screen with keyboard and screen-reader basics.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -71,6 +71,26 @@ test('the device chart shows a chosen range read from the server', { timeout: 12
   await page.selectOption('#chart-range', 'live');
   assert.equal(await points(page), '30');
   assert.equal(await page.textContent('#chart-status'), '');
+  await page.close();
+});
+
+test('the SQL console downloads a history query as GPX', { timeout: 60_000 }, async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  await page.goto(pacer.http);
+  await page.click('#tab-sql');
+  await page.fill('#sql-text', "SELECT who, ROWTIME AS ts, lat, lon FROM race WHERE who = 'ann'");
+  await page.selectOption('#sql-format', 'gpx');
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#sql-download')]);
+  assert.equal(download.suggestedFilename(), 'pacer-query.gpx');
+  const gpx = await readFile(await download.path(), 'utf8');
+  assert.match(gpx, /<trk>\s*<name>ann<\/name>/);
+  assert.equal(gpx.match(/<trkpt /g).length, 30, 'every fix of ann');
+  assert.ok(gpx.includes(`<time>${new Date((T0 + 29) * 1000).toISOString().replace('.000', '')}</time>`), 'the last fix, dated');
+  // A query without positions cannot be GPX: the console says why.
+  await page.fill('#sql-text', 'SELECT who FROM race');
+  await page.click('#sql-download');
+  await page.waitForSelector('#sql-result .error');
+  assert.match(await page.textContent('#sql-result .error'), /GPX needs a lat and a lon column/);
   await page.close();
 });
 
