@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust and Node: real MQTT clients (Debian's
 # mosquitto-clients; mosquitto for its password tool and the benchmark), a real browser
-# (Debian's chromium), OpenSSL headers for librdkafka's TLS, and a real Kafka-protocol broker
+# (Debian's chromium), OpenSSL headers for librdkafka's TLS, DuckDB (PyPI), and a real Kafka-protocol broker
 # (tansu, built once into ~/.cargo/bin: about 20 minutes on 2 cores). Skips what is there.
 set -euo pipefail
 
@@ -18,6 +18,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# DuckDB (PyPI) reads the Parquet Pacer exports, as its users would.
+python3 -c 'import duckdb' 2>/dev/null || pip install --quiet duckdb
 
 # The sqlite engine (libsql): tansu's memory engine answers ListOffsets wrongly for batches.
 if ! command -v tansu >/dev/null && [ ! -x "$HOME/.cargo/bin/tansu" ]; then

@@ -1,18 +1,26 @@
-//! Query results as files other tools open: CSV (spreadsheets, pandas, DuckDB), GeoJSON (QGIS,
-//! geojson.io, Leaflet) and GPX (Strava, Garmin Connect, OsmAnd). `POST /api/v1/sql` with
-//! `"format"`, `pacer sql --format`, and the Recorder API's `format=` write them here.
+//! Query results as files other tools open: CSV (spreadsheets, pandas), Parquet (DuckDB,
+//! Spark, pandas), GeoJSON (QGIS, geojson.io, Leaflet) and GPX (Strava, Garmin Connect,
+//! OsmAnd). `POST /api/v1/sql` with `"format"`, `pacer sql --format`, and the Recorder API's
+//! `format=` write them here.
 //!
 //! Positions are found by column name, as people name them: `lat`/`latitude`,
 //! `lon`/`lng`/`longitude`; a time column (`ts`, `time`, `timestamp`, `ROWTIME`, `at`,
 //! milliseconds) dates GPX points; `alt` gives their elevation; a device column (`who`,
 //! `device`, `deviceId`, `tid`, `name`, `id`) makes one GPX track per device.
 
+use std::sync::Arc;
+
+use arrow_array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use serde_json::{json, Map, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Json,
     Csv,
+    Parquet,
     GeoJson,
     Gpx,
 }
@@ -23,9 +31,10 @@ impl std::str::FromStr for Format {
         match s.to_ascii_lowercase().as_str() {
             "json" => Ok(Format::Json),
             "csv" => Ok(Format::Csv),
+            "parquet" => Ok(Format::Parquet),
             "geojson" => Ok(Format::GeoJson),
             "gpx" => Ok(Format::Gpx),
-            other => Err(format!("format {other:?}: expected json, csv, geojson or gpx")),
+            other => Err(format!("format {other:?}: expected json, csv, parquet, geojson or gpx")),
         }
     }
 }
@@ -35,18 +44,20 @@ impl Format {
         match self {
             Format::Json => "application/json",
             Format::Csv => "text/csv; charset=utf-8",
+            Format::Parquet => "application/vnd.apache.parquet",
             Format::GeoJson => "application/geo+json",
             Format::Gpx => "application/gpx+xml",
         }
     }
 
     /// The rows in this format; an error says what the rows lack for it.
-    pub fn write(self, columns: &[String], rows: &[Vec<Value>]) -> Result<String, String> {
+    pub fn write(self, columns: &[String], rows: &[Vec<Value>]) -> Result<Vec<u8>, String> {
         Ok(match self {
-            Format::Json => json!({ "columns": columns, "rows": rows }).to_string(),
-            Format::Csv => csv(columns, rows),
-            Format::GeoJson => geojson(columns, rows)?.to_string(),
-            Format::Gpx => gpx(columns, rows)?,
+            Format::Json => json!({ "columns": columns, "rows": rows }).to_string().into_bytes(),
+            Format::Csv => csv(columns, rows).into_bytes(),
+            Format::Parquet => parquet(columns, rows)?,
+            Format::GeoJson => geojson(columns, rows)?.to_string().into_bytes(),
+            Format::Gpx => gpx(columns, rows)?.into_bytes(),
         })
     }
 }
@@ -73,6 +84,51 @@ pub fn csv(columns: &[String], rows: &[Vec<Value>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Names of columns that hold times (ms since the epoch): Parquet types them as timestamps.
+const TIME_COLUMNS: &[&str] =
+    &["ts", "time", "timestamp", "rowtime", "at", "window_start", "window_end", "windowstart", "windowend"];
+
+/// One Parquet file, a column per result column, typed by what its values are: integers
+/// (timestamps when named like times), doubles, booleans, else text (JSON for the rest).
+pub fn parquet(columns: &[String], rows: &[Vec<Value>]) -> Result<Vec<u8>, String> {
+    let mut fields = Vec::with_capacity(columns.len());
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len());
+    for (i, name) in columns.iter().enumerate() {
+        let cells: Vec<&Value> = rows.iter().map(|r| r.get(i).unwrap_or(&Value::Null)).collect();
+        let present = || cells.iter().filter(|v| !v.is_null());
+        let (data_type, array): (DataType, ArrayRef) = if present().count() > 0 && present().all(|v| v.is_i64()) {
+            let values = cells.iter().map(|v| v.as_i64());
+            if TIME_COLUMNS.iter().any(|t| name.eq_ignore_ascii_case(t)) {
+                let array = TimestampMillisecondArray::from_iter(values).with_timezone("UTC");
+                (DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), Arc::new(array))
+            } else {
+                (DataType::Int64, Arc::new(Int64Array::from_iter(values)))
+            }
+        } else if present().count() > 0 && present().all(|v| v.is_number()) {
+            (DataType::Float64, Arc::new(Float64Array::from_iter(cells.iter().map(|v| v.as_f64()))))
+        } else if present().count() > 0 && present().all(|v| v.is_boolean()) {
+            (DataType::Boolean, Arc::new(BooleanArray::from_iter(cells.iter().map(|v| v.as_bool()))))
+        } else {
+            let text = cells.iter().map(|v| match v {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            });
+            (DataType::Utf8, Arc::new(StringArray::from_iter(text)))
+        };
+        fields.push(Field::new(name, data_type, true));
+        arrays.push(array);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| format!("Parquet: {e}"))?;
+    let mut out = Vec::new();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(&mut out, schema, None).map_err(|e| format!("Parquet: {e}"))?;
+    writer.write(&batch).map_err(|e| format!("Parquet: {e}"))?;
+    writer.close().map_err(|e| format!("Parquet: {e}"))?;
+    Ok(out)
 }
 
 /// The index of the first column named one of `names` (any case).

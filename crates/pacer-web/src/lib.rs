@@ -120,7 +120,7 @@ struct SqlRequest {
     /// ksqlDB clients send these as `streamsProperties`.
     #[serde(default, alias = "streamsProperties")]
     properties: StatementOptions,
-    /// A pull query's rows as `json` (default), `csv`, `geojson` or `gpx`.
+    /// A pull query's rows as `json` (default), `csv`, `parquet`, `geojson` or `gpx`.
     #[serde(default)]
     format: Option<String>,
 }
@@ -147,7 +147,7 @@ async fn sql(State(state): State<Arc<WebState>>, Json(request): Json<SqlRequest>
     if format != export::Format::Json {
         // A file of one query's rows: what a pull (history) query answers.
         let [SqlResponse::Rows(result)] = responses.as_slice() else {
-            return error(StatusCode::BAD_REQUEST, "format: csv, geojson and gpx take one pull query");
+            return error(StatusCode::BAD_REQUEST, "format: csv, parquet, geojson and gpx take one pull query");
         };
         let rows: Vec<Vec<Value>> = result.rows.clone();
         return match format.write(&result.columns, &rows) {

@@ -113,8 +113,8 @@ enum Command {
     Sql {
         statement: String,
         /// How a pull query's rows are printed: a table, or a file's contents (json, csv,
-        /// geojson, gpx)
-        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv", "geojson", "gpx"])]
+        /// parquet, geojson, gpx)
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv", "parquet", "geojson", "gpx"])]
         format: String,
         #[arg(long, default_value = "http://127.0.0.1:8080", env = "PACER_SERVER")]
         server: String,
@@ -509,7 +509,9 @@ async fn sql(server: &str, statement: &str, format: &str) -> anyhow::Result<()> 
         return Ok(());
     }
     if ok && format != "table" {
-        print!("{}", response.text().await.context("reading Pacer's answer")?);
+        let file = response.bytes().await.context("reading Pacer's answer")?;
+        let mut stdout = std::io::stdout();
+        std::io::Write::write_all(&mut stdout, &file).and_then(|()| std::io::Write::flush(&mut stdout))?;
         return Ok(());
     }
     let body: serde_json::Value = response.json().await.context("Pacer answered with something other than JSON")?;

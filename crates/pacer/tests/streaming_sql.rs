@@ -569,9 +569,10 @@ fn joins_and_window_table_functions_in_history_and_continuous_queries() {
 }
 
 /// History as files other tools read: `pacer sql --format gpx` read back with the gpx crate
-/// (a track per runner, every fix with its time and elevation), GeoJSON and CSV.
+/// (a track per runner, every fix with its time and elevation), GeoJSON, CSV, and Parquet
+/// read by DuckDB.
 #[test]
-fn history_exports_as_gpx_geojson_and_csv() {
+fn history_exports_as_gpx_geojson_csv_and_parquet() {
     let dir = tempfile::tempdir().unwrap();
     let pacer = Pacer::start(dir.path());
     let fix = |who: &str, i: i64| {
@@ -630,6 +631,27 @@ fn history_exports_as_gpx_geojson_and_csv() {
 
     let (ok, _, err) = export("geojson", "SELECT who FROM race");
     assert!(!ok && err.contains("GeoJSON needs a lat and a lon column; the result has who"), "{err}");
+
+    // Parquet, as DuckDB reads it: the times typed as timestamps, the numbers as numbers.
+    let out = Command::new(common::PACER)
+        .args(["sql", "--server", &pacer.http, "--format", "parquet", query])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = dir.path().join("race.parquet");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let script = format!(
+        "import duckdb\nfor row in duckdb.sql(\"SELECT who, count(*), epoch_ms(max(ts)), round(max(lat), 4), sum(alt), typeof(max(ts)) \
+         FROM '{}' GROUP BY who ORDER BY who\").fetchall(): print(row)",
+        file.display()
+    );
+    let duckdb = Command::new("python3").args(["-c", &script]).output().expect("python3");
+    assert!(duckdb.status.success(), "DuckDB (pip install duckdb): {}", String::from_utf8_lossy(&duckdb.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&duckdb.stdout),
+        "('ann', 5, 1558212486000, -33.8696, 110.0, 'TIMESTAMP WITH TIME ZONE')\n\
+         ('bob', 3, 1558212484000, -33.8698, 63.0, 'TIMESTAMP WITH TIME ZONE')\n"
+    );
 }
 
 /// `[[history]]` policies: a stream downsampled from another (a row per device and minute,
