@@ -116,9 +116,11 @@ async function start() {
   });
   for (const stream of config.alert_streams || []) {
     follow(stream, 'beginning', (records) => {
-      for (const { key, value } of records) {
-        if (!value || !value.event) continue;
-        alerts.add('zone', `${value.who ?? value.device ?? key} ${value.event} (${stream})`, value.at);
+      for (const { key, value, timestamp } of records) {
+        if (!value) continue;
+        // A geofence event says who entered or left; any other alert row shows its fields.
+        if (value.event) alerts.add('zone', `${value.who ?? value.device ?? key} ${value.event} (${stream})`, value.at);
+        else alerts.add('query', `${stream}: ${key ?? ''} ${summary(value)}`, timestamp);
       }
     });
   }
@@ -138,6 +140,13 @@ async function start() {
 
 /** The stream of status rows the map and the table follow. */
 let liveStream = null;
+
+/** An alert row's fields in a line: `name value`, the window bounds as times. */
+function summary(value) {
+  return Object.entries(value)
+    .map(([k, v]) => `${k} ${/^window_?(start|end)$/i.test(k) && typeof v === 'number' ? clock(v) : typeof v === 'number' ? Number(v.toFixed(2)) : v}`)
+    .join(', ');
+}
 
 /** Device status by device, for runners that appear after their status did. */
 const online = new Map();

@@ -2,7 +2,7 @@
 // and the dashboard on a phone-sized screen with keyboard and screen-reader basics.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -19,8 +19,11 @@ let dir;
 before(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), 'pacer-views-'));
   const mqttPort = await freePort();
-  pacer = await startPacer(['up', '--data-dir', dir, '--mqtt-listen', `127.0.0.1:${mqttPort}`,
-    '--http-listen', '127.0.0.1:0', '--osmand-listen', '']);
+  // The alerts feed also shows a query's alerts: the streams the config names.
+  const config = path.join(dir, 'pacer.toml');
+  await writeFile(config, '[http]\nalert_streams = ["race_zone_events", "generator_alarms"]\n');
+  pacer = await startPacer(['up', '--config', config, '--data-dir', path.join(dir, 'data'),
+    '--mqtt-listen', `127.0.0.1:${mqttPort}`, '--http-listen', '127.0.0.1:0', '--osmand-listen', '']);
   const walk = (who, count, lon) => Array.from({ length: count }, (_, i) => JSON.stringify({
     who, timeepoc: T0 + i, lat: -33.8705 + i * 0.00002, lon, speed: 10 + (i % 7),
   }));
@@ -71,6 +74,22 @@ test('the device chart shows a chosen range read from the server', { timeout: 12
   await page.selectOption('#chart-range', 'live');
   assert.equal(await points(page), '30');
   assert.equal(await page.textContent('#chart-status'), '');
+  await page.close();
+});
+
+test('the alerts feed shows the rows of a configured alert stream', { timeout: 60_000 }, async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  await page.goto(pacer.http);
+  await page.waitForSelector('#league-rows tr[data-who="tom"]', { timeout: 30_000 });
+  const alarm = [{ key: 'gen-7', value: { generatorID: 'gen-7', fuel: 420, alarm: 'refuel' } }];
+  const response = await page.evaluate(async (body) => (await fetch('/api/v1/streams/generator_alarms/records', {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
+  })).status, alarm);
+  assert.equal(response, 200);
+  await page.waitForFunction(() => document.getElementById('alert-count').textContent !== '' && !document.getElementById('alert-count').hidden);
+  await page.click('#tab-alerts');
+  const item = await page.waitForSelector('#alerts li[data-kind=query]', { timeout: 30_000 });
+  assert.match(await item.textContent(), /generator_alarms: gen-7 generatorID gen-7, fuel 420, alarm refuel/);
   await page.close();
 });
 

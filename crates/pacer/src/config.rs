@@ -174,6 +174,9 @@ pub struct HttpConfig {
     /// Map tiles; empty string: offline basemap only.
     pub tile_url: String,
     pub tile_attribution: String,
+    /// Streams whose records the dashboard's alerts feed shows (a query's alerts), besides
+    /// devices going offline and runners finishing.
+    pub alert_streams: Vec<String>,
 }
 
 /// The OsmAnd protocol (Traccar's client apps) on its own port.
@@ -347,6 +350,7 @@ impl Default for HttpConfig {
             listen: "0.0.0.0:8080".into(),
             tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".into(),
             tile_attribution: "© OpenStreetMap contributors".into(),
+            alert_streams: vec!["race_zone_events".into()],
         }
     }
 }

@@ -20,8 +20,6 @@ use crate::config::{Config, LogBackend, BUILTIN_COURSE, BUILTIN_SQL};
 
 /// The table the dashboard shows: the league table of the race queries.
 const LEAGUE_TABLE: &str = "race_status";
-/// Streams of events the dashboard's alerts show: the race's finish-area transitions.
-const ALERT_STREAMS: [&str; 1] = ["race_zone_events"];
 /// Around the end of the built-in course.
 const BUILTIN_ZONE: &str = "finish-area";
 const BUILTIN_ZONE_RADIUS_M: f64 = 40.0;
@@ -109,7 +107,7 @@ impl Server {
             registry,
             dashboard: DashboardConfig {
                 live_stream: LEAGUE_TABLE.into(),
-                alert_streams: ALERT_STREAMS.iter().map(|s| s.to_string()).collect(),
+                alert_streams: config.http.alert_streams.clone(),
                 tile_url: Some(config.http.tile_url.clone()).filter(|u| !u.is_empty()),
                 tile_attribution: config.http.tile_attribution.clone(),
                 finish,
