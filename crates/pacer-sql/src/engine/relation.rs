@@ -55,7 +55,7 @@ impl Relation {
     }
 
     /// The same rows with every column named `qualifier.column`.
-    pub fn qualified(&self, qualifier: &str) -> Relation {
+    fn qualified(&self, qualifier: &str) -> Relation {
         let name = |c: &str| format!("{qualifier}.{c}");
         Relation {
             columns: self.columns.iter().map(|c| Column { name: name(&c.name), ..c.clone() }).collect(),
@@ -265,7 +265,7 @@ impl WindowStage {
 }
 
 /// Evaluates one SELECT (no CTEs of its own) over relations: its FROM and JOINs from `env`.
-pub fn evaluate(select: &Select, env: &Env, geometry: &Geometry) -> Result<Relation, PlanError> {
+fn evaluate(select: &Select, env: &Env, geometry: &Geometry) -> Result<Relation, PlanError> {
     let (select, time) = desugar_window_table(select)?;
     let lookup = |name: &str| {
         env.get(&name.to_ascii_lowercase()).ok_or_else(|| PlanError(format!("{name}: no such stream, table or CTE")))
