@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Streaming SQL benchmark: the windowed GROUP BY of the SQL issue (tumbling 1 minute, 10k
-# keys, COUNT/AVG/MIN/MAX) over the same readings in Pacer's engine (one core, reading the
-# log) and in DuckDB (PyPI, batch over the same JSON lines, 1 thread and all threads), in
-# one run. Both print a checksum (windows, events, sum of max) that must agree.
+# Streaming SQL and history benchmark: the windowed GROUP BY of the SQL issues (tumbling 1
+# minute per device, COUNT/AVG/MIN/MAX) over the same readings in Pacer's engine (one core,
+# from reading its log to the closed windows: what a persistent or pull query does) and in
+# DuckDB (PyPI) over the same rows as JSON lines and as Parquet (written first, not timed),
+# 1 thread and all threads, in one run. All print a checksum (windows, events, sum of max)
+# that must agree.
 # Env: RECORDS (default 10000000), KEYS (default 10000), DIR (default /tmp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,24 +12,27 @@ records=${RECORDS:-10000000}; keys=${KEYS:-10000}; dir=${DIR:-/tmp}
 python3 -c 'import duckdb' 2>/dev/null || pip install --quiet duckdb
 cargo build --release --quiet
 data="$dir/pacer-bench-sql.$$.ndjson"
-trap 'rm -f "$data"' EXIT
+parquet="$dir/pacer-bench-sql.$$.parquet"
+trap 'rm -f "$data" "$parquet"' EXIT
 PACER_LOG=warn target/release/pacer bench sql --records "$records" --keys "$keys" --dir "$dir" --ndjson "$data"
-python3 - "$data" "$records" <<'PY'
+python3 - "$data" "$parquet" "$records" <<'PY'
 import sys, time, duckdb
-path, records = sys.argv[1], int(sys.argv[2])
-query = f"""
-SELECT count(*), sum(n), round(sum(max_temp), 2) FROM (
-  SELECT device, time_bucket(INTERVAL 1 MINUTE, make_timestamp(ts * 1000)) AS w,
-         count(*) AS n, avg(temp) AS avg_temp, min(temp) AS min_temp, max(temp) AS max_temp
-  FROM read_ndjson('{path}', columns = {{'device': 'VARCHAR', 'ts': 'BIGINT', 'temp': 'DOUBLE'}})
-  GROUP BY device, w)"""
+data, parquet, records = sys.argv[1], sys.argv[2], int(sys.argv[3])
 con = duckdb.connect()
-for threads in (1, None):
-    con.execute("RESET threads" if threads is None else f"SET threads = {threads}")
-    used = con.execute("SELECT current_setting('threads')").fetchone()[0]
-    started = time.perf_counter()
-    windows, events, sum_max = con.execute(query).fetchone()
-    secs = time.perf_counter() - started
-    print(f"duckdb {duckdb.__version__} threads={used}: {records} events in {secs:.3f} s = {records / secs:.0f} events/s; "
-          f"{windows} windows, {events} events in them, sum of max_temp {sum_max:.2f}")
+ndjson = f"read_ndjson('{data}', columns = {{'device': 'VARCHAR', 'ts': 'BIGINT', 'temp': 'DOUBLE'}})"
+con.execute(f"COPY (SELECT * FROM {ndjson}) TO '{parquet}' (FORMAT parquet)")
+for source, relation in (("json lines", ndjson), ("parquet", f"'{parquet}'")):
+    query = f"""
+    SELECT count(*), sum(n), round(sum(max_temp), 2) FROM (
+      SELECT device, time_bucket(INTERVAL 1 MINUTE, make_timestamp(ts * 1000)) AS w,
+             count(*) AS n, avg(temp) AS avg_temp, min(temp) AS min_temp, max(temp) AS max_temp
+      FROM {relation} GROUP BY device, w)"""
+    for threads in (1, None):
+        con.execute("RESET threads" if threads is None else f"SET threads = {threads}")
+        used = con.execute("SELECT current_setting('threads')").fetchone()[0]
+        started = time.perf_counter()
+        windows, events, sum_max = con.execute(query).fetchone()
+        secs = time.perf_counter() - started
+        print(f"duckdb {duckdb.__version__} {source} threads={used}: {records} events in {secs:.3f} s = "
+              f"{records / secs:.0f} events/s; {windows} windows, {events} events in them, sum of max_temp {sum_max:.2f}")
 PY

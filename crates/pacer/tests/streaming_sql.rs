@@ -427,11 +427,12 @@ fn joins_and_window_table_functions_in_history_and_continuous_queries() {
     ] {
         assert_eq!(pacer.post_sql(statement).0, 200);
     }
-    // Three sensors every 20 s for 200 s; the record timestamps are not the readings' times.
+    // Three sensors every 20 s for 200 s; the record timestamps are not the readings' times,
+    // and the log holds them newest first: history has no late records.
     let t0: i64 = 1_795_000_000_000 / 60_000 * 60_000;
     let temp = |s: i64, k: i64| 20.0 + s as f64 * 0.5 + ((k * 7 + s * 3) % 5) as f64;
     let mut readings = Vec::new();
-    for k in 0..10 {
+    for k in (0..10).rev() {
         for s in 1..=3 {
             readings.push(serde_json::json!({"key": format!("s{s}"), "timestamp": 1_000 + k,
                 "value": {"sensor": format!("s{s}"), "ts": t0 + k * 20_000, "temp": temp(s, k)}}));

@@ -239,14 +239,7 @@ impl Engine {
                 }
                 check_format(&properties)?;
                 let (plan, source, columns) = if query.ctes.is_empty() {
-                    let (plan, source) = if query.joins.is_empty() {
-                        let (query, source) = self.windowed(&catalog, &query)?;
-                        (plan::plan(&query, &source, &self.geometry)?, source)
-                    } else {
-                        let plan = self.lookup_plan(&catalog, &query).await?;
-                        let source = plan.source.clone();
-                        (plan, source)
-                    };
+                    let (plan, source) = self.plan_continuous(&catalog, &query).await?;
                     let aggregated = matches!(plan.shape, Shape::Aggregate { .. });
                     match (kind, aggregated) {
                         (SourceKind::Stream, true) => {
@@ -306,14 +299,7 @@ impl Engine {
                 if !query.ctes.is_empty() {
                     return invalid("INSERT INTO takes a query without WITH (CREATE STREAM … AS WITH … runs one)");
                 }
-                let (plan, source) = if query.joins.is_empty() {
-                    let source = self.source(&catalog, &query.from)?;
-                    (plan::plan(&query, &source, &self.geometry)?, source)
-                } else {
-                    let plan = self.lookup_plan(&catalog, &query).await?;
-                    let source = plan.source.clone();
-                    (plan, source)
-                };
+                let (plan, source) = self.plan_continuous(&catalog, &query).await?;
                 if matches!(plan.shape, Shape::Aggregate { .. }) {
                     return invalid("INSERT INTO takes a query without GROUP BY");
                 }
@@ -332,9 +318,9 @@ impl Engine {
             }
             Statement::Select(select) => {
                 if select.emit != Emit::None && select.ctes.is_empty() && !select.joins.is_empty() {
-                    let plan = {
+                    let (plan, _) = {
                         let catalog = self.catalog.lock().await;
-                        self.lookup_plan(&catalog, &select).await?
+                        self.plan_continuous(&catalog, &select).await?
                     };
                     let earliest =
                         options.auto_offset_reset.as_deref().is_some_and(|r| r.eq_ignore_ascii_case("earliest"));
@@ -355,6 +341,9 @@ impl Engine {
                     let catalog = self.catalog.lock().await;
                     let (mut windowed, source) = self.windowed(&catalog, &select)?;
                     windowed.emit = select.emit; // a pull query stays one
+                    if select.emit == Emit::None && select.window_table.is_some() {
+                        windowed = relation::without_lateness(windowed);
+                    }
                     (windowed, source)
                 };
                 let plan = plan::plan(&select, &source, &self.geometry)?;
@@ -420,6 +409,18 @@ impl Engine {
                 Ok(Response::Rows(QueryResult { columns: ["field", "type", "key"].map(String::from).to_vec(), rows }))
             }
         }
+    }
+
+    /// The plan of a query without WITH that runs as records come, and the source it reads:
+    /// a stream joined with tables, or one source (a window table function as its window).
+    async fn plan_continuous(&self, catalog: &Catalog, select: &Select) -> Result<(Plan, Source), SqlError> {
+        if select.joins.is_empty() {
+            let (select, source) = self.windowed(catalog, select)?;
+            return Ok((plan::plan(&select, &source, &self.geometry)?, source));
+        }
+        let plan = self.lookup_plan(catalog, select).await?;
+        let source = plan.source.clone();
+        Ok((plan, source))
     }
 
     /// The plan of a stream joined with tables as it flows; each table is kept in memory,

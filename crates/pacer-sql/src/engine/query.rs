@@ -222,16 +222,18 @@ impl Task {
                 self.operator.advance(last_event.0.saturating_add(idle), &mut outputs);
             }
             if let Some(stage) = self.operator.plan().stage.clone() {
-                outputs = match stage.run(self.log.as_ref(), outputs).await {
+                outputs = match stage.run(self.log.as_ref(), &outputs).await {
                     Ok(rows) => rows,
                     Err(reason) => {
-                        // The window's rows cannot be made now (a joined table went away):
-                        // said in the dead letters, and the query goes on with the next.
+                        // The windows' rows cannot be made now (a joined table went away):
+                        // they go to the dead letters with the reason, and the query goes on.
                         tracing::warn!(query = %self.id, %reason, "a window's rows failed");
+                        let windows: Vec<_> = outputs.iter().filter_map(|o| o.value.clone()).collect();
                         rejected.push(NewRecord::new(
                             self.operator.stream_time(),
                             None,
-                            serde_json::json!({"reason": reason, "query": self.id, "stream": input}).to_string(),
+                            serde_json::json!({"reason": reason, "query": self.id, "stream": input, "windows": windows})
+                                .to_string(),
                         ));
                         Vec::new()
                     }

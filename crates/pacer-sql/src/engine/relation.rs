@@ -205,12 +205,23 @@ pub fn split_windowed(select: &Select) -> Result<(String, Select, Select), PlanE
 
 /// Evaluates a query: its CTEs in order, each then readable by name, then its body.
 pub fn evaluate_query(select: &Select, env: &Env, geometry: &Geometry) -> Result<Relation, PlanError> {
-    let mut env = env.clone();
+    // The CTEs beside `env`, which is not copied: it may hold whole streams.
+    let mut ctes = Env::new();
     for (name, cte) in &select.ctes {
-        let rows = evaluate(cte, &env, geometry)?;
-        env.insert(name.to_ascii_lowercase(), rows);
+        let rows = evaluate(cte, &|n| ctes.get(n).or_else(|| env.get(n)), geometry)?;
+        ctes.insert(name.to_ascii_lowercase(), rows);
     }
-    evaluate(&Select { ctes: Vec::new(), ..select.clone() }, &env, geometry)
+    let body = Select { ctes: Vec::new(), ..select.clone() };
+    evaluate(&body, &|n| ctes.get(n).or_else(|| env.get(n)), geometry)
+}
+
+/// A window table function's query over data that is all there (history, a closed window's
+/// rows): no record is late, whatever order they come in.
+pub fn without_lateness(mut select: Select) -> Select {
+    if let Some(window) = &mut select.window {
+        window.grace = i64::MAX / 4;
+    }
+    select
 }
 
 /// What a windowed query with CTEs or joins does with each window once it has closed: the
@@ -230,11 +241,11 @@ pub struct WindowStage {
 
 impl WindowStage {
     /// The rows of the windows in `outputs` (the windowed aggregation's final rows).
-    pub async fn run(&self, log: &dyn pacer_log::Log, outputs: Vec<Output>) -> Result<Vec<Output>, String> {
+    pub async fn run(&self, log: &dyn pacer_log::Log, outputs: &[Output]) -> Result<Vec<Output>, String> {
         let mut windows: Vec<(i64, Vec<Row>)> = Vec::new();
         for o in outputs {
-            let (Some(start), Some(value)) = (o.window, o.value) else { continue };
-            let row = Row { timestamp: o.timestamp, value };
+            let (Some(start), Some(value)) = (o.window, &o.value) else { continue };
+            let row = Row { timestamp: o.timestamp, value: value.clone() };
             match windows.iter_mut().find(|(s, _)| *s == start) {
                 Some((_, rows)) => rows.push(row),
                 None => windows.push((start, vec![row])),
@@ -264,21 +275,30 @@ impl WindowStage {
     }
 }
 
-/// Evaluates one SELECT (no CTEs of its own) over relations: its FROM and JOINs from `env`.
-fn evaluate(select: &Select, env: &Env, geometry: &Geometry) -> Result<Relation, PlanError> {
+/// Evaluates one SELECT (no CTEs of its own) over relations: its FROM and JOINs, found by
+/// lower-cased name.
+fn evaluate<'a>(
+    select: &Select,
+    relations: &dyn Fn(&str) -> Option<&'a Relation>,
+    geometry: &Geometry,
+) -> Result<Relation, PlanError> {
     let (select, time) = desugar_window_table(select)?;
+    let select = without_lateness(select);
     let lookup = |name: &str| {
-        env.get(&name.to_ascii_lowercase()).ok_or_else(|| PlanError(format!("{name}: no such stream, table or CTE")))
+        relations(&name.to_ascii_lowercase()).ok_or_else(|| PlanError(format!("{name}: no such stream, table or CTE")))
     };
+    let joined;
     let (mut select, input) = if select.joins.is_empty() {
-        (select.clone(), lookup(&select.from)?.clone())
+        let input = lookup(&select.from)?;
+        (select, input)
     } else {
         let mut input = lookup(&select.from)?.qualified(select.alias.as_deref().unwrap_or(&select.from));
         for join in &select.joins {
             let right = lookup(&join.source)?.qualified(join.alias.as_deref().unwrap_or(&join.source));
             input = hash_join(input, right, join.kind, &join.on)?;
         }
-        (qualify_names(&select, &input.columns)?, input)
+        joined = input;
+        (qualify_names(&select, &joined.columns)?, &joined)
     };
     select.joins.clear();
     select.ctes.clear();
