@@ -133,8 +133,9 @@ pub fn validate_stream_name(name: &str) -> Result<()> {
     if name.len() > 249 {
         return bad("longer than 249 characters");
     }
-    if name == "." || name == ".." {
-        return bad("'.' and '..' are reserved");
+    if name.starts_with('.') {
+        // The embedded log's directory holds Pacer's own files there (`.history`).
+        return bad("names starting with '.' are reserved");
     }
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
         return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");

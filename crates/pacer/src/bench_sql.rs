@@ -43,41 +43,7 @@ const BASE_MS: i64 = 28_333_333 * 60_000;
 pub async fn sql(b: SqlBench) -> anyhow::Result<()> {
     anyhow::ensure!(b.keys > 0 && b.records >= b.keys, "--records must be at least --keys, which must be positive");
     let root = tempfile::Builder::new().prefix("pacer-bench-sql-").tempdir_in(&b.dir).context("bench directory")?;
-    let mut config = EmbeddedLogConfig::new(root.path());
-    config.fsync = FsyncPolicy::Off;
-    let log = EmbeddedLog::open(config)?;
-    let mut ndjson = match &b.ndjson {
-        Some(path) => Some(std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        )),
-        None => None,
-    };
-    let progress = ProgressBar::new(b.records)
-        .with_style(ProgressStyle::with_template("writing {bar:40} {pos}/{len} {per_sec}").expect("valid template"));
-    let mut batch = Vec::with_capacity(10_000);
-    for i in 0..b.records {
-        let device = i % b.keys;
-        let ts = BASE_MS + (i / b.keys) as i64 * 1000;
-        // A deterministic spread of temperatures, different per device and second.
-        let temp = ((i.wrapping_mul(2_654_435_761) >> 7) % 4000) as f64 / 100.0 - 5.0;
-        let line = format!(r#"{{"device":"d-{device}","ts":{ts},"temp":{temp}}}"#);
-        if let Some(out) = &mut ndjson {
-            writeln!(out, "{line}")?;
-        }
-        batch.push(NewRecord::new(ts, Some(Bytes::from(format!("d-{device}"))), line));
-        if batch.len() == batch.capacity() {
-            log.append("readings", std::mem::take(&mut batch)).await?;
-            batch.reserve(10_000);
-            progress.set_position(i + 1);
-        }
-    }
-    if !batch.is_empty() {
-        log.append("readings", batch).await?;
-    }
-    if let Some(mut out) = ndjson {
-        out.flush()?;
-    }
-    progress.finish_and_clear();
+    let log = write_readings(root.path(), b.records, b.keys, b.ndjson.as_deref()).await?;
 
     let columns = [("device", DataType::String), ("ts", DataType::BigInt), ("temp", DataType::Double)]
         .into_iter()
@@ -112,6 +78,52 @@ pub async fn sql(b: SqlBench) -> anyhow::Result<()> {
         events as f64 / secs
     );
     Ok(())
+}
+
+/// An embedded log in `dir` holding `records` readings of `keys` devices, one per device per
+/// second from a whole minute on (and, if asked, the same as JSON lines in `ndjson`).
+pub async fn write_readings(
+    dir: &std::path::Path,
+    records: u64,
+    keys: u64,
+    ndjson: Option<&std::path::Path>,
+) -> anyhow::Result<EmbeddedLog> {
+    let mut config = EmbeddedLogConfig::new(dir);
+    config.fsync = FsyncPolicy::Off;
+    let log = EmbeddedLog::open(config)?;
+    let mut ndjson = match ndjson {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let progress = ProgressBar::new(records)
+        .with_style(ProgressStyle::with_template("writing {bar:40} {pos}/{len} {per_sec}").expect("valid template"));
+    let mut batch = Vec::with_capacity(10_000);
+    for i in 0..records {
+        let device = i % keys;
+        let ts = BASE_MS + (i / keys) as i64 * 1000;
+        // A deterministic spread of temperatures, different per device and second.
+        let temp = ((i.wrapping_mul(2_654_435_761) >> 7) % 4000) as f64 / 100.0 - 5.0;
+        let line = format!(r#"{{"device":"d-{device}","ts":{ts},"temp":{temp}}}"#);
+        if let Some(out) = &mut ndjson {
+            writeln!(out, "{line}")?;
+        }
+        batch.push(NewRecord::new(ts, Some(Bytes::from(format!("d-{device}"))), line));
+        if batch.len() == batch.capacity() {
+            log.append("readings", std::mem::take(&mut batch)).await?;
+            batch.reserve(10_000);
+            progress.set_position(i + 1);
+        }
+    }
+    if !batch.is_empty() {
+        log.append("readings", batch).await?;
+    }
+    if let Some(mut out) = ndjson {
+        out.flush()?;
+    }
+    progress.finish_and_clear();
+    Ok(log)
 }
 
 /// Runs `stream` from its beginning to its end through `operator`, handing each batch's

@@ -41,11 +41,41 @@ pub struct HistoryConfig {
     /// Output column = aggregate of the column of the same name, e.g. `speed = "AVG"`.
     #[serde(default)]
     pub aggregate: std::collections::BTreeMap<String, String>,
+    /// Also kept as Parquet segments (`<log dir>/.history/<stream>/`), which history
+    /// queries read a column at a time and DuckDB, Spark or pandas open as they are.
+    #[serde(default)]
+    pub parquet: bool,
+    /// How often the log's new records move into a segment: "10m" unless set.
+    pub parquet_every: Option<String>,
+    /// Rows per segment at most: 1,000,000 unless set.
+    pub parquet_rows: Option<usize>,
 }
 
 impl HistoryConfig {
     pub fn keep_ms(&self) -> Result<Option<u64>, String> {
         self.keep.as_deref().map(|k| duration(k, "keep")).transpose()
+    }
+
+    /// The compaction into Parquet segments, if the policy asks for it.
+    pub fn parquet(&self) -> Result<Option<pacer_history::CompactorConfig>, String> {
+        if !self.parquet {
+            return match (&self.parquet_every, self.parquet_rows) {
+                (None, None) => Ok(None),
+                _ => Err("parquet_every and parquet_rows need parquet = true".into()),
+            };
+        }
+        let every = self.parquet_every.as_deref().map_or(Ok(600_000), |e| duration(e, "parquet_every"))?;
+        let max_rows = match self.parquet_rows {
+            Some(0) => return Err("parquet_rows = 0: give at least 1".into()),
+            Some(rows) => rows,
+            None => 1_000_000,
+        };
+        Ok(Some(pacer_history::CompactorConfig {
+            stream: self.stream.clone(),
+            every: std::time::Duration::from_millis(every),
+            max_rows,
+            keep_ms: self.keep_ms()?,
+        }))
     }
 
     /// The persistent query that keeps a downsampled stream: a tumbling window per record
@@ -407,7 +437,7 @@ impl Config {
             );
         }
         for (i, policy) in config.history.iter().enumerate() {
-            if let Err(e) = policy.keep_ms().and_then(|_| policy.downsampling_sql()) {
+            if let Err(e) = policy.keep_ms().and_then(|_| policy.downsampling_sql()).and_then(|_| policy.parquet()) {
                 anyhow::bail!("{}: [[history]] #{} (stream {:?}): {e}", path.display(), i + 1, policy.stream);
             }
         }

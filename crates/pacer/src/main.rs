@@ -1,6 +1,7 @@
 //! The `pacer` command: `up`, `demo`, `tail`, `sql`.
 
 mod bench;
+mod bench_history;
 mod bench_sql;
 mod bench_tracking;
 mod config;
@@ -256,6 +257,29 @@ enum Bench {
         #[arg(long)]
         ndjson: Option<PathBuf>,
     },
+    /// The history query (per device and minute) over Parquet segments Pacer compacted
+    /// from its log, and over the log's rows (compare with DuckDB: scripts/bench-history.sh)
+    History {
+        #[arg(long, default_value_t = 10_000_000)]
+        records: u64,
+        /// Devices (GROUP BY keys)
+        #[arg(long, default_value_t = 1000)]
+        keys: u64,
+        /// Directory for the log
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Directory for the Parquet segments (kept, for other tools to read)
+        #[arg(long)]
+        parquet: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        segment_rows: usize,
+        /// Timed runs over Parquet (the median is reported)
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Also time the query over the log's rows
+        #[arg(long)]
+        log_rows: bool,
+    },
     /// The demo's league table (course progress, finish, rank) on one core, beside a plain
     /// last-fix table
     Tracking {
@@ -404,6 +428,10 @@ async fn run_bench(bench: Bench) -> anyhow::Result<()> {
         }
         Bench::Tracking { runners, seconds, dir } => {
             bench_tracking::tracking(bench_tracking::TrackingBench { runners, seconds, dir }).await
+        }
+        Bench::History { records, keys, dir, parquet, segment_rows, runs, log_rows } => {
+            let bench = bench_history::HistoryBench { records, keys, dir, parquet, segment_rows, runs, log_rows };
+            bench_history::history(bench).await
         }
         Bench::Sql { records, keys, dir, ndjson } => {
             bench_sql::sql(bench_sql::SqlBench { records, keys, dir, ndjson }).await

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use pacer_history::{Compactor, HistoryStore};
 use pacer_ingest::{DeviceStatus, Ingest, Relay, StreamPublisher};
 use pacer_kafka::{KafkaLog, NewTopics};
 use pacer_log::{EmbeddedLog, EmbeddedLogConfig, Log};
@@ -75,7 +76,16 @@ impl Server {
         }
 
         let geometry = Arc::new(load_geometry(&config)?);
-        let engine = Engine::start(log.clone(), geometry.clone()).await.context("loading the SQL catalog")?;
+        let history = HistoryStore::open(config.log.dir.join(".history")).context("opening the Parquet history")?;
+        let mut compactors = Vec::new();
+        for policy in &config.history {
+            let what = || format!("[[history]] stream {:?}: parquet", policy.stream);
+            if let Some(compaction) = policy.parquet().map_err(|e| anyhow::anyhow!("{}: {e}", what()))? {
+                compactors.push(Compactor::new(history.clone(), log.clone(), compaction).with_context(what)?);
+            }
+        }
+        let engine =
+            Engine::start(log.clone(), Some(history), geometry.clone()).await.context("loading the SQL catalog")?;
         match &config.sql.file {
             Some(file) => {
                 let text =
@@ -170,6 +180,12 @@ impl Server {
             osmand_addr = Some(listener.local_addr()?);
             let osmand = pacer_web::osmand::router(broker.clone());
             tasks.spawn(async move { axum::serve(listener, osmand).await.context("OsmAnd server") });
+        }
+        for compactor in compactors {
+            tasks.spawn(async move {
+                compactor.run().await;
+                Ok(())
+            });
         }
         for (stream, task) in publishing {
             tasks.spawn(async move { task.await.with_context(|| format!("publishing {stream} to MQTT")) });

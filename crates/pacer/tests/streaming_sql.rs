@@ -725,3 +725,113 @@ aggregate = { speed = "AVG", alt = "MAX" }
         "{err}"
     );
 }
+
+/// `[[history]] parquet = true`: the stream moves into Parquet segments as it arrives;
+/// history queries over segments and log together count every record once (also after a
+/// kill -9 and restart), and DuckDB reads the segments as they are.
+#[test]
+fn history_in_parquet_segments_answers_queries_and_duckdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pacer.toml");
+    std::fs::write(
+        &config,
+        "[[history]]\nstream = \"readings\"\nparquet = true\nparquet_every = \"200ms\"\nparquet_rows = 700\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().unwrap()];
+    let pacer = Pacer::start_with(&data, &args);
+    let t0: i64 = 1_790_000_040_000; // a whole minute
+    let reading = |i: i64| {
+        let device = format!("g-{}", i % 6);
+        let temp = ((i * 7919) % 1000) as f64 / 10.0 - 20.0;
+        (device, t0 + i * 250, temp)
+    };
+    let post = |from: i64, to: i64| {
+        let records: Vec<Value> = (from..to)
+            .map(|i| {
+                let (device, t, temp) = reading(i);
+                serde_json::json!({"key": device, "timestamp": t, "value": {"device": device, "temp": temp}})
+            })
+            .collect();
+        assert_eq!(pacer.post("/api/v1/streams/readings/records", &Value::from(records)).0, 200);
+    };
+    let segments = data.join(".history/readings");
+    // Waits until the segments hold `n` records: their positions add up to it.
+    let compacted = |n: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let covered: u64 = std::fs::read_to_string(segments.join("positions"))
+                .unwrap_or_default()
+                .trim()
+                .split(',')
+                .filter_map(|p| p.split_once(':')?.1.parse::<u64>().ok())
+                .sum();
+            if covered >= n {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "segments hold {covered} of {n} records after 60 s");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    post(0, 2000);
+    compacted(2000);
+    let (status, body) = pacer.post_sql(
+        "CREATE STREAM readings (device VARCHAR, temp DOUBLE) WITH (kafka_topic='readings', value_format='JSON');",
+    );
+    assert_eq!(status, 200, "{body}");
+    post(2000, 2600); // some of these only the log may hold when the queries run
+
+    let mut expected: BTreeMap<(String, i64), (i64, f64, f64, f64)> = BTreeMap::new();
+    for i in 0..2600 {
+        let (device, t, temp) = reading(i);
+        let e = expected.entry((device, t / 60_000 * 60_000)).or_insert((0, 0.0, f64::MAX, f64::MIN));
+        *e = (e.0 + 1, e.1 + temp, e.2.min(temp), e.3.max(temp));
+    }
+    let hot = (0..2600).filter(|&i| reading(i).2 > 60.0).count();
+    let query = "SELECT device, DATE_BIN(INTERVAL '1' MINUTE, ROWTIME) AS minute, COUNT(*) AS n, AVG(temp) AS a, \
+                 MIN(temp) AS lo, MAX(temp) AS hi FROM readings GROUP BY device, DATE_BIN(INTERVAL '1' MINUTE, ROWTIME)";
+    let check = |pacer: &Pacer| {
+        let (status, body) = pacer.post_sql(query);
+        assert_eq!(status, 200, "{body}");
+        let rows = body["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), expected.len(), "{body}");
+        for row in rows {
+            let key = (row[0].as_str().unwrap().to_string(), row[1].as_i64().unwrap());
+            let (n, sum, lo, hi) = expected[&key];
+            assert_eq!(row[2].as_i64(), Some(n), "{key:?}: {row}");
+            assert!(close(row[3].as_f64().unwrap(), sum / n as f64), "{key:?}: {row}");
+            assert_eq!((row[4].as_f64(), row[5].as_f64()), (Some(lo), Some(hi)), "{key:?}: {row}");
+        }
+        // A query that reads rows: every record once, from the segments and the log.
+        let (status, body) = pacer.post_sql("SELECT device, temp FROM readings WHERE temp > 60 LIMIT 100000");
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["rows"].as_array().unwrap().len(), hot);
+    };
+    check(&pacer);
+
+    compacted(2600);
+    assert!(
+        std::fs::read_dir(&segments)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet"))
+            .count()
+            >= 4
+    );
+    let script = format!(
+        "import duckdb\nprint(duckdb.sql(\"SELECT count(*), count(DISTINCT ROWKEY), round(sum(temp), 3), typeof(max(ROWTIME)), \
+         epoch_ms(min(ROWTIME)) FROM '{}/*.parquet'\").fetchall()[0])",
+        segments.display()
+    );
+    let duckdb = Command::new("python3").args(["-c", &script]).output().expect("python3");
+    assert!(duckdb.status.success(), "DuckDB (pip install duckdb): {}", String::from_utf8_lossy(&duckdb.stderr));
+    let sum: f64 = (0..2600).map(|i| reading(i).2).sum();
+    assert_eq!(
+        String::from_utf8_lossy(&duckdb.stdout).trim(),
+        format!("(2600, 6, {:?}, 'TIMESTAMP WITH TIME ZONE', {t0})", (sum * 1000.0).round() / 1000.0)
+    );
+
+    drop(pacer); // SIGKILL
+    let pacer = Pacer::start_with(&data, &args);
+    check(&pacer);
+}

@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 pub mod ast;
+pub mod columnar;
 pub mod expr;
 pub mod functions;
 pub mod operator;
@@ -21,7 +22,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use pacer_core::{NewRecord, Record};
-use pacer_log::{validate_stream_name, Log, StartAt};
+use pacer_history::{HistoryStore, Segment};
+use pacer_log::{validate_stream_name, Log, Positions, StartAt};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 use tokio::sync::{mpsc, watch, Mutex};
@@ -50,6 +52,8 @@ pub enum SqlError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Log(#[from] pacer_log::LogError),
+    #[error("history: {0}")]
+    History(String),
 }
 
 fn invalid<T>(message: impl Into<String>) -> Result<T, SqlError> {
@@ -116,15 +120,22 @@ pub struct Engine {
     table_caches: std::sync::Mutex<HashMap<String, Arc<relation::TableCache>>>,
     /// Courses (and tracking settings) queries refer to by name.
     geometry: Arc<Geometry>,
+    /// Streams' older records as Parquet segments, read before the log.
+    history: Option<HistoryStore>,
 }
 
 impl Engine {
-    /// Opens the engine over `log`, replaying its catalog: sources come back and persistent
-    /// queries resume from their checkpoints.
-    pub async fn start(log: Arc<dyn Log>, geometry: Arc<Geometry>) -> Result<Arc<Engine>, SqlError> {
+    /// Opens the engine over `log` (and the Parquet history of its streams), replaying its
+    /// catalog: sources come back and persistent queries resume from their checkpoints.
+    pub async fn start(
+        log: Arc<dyn Log>,
+        history: Option<HistoryStore>,
+        geometry: Arc<Geometry>,
+    ) -> Result<Arc<Engine>, SqlError> {
         let engine = Arc::new(Engine {
             log: log.clone(),
             geometry,
+            history,
             table_caches: Default::default(),
             catalog: Mutex::new(Catalog { sources: BTreeMap::new(), queries: BTreeMap::new(), insert_count: 0 }),
         });
@@ -612,15 +623,22 @@ impl Engine {
                 let catalog = self.catalog.lock().await;
                 self.source(&catalog, &name)?
             };
-            env.insert(name, whole(self.log.as_ref(), source, &self.geometry).await?);
+            env.insert(name, whole(self.log.as_ref(), self.history.as_ref(), source, &self.geometry).await?);
         }
         Ok(relation::evaluate_query(select, &env, &self.geometry)?)
     }
 
-    /// A pull query: the log read up to now.
+    /// A pull query: the history and the log read up to now; an aggregation over Parquet
+    /// history a column at a time when it can be.
     async fn pull(&self, plan: Plan) -> Result<QueryResult, SqlError> {
         let limit = plan.limit.map_or(DEFAULT_PULL_LIMIT, |l| l as usize);
-        let (columns, rows) = pull_rows(self.log.as_ref(), plan, limit).await?;
+        if let Some(history) = &self.history {
+            if let Some(mut rows) = columnar_pull(self.log.as_ref(), history, &plan).await? {
+                rows.truncate(limit);
+                return Ok(relation::Relation::from_rows(plan.output, rows).into_result());
+            }
+        }
+        let (columns, rows) = pull_rows(self.log.as_ref(), self.history.as_ref(), plan, limit).await?;
         Ok(relation::Relation::from_rows(columns, rows).into_result())
     }
 
@@ -666,11 +684,16 @@ impl Engine {
 }
 
 /// Every row of a source as of now (a table: its latest row per key), for joins and CTEs.
-pub(crate) async fn whole(log: &dyn Log, source: Source, geometry: &Geometry) -> Result<relation::Relation, SqlError> {
+pub(crate) async fn whole(
+    log: &dyn Log,
+    history: Option<&HistoryStore>,
+    source: Source,
+    geometry: &Geometry,
+) -> Result<relation::Relation, SqlError> {
     let everything = parse::parse(&format!("SELECT * FROM \"{}\"", source.name))?;
     let Some(Statement::Select(select)) = everything.into_iter().next() else { unreachable!("a SELECT") };
     let plan = plan::plan(&select, &source, geometry)?;
-    let (columns, rows) = pull_rows(log, plan, MAX_RELATION_ROWS).await?;
+    let (columns, rows) = pull_rows(log, history, plan, MAX_RELATION_ROWS).await?;
     if rows.len() >= MAX_RELATION_ROWS {
         return invalid(format!(
             "{}: more than {MAX_RELATION_ROWS} rows; joins and WITH read their sources whole, so narrow it first",
@@ -685,14 +708,27 @@ pub(crate) async fn whole(log: &dyn Log, source: Source, geometry: &Geometry) ->
 /// counts only its latest row per key (and window); so does an aggregation's result. Without
 /// aggregation, reading stops after `cap` rows. Also gives the output column names, with `*`
 /// spelled out.
-pub(crate) async fn pull_rows(log: &dyn Log, plan: Plan, cap: usize) -> Result<(Vec<Column>, Vec<Row>), SqlError> {
+pub(crate) async fn pull_rows(
+    log: &dyn Log,
+    history: Option<&HistoryStore>,
+    plan: Plan,
+    cap: usize,
+) -> Result<(Vec<Column>, Vec<Row>), SqlError> {
     let table_source = plan.source.kind == SourceKind::Table;
     let aggregated = matches!(plan.shape, Shape::Aggregate { .. });
     let topic = plan.source.topic.clone();
     let limit = plan.limit.map(|l| l as usize);
     let mut columns = plan.output.clone();
     let mut operator = Operator::new(plan);
-    let mut reader = log.reader(&topic, StartAt::Beginning)?;
+    // Parquet history first, then the log from where it ends.
+    let (mut segments, start) = match history {
+        Some(h) => {
+            let (segments, covered) = history_of(h, &topic).await?;
+            (segments.into(), StartAt::Positions(covered))
+        }
+        None => (std::collections::VecDeque::new(), StartAt::Beginning),
+    };
+    let mut reader = log.reader(&topic, start)?;
     let mut latest: LatestRows = LatestRows::default();
     let mut table: LatestRows = LatestRows::default();
     let mut rows: Vec<Row> = Vec::new();
@@ -700,8 +736,11 @@ pub(crate) async fn pull_rows(log: &dyn Log, plan: Plan, cap: usize) -> Result<(
     let (mut rejected, mut first_reason) = (0usize, None);
     'read: loop {
         // A table's current state is its latest row per key (and window), read first.
-        let batch = reader.try_batch().await?;
-        let records = match (batch.is_empty(), table_source) {
+        let batch = match segments.pop_front() {
+            Some(segment) => segment_records(segment).await?,
+            None => reader.try_batch().await?,
+        };
+        let records = match (batch.is_empty() && segments.is_empty(), table_source) {
             (true, false) => break,
             (true, true) => table.take_records(),
             (false, true) => {
@@ -744,6 +783,77 @@ pub(crate) async fn pull_rows(log: &dyn Log, plan: Plan, cap: usize) -> Result<(
         columns = expand_wildcard(&columns, &rows);
     }
     Ok((columns, rows))
+}
+
+/// A stream's Parquet segments, and where the log takes over from them.
+async fn history_of(history: &HistoryStore, topic: &str) -> Result<(Vec<Segment>, Positions), SqlError> {
+    let (history, topic) = (history.clone(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let segments = history.segments(&topic)?;
+        let covered = history.covered(&topic, &segments)?;
+        Ok((segments, covered))
+    })
+    .await
+    .map_err(|e| SqlError::History(e.to_string()))?
+    .map_err(|e: pacer_history::HistoryError| SqlError::History(e.to_string()))
+}
+
+async fn segment_records(segment: Segment) -> Result<Vec<Record>, SqlError> {
+    tokio::task::spawn_blocking(move || segment.records())
+        .await
+        .map_err(|e| SqlError::History(e.to_string()))?
+        .map_err(|e| SqlError::History(e.to_string()))
+}
+
+/// A pull aggregation over a stream's Parquet history and the log after it, a column at a
+/// time. None when the query or its data need the row way (or there is no history).
+async fn columnar_pull(log: &dyn Log, history: &HistoryStore, plan: &Plan) -> Result<Option<Vec<Row>>, SqlError> {
+    let mut aggregation = match columnar::Aggregation::new(plan) {
+        Ok(a) => a,
+        Err(columnar::Unsupported(why)) => {
+            tracing::debug!(why, "history query reads rows");
+            return Ok(None);
+        }
+    };
+    let topic = plan.source.topic.clone();
+    let (segments, covered) = history_of(history, &topic).await?;
+    if segments.is_empty() {
+        return Ok(None);
+    }
+    let (from, to) = aggregation.time_range();
+    let columns = aggregation.columns();
+    let scanned = tokio::task::spawn_blocking(move || -> Result<Option<columnar::Aggregation>, String> {
+        for segment in segments.iter().filter(|s| s.max_time >= from && s.min_time <= to) {
+            for batch in segment.scan(Some(&columns)).map_err(|e| e.to_string())? {
+                let batch = batch.map_err(|e| format!("{}: {e}", segment.path.display()))?;
+                if let Err(columnar::Unsupported(why)) = aggregation.add(&batch) {
+                    tracing::debug!(why, "history query reads rows");
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(aggregation))
+    })
+    .await
+    .map_err(|e| SqlError::History(e.to_string()))?
+    .map_err(SqlError::History)?;
+    let Some(mut aggregation) = scanned else { return Ok(None) };
+    let mut reader = log.reader(&topic, StartAt::Positions(covered))?;
+    loop {
+        let records = reader.try_batch().await?;
+        if records.is_empty() {
+            break;
+        }
+        let batch = pacer_history::columns::to_batch(&records).map_err(|e| SqlError::History(e.to_string()))?;
+        if let Err(columnar::Unsupported(why)) = aggregation.add(&batch) {
+            tracing::debug!(why, "history query reads rows");
+            return Ok(None);
+        }
+    }
+    if aggregation.rejected > 0 {
+        tracing::warn!(stream = %topic, rejected = aggregation.rejected, "pull query skipped records that are not JSON objects");
+    }
+    aggregation.finish().map(Some).map_err(SqlError::History)
 }
 
 impl RunningQuery {

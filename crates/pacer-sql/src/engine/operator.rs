@@ -796,6 +796,22 @@ impl Ranking {
     }
 }
 
+/// The row of a group whose aggregates were computed elsewhere (the columnar history
+/// scan), through the same HAVING and projection as the operator's own.
+pub(crate) fn grouped_row(
+    plan: &Plan,
+    group: Vec<Value>,
+    window: Option<(i64, i64)>,
+    accs: Vec<Acc>,
+    last: i64,
+) -> Result<Output, String> {
+    let Shape::Aggregate { over, .. } = &plan.shape else { unreachable!("an aggregation") };
+    let (start, end) = window.unwrap_or((NO_WINDOW, i64::MAX));
+    let state = WindowState { group, start, end, accs, last, over: vec![Value::Null; over.len()], dirty: false };
+    let id = format!("{}@{start}", key_text(&state.group).unwrap_or_default());
+    window_row(plan, &state, id)
+}
+
 /// The row of one window (or group): HAVING decides between the row and a tombstone.
 fn window_row(plan: &Plan, state: &WindowState, id: String) -> Result<Output, String> {
     let Shape::Aggregate { having, items, .. } = &plan.shape else { unreachable!() };
