@@ -10,10 +10,9 @@
 
 use std::sync::Arc;
 
-use arrow_array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
-};
-use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use arrow_array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow_schema::{DataType, Field, Schema};
+use pacer_history::columns::Cells;
 use serde_json::{json, Map, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,33 +89,25 @@ pub fn csv(columns: &[String], rows: &[Vec<Value>]) -> String {
 const TIME_COLUMNS: &[&str] =
     &["ts", "time", "timestamp", "rowtime", "at", "window_start", "window_end", "windowstart", "windowend"];
 
-/// One Parquet file, a column per result column, typed by what its values are: integers
-/// (timestamps when named like times), doubles, booleans, else text (JSON for the rest).
+/// One Parquet file, a column per result column, typed as history segments type them
+/// (integers, doubles, booleans, text, JSON text for the rest), integers named like times
+/// as timestamps.
 pub fn parquet(columns: &[String], rows: &[Vec<Value>]) -> Result<Vec<u8>, String> {
     let mut fields = Vec::with_capacity(columns.len());
     let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns.len());
     for (i, name) in columns.iter().enumerate() {
-        let cells: Vec<&Value> = rows.iter().map(|r| r.get(i).unwrap_or(&Value::Null)).collect();
-        let present = || cells.iter().filter(|v| !v.is_null());
-        let (data_type, array): (DataType, ArrayRef) = if present().count() > 0 && present().all(|v| v.is_i64()) {
-            let values = cells.iter().map(|v| v.as_i64());
-            if TIME_COLUMNS.iter().any(|t| name.eq_ignore_ascii_case(t)) {
-                let array = TimestampMillisecondArray::from_iter(values).with_timezone("UTC");
-                (DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), Arc::new(array))
-            } else {
-                (DataType::Int64, Arc::new(Int64Array::from_iter(values)))
+        let mut cells = Cells::Null(0);
+        for row in rows {
+            cells.push(row.get(i));
+        }
+        let (data_type, array): (DataType, ArrayRef) = match cells {
+            Cells::Int(values) if TIME_COLUMNS.iter().any(|t| name.eq_ignore_ascii_case(t)) => {
+                let array = TimestampMillisecondArray::from(values).with_timezone("UTC");
+                (pacer_history::columns::timestamp_type(), Arc::new(array))
             }
-        } else if present().count() > 0 && present().all(|v| v.is_number()) {
-            (DataType::Float64, Arc::new(Float64Array::from_iter(cells.iter().map(|v| v.as_f64()))))
-        } else if present().count() > 0 && present().all(|v| v.is_boolean()) {
-            (DataType::Boolean, Arc::new(BooleanArray::from_iter(cells.iter().map(|v| v.as_bool()))))
-        } else {
-            let text = cells.iter().map(|v| match v {
-                Value::Null => None,
-                Value::String(s) => Some(s.clone()),
-                other => Some(other.to_string()),
-            });
-            (DataType::Utf8, Arc::new(StringArray::from_iter(text)))
+            // A column of nulls only: text, so the file still has it.
+            Cells::Null(n) => (DataType::Utf8, Arc::new(StringArray::from(vec![None::<&str>; n]))),
+            cells => cells.into_array().expect("a column with values"),
         };
         fields.push(Field::new(name, data_type, true));
         arrays.push(array);
