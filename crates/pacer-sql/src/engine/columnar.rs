@@ -49,21 +49,11 @@ enum Part {
     Bucket { stride: i64, origin: i64 },
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Cmp {
-    Eq,
-    NotEq,
-    Lt,
-    LtEq,
-    Gt,
-    GtEq,
-}
-
-/// `column op literal`; conditions are ANDed.
+/// `column op constant` (a comparison operator); conditions are ANDed.
 #[derive(Debug, Clone)]
 struct Condition {
     col: Col,
-    cmp: Cmp,
+    cmp: BinOp,
     value: Value,
 }
 
@@ -347,12 +337,12 @@ impl Aggregation {
         for c in self.conditions.iter().filter(|c| c.col == Col::Time) {
             let Some(v) = c.value.as_i64() else { continue };
             match c.cmp {
-                Cmp::Eq => (lo, hi) = (lo.max(v), hi.min(v)),
-                Cmp::Gt => lo = lo.max(v.saturating_add(1)),
-                Cmp::GtEq => lo = lo.max(v),
-                Cmp::Lt => hi = hi.min(v.saturating_sub(1)),
-                Cmp::LtEq => hi = hi.min(v),
-                Cmp::NotEq => {}
+                BinOp::Eq => (lo, hi) = (lo.max(v), hi.min(v)),
+                BinOp::Gt => lo = lo.max(v.saturating_add(1)),
+                BinOp::GtEq => lo = lo.max(v),
+                BinOp::Lt => hi = hi.min(v.saturating_sub(1)),
+                BinOp::LtEq => hi = hi.min(v),
+                _ => {}
             }
         }
         (lo, hi)
@@ -501,8 +491,8 @@ fn conjuncts(
         }
         Expr::Between { expr, low, high, negated: false } => {
             let c = col(expr)?;
-            out.push(Condition { col: c, cmp: Cmp::GtEq, value: constant(low, c)? });
-            out.push(Condition { col: c, cmp: Cmp::LtEq, value: constant(high, c)? });
+            out.push(Condition { col: c, cmp: BinOp::GtEq, value: constant(low, c)? });
+            out.push(Condition { col: c, cmp: BinOp::LtEq, value: constant(high, c)? });
             Ok(())
         }
         Expr::Binary(op, a, b) => {
@@ -511,13 +501,13 @@ fn conjuncts(
                 (_, Ok(c)) => (c, constant(a, c)?, true),
                 _ => return unsupported("a condition between two expressions"),
             };
+            // `5 < speed` is `speed > 5`.
             let cmp = match (op, flipped) {
-                (BinOp::Eq, _) => Cmp::Eq,
-                (BinOp::NotEq, _) => Cmp::NotEq,
-                (BinOp::Lt, false) | (BinOp::Gt, true) => Cmp::Lt,
-                (BinOp::LtEq, false) | (BinOp::GtEq, true) => Cmp::LtEq,
-                (BinOp::Gt, false) | (BinOp::Lt, true) => Cmp::Gt,
-                (BinOp::GtEq, false) | (BinOp::LtEq, true) => Cmp::GtEq,
+                (BinOp::Lt, true) => BinOp::Gt,
+                (BinOp::LtEq, true) => BinOp::GtEq,
+                (BinOp::Gt, true) => BinOp::Lt,
+                (BinOp::GtEq, true) => BinOp::LtEq,
+                (BinOp::Eq | BinOp::NotEq | BinOp::Lt | BinOp::LtEq | BinOp::Gt | BinOp::GtEq, _) => *op,
                 _ => return unsupported("arithmetic in a condition"),
             };
             out.push(Condition { col: c, cmp, value: v });
@@ -623,12 +613,12 @@ impl<'a> Columns<'a> {
     /// Clears `selected` where the condition does not hold (NULL never holds).
     fn filter(&self, c: &Condition, times: &[i64], selected: &mut [bool]) -> Result<(), Unsupported> {
         let holds = |o: std::cmp::Ordering| match c.cmp {
-            Cmp::Eq => o.is_eq(),
-            Cmp::NotEq => o.is_ne(),
-            Cmp::Lt => o.is_lt(),
-            Cmp::LtEq => o.is_le(),
-            Cmp::Gt => o.is_gt(),
-            Cmp::GtEq => o.is_ge(),
+            BinOp::Eq => o.is_eq(),
+            BinOp::NotEq => o.is_ne(),
+            BinOp::Lt => o.is_lt(),
+            BinOp::LtEq => o.is_le(),
+            BinOp::Gt => o.is_gt(),
+            _ => o.is_ge(),
         };
         if c.col == Col::Time {
             let v = c.value.as_i64().ok_or_else(|| Unsupported("a time compared with a non-integer".into()))?;
