@@ -59,6 +59,11 @@ const QUERIES: &[(&str, bool)] = &[
         true,
     ),
     ("SELECT level, COUNT(*) AS n, MIN(device) AS first FROM readings GROUP BY level", false),
+    (
+        "SELECT ROWTIME AS t, status, COUNT(*) AS n FROM readings WHERE ROWTIME < 1790000100000 \
+         GROUP BY ROWTIME, status",
+        true,
+    ),
     ("SELECT status, COUNT(*) AS n FROM readings WHERE level BETWEEN 2 AND 5 GROUP BY status", true),
     (
         "SELECT device, COUNT(*) AS n FROM readings WINDOW HOPPING (SIZE 1 MINUTE, ADVANCE BY 30 SECONDS) \

@@ -139,7 +139,8 @@ impl Codes {
 
 pub struct Aggregation {
     plan: Plan,
-    parts: Vec<Part>,
+    /// The GROUP BY parts, codes first, each with its place in GROUP BY.
+    parts: Vec<(Part, usize)>,
     /// Tumbling window size and grace: the window is a part of the group after `parts`.
     window: Option<(i64, i64)>,
     /// The latest event time so far, which closes windows.
@@ -298,7 +299,8 @@ impl Aggregation {
             });
         }
         // Codes first: the cache of recent groups is indexed by the first.
-        parts.sort_by_key(|p| matches!(p, Part::Bucket { .. }));
+        let mut parts: Vec<(Part, usize)> = parts.into_iter().zip(0..).collect();
+        parts.sort_by_key(|(p, _)| matches!(p, Part::Bucket { .. }));
         let codes = parts.iter().map(|_| Codes::default()).collect();
         Ok(Aggregation {
             plan: plan.clone(),
@@ -363,7 +365,7 @@ impl Aggregation {
         }
         // Each part of each row as a u64.
         let mut packed: Vec<Vec<u64>> = Vec::with_capacity(2);
-        for (p, part) in self.parts.iter().enumerate() {
+        for (p, (part, _)) in self.parts.iter().enumerate() {
             packed.push(match part {
                 Part::Code(col) => columns.codes(*col, &times, &mut self.codes[p])?,
                 Part::Bucket { stride, origin } => {
@@ -387,7 +389,7 @@ impl Aggregation {
             }
             packed.push(starts);
         }
-        let first_is_code = matches!(self.parts.first(), Some(Part::Code(_)));
+        let first_is_code = matches!(self.parts.first(), Some((Part::Code(_), _)));
         let mut gids = vec![u32::MAX; n];
         for i in 0..n {
             if !selected[i] {
@@ -437,37 +439,23 @@ impl Aggregation {
         let Shape::Aggregate { group_by, .. } = &self.plan.shape else { unreachable!() };
         let mut rows = Vec::with_capacity(self.keys.len());
         for (g, key) in self.keys.iter().enumerate() {
-            let mut parts = self.parts.iter().zip(key).enumerate().map(|(p, (part, &k))| match part {
-                Part::Code(_) => self.codes[p].values[k as usize].clone(),
-                Part::Bucket { .. } => Value::Int(k as i64),
-            });
-            // Parts were sorted codes first: put them back in GROUP BY order.
-            let mut by_part: Vec<Value> = parts.by_ref().collect();
-            let mut order: Vec<usize> = (0..group_by.len()).collect();
-            order.sort_by_key(|&i| is_bucket(&group_by[i]));
             let mut group = vec![Value::Null; group_by.len()];
-            for (slot, value) in order.into_iter().zip(by_part.drain(..)) {
-                group[slot] = value;
+            for (p, ((part, slot), &k)) in self.parts.iter().zip(key).enumerate() {
+                group[*slot] = match part {
+                    Part::Code(_) => self.codes[p].values[k as usize].clone(),
+                    Part::Bucket { .. } => Value::Int(k as i64),
+                };
             }
             let window = self.window.map(|(size, _)| {
                 let start = key[self.parts.len()] as i64;
                 (start, start + size)
             });
             let accs = self.accs.iter().map(|a| a.result(g)).collect();
-            let output = grouped_row(&self.plan, group, window, accs, self.last[g])?;
-            if let Some(value) = output.value {
-                rows.push(Row { timestamp: output.timestamp, value });
+            if let Some(value) = grouped_row(&self.plan, group, window, accs, self.last[g])? {
+                rows.push(Row { timestamp: self.last[g], value });
             }
         }
         Ok(rows)
-    }
-}
-
-fn is_bucket(e: &Expr) -> bool {
-    match e {
-        Expr::Call(f, _) => matches!(f.name, "DATE_BIN" | "TIME_FLOOR"),
-        Expr::Column(ROWTIME) => true,
-        _ => false,
     }
 }
 

@@ -797,23 +797,30 @@ impl Ranking {
 }
 
 /// The row of a group whose aggregates were computed elsewhere (the columnar history
-/// scan), through the same HAVING and projection as the operator's own.
+/// scan), through the same HAVING and projection as the operator's own; None when HAVING
+/// drops it.
 pub(crate) fn grouped_row(
     plan: &Plan,
     group: Vec<Value>,
     window: Option<(i64, i64)>,
     accs: Vec<Acc>,
     last: i64,
-) -> Result<Output, String> {
+) -> Result<Option<Map<String, Json>>, String> {
     let Shape::Aggregate { over, .. } = &plan.shape else { unreachable!("an aggregation") };
     let (start, end) = window.unwrap_or((NO_WINDOW, i64::MAX));
     let state = WindowState { group, start, end, accs, last, over: vec![Value::Null; over.len()], dirty: false };
-    let id = format!("{}@{start}", key_text(&state.group).unwrap_or_default());
-    window_row(plan, &state, id)
+    grouped_value(plan, &state)
 }
 
 /// The row of one window (or group): HAVING decides between the row and a tombstone.
 fn window_row(plan: &Plan, state: &WindowState, id: String) -> Result<Output, String> {
+    let value = grouped_value(plan, state)?;
+    let window = (state.start != NO_WINDOW).then_some(state.start);
+    Ok(Output { key: key_text(&state.group), value, timestamp: state.last, id, window })
+}
+
+/// A window's (or group's) projected row, or None when HAVING drops it.
+fn grouped_value(plan: &Plan, state: &WindowState) -> Result<Option<Map<String, Json>>, String> {
     let Shape::Aggregate { having, items, .. } = &plan.shape else { unreachable!() };
     let mut row = base_row(plan, state);
     row.extend(state.over.iter().cloned());
@@ -821,9 +828,7 @@ fn window_row(plan: &Plan, state: &WindowState, id: String) -> Result<Output, St
         Some(h) => h.eval(&row)?.is_true(),
         None => true,
     };
-    let value = if keep { Some(project(items, &plan.output, &row)?) } else { None };
-    let window = (state.start != NO_WINDOW).then_some(state.start);
-    Ok(Output { key: key_text(&state.group), value, timestamp: state.last, id, window })
+    keep.then(|| project(items, &plan.output, &row)).transpose()
 }
 
 /// When a window ending at `end` stops taking records: its end plus the grace period, and
