@@ -291,6 +291,10 @@ impl Operator {
                 state.dirty = true;
                 self.changed.push((Box::from(text), start));
             }
+            if over.is_empty() && plan.emit == Emit::Final {
+                // Nothing to say about this record until the window closes.
+                continue;
+            }
             let cause = format!("{}:{}:{}", record.partition, record.offset, start);
             let reranked = if over.is_empty() { Vec::new() } else { self.rerank(plan, text, start, &cause, timestamp) };
             if plan.emit != Emit::Final {
