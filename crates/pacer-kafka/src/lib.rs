@@ -237,8 +237,8 @@ impl KafkaLog {
         let retention_ms = settings.stream_retention_ms.get(stream).copied().or(settings.retention_ms);
         let (retention_ms, retention_bytes) =
             (retention_ms.map(|v| v.to_string()), settings.retention_bytes.map(|v| v.to_string()));
-        let mut new =
-            NewTopic::new(topic, settings.partitions as i32, TopicReplication::Fixed(self.config.replication_factor));
+        let partitions = pacer_log::partitions_for(stream, settings.partitions);
+        let mut new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(self.config.replication_factor));
         if let Some(ms) = &retention_ms {
             new = new.set("retention.ms", ms);
         }
@@ -253,7 +253,7 @@ impl KafkaLog {
             .map_err(|e| cluster_error(stream, &self.config.brokers, e))?;
         for result in results {
             match result {
-                Ok(_) => tracing::info!(topic, partitions = settings.partitions, "created topic"),
+                Ok(_) => tracing::info!(topic, partitions, "created topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((_, code)) => {
                     return Err(LogError::Cluster {

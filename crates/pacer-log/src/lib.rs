@@ -13,12 +13,14 @@
 mod embedded;
 mod positions;
 mod segment;
+mod time_ordered;
 
 use async_trait::async_trait;
 use pacer_core::{NewRecord, Record};
 
 pub use embedded::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy};
 pub use positions::Positions;
+pub use time_ordered::{EventTime, TimeOrdered};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -116,6 +118,17 @@ pub trait GroupMember: Send {
     /// The partitions this member owns, each time they change; the first answer comes once
     /// the stream exists and the group has settled.
     async fn assignment(&mut self) -> Result<Vec<u32>>;
+}
+
+/// Partitions of a new stream: as configured, except Pacer's own streams (the catalog
+/// `__catalog`, query checkpoints `__query_…`), which keep one, as they are read back in
+/// the order they were written.
+pub fn partitions_for(stream: &str, configured: u32) -> u32 {
+    if stream.starts_with("__") {
+        1
+    } else {
+        configured.max(1)
+    }
 }
 
 /// The partition Kafka's default partitioner picks for `key` among `partitions`.

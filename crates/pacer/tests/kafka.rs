@@ -555,3 +555,16 @@ fn a_subscriber_on_one_node_gets_what_is_published_on_another_once() {
     assert_eq!(on_a.next(), "from b", "relayed from b to a, and a's own message only once");
     assert_eq!(on_b.next(), "from b", "delivered on b itself");
 }
+
+/// EMIT FINAL across `kill -9` on Kafka: windows and the per-window stage of a WITH + join
+/// query restore from their changelog topics, none lost, none twice (common::windows).
+#[test]
+fn emit_final_and_per_window_stages_survive_kill_9_on_kafka() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    // A killed node's group membership ends after the session timeout (librdkafka's default,
+    // 45 s, would keep the restarted node waiting for its own ghost that long).
+    let config = kafka_config(dir.path(), &tansu, "w.", "properties = { \"session.timeout.ms\" = \"6000\" }\n");
+    let kills: usize = std::env::var("PACER_KAFKA_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(3);
+    common::windows::emit_final_survives_kill_9(kills, || start_pacer(dir.path(), &config));
+}

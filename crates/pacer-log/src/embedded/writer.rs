@@ -216,7 +216,7 @@ impl Writer {
     /// segment that is full rolled.
     fn stream_writer(&mut self, stream: &str) -> Result<&mut StreamWriter> {
         if !self.streams.contains_key(stream) {
-            let partitions = self.shared.config.partitions.max(1);
+            let partitions = crate::partitions_for(stream, self.shared.config.partitions);
             let mut shared_parts = Vec::new();
             for id in 0..partitions {
                 let dir = self.shared.config.dir.join(stream).join(id.to_string());

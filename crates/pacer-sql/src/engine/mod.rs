@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use pacer_core::{NewRecord, Record};
 use pacer_history::{HistoryStore, Segment};
-use pacer_log::{validate_stream_name, Log, Positions, StartAt};
+use pacer_log::{validate_stream_name, Log, Positions, StartAt, StreamReader, TimeOrdered};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 use tokio::sync::{mpsc, watch, Mutex};
@@ -719,6 +719,7 @@ pub(crate) async fn pull_rows(
     let topic = plan.source.topic.clone();
     let limit = plan.limit.map(|l| l as usize);
     let mut columns = plan.output.clone();
+    let order = operator::event_time(&plan);
     let mut operator = Operator::new(plan);
     // Parquet history first, then the log from where it ends.
     let (mut segments, start) = match history {
@@ -728,7 +729,7 @@ pub(crate) async fn pull_rows(
         }
         None => (std::collections::VecDeque::new(), StartAt::Beginning),
     };
-    let mut reader = log.reader(&topic, start)?;
+    let mut reader = TimeOrdered::open(log, &topic, start, order)?;
     let mut latest: LatestRows = LatestRows::default();
     let mut table: LatestRows = LatestRows::default();
     let mut rows: Vec<Row> = Vec::new();

@@ -725,6 +725,23 @@ impl Operator {
     }
 }
 
+/// How a reader orders records by the plan's event time: the record's timestamp, or the
+/// declared timestamp column (what the operator will take as ROWTIME; a record without a
+/// readable one keeps its own timestamp here and is rejected by the operator).
+pub(crate) fn event_time(plan: &Plan) -> pacer_log::EventTime {
+    let Some(t) = plan.timestamp_field else { return Box::new(|r: &Record| r.timestamp) };
+    let name = plan.fields[t].name.clone();
+    Box::new(move |r: &Record| {
+        let Ok(Json::Object(map)) = serde_json::from_slice::<Json>(&r.value) else { return r.timestamp };
+        let value = map.get(&name).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(&name)).map(|(_, v)| v));
+        match value {
+            Some(Json::Number(n)) => n.as_i64().unwrap_or(r.timestamp),
+            Some(Json::String(s)) => pacer_core::parse_time(s).unwrap_or(r.timestamp),
+            _ => r.timestamp,
+        }
+    })
+}
+
 fn not_json(record: &Record, e: &serde_json::Error) -> String {
     format!("value is not JSON ({e}): {}", truncate(&String::from_utf8_lossy(&record.value)))
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pacer_core::{NewRecord, Record};
-use pacer_log::{Log, Positions, StartAt};
+use pacer_log::{Log, Positions, StartAt, TimeOrdered};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::sync::watch;
@@ -188,9 +188,26 @@ impl Task {
         };
         let mut reader = match self.partition {
             Some(p) => self.log.partition_reader(&input, &[p], start)?,
-            None => self.log.reader(&input, start)?,
+            // Windows over several partitions see their records in time order.
+            None => {
+                let order = super::operator::event_time(self.operator.plan());
+                Box::new(TimeOrdered::open(self.log.as_ref(), &input, start, order)?)
+            }
         };
         tracing::info!(query = %self.id, input, partition = ?self.partition, output = %self.sink, resume = %marker.input, "query task started");
+        // Reading runs on its own, so the idle tick below never cuts a read short (a remote
+        // log's read may take longer than a tick); each batch comes with the positions after it.
+        let mut positions = reader.positions();
+        let (batches_tx, mut batches) = mpsc::channel::<pacer_log::Result<(Vec<Record>, Positions)>>(2);
+        let _reading = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let read = reader.next_batch().await.map(|batch| (batch, reader.positions()));
+                let failed = read.is_err();
+                if batches_tx.send(read).await.is_err() || failed {
+                    return;
+                }
+            }
+        }));
         // Event time the idle clock counts from, and when (wall clock) it was last seen.
         let mut last_event = (self.operator.stream_time(), Instant::now());
         // Work since the last checkpoint, and when that was.
@@ -200,11 +217,15 @@ impl Task {
             let batch = tokio::select! {
                 _ = stop.changed() => {
                     if pending {
-                        self.commit(&mut marker, reader.positions(), &output_ends).await?;
+                        self.commit(&mut marker, positions, &output_ends).await?;
                     }
                     return Ok(());
                 }
-                batch = reader.next_batch() => batch?,
+                read = batches.recv() => {
+                    let (batch, after) = read.ok_or(pacer_log::LogError::Closed)??;
+                    positions = after;
+                    batch
+                }
                 _ = tokio::time::sleep(IDLE_TICK) => Vec::new(),
             };
             let mut outputs = Vec::new();
@@ -253,7 +274,7 @@ impl Task {
             // Checkpoints trail the rows by up to an interval, so a row waits for one sync,
             // not two; a restart replays the interval and recognises the rows it wrote.
             if pending && last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
-                self.commit(&mut marker, reader.positions(), &output_ends).await?;
+                self.commit(&mut marker, positions.clone(), &output_ends).await?;
                 pending = false;
                 last_checkpoint = Instant::now();
             }
@@ -368,6 +389,15 @@ impl Task {
         }
         tracing::info!(query = %self.id, state_entries = entries, rows_after_checkpoint = already_written.len(), "query state restored");
         Ok(Restored { marker, already_written })
+    }
+}
+
+/// Stops a task when its owner goes.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 pub mod kill9;
+pub mod windows;
 
 pub const PACER: &str = env!("CARGO_BIN_EXE_pacer");
 
