@@ -139,7 +139,18 @@ impl ClientKind {
             "retries",
         ];
         let producer_only = PRODUCER_ONLY.contains(&property);
-        let consumer_only = property.starts_with("fetch.") || property.starts_with("group.");
+        const CONSUMER_ONLY: &[&str] = &[
+            "session.timeout.ms",
+            "heartbeat.interval.ms",
+            "max.poll.interval.ms",
+            "auto.offset.reset",
+            "enable.auto.commit",
+            "auto.commit.interval.ms",
+            "isolation.level",
+            "partition.assignment.strategy",
+        ];
+        let consumer_only =
+            CONSUMER_ONLY.contains(&property) || property.starts_with("fetch.") || property.starts_with("group.");
         match self {
             ClientKind::Producer => !consumer_only,
             ClientKind::Consumer => !producer_only,

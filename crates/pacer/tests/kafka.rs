@@ -385,9 +385,22 @@ fn owned_partitions(pacer: &Pacer, query: &str) -> Vec<u64> {
 
 #[test]
 fn two_nodes_in_one_consumer_group_split_a_query_and_get_the_results_of_one() {
+    two_nodes_split_a_query(false);
+}
+
+/// One of the two nodes killed with `kill -9` halfway: the other takes its partitions over
+/// from their checkpoints, and the table still counts every record once.
+#[test]
+fn when_one_of_two_nodes_is_killed_the_other_finishes_its_share() {
+    two_nodes_split_a_query(true);
+}
+
+fn two_nodes_split_a_query(kill_one: bool) {
     let tansu = Tansu::start();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let config = kafka_config(dir_a.path(), &tansu, "g.", "");
+    // A killed node leaves the group after the session timeout (librdkafka's default: 45 s).
+    let prefix = if kill_one { "k2." } else { "g." };
+    let config = kafka_config(dir_a.path(), &tansu, prefix, "properties = { \"session.timeout.ms\" = \"6000\" }\n");
     std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("partitions = 2", "partitions = 4"))
         .unwrap();
     let a = start_pacer(dir_a.path(), &config);
@@ -398,77 +411,96 @@ fn two_nodes_in_one_consumer_group_split_a_query_and_get_the_results_of_one() {
     );
     assert_eq!(status, 200, "{answer}");
     // The input topic exists before anyone writes, so the group can form first.
-    tansu.create_topic("g.readings", 4);
+    let (input, output) = (format!("{prefix}readings"), format!("{prefix}per_device"));
+    tansu.create_topic(&input, 4);
 
     // The second node reads the catalog from the cluster and joins the query's group.
     let b = start_pacer(dir_b.path(), &config);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (pa, pb) = (owned_partitions(&a, "CTAS_PER_DEVICE"), owned_partitions(&b, "CTAS_PER_DEVICE"));
-        let mut all: Vec<u64> = pa.iter().chain(&pb).copied().collect();
-        all.sort();
-        if !pa.is_empty() && !pb.is_empty() && all == [0, 1, 2, 3] {
-            break;
+    let split = |a: &Pacer, b: Option<&Pacer>| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pa = owned_partitions(a, "CTAS_PER_DEVICE");
+            let pb = b.map(|b| owned_partitions(b, "CTAS_PER_DEVICE")).unwrap_or_default();
+            let mut all: Vec<u64> = pa.iter().chain(&pb).copied().collect();
+            all.sort();
+            if !pa.is_empty() && (b.is_none() || !pb.is_empty()) && all == [0, 1, 2, 3] {
+                return (pa, pb);
+            }
+            assert!(Instant::now() < deadline, "the group did not settle on 4 partitions: {pa:?} {pb:?}");
+            // The group settles on its own schedule; there is no event to await from outside.
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(Instant::now() < deadline, "the group did not split 4 partitions between 2 nodes: {pa:?} {pb:?}");
-        // The group settles on its own schedule; there is no event to await from outside.
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    };
+    split(&a, Some(&b));
 
     let producer: FutureProducer = tansu.client().set("partitioner", "murmur2_random").create().unwrap();
     let mut expected: BTreeMap<String, (u64, f64)> = BTreeMap::new();
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        for i in 0..200u64 {
-            let device = format!("device-{}", i % 20);
-            let temp = (i % 7) as f64 + 0.5;
-            let value = serde_json::json!({ "temp": temp }).to_string();
-            let record = FutureRecord::to("g.readings").key(&device).payload(&value).timestamp(1_700_000_000_000);
-            producer.send(record, Duration::from_secs(10)).await.unwrap();
-            let e = expected.entry(device).or_default();
-            e.0 += 1;
-            e.1 += temp;
-        }
-    });
+    let produce = |from: u64, to: u64, expected: &mut BTreeMap<String, (u64, f64)>| {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            for i in from..to {
+                let device = format!("device-{}", i % 20);
+                let temp = (i % 7) as f64 + 0.5;
+                let value = serde_json::json!({ "temp": temp }).to_string();
+                let record = FutureRecord::to(&input).key(&device).payload(&value).timestamp(1_700_000_000_000);
+                producer.send(record, Duration::from_secs(10)).await.unwrap();
+                let e = expected.entry(device).or_default();
+                e.0 += 1;
+                e.1 += temp;
+            }
+        })
+    };
 
     // The table's rows as a Kafka consumer sees them: the latest per device is the total.
-    let deadline = Instant::now() + Duration::from_secs(60);
     let consumer: BaseConsumer = tansu.client().set("group.id", "check").create().unwrap();
     let mut latest: BTreeMap<String, (u64, f64)> = BTreeMap::new();
     let mut rows = 0;
     let mut assigned = false;
-    while latest != expected {
-        assert!(Instant::now() < deadline, "per_device never reached the totals:\n{latest:?}\n{expected:?}");
-        if !assigned {
-            let metadata = consumer.fetch_metadata(Some("g.per_device"), Duration::from_secs(10)).unwrap();
-            let mut list = TopicPartitionList::new();
-            for p in metadata.topics().iter().filter(|t| t.error().is_none()).flat_map(|t| t.partitions()) {
-                list.add_partition_offset("g.per_device", p.id(), Offset::Beginning).unwrap();
+    let mut read_until = |expected: &BTreeMap<String, (u64, f64)>| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while latest != *expected {
+            assert!(Instant::now() < deadline, "per_device never reached the totals:\n{latest:?}\n{expected:?}");
+            if !assigned {
+                let metadata = consumer.fetch_metadata(Some(&output), Duration::from_secs(10)).unwrap();
+                let mut list = TopicPartitionList::new();
+                for p in metadata.topics().iter().filter(|t| t.error().is_none()).flat_map(|t| t.partitions()) {
+                    list.add_partition_offset(&output, p.id(), Offset::Beginning).unwrap();
+                }
+                assigned = list.count() > 0;
+                if assigned {
+                    consumer.assign(&list).unwrap();
+                } else {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
             }
-            assigned = list.count() > 0;
-            if assigned {
-                consumer.assign(&list).unwrap();
-            } else {
-                std::thread::sleep(Duration::from_millis(100));
+            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                let message = message.unwrap();
+                let v: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+                let device = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+                latest.insert(device, (v["n"].as_u64().unwrap(), v["total"].as_f64().unwrap()));
+                rows += 1;
             }
-            continue;
         }
-        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
-            let message = message.unwrap();
-            let v: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
-            let device = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
-            latest.insert(device, (v["n"].as_u64().unwrap(), v["total"].as_f64().unwrap()));
-            rows += 1;
-        }
-    }
-    // One change row per input record: no record was counted by two nodes (or two tasks).
+        rows
+    };
+    let b = if kill_one {
+        produce(0, 100, &mut expected);
+        read_until(&expected);
+        drop(b); // SIGKILL
+        None
+    } else {
+        Some(b)
+    };
+    produce(if kill_one { 100 } else { 0 }, 200, &mut expected);
+    let rows = read_until(&expected);
+    // One change row per input record: no record was counted by two nodes (or two tasks),
+    // nor twice by the node that took over from the killed one.
     let written: i64 = (0..4)
-        .map(|p| {
-            consumer.fetch_watermarks("g.per_device", p, Duration::from_secs(10)).map_or(0, |(low, high)| high - low)
-        })
+        .map(|p| consumer.fetch_watermarks(&output, p, Duration::from_secs(10)).map_or(0, |(low, high)| high - low))
         .sum();
     assert_eq!((rows, written), (200, 200));
-    // Each node ran only its share all along.
-    let (pa, pb) = (owned_partitions(&a, "CTAS_PER_DEVICE"), owned_partitions(&b, "CTAS_PER_DEVICE"));
+    // Each node ran only its share all along; a survivor runs them all.
+    let (pa, pb) = split(&a, b.as_ref());
     assert!(pa.iter().all(|p| !pb.contains(p)), "{pa:?} {pb:?}");
 }
 
