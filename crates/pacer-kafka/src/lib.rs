@@ -393,6 +393,11 @@ impl Log for KafkaLog {
         Ok(Box::new(member))
     }
 
+    fn partitions(&self, stream: &str) -> u32 {
+        // One topic's metadata, not every topic's watermarks as `streams` needs.
+        KafkaLog::partitions_of(self.metadata.client(), &self.topic(stream)).map_or(0, |p| p.len() as u32)
+    }
+
     fn streams(&self) -> Vec<StreamInfo> {
         let metadata = match self.metadata.fetch_metadata(None, REQUEST_TIMEOUT) {
             Ok(m) => m,

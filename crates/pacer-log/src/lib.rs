@@ -93,6 +93,11 @@ pub trait Log: Send + Sync + 'static {
     /// User streams; internal ones (named `__…`) are left out.
     fn streams(&self) -> Vec<StreamInfo>;
 
+    /// How many partitions `stream` has; 0 when there is no such stream.
+    fn partitions(&self, stream: &str) -> u32 {
+        self.streams().into_iter().find(|s| s.name == stream).map_or(0, |s| s.partitions)
+    }
+
     /// Stores a consumer's positions durably under `group`, as Kafka stores committed offsets.
     async fn commit_positions(&self, group: &str, stream: &str, positions: &Positions) -> Result<()>;
 

@@ -37,7 +37,7 @@ impl TimeOrdered {
     /// `stream` of `log` from `start`, its partitions merged by `event_time`.
     pub fn open(log: &dyn Log, stream: &str, start: StartAt, event_time: EventTime) -> Result<TimeOrdered> {
         let inner = log.reader(stream, start)?;
-        let partitions = log.streams().iter().find(|s| s.name == stream).map_or(0, |s| s.partitions as usize);
+        let partitions = log.partitions(stream) as usize;
         Ok(TimeOrdered { inner, event_time, partitions, queues: BTreeMap::new(), held: 0 })
     }
 

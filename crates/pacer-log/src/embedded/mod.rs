@@ -233,6 +233,10 @@ impl Log for EmbeddedLog {
         Ok(Box::new(reader::SoleMember::new(self.shared.clone(), stream)))
     }
 
+    fn partitions(&self, stream: &str) -> u32 {
+        self.shared.streams.read().unwrap().get(stream).map_or(0, |s| s.partitions.len() as u32)
+    }
+
     fn streams(&self) -> Vec<StreamInfo> {
         let streams = self.shared.streams.read().unwrap();
         streams
