@@ -8,6 +8,7 @@
 //! log, everything held goes out, so live records wait for nothing.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,23 +28,33 @@ pub type EventTime = Box<dyn Fn(&Record) -> i64 + Send + Sync>;
 pub struct TimeOrdered {
     inner: Box<dyn StreamReader>,
     event_time: EventTime,
-    /// The stream's partitions when the reader opened (0: not known).
+    /// The stream's partitions (0 until it exists), and how to count them.
     partitions: usize,
+    count: Box<dyn Fn() -> u32 + Send + Sync>,
     queues: BTreeMap<u32, VecDeque<(i64, Record)>>,
     held: usize,
 }
 
 impl TimeOrdered {
     /// `stream` of `log` from `start`, its partitions merged by `event_time`.
-    pub fn open(log: &dyn Log, stream: &str, start: StartAt, event_time: EventTime) -> Result<TimeOrdered> {
+    pub fn open(log: Arc<dyn Log>, stream: &str, start: StartAt, event_time: EventTime) -> Result<TimeOrdered> {
         let inner = log.reader(stream, start)?;
         let partitions = log.partitions(stream) as usize;
-        Ok(TimeOrdered { inner, event_time, partitions, queues: BTreeMap::new(), held: 0 })
+        let stream = stream.to_string();
+        let count = Box::new(move || log.partitions(&stream));
+        Ok(TimeOrdered { inner, event_time, partitions, count, queues: BTreeMap::new(), held: 0 })
     }
 
     /// One partition has nothing to merge.
     fn merges(&self) -> bool {
         self.partitions != 1
+    }
+
+    /// A stream created after the reader opened: counted once it has records.
+    fn count_partitions(&mut self) {
+        if self.partitions == 0 {
+            self.partitions = (self.count)() as usize;
+        }
     }
 
     /// Reads what the log has now (waiting for something first if `wait` and nothing is
@@ -57,6 +68,7 @@ impl TimeOrdered {
                 return Ok(true);
             }
             first = false;
+            self.count_partitions();
             self.held += batch.len();
             for record in batch {
                 let t = (self.event_time)(&record);
@@ -99,7 +111,7 @@ impl TimeOrdered {
 #[async_trait]
 impl StreamReader for TimeOrdered {
     async fn next_batch(&mut self) -> Result<Vec<Record>> {
-        if !self.merges() {
+        if !self.merges() && self.held == 0 {
             return self.inner.next_batch().await;
         }
         loop {
@@ -112,7 +124,7 @@ impl StreamReader for TimeOrdered {
     }
 
     async fn try_batch(&mut self) -> Result<Vec<Record>> {
-        if !self.merges() {
+        if !self.merges() && self.held == 0 {
             return self.inner.try_batch().await;
         }
         let caught_up = self.fill(false).await?;
@@ -144,7 +156,7 @@ mod tests {
         let mut config = EmbeddedLogConfig::new(dir.path());
         config.fsync = FsyncPolicy::Off;
         config.partitions = 2;
-        let log = EmbeddedLog::open(config).unwrap();
+        let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(config).unwrap());
         // Keys "a" and "b" land in different partitions; each partition in time order.
         let (a, b) = ["a", "b", "c", "d"].iter().map(|k| (*k, crate::partition_for_key(k.as_bytes(), 2))).fold(
             (None, None),
@@ -160,7 +172,7 @@ mod tests {
         };
         log.append("s", records(a, &[1, 4, 5, 9])).await.unwrap();
         log.append("s", records(b, &[2, 3, 6, 7, 8])).await.unwrap();
-        let mut reader = TimeOrdered::open(&log, "s", StartAt::Beginning, Box::new(|r| r.timestamp)).unwrap();
+        let mut reader = TimeOrdered::open(log.clone(), "s", StartAt::Beginning, Box::new(|r| r.timestamp)).unwrap();
         let mut times = Vec::new();
         loop {
             let batch = reader.try_batch().await.unwrap();
@@ -172,7 +184,7 @@ mod tests {
         assert_eq!(times, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
 
         // A restart resumes before what is held, and after what went out.
-        let mut reader = TimeOrdered::open(&log, "s", StartAt::Beginning, Box::new(|r| r.timestamp)).unwrap();
+        let mut reader = TimeOrdered::open(log.clone(), "s", StartAt::Beginning, Box::new(|r| r.timestamp)).unwrap();
         assert!(reader.fill(false).await.unwrap(), "read to the end");
         let next = |r: &TimeOrdered| r.positions().iter().map(|(_, o)| o).sum::<u64>();
         assert_eq!(next(&reader), 0, "nine records held, none handed out");

@@ -623,7 +623,7 @@ impl Engine {
                 let catalog = self.catalog.lock().await;
                 self.source(&catalog, &name)?
             };
-            env.insert(name, whole(self.log.as_ref(), self.history.as_ref(), source, &self.geometry).await?);
+            env.insert(name, whole(&self.log, self.history.as_ref(), source, &self.geometry).await?);
         }
         Ok(relation::evaluate_query(select, &env, &self.geometry)?)
     }
@@ -638,7 +638,7 @@ impl Engine {
                 return Ok(relation::Relation::from_rows(plan.output, rows).into_result());
             }
         }
-        let (columns, rows) = pull_rows(self.log.as_ref(), self.history.as_ref(), plan, limit).await?;
+        let (columns, rows) = pull_rows(&self.log, self.history.as_ref(), plan, limit).await?;
         Ok(relation::Relation::from_rows(columns, rows).into_result())
     }
 
@@ -685,7 +685,7 @@ impl Engine {
 
 /// Every row of a source as of now (a table: its latest row per key), for joins and CTEs.
 pub(crate) async fn whole(
-    log: &dyn Log,
+    log: &Arc<dyn Log>,
     history: Option<&HistoryStore>,
     source: Source,
     geometry: &Geometry,
@@ -709,7 +709,7 @@ pub(crate) async fn whole(
 /// aggregation, reading stops after `cap` rows. Also gives the output column names, with `*`
 /// spelled out.
 pub(crate) async fn pull_rows(
-    log: &dyn Log,
+    log: &Arc<dyn Log>,
     history: Option<&HistoryStore>,
     plan: Plan,
     cap: usize,
@@ -729,7 +729,7 @@ pub(crate) async fn pull_rows(
         }
         None => (std::collections::VecDeque::new(), StartAt::Beginning),
     };
-    let mut reader = TimeOrdered::open(log, &topic, start, order)?;
+    let mut reader = TimeOrdered::open(log.clone(), &topic, start, order)?;
     let mut latest: LatestRows = LatestRows::default();
     let mut table: LatestRows = LatestRows::default();
     let mut rows: Vec<Row> = Vec::new();

@@ -191,7 +191,7 @@ impl Task {
             // Windows over several partitions see their records in time order.
             None => {
                 let order = super::operator::event_time(self.operator.plan());
-                Box::new(TimeOrdered::open(self.log.as_ref(), &input, start, order)?)
+                Box::new(TimeOrdered::open(self.log.clone(), &input, start, order)?)
             }
         };
         tracing::info!(query = %self.id, input, partition = ?self.partition, output = %self.sink, resume = %marker.input, "query task started");
@@ -243,7 +243,7 @@ impl Task {
                 self.operator.advance(last_event.0.saturating_add(idle), &mut outputs);
             }
             if let Some(stage) = self.operator.plan().stage.clone() {
-                outputs = match stage.run(self.log.as_ref(), &outputs).await {
+                outputs = match stage.run(&self.log, &outputs).await {
                     Ok(rows) => rows,
                     Err(reason) => {
                         // The windows' rows cannot be made now (a joined table went away):

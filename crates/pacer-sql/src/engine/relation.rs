@@ -241,7 +241,7 @@ pub struct WindowStage {
 
 impl WindowStage {
     /// The rows of the windows in `outputs` (the windowed aggregation's final rows).
-    pub async fn run(&self, log: &dyn pacer_log::Log, outputs: &[Output]) -> Result<Vec<Output>, String> {
+    pub async fn run(&self, log: &Arc<dyn pacer_log::Log>, outputs: &[Output]) -> Result<Vec<Output>, String> {
         let mut windows: Vec<(i64, Vec<Row>)> = Vec::new();
         for o in outputs {
             let (Some(start), Some(value)) = (o.window, &o.value) else { continue };
