@@ -720,6 +720,13 @@ pub(crate) async fn pull_rows(
     let limit = plan.limit.map(|l| l as usize);
     let mut columns = plan.output.clone();
     let order = operator::event_time(&plan);
+    // An aggregation's answer is each group's last row: made once per group when the input
+    // ends (or its window closes), not once per record. Ranking still needs every change.
+    let mut plan = plan;
+    let once_per_group = matches!(&plan.shape, Shape::Aggregate { over, .. } if over.is_empty());
+    if once_per_group {
+        plan.emit = Emit::Final;
+    }
     let mut operator = Operator::new(plan);
     // Parquet history first, then the log from where it ends.
     let (mut segments, start) = match history {
@@ -768,6 +775,12 @@ pub(crate) async fn pull_rows(
         }
         if table_source {
             break;
+        }
+    }
+    if once_per_group {
+        operator.finish(&mut out);
+        for o in out.drain(..) {
+            latest.put(o.key, o.window, o.value.map(|value| Row { timestamp: o.timestamp, value }));
         }
     }
     if rejected > 0 {

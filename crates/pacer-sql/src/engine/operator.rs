@@ -600,6 +600,21 @@ impl Operator {
         }
     }
 
+    /// The end of a bounded input (a pull query): every window and group still open emits
+    /// its row, by window start and then group.
+    pub fn finish(&mut self, out: &mut Vec<Output>) {
+        let mut open: Vec<(Box<str>, WindowState)> =
+            self.groups.drain().flat_map(|(g, windows)| windows.into_iter().map(move |w| (g.clone(), w))).collect();
+        self.closing.clear();
+        open.sort_by(|(g, a), (h, b)| (a.start, g).cmp(&(b.start, h)));
+        for (group, state) in open {
+            match window_row(&self.plan, &state, format!("{group}@{}", state.start)) {
+                Ok(row) => out.push(row),
+                Err(e) => tracing::warn!(error = %e, "a group's row could not be computed"),
+            }
+        }
+    }
+
     /// State changed since the last call, for a checkpoint: (state id, JSON or None when
     /// the window is gone).
     pub fn take_changes(&mut self) -> Vec<(String, Option<String>)> {
