@@ -18,8 +18,7 @@ use super::aggregate::{Acc, AggKind};
 use super::ast::{Emit, SourceKind, WindowKind};
 use super::expr::{BinOp, Expr};
 use super::operator::grouped_row;
-use super::plan::{Plan, Shape, FIRST_FIELD, ROWKEY, ROWTIME};
-use super::relation::Row;
+use super::plan::{Item, Plan, Shape, FIRST_FIELD, ROWKEY, ROWTIME};
 use super::value::{DataType, Value};
 
 /// Why a query or a batch cannot go the columnar way; the caller reads rows instead.
@@ -162,11 +161,14 @@ pub struct Aggregation {
 impl Aggregation {
     /// The columnar form of `plan`, when it has one.
     pub fn new(plan: &Plan) -> Result<Aggregation, Unsupported> {
-        let Shape::Aggregate { group_by, calls, window, over, .. } = &plan.shape else {
+        let Shape::Aggregate { group_by, calls, window, over, items, .. } = &plan.shape else {
             return unsupported("not an aggregation");
         };
         if !over.is_empty() || plan.lookup.is_some() || plan.stage.is_some() {
             return unsupported("window functions, joins or stages");
+        }
+        if items.iter().any(|i| matches!(i, Item::WholeValue)) {
+            return unsupported("a whole value in a grouped row");
         }
         if plan.source.kind != SourceKind::Stream {
             return unsupported("a table's history is its latest rows");
@@ -433,9 +435,9 @@ impl Aggregation {
         g
     }
 
-    /// Each group's row, in the order the groups first appeared: what the row operator's
-    /// last update of each group says.
-    pub fn finish(self) -> Result<Vec<Row>, String> {
+    /// Each group's row (the output columns' values), in the order the groups first
+    /// appeared: what the row operator says of each group at the end of the input.
+    pub fn finish(self) -> Result<Vec<Vec<serde_json::Value>>, String> {
         let Shape::Aggregate { group_by, .. } = &self.plan.shape else { unreachable!() };
         let mut rows = Vec::with_capacity(self.keys.len());
         for (g, key) in self.keys.iter().enumerate() {
@@ -451,9 +453,7 @@ impl Aggregation {
                 (start, start + size)
             });
             let accs = self.accs.iter().map(|a| a.result(g)).collect();
-            if let Some(value) = grouped_row(&self.plan, group, window, accs, self.last[g])? {
-                rows.push(Row { timestamp: self.last[g], value });
-            }
+            rows.extend(grouped_row(&self.plan, group, window, accs, self.last[g])?);
         }
         Ok(rows)
     }

@@ -635,7 +635,7 @@ impl Engine {
         if let Some(history) = &self.history {
             if let Some(mut rows) = columnar_pull(self.log.as_ref(), history, &plan).await? {
                 rows.truncate(limit);
-                return Ok(relation::Relation::from_rows(plan.output, rows).into_result());
+                return Ok(QueryResult { columns: plan.output.into_iter().map(|c| c.name).collect(), rows });
             }
         }
         let (columns, rows) = pull_rows(&self.log, self.history.as_ref(), plan, limit).await?;
@@ -821,7 +821,7 @@ async fn segment_records(segment: Segment) -> Result<Vec<Record>, SqlError> {
 
 /// A pull aggregation over a stream's Parquet history and the log after it, a column at a
 /// time. None when the query or its data need the row way (or there is no history).
-async fn columnar_pull(log: &dyn Log, history: &HistoryStore, plan: &Plan) -> Result<Option<Vec<Row>>, SqlError> {
+async fn columnar_pull(log: &dyn Log, history: &HistoryStore, plan: &Plan) -> Result<Option<Vec<Vec<Json>>>, SqlError> {
     let mut aggregation = match columnar::Aggregation::new(plan) {
         Ok(a) => a,
         Err(columnar::Unsupported(why)) => {

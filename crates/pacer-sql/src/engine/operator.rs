@@ -833,38 +833,48 @@ impl Ranking {
 }
 
 /// The row of a group whose aggregates were computed elsewhere (the columnar history
-/// scan), through the same HAVING and projection as the operator's own; None when HAVING
-/// drops it.
+/// scan), through the same HAVING and select items as the operator's own, as the values of
+/// the output columns; None when HAVING drops it.
 pub(crate) fn grouped_row(
     plan: &Plan,
     group: Vec<Value>,
     window: Option<(i64, i64)>,
     accs: Vec<Acc>,
     last: i64,
-) -> Result<Option<Map<String, Json>>, String> {
-    let Shape::Aggregate { over, .. } = &plan.shape else { unreachable!("an aggregation") };
+) -> Result<Option<Vec<Json>>, String> {
+    let Shape::Aggregate { over, items, .. } = &plan.shape else { unreachable!("an aggregation") };
     let (start, end) = window.unwrap_or((NO_WINDOW, i64::MAX));
     let state = WindowState { group, start, end, accs, last, over: vec![Value::Null; over.len()], dirty: false };
-    grouped_value(plan, &state)
+    let Some(row) = kept_row(plan, &state)? else { return Ok(None) };
+    items
+        .iter()
+        .map(|item| match item {
+            Item::Expr(e) => e.eval(&row).map(|v| v.to_json()),
+            Item::WholeValue => Err("a grouped row has no whole value".to_string()),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// The row of one window (or group): HAVING decides between the row and a tombstone.
 fn window_row(plan: &Plan, state: &WindowState, id: String) -> Result<Output, String> {
-    let value = grouped_value(plan, state)?;
+    let Shape::Aggregate { items, .. } = &plan.shape else { unreachable!() };
+    let value = kept_row(plan, state)?.map(|row| project(items, &plan.output, &row)).transpose()?;
     let window = (state.start != NO_WINDOW).then_some(state.start);
     Ok(Output { key: key_text(&state.group), value, timestamp: state.last, id, window })
 }
 
-/// A window's (or group's) projected row, or None when HAVING drops it.
-fn grouped_value(plan: &Plan, state: &WindowState) -> Result<Option<Map<String, Json>>, String> {
-    let Shape::Aggregate { having, items, .. } = &plan.shape else { unreachable!() };
+/// A window's (or group's) grouped row with its window functions' values, or None when
+/// HAVING drops it.
+fn kept_row(plan: &Plan, state: &WindowState) -> Result<Option<Vec<Value>>, String> {
+    let Shape::Aggregate { having, .. } = &plan.shape else { unreachable!() };
     let mut row = base_row(plan, state);
     row.extend(state.over.iter().cloned());
     let keep = match having {
         Some(h) => h.eval(&row)?.is_true(),
         None => true,
     };
-    keep.then(|| project(items, &plan.output, &row)).transpose()
+    Ok(keep.then_some(row))
 }
 
 /// When a window ending at `end` stops taking records: its end plus the grace period, and
