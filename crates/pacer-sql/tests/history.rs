@@ -65,6 +65,8 @@ const QUERIES: &[(&str, bool)] = &[
         true,
     ),
     ("SELECT status, COUNT(*) AS n FROM readings WHERE level BETWEEN 2 AND 5 GROUP BY status", true),
+    // Whole temperatures are JSON integers: a DOUBLE column groups 3 and 3.0 as one.
+    ("SELECT temp, COUNT(*) AS n, MAX(level) AS l FROM readings WHERE temp < 0 GROUP BY temp", true),
     (
         "SELECT device, COUNT(*) AS n FROM readings WINDOW HOPPING (SIZE 1 MINUTE, ADVANCE BY 30 SECONDS) \
          GROUP BY device",

@@ -104,6 +104,9 @@ enum Accs {
 struct Codes {
     texts: HashMap<String, u64, RandomState>,
     ints: HashMap<i64, u64, RandomState>,
+    /// By their bits; and booleans: segments may type a column differently.
+    doubles: HashMap<u64, u64, RandomState>,
+    bools: [Option<u64>; 2],
     values: Vec<Value>,
     null: Option<u64>,
 }
@@ -118,8 +121,8 @@ impl Codes {
                 None => *self.texts.entry(s.clone()).or_insert(next),
             },
             Value::Int(i) => *self.ints.entry(*i).or_insert(next),
-            Value::Double(x) => *self.ints.entry(x.to_bits() as i64).or_insert(next),
-            Value::Bool(b) => *self.ints.entry(*b as i64).or_insert(next),
+            Value::Double(x) => *self.doubles.entry(x.to_bits()).or_insert(next),
+            Value::Bool(b) => *self.bools[*b as usize].get_or_insert(next),
             _ => unreachable!("only scalar columns are grouped"),
         };
         if code == next {
@@ -369,7 +372,13 @@ impl Aggregation {
         let mut packed: Vec<Vec<u64>> = Vec::with_capacity(2);
         for (p, (part, _)) in self.parts.iter().enumerate() {
             packed.push(match part {
-                Part::Code(col) => columns.codes(*col, &times, &mut self.codes[p])?,
+                Part::Code(col) => {
+                    let declared = match col {
+                        Col::Field(i) => self.plan.fields[*i].data_type.clone(),
+                        _ => DataType::Any,
+                    };
+                    columns.codes(*col, &declared, &times, &mut self.codes[p])?
+                }
                 Part::Bucket { stride, origin } => {
                     times.iter().map(|&t| (t - (t - origin).rem_euclid(*stride)) as u64).collect()
                 }
@@ -559,7 +568,9 @@ impl<'a> Columns<'a> {
     }
 
     /// Each row's code for the column's value.
-    fn codes(&self, col: Col, times: &[i64], codes: &mut Codes) -> Result<Vec<u64>, Unsupported> {
+    /// Values are taken as the row operator takes them for the `declared` type (integers
+    /// in a DOUBLE column are doubles); other mismatches go the row way.
+    fn codes(&self, col: Col, declared: &DataType, times: &[i64], codes: &mut Codes) -> Result<Vec<u64>, Unsupported> {
         let n = times.len();
         let Some(array) = self.get(col) else {
             let null = codes.code(Value::Null);
@@ -569,6 +580,18 @@ impl<'a> Columns<'a> {
             return Ok(times.iter().map(|&t| codes.code(Value::Int(t))).collect());
         }
         let null = || Value::Null;
+        let fits = matches!(
+            (declared, array.data_type()),
+            (DataType::Any, _)
+                | (DataType::String, ArrowType::Utf8 | ArrowType::Dictionary(..))
+                | (DataType::Double | DataType::Decimal(..), ArrowType::Float64 | ArrowType::Int64)
+                | (DataType::Int | DataType::BigInt | DataType::Timestamp, ArrowType::Int64)
+                | (DataType::Boolean, ArrowType::Boolean)
+        );
+        if !fits {
+            return unsupported(format!("a {declared} column holding {}", array.data_type()));
+        }
+        let doubles = matches!(declared, DataType::Double | DataType::Decimal(..));
         Ok(match array.data_type() {
             ArrowType::Dictionary(k, v) if **k == ArrowType::Int32 && **v == ArrowType::Utf8 => {
                 let dict = array.as_dictionary::<Int32Type>();
@@ -584,7 +607,11 @@ impl<'a> Columns<'a> {
             ArrowType::Int64 => array
                 .as_primitive::<Int64Type>()
                 .iter()
-                .map(|v| codes.code(v.map_or(Value::Null, Value::Int)))
+                .map(|v| match v {
+                    None => codes.code(Value::Null),
+                    Some(v) if doubles => codes.code(Value::Double(v as f64)),
+                    Some(v) => codes.code(Value::Int(v)),
+                })
                 .collect(),
             ArrowType::Float64 => array
                 .as_primitive::<Float64Type>()
@@ -825,4 +852,57 @@ fn sum_into(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ast::Statement;
+    use crate::engine::parse;
+    use crate::engine::plan::{plan, Column, Source};
+    use bytes::Bytes;
+    use pacer_core::Record;
+
+    fn aggregation(sql: &str) -> Aggregation {
+        let source = Source {
+            name: "r".into(),
+            kind: SourceKind::Stream,
+            topic: "r".into(),
+            columns: vec![Column { name: "temp".into(), data_type: DataType::Double, key: false }],
+            timestamp: None,
+            windowed: false,
+        };
+        let Some(Statement::Select(select)) = parse::parse(sql).unwrap().pop() else { panic!("a SELECT") };
+        Aggregation::new(&plan(&select, &source, &crate::Geometry::default()).unwrap()).unwrap()
+    }
+
+    fn batch(values: &[&str]) -> RecordBatch {
+        let records: Vec<Record> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Record {
+                partition: 0,
+                offset: i as u64,
+                timestamp: 1_000 + i as i64,
+                key: None,
+                value: Bytes::from(format!(r#"{{"temp":{v}}}"#)),
+                headers: Vec::new(),
+            })
+            .collect();
+        pacer_history::columns::to_batch(&records).unwrap()
+    }
+
+    #[test]
+    fn a_double_column_groups_whole_numbers_with_their_doubles() {
+        let mut a = aggregation("SELECT temp, COUNT(*) AS n FROM r GROUP BY temp");
+        let doubles = batch(&["3.0", "3.5"]);
+        let ints = batch(&["3", "4"]);
+        assert_eq!(doubles.schema().field_with_name("temp").unwrap().data_type(), &ArrowType::Float64);
+        assert_eq!(ints.schema().field_with_name("temp").unwrap().data_type(), &ArrowType::Int64);
+        a.add(&doubles).unwrap();
+        a.add(&ints).unwrap();
+        let rows = a.finish().unwrap();
+        let counts: Vec<(f64, i64)> = rows.iter().map(|r| (r[0].as_f64().unwrap(), r[1].as_i64().unwrap())).collect();
+        assert_eq!(counts, [(3.0, 2), (3.5, 1), (4.0, 1)]);
+    }
 }
