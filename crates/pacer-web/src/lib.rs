@@ -59,6 +59,8 @@ pub struct WebState {
     pub broker: Option<pacer_mqtt::Broker>,
     /// Last locations for the OwnTracks Recorder API (`recorder::LastLocations::follow`).
     pub recorder: Arc<recorder::LastLocations>,
+    /// Streams kept as Parquet segments, shown with the streams.
+    pub history: Option<pacer_history::HistoryStore>,
 }
 
 pub fn router(state: Arc<WebState>) -> Router {
@@ -102,8 +104,35 @@ async fn zones(State(state): State<Arc<WebState>>) -> Json<Value> {
     Json(state.zones.clone())
 }
 
+/// The streams, and for those kept as Parquet segments what the segments hold.
 async fn streams(State(state): State<Arc<WebState>>) -> Json<Value> {
-    Json(json!({ "streams": state.log.streams() }))
+    let mut streams = Vec::new();
+    for info in state.log.streams() {
+        let mut stream = json!(info);
+        if let Some(history) = state.history.as_ref().and_then(|h| history_of(h, &info.name)) {
+            stream["history"] = history;
+        }
+        streams.push(stream);
+    }
+    Json(json!({ "streams": streams }))
+}
+
+/// Segments, rows, bytes and time range of a stream's Parquet history; None without any.
+fn history_of(store: &pacer_history::HistoryStore, stream: &str) -> Option<Value> {
+    let segments = match store.segments(stream) {
+        Ok(s) if !s.is_empty() => s,
+        Ok(_) => return None,
+        Err(e) => return Some(json!({ "error": e.to_string() })),
+    };
+    let bytes: u64 = segments.iter().filter_map(|s| std::fs::metadata(&s.path).ok()).map(|m| m.len()).sum();
+    Some(json!({
+        "segments": segments.len(),
+        "rows": segments.iter().map(|s| s.rows).sum::<u64>(),
+        "bytes": bytes,
+        "first_timestamp": segments.iter().map(|s| s.min_time).min(),
+        "last_timestamp": segments.iter().map(|s| s.max_time).max(),
+        "dir": store.dir().join(stream),
+    }))
 }
 
 async fn metrics(State(state): State<Arc<WebState>>) -> Response {

@@ -84,8 +84,9 @@ impl Server {
                 compactors.push(Compactor::new(history.clone(), log.clone(), compaction).with_context(what)?);
             }
         }
-        let engine =
-            Engine::start(log.clone(), Some(history), geometry.clone()).await.context("loading the SQL catalog")?;
+        let engine = Engine::start(log.clone(), Some(history.clone()), geometry.clone())
+            .await
+            .context("loading the SQL catalog")?;
         match &config.sql.file {
             Some(file) => {
                 let text =
@@ -127,6 +128,7 @@ impl Server {
             engine,
             broker: Some(broker.clone()),
             recorder: pacer_web::recorder::LastLocations::follow(log.clone()),
+            history: Some(history),
         });
 
         let mqtt_listener = TcpListener::bind(&config.mqtt.listen)

@@ -690,13 +690,15 @@ fn history_in_parquet_segments_answers_queries_and_duckdb() {
     check(&pacer);
 
     compacted(2600);
-    assert!(
-        std::fs::read_dir(&segments)
-            .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "parquet"))
-            .count()
-            >= 4
-    );
+    // The streams API shows what the segments hold.
+    let streams: Value = serde_json::from_str(&pacer.get("/api/v1/streams")).unwrap();
+    let readings = streams["streams"].as_array().unwrap().iter().find(|s| s["name"] == "readings").unwrap();
+    let history = &readings["history"];
+    assert_eq!(history["rows"], 2600, "{readings}");
+    assert!(history["segments"].as_u64().unwrap() >= 4, "{readings}");
+    assert_eq!(history["first_timestamp"], t0, "{readings}");
+    assert_eq!(history["last_timestamp"], reading(2599).1, "{readings}");
+    assert!(history["bytes"].as_u64().unwrap() > 0, "{readings}");
     let script = format!(
         "import duckdb\nprint(duckdb.sql(\"SELECT count(*), count(DISTINCT ROWKEY), round(sum(temp), 3), typeof(max(ROWTIME)), \
          epoch_ms(min(ROWTIME)) FROM '{}/*.parquet'\").fetchall()[0])",
