@@ -14,6 +14,7 @@ mod embedded;
 mod positions;
 mod segment;
 mod time_ordered;
+mod union;
 
 use async_trait::async_trait;
 use pacer_core::{NewRecord, Record};
@@ -21,6 +22,7 @@ use pacer_core::{NewRecord, Record};
 pub use embedded::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy};
 pub use positions::Positions;
 pub use time_ordered::{EventTime, TimeOrdered};
+pub use union::{Union, UNION_STRIDE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {

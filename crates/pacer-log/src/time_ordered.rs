@@ -18,6 +18,9 @@ use crate::{Log, Positions, Result, StartAt, StreamReader};
 
 /// How many records may wait for the other partitions; past it they go out as they are.
 const HOLD_MAX: usize = 100_000;
+/// The most records one call hands out, so a reader catching up on a long backlog makes
+/// progress its user can checkpoint as it goes.
+const RELEASE_MAX: usize = 8192;
 /// How long one call reads before handing out what it can (once every partition has
 /// records held): reads of a remote log come in many small batches.
 const FILL_TIME: Duration = Duration::from_millis(50);
@@ -39,10 +42,18 @@ impl TimeOrdered {
     /// `stream` of `log` from `start`, its partitions merged by `event_time`.
     pub fn open(log: Arc<dyn Log>, stream: &str, start: StartAt, event_time: EventTime) -> Result<TimeOrdered> {
         let inner = log.reader(stream, start)?;
-        let partitions = log.partitions(stream) as usize;
         let stream = stream.to_string();
-        let count = Box::new(move || log.partitions(&stream));
-        Ok(TimeOrdered { inner, event_time, partitions, count, queues: BTreeMap::new(), held: 0 })
+        Ok(TimeOrdered::over(inner, Box::new(move || log.partitions(&stream)), event_time))
+    }
+
+    /// Any reader, whose partitions `count` counts (0 while it cannot tell yet).
+    pub fn over(
+        inner: Box<dyn StreamReader>,
+        count: Box<dyn Fn() -> u32 + Send + Sync>,
+        event_time: EventTime,
+    ) -> TimeOrdered {
+        let partitions = count() as usize;
+        TimeOrdered { inner, event_time, partitions, count, queues: BTreeMap::new(), held: 0 }
     }
 
     /// One partition has nothing to merge.
@@ -93,7 +104,7 @@ impl TimeOrdered {
         };
         let mut out = Vec::new();
         while let Some((t, p)) = self.queues.iter().filter_map(|(p, q)| q.front().map(|(t, _)| (*t, *p))).min() {
-            if t > bound {
+            if t > bound || out.len() >= RELEASE_MAX {
                 break;
             }
             out.extend(self.queues.get_mut(&p).and_then(VecDeque::pop_front).map(|(_, r)| r));

@@ -600,3 +600,15 @@ fn emit_final_and_per_window_stages_survive_kill_9_on_kafka() {
     let kills: usize = std::env::var("PACER_KAFKA_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(3);
     common::windows::emit_final_survives_kill_9(kills, || start_pacer(dir.path(), &config));
 }
+
+/// A stream–stream join across `kill -9` on Kafka: both topics' partitions read as one,
+/// merged by event time, the rows each side holds restored from the changelog topic; every
+/// pair once, no departure lost (common::joins).
+#[test]
+fn stream_stream_join_survives_kill_9_on_kafka() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = kafka_config(dir.path(), &tansu, "j.", "properties = { \"session.timeout.ms\" = \"6000\" }\n");
+    let kills: usize = std::env::var("PACER_KAFKA_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(3);
+    common::joins::stream_join_survives_kill_9(kills, || start_pacer(dir.path(), &config));
+}

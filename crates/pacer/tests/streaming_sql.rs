@@ -182,6 +182,85 @@ fn emit_final_survives_kill_9_without_losing_or_repeating_a_window() {
     common::windows::emit_final_survives_kill_9(kills, || Pacer::start(dir.path()));
 }
 
+/// A stream–stream join across `kill -9` on the embedded log (common::joins has the test).
+#[test]
+fn stream_stream_join_survives_kill_9_without_losing_or_repeating_a_pair() {
+    let kills: usize = std::env::var("PACER_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(10);
+    let dir = tempfile::tempdir().unwrap();
+    common::joins::stream_join_survives_kill_9(kills, || Pacer::start(dir.path()));
+}
+
+/// A table–table join as it flows: every change on either side updates the joined table,
+/// and a key that no longer joins is deleted from it.
+#[test]
+fn table_table_join_follows_both_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(dir.path());
+    let out = pacer.sql(
+        "CREATE TABLE vehicles (id VARCHAR PRIMARY KEY, model VARCHAR) WITH (kafka_topic='vehicles', value_format='JSON');
+         CREATE TABLE assignments (vehicle VARCHAR PRIMARY KEY, route VARCHAR) WITH (kafka_topic='assignments', value_format='JSON');
+         CREATE TABLE fleet AS SELECT v.id, v.model, a.route FROM vehicles v LEFT JOIN assignments a ON v.id = a.vehicle;",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let post = |stream: &str, records: Value| {
+        assert_eq!(pacer.post(&format!("/api/v1/streams/{stream}/records"), &records).0, 200)
+    };
+    post(
+        "vehicles",
+        serde_json::json!([{"key": "b1", "value": {"model": "Citaro"}, "timestamp": 1_000},
+            {"key": "b2", "value": {"model": "Enviro400"}, "timestamp": 1_001},
+            {"key": "b3", "value": {"model": "Citaro"}, "timestamp": 1_002}]),
+    );
+    post(
+        "assignments",
+        serde_json::json!([{"key": "b1", "value": {"route": "7"}, "timestamp": 1_003},
+            {"key": "b3", "value": {"route": "31"}, "timestamp": 1_004},
+            {"key": "b9", "value": {"route": "4"}, "timestamp": 1_005}]),
+    );
+    let fleet = || -> BTreeMap<String, (Value, Value)> {
+        let (status, body) = pacer.post_sql("SELECT id, model, route FROM fleet");
+        assert_eq!(status, 200, "{body}");
+        let rows = body["rows"].as_array().unwrap().iter().map(|r| r.as_array().unwrap().clone());
+        rows.map(|r| (r[0].as_str().unwrap().to_string(), (r[1].clone(), r[2].clone()))).collect()
+    };
+    pacer.wait_for_record("fleet", |r| r["key"] == "b3" && r["value"]["route"] == "31");
+    let want = |rows: &[(&str, &str, Option<&str>)]| -> BTreeMap<String, (Value, Value)> {
+        rows.iter().map(|(id, model, route)| (id.to_string(), (Value::from(*model), Value::from(*route)))).collect()
+    };
+    assert_eq!(fleet(), want(&[("b1", "Citaro", Some("7")), ("b2", "Enviro400", None), ("b3", "Citaro", Some("31"))]));
+    // Bus 3 leaves the fleet (a tombstone), bus 1 changes route, bus 2 gets one.
+    post("vehicles", serde_json::json!([{"key": "b3", "value": null, "timestamp": 2_000}]));
+    post(
+        "assignments",
+        serde_json::json!([{"key": "b1", "value": {"route": "12"}, "timestamp": 2_001},
+            {"key": "b2", "value": {"route": "88"}, "timestamp": 2_002}]),
+    );
+    pacer.wait_for_record("fleet", |r| r["key"] == "b2" && r["value"]["route"] == "88");
+    assert_eq!(fleet(), want(&[("b1", "Citaro", Some("12")), ("b2", "Enviro400", Some("88"))]));
+    // What the stream of the table holds: each change once, b3's deletion a tombstone.
+    let body: Value = serde_json::from_str(&pacer.get("/api/v1/streams/fleet/records?limit=100")).unwrap();
+    let changes: Vec<(String, Value)> = body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["key"].as_str().unwrap().to_string(), r["value"]["route"].clone()))
+        .collect();
+    let expected: Vec<(String, Value)> = [
+        ("b1", Value::Null),
+        ("b2", Value::Null),
+        ("b3", Value::Null),
+        ("b1", Value::from("7")),
+        ("b3", Value::from("31")),
+        ("b3", Value::Null),
+        ("b1", Value::from("12")),
+        ("b2", Value::from("88")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(changes, expected);
+}
+
 /// Reads a push query's NDJSON answer until `rows` rows came (30 s at most).
 fn push_rows(pacer: &Pacer, statement: &str, publish: impl FnOnce(), rows: usize) -> (Value, Vec<Value>) {
     use futures::StreamExt;
@@ -413,7 +492,9 @@ fn joins_and_window_table_functions_in_history_and_continuous_queries() {
     let e = error("CREATE STREAM x AS SELECT r.temp FROM readings r JOIN sensors s ON r.temp = s.site");
     assert!(e.contains("by the table's PRIMARY KEY (s.sensor = …)"), "{e}");
     let e = error("CREATE STREAM x AS SELECT r.temp FROM readings r JOIN readings q ON r.sensor = q.sensor");
-    assert!(e.contains("readings: a stream joins declared tables as it flows"), "{e}");
+    assert!(e.contains("readings JOIN readings: a stream–stream join needs WITHIN"), "{e}");
+    let e = error("CREATE STREAM x AS SELECT r.temp FROM readings r FULL JOIN sensors s ON r.sensor = s.sensor");
+    assert!(e.contains("sensors: a stream–table join is INNER or LEFT"), "{e}");
 
     // The same enrichment as a persistent query: every reading with its sensor's site as the
     // table has it when the reading comes, a site added later included.

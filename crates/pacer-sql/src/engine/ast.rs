@@ -114,16 +114,40 @@ pub struct WindowTable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinKind {
     Inner,
+    /// Every left row, with NULLs where the right side has no match.
     Left,
+    /// Every right row, with NULLs where the left side has no match.
+    Right,
+    /// Every row of both sides.
+    Full,
 }
 
-/// `[INNER | LEFT] JOIN source [alias] ON condition`.
+impl JoinKind {
+    /// Whether rows of `side` (0 left, 1 right) without a match still make a row.
+    pub fn keeps_unmatched(self, side: usize) -> bool {
+        matches!((self, side), (JoinKind::Left, 0) | (JoinKind::Right, 1) | (JoinKind::Full, _))
+    }
+}
+
+/// `[INNER | LEFT | RIGHT | FULL] [OUTER] JOIN source [alias] [WITHIN …] ON condition`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Join {
     pub kind: JoinKind,
     pub source: String,
     pub alias: Option<String>,
+    /// `WITHIN`: how far apart in event time two stream rows may be to pair.
+    pub within: Option<Within>,
     pub on: Expr,
+}
+
+/// ksqlDB's `WITHIN 1 HOUR` or `WITHIN (10 SECONDS, 1 HOUR)` `[GRACE PERIOD …]`: a right row
+/// pairs with a left row at `t` when its time lies in `[t - before, t + after]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Within {
+    pub before: i64,
+    pub after: i64,
+    /// How long after stream time passed a row's reach records may still come (ms).
+    pub grace: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -167,7 +167,7 @@ impl Aggregation {
         let Shape::Aggregate { group_by, calls, window, over, items, .. } = &plan.shape else {
             return unsupported("not an aggregation");
         };
-        if !over.is_empty() || plan.lookup.is_some() || plan.stage.is_some() {
+        if !over.is_empty() || plan.lookup.is_some() || plan.pair.is_some() || plan.stage.is_some() {
             return unsupported("window functions, joins or stages");
         }
         if items.iter().any(|i| matches!(i, Item::WholeValue)) {

@@ -12,6 +12,7 @@ pub mod columnar;
 pub mod expr;
 pub mod functions;
 pub mod operator;
+pub mod pair_join;
 pub mod parse;
 pub mod plan;
 pub mod query;
@@ -29,7 +30,7 @@ use serde_json::{Map, Value as Json};
 use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::geometry::Geometry;
-use ast::{Emit, Select, SourceKind, Statement};
+use ast::{Emit, JoinKind, Select, SourceKind, Statement};
 use expr::PlanError;
 use operator::Operator;
 use plan::{Column, Plan, Shape, Source};
@@ -429,7 +430,16 @@ impl Engine {
             let (select, source) = self.windowed(catalog, select)?;
             return Ok((plan::plan(&select, &source, &self.geometry)?, source));
         }
-        let plan = self.lookup_plan(catalog, select).await?;
+        let left = self.source(catalog, &select.from)?;
+        let right = self.source(catalog, &select.joins[0].source)?;
+        let plan = if right.kind == SourceKind::Stream || left.kind == SourceKind::Table {
+            if select.window_table.is_some() {
+                return invalid("a window table function with joins goes in a CTE: WITH w AS (SELECT … FROM TABLE(HOP(…)) …) SELECT … FROM w JOIN …");
+            }
+            pair_join::PairJoin::plan(select, &left, &right, &self.geometry)?
+        } else {
+            self.lookup_plan(catalog, select).await?
+        };
         let source = plan.source.clone();
         Ok((plan, source))
     }
@@ -443,6 +453,15 @@ impl Engine {
         let stream = self.source(catalog, &select.from)?;
         let mut tables = Vec::new();
         for join in &select.joins {
+            if join.within.is_some() {
+                return invalid(format!(
+                    "{}: WITHIN is for stream–stream joins; a stream meets a table as it is",
+                    join.source
+                ));
+            }
+            if !matches!(join.kind, JoinKind::Inner | JoinKind::Left) {
+                return invalid(format!("{}: a stream–table join is INNER or LEFT", join.source));
+            }
             let table = self.source(catalog, &join.source)?;
             if table.kind != SourceKind::Table || table.columns.is_empty() || table.windowed {
                 return invalid(format!(
@@ -647,7 +666,7 @@ impl Engine {
     fn push(&self, plan: Plan, start: StartAt) -> Result<Response, SqlError> {
         let columns: Vec<String> = plan.output.iter().map(|c| c.name.clone()).collect();
         let limit = plan.limit;
-        let mut reader = self.log.reader(&plan.source.topic, start)?;
+        let mut reader = query::input_reader(&self.log, &plan, None, start)?;
         let mut operator = Operator::new(plan);
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(async move {

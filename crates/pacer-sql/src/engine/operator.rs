@@ -25,6 +25,7 @@ use serde_json::{Map, Value as Json};
 use super::aggregate::{Acc, AggregateCall};
 use super::ast::{Emit, Window, WindowKind};
 use super::expr::Expr;
+use super::pair_join::{PairState, PAIR_HEADER};
 use super::plan::{
     first_aggregate_slot, Column, Field, GroupOrder, Item, OverKind, Plan, Shape, FIRST_FIELD, ROWKEY, ROWOFFSET,
     ROWPARTITION, ROWTIME, WHOLE_VALUE,
@@ -39,6 +40,8 @@ enum Group {
 
 /// Start of the single "window" of an unwindowed aggregate.
 const NO_WINDOW: i64 = i64::MIN;
+/// How a join's held rows are named among the checkpointed state.
+const PAIR_STATE: &str = "\u{2}pair:";
 
 /// A row the query emits.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +90,8 @@ pub struct Operator {
     /// The groups of each window in the order of each OVER clause, by (order, window
     /// start); built when first needed, and again after a restore.
     rankings: HashMap<(usize, i64), Ranking>,
+    /// A join of two inputs: what each side holds.
+    pair: Option<PairState>,
 }
 
 /// The groups of one window in one OVER clause's order.
@@ -109,6 +114,7 @@ impl Operator {
             Shape::Project { keyed, .. } => keyed.len(),
             Shape::Aggregate { .. } => 0,
         };
+        let pair = plan.pair.clone().map(PairState::new);
         Operator {
             row: vec![Value::Null; FIRST_FIELD + plan.fields.len() + keyed],
             plan: Arc::new(plan),
@@ -120,6 +126,7 @@ impl Operator {
             inputs: Vec::new(),
             filled: Vec::new(),
             rankings: HashMap::new(),
+            pair,
         }
     }
 
@@ -128,12 +135,16 @@ impl Operator {
     }
 
     pub fn stream_time(&self) -> i64 {
-        self.stream_time
+        self.pair.as_ref().map_or(self.stream_time, |p| p.stream_time().max(self.stream_time))
     }
 
     /// Runs one record through; rows it causes go to `out`. An error rejects this record
     /// only (the reason goes to the dead-letter stream).
     pub fn process(&mut self, record: &Record, out: &mut Vec<Output>) -> Result<(), String> {
+        if let Some(pair) = &mut self.pair {
+            let joined = pair.process(record)?;
+            return self.process_pairs(joined, out);
+        }
         if let Some(lookup) = self.plan.lookup.clone() {
             // A stream–table join: the record with its tables' rows, or nothing (inner join,
             // no row for its key).
@@ -143,6 +154,32 @@ impl Operator {
             };
         }
         self.process_joined(record, out)
+    }
+
+    /// Runs a two-input join's records through. An empty value is a table join's tombstone,
+    /// and so is a table join's row the query filters out: the key no longer joins.
+    fn process_pairs(&mut self, joined: Vec<Record>, out: &mut Vec<Output>) -> Result<(), String> {
+        let tables = self.plan.pair.as_ref().is_some_and(|p| p.within.is_none());
+        let mut failed = None;
+        for record in joined {
+            let before = out.len();
+            if !record.value.is_empty() {
+                if let Err(e) = self.process_joined(&record, out) {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            }
+            if record.value.is_empty() || (tables && out.len() == before) {
+                out.push(Output {
+                    key: record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: None,
+                    timestamp: record.timestamp,
+                    id: record_cause(&record).into_owned(),
+                    window: None,
+                });
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     fn process_joined(&mut self, record: &Record, out: &mut Vec<Output>) -> Result<(), String> {
@@ -184,7 +221,7 @@ impl Operator {
                     None => record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
                 };
                 let value = Some(project(items, &plan.output, row)?);
-                let id = format!("{}:{}", record.partition, record.offset);
+                let id = record_cause(record).into_owned();
                 out.push(Output { key, value, timestamp, id, window: None });
             }
             Shape::Aggregate { .. } => self.aggregate(&plan, record, row, timestamp, out)?,
@@ -295,7 +332,7 @@ impl Operator {
                 // Nothing to say about this record until the window closes.
                 continue;
             }
-            let cause = format!("{}:{}:{}", record.partition, record.offset, start);
+            let cause = format!("{}:{start}", record_cause(record));
             let reranked = if over.is_empty() { Vec::new() } else { self.rerank(plan, text, start, &cause, timestamp) };
             if plan.emit != Emit::Final {
                 let state = self.window(text, start).expect("updated above");
@@ -575,6 +612,12 @@ impl Operator {
     /// Moves stream time to `t` (never back), closing windows whose end plus grace passed:
     /// EMIT FINAL rows come out here.
     pub fn advance(&mut self, t: i64, out: &mut Vec<Output>) {
+        if let Some(pair) = &mut self.pair {
+            let expired = pair.advance(t);
+            if let Err(e) = self.process_pairs(expired, out) {
+                tracing::warn!(error = %e, "a join's unmatched row could not be computed");
+            }
+        }
         if t <= self.stream_time {
             return;
         }
@@ -632,11 +675,17 @@ impl Operator {
             changes.push((format!("{group}\u{0}{start}"), json));
         }
         changes.sort();
+        if let Some(pair) = &mut self.pair {
+            changes.extend(pair.take_changes().into_iter().map(|(id, json)| (format!("{PAIR_STATE}{id}"), json)));
+        }
         changes
     }
 
     /// Puts checkpointed state back.
     pub fn restore(&mut self, state_id: String, json: Option<&str>, stream_time: i64) -> Result<(), String> {
+        if let (Some(id), Some(pair)) = (state_id.strip_prefix(PAIR_STATE), &mut self.pair) {
+            return pair.restore(id, json, stream_time);
+        }
         self.stream_time = self.stream_time.max(stream_time);
         self.rankings.clear();
         let (group, start) = state_id
@@ -737,6 +786,14 @@ impl Operator {
             };
         }
         Ok(())
+    }
+}
+
+/// What made a row of this record: its place, or for a joined record the pair it joins.
+fn record_cause(record: &Record) -> Cow<'_, str> {
+    match record.headers.iter().find(|(name, _)| name == PAIR_HEADER) {
+        Some((_, pair)) => String::from_utf8_lossy(pair),
+        None => Cow::Owned(format!("{}:{}", record.partition, record.offset)),
     }
 }
 

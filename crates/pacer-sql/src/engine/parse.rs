@@ -95,10 +95,12 @@ const CLAUSE_WORDS: &[&str] = &[
     "LEFT",
     "RIGHT",
     "FULL",
+    "OUTER",
+    "WITHIN",
     "ON",
 ];
 /// The words of those that start a join.
-const JOIN_WORDS: &[&str] = &["JOIN", "INNER", "LEFT", "RIGHT", "FULL"];
+const JOIN_WORDS: &[&str] = &["JOIN", "INNER", "LEFT", "RIGHT", "FULL", "OUTER"];
 
 struct Grammar<'a> {
     p: Parser<'a>,
@@ -211,17 +213,18 @@ impl Grammar<'_> {
         loop {
             let kind = if self.word("JOIN") || self.words(&["INNER", "JOIN"]) {
                 JoinKind::Inner
-            } else if self.words(&["LEFT", "JOIN"]) || self.words(&["LEFT", "OUTER", "JOIN"]) {
-                JoinKind::Left
+            } else if let Some(kind) = self.outer_join() {
+                kind
             } else if JOIN_WORDS.iter().any(|w| self.peek_word(w)) {
-                return self.fail("JOIN, INNER JOIN or LEFT [OUTER] JOIN (RIGHT and FULL joins are not supported)");
+                return self.fail("JOIN, INNER JOIN, LEFT, RIGHT or FULL [OUTER] JOIN");
             } else {
                 break;
             };
             let source = self.name()?;
             let alias = self.alias()?;
+            let within = if self.word("WITHIN") { Some(self.within()?) } else { None };
             self.expect_word("ON")?;
-            joins.push(Join { kind, source, alias, on: self.p.parse_expr()? });
+            joins.push(Join { kind, source, alias, within, on: self.p.parse_expr()? });
         }
         let window = if self.word("WINDOW") { Some(self.window()?) } else { None };
         let selection = if self.word("WHERE") { Some(self.p.parse_expr()?) } else { None };
@@ -393,6 +396,37 @@ impl Grammar<'_> {
             Shape::Session => WindowKind::Session { gap: gap.expect("read first") },
         };
         Ok(Window { kind, grace: grace.unwrap_or(DEFAULT_GRACE_MS), retention })
+    }
+
+    /// `LEFT [OUTER] JOIN`, `RIGHT [OUTER] JOIN`, `FULL [OUTER] JOIN` or `OUTER JOIN` (full).
+    fn outer_join(&mut self) -> Option<JoinKind> {
+        for (word, kind) in [("LEFT", JoinKind::Left), ("RIGHT", JoinKind::Right), ("FULL", JoinKind::Full)] {
+            if self.words(&[word, "JOIN"]) || self.words(&[word, "OUTER", "JOIN"]) {
+                return Some(kind);
+            }
+        }
+        self.words(&["OUTER", "JOIN"]).then_some(JoinKind::Full)
+    }
+
+    /// After `WITHIN`: `5 MINUTES` or `(before, after)`, then `GRACE PERIOD …` if given.
+    fn within(&mut self) -> R<Within> {
+        let (before, after) = if self.p.consume_token(&Token::LParen) {
+            let before = self.duration()?;
+            self.p.expect_token(&Token::Comma)?;
+            let after = self.duration()?;
+            self.p.expect_token(&Token::RParen)?;
+            (before, after)
+        } else {
+            let both = self.duration()?;
+            (both, both)
+        };
+        let grace = if self.word("GRACE") {
+            self.expect_word("PERIOD")?;
+            self.duration()?
+        } else {
+            DEFAULT_GRACE_MS
+        };
+        Ok(Within { before, after, grace })
     }
 
     /// `5 MINUTES` and the like, in milliseconds.
@@ -657,6 +691,23 @@ GROUP BY who;";
         let joins: Vec<_> = q.joins.iter().map(|j| (j.kind, j.source.as_str(), j.alias.as_deref())).collect();
         assert_eq!(joins, [(JoinKind::Inner, "t", Some("b")), (JoinKind::Left, "u", None)]);
         assert_eq!(q.joins[1].on.to_string(), "u.k = a.k");
+        let Some(Statement::Select(q)) = parse(
+            "SELECT * FROM a FULL OUTER JOIN b WITHIN (10 SECONDS, 1 MINUTE) GRACE PERIOD 5 SECONDS ON a.k = b.k
+             RIGHT JOIN c WITHIN 2 HOURS ON c.k = a.k OUTER JOIN d ON d.k = a.k",
+        )
+        .unwrap()
+        .pop() else {
+            panic!()
+        };
+        let joins: Vec<_> = q.joins.iter().map(|j| (j.kind, j.within)).collect();
+        assert_eq!(
+            joins,
+            [
+                (JoinKind::Full, Some(Within { before: 10_000, after: 60_000, grace: 5_000 })),
+                (JoinKind::Right, Some(Within { before: 7_200_000, after: 7_200_000, grace: DEFAULT_GRACE_MS })),
+                (JoinKind::Full, None),
+            ]
+        );
         let Some(Statement::CreateAs { query, .. }) =
             parse("CREATE STREAM x AS WITH w AS (SELECT * FROM s) SELECT * FROM w").unwrap().pop()
         else {
@@ -681,8 +732,10 @@ GROUP BY who;";
         assert!(e.contains("Line: 1, Column: 22"), "{e}");
         let e = parse("SELECT a FROM s GROUP a").unwrap_err().to_string();
         assert!(e.contains("Expected: BY"), "{e}");
-        let e = parse("SELECT a FROM s FULL JOIN t ON a = b").unwrap_err().to_string();
-        assert!(e.contains("LEFT [OUTER] JOIN") && e.contains("Column: 17"), "{e}");
+        let e = parse("SELECT a FROM s x RIGHT t ON a = b").unwrap_err().to_string();
+        assert!(e.contains("RIGHT or FULL [OUTER] JOIN") && e.contains("Column: 19"), "{e}");
+        let e = parse("SELECT a FROM s JOIN t WITHIN 5 FORTNIGHTS ON a = b").unwrap_err().to_string();
+        assert!(e.contains("Expected: a time unit") && e.contains("Column: 33"), "{e}");
         let e = parse("SELECT a FROM TABLE(HOP(TABLE s, DESCRIPTOR(ts), INTERVAL '2' MINUTES, INTERVAL '1' MINUTE))")
             .unwrap_err()
             .to_string();

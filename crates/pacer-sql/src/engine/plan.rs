@@ -78,6 +78,8 @@ pub struct Plan {
     pub stage: Option<std::sync::Arc<super::relation::WindowStage>>,
     /// For a stream joined with tables: what meets each record before it is decoded.
     pub lookup: Option<std::sync::Arc<super::relation::LookupJoin>>,
+    /// For a join of two streams or two tables: both inputs, and how they pair.
+    pub pair: Option<std::sync::Arc<super::pair_join::PairJoin>>,
 }
 
 #[derive(Debug, Clone)]
@@ -302,6 +304,7 @@ pub fn plan(select: &Select, source: &Source, geometry: &Geometry) -> Result<Pla
         reads_key: input.reads_key,
         stage: None,
         lookup: None,
+        pair: None,
     })
 }
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pacer_core::{NewRecord, Record};
-use pacer_log::{Log, Positions, StartAt, TimeOrdered};
+use pacer_log::{Log, Positions, StartAt, StreamReader, TimeOrdered, Union};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::sync::watch;
@@ -139,8 +139,8 @@ impl QueryRunner {
 /// aggregations grouped by the record key (records are partitioned by key) that do not
 /// rank groups against each other.
 fn splits_by_partition(plan: &Plan) -> bool {
-    if plan.stage.is_some() {
-        // What a window becomes depends on all of its groups.
+    if plan.stage.is_some() || plan.pair.is_some() {
+        // What a window becomes depends on all of its groups; a join reads two streams.
         return false;
     }
     match &plan.shape {
@@ -153,6 +153,28 @@ fn splits_by_partition(plan: &Plan) -> bool {
             _ => false,
         },
     }
+}
+
+/// What a query reads: one partition of its input, or all of them merged by event time (so
+/// windows over several partitions see their records in order); both inputs of a join.
+pub(crate) fn input_reader(
+    log: &Arc<dyn Log>,
+    plan: &Plan,
+    partition: Option<u32>,
+    start: StartAt,
+) -> pacer_log::Result<Box<dyn StreamReader>> {
+    if let Some(pair) = plan.pair.clone() {
+        let topics = pair.topics();
+        let union = Union::open(log, &topics, start)?;
+        let (log, topics) = (log.clone(), topics.map(String::from));
+        let count = Box::new(move || Union::partitions(log.as_ref(), &[&topics[0], &topics[1]]));
+        return Ok(Box::new(TimeOrdered::over(Box::new(union), count, Box::new(move |r| pair.event_time(r)))));
+    }
+    let input = &plan.source.topic;
+    Ok(match partition {
+        Some(p) => log.partition_reader(input, &[p], start)?,
+        None => Box::new(TimeOrdered::open(log.clone(), input, start, super::operator::event_time(plan))?),
+    })
 }
 
 /// One partition's share of a query (or the whole query), with its own state.
@@ -186,14 +208,7 @@ impl Task {
             Ok(p) if !p.is_empty() => StartAt::Positions(p),
             _ => StartAt::Beginning,
         };
-        let mut reader = match self.partition {
-            Some(p) => self.log.partition_reader(&input, &[p], start)?,
-            // Windows over several partitions see their records in time order.
-            None => {
-                let order = super::operator::event_time(self.operator.plan());
-                Box::new(TimeOrdered::open(self.log.clone(), &input, start, order)?)
-            }
-        };
+        let mut reader = input_reader(&self.log, self.operator.plan(), self.partition, start)?;
         tracing::info!(query = %self.id, input, partition = ?self.partition, output = %self.sink, resume = %marker.input, "query task started");
         // Reading runs on its own, so the idle tick below never cuts a read short (a remote
         // log's read may take longer than a tick); each batch comes with the positions after it.
@@ -232,7 +247,7 @@ impl Task {
             let mut rejected = Vec::new();
             for record in &batch {
                 if let Err(reason) = self.operator.process(record, &mut outputs) {
-                    rejected.push(dead_letter(&self.id, &input, record, &reason));
+                    rejected.push(dead_letter(&self.id, self.operator.plan(), record, &reason));
                 }
             }
             if self.operator.stream_time() > last_event.0 {
@@ -406,12 +421,20 @@ struct Restored {
     already_written: HashSet<String>,
 }
 
-fn dead_letter(query: &str, stream: &str, record: &Record, reason: &str) -> NewRecord {
+fn dead_letter(query: &str, plan: &Plan, record: &Record, reason: &str) -> NewRecord {
+    // A join's records name their own stream and partition.
+    let (stream, partition) = match &plan.pair {
+        Some(pair) => {
+            let (input, partition) = Union::input_of(record.partition);
+            (pair.topics()[input.min(1)], partition)
+        }
+        None => (plan.source.topic.as_str(), record.partition),
+    };
     let value = serde_json::json!({
         "reason": reason,
         "query": query,
         "stream": stream,
-        "partition": record.partition,
+        "partition": partition,
         "offset": record.offset,
         "value": String::from_utf8_lossy(&record.value),
     });

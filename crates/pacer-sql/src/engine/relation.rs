@@ -15,7 +15,7 @@ use pacer_core::Record;
 use serde_json::{Map, Value as Json};
 use sqlparser::ast::{self as sql, Ident, SelectItem};
 
-use super::ast::{Emit, JoinKind, Select, SourceKind, Window};
+use super::ast::{Emit, Join, JoinKind, Select, SourceKind, Window};
 use super::expr::{plan_error, PlanError};
 use super::operator::{Operator, Output};
 use super::plan::{self, conjuncts, Column, Shape, Source};
@@ -296,7 +296,7 @@ fn evaluate<'a>(
         let mut input = lookup(&select.from)?.qualified(select.alias.as_deref().unwrap_or(&select.from));
         for join in &select.joins {
             let right = lookup(&join.source)?.qualified(join.alias.as_deref().unwrap_or(&join.source));
-            input = hash_join(input, right, join.kind, &join.on)?;
+            input = hash_join(input, right, join)?;
         }
         joined = input;
         (qualify_names(&select, &joined.columns)?, &joined)
@@ -347,10 +347,11 @@ fn evaluate<'a>(
 }
 
 /// Pairs each left row with the right rows its ON condition holds for: equalities between a
-/// column of each side, joined by AND. A LEFT join keeps unmatched left rows (right columns
-/// NULL). A NULL never equals anything.
-fn hash_join(left: Relation, right: Relation, kind: JoinKind, on: &sql::Expr) -> Result<Relation, PlanError> {
-    let keys = equi_keys(on, &left.columns, &right.columns)?;
+/// column of each side, joined by AND; with WITHIN, only rows that close in event time. Outer
+/// joins keep the unmatched rows of their side (the other side's columns NULL). A NULL never
+/// equals anything. A pair's time is the later of its rows'.
+fn hash_join(left: Relation, right: Relation, join: &Join) -> Result<Relation, PlanError> {
+    let keys = equi_keys(&join.on, &left.columns, &right.columns)?;
     let key = |row: &Row, side: fn(&(String, String)) -> &String| -> Option<String> {
         let mut text = String::new();
         for k in &keys {
@@ -368,18 +369,27 @@ fn hash_join(left: Relation, right: Relation, kind: JoinKind, on: &sql::Expr) ->
             index.entry(k).or_default().push(i);
         }
     }
+    let close = |l: &Row, r: &Row| {
+        join.within.is_none_or(|w| (l.timestamp - w.before..=l.timestamp + w.after).contains(&r.timestamp))
+    };
+    let mut right_matched = vec![false; right.rows.len()];
     let mut rows = Vec::new();
     for row in left.rows {
-        let matches = key(&row, |k| &k.0).and_then(|k| index.get(&k)).map_or(&[][..], Vec::as_slice);
-        if matches.is_empty() && kind == JoinKind::Left {
-            rows.push(row);
-            continue;
-        }
-        for &i in matches {
+        let candidates = key(&row, |k| &k.0).and_then(|k| index.get(&k)).map_or(&[][..], Vec::as_slice);
+        let mut matched = false;
+        for &i in candidates.iter().filter(|&&i| close(&row, &right.rows[i])) {
+            matched = true;
+            right_matched[i] = true;
             let mut value = row.value.clone();
             value.extend(right.rows[i].value.iter().map(|(k, v)| (k.clone(), v.clone())));
-            rows.push(Row { timestamp: row.timestamp, value });
+            rows.push(Row { timestamp: row.timestamp.max(right.rows[i].timestamp), value });
         }
+        if !matched && join.kind.keeps_unmatched(0) {
+            rows.push(row);
+        }
+    }
+    if join.kind.keeps_unmatched(1) {
+        rows.extend(right.rows.into_iter().zip(right_matched).filter(|(_, m)| !m).map(|(r, _)| r));
     }
     let mut columns = left.columns;
     columns.extend(right.columns);
@@ -387,7 +397,7 @@ fn hash_join(left: Relation, right: Relation, kind: JoinKind, on: &sql::Expr) ->
 }
 
 /// The (left, right) qualified column pairs an ON condition says must be equal.
-fn equi_keys(on: &sql::Expr, left: &[Column], right: &[Column]) -> Result<Vec<(String, String)>, PlanError> {
+pub(crate) fn equi_keys(on: &sql::Expr, left: &[Column], right: &[Column]) -> Result<Vec<(String, String)>, PlanError> {
     let mut keys = Vec::new();
     for condition in conjuncts(on) {
         let sql::Expr::BinaryOp { left: a, op: sql::BinaryOperator::Eq, right: b } = condition else {
@@ -449,7 +459,7 @@ fn resolve(parts: &[Ident], columns: &[Column]) -> Result<String, PlanError> {
 
 /// The query with its column references spelled as the joined relation's qualified names;
 /// an unnamed column keeps the name it is known by (`c.deviceId` is `deviceId`).
-fn qualify_names(select: &Select, columns: &[Column]) -> Result<Select, PlanError> {
+pub(crate) fn qualify_names(select: &Select, columns: &[Column]) -> Result<Select, PlanError> {
     let mut out = select.clone();
     for item in &mut out.items {
         if let SelectItem::UnnamedExpr(e @ sql::Expr::CompoundIdentifier(_)) = item {
@@ -659,5 +669,57 @@ impl TableCache {
 
     fn get(&self, key: &str) -> Option<Map<String, Json>> {
         self.rows.read().expect("not poisoned").get(key).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ast::Statement;
+    use crate::engine::parse::parse;
+    use crate::engine::value::DataType;
+
+    /// Rows `(time, k, v)` under columns k and v.
+    fn relation(rows: &[(i64, &str, i64)]) -> Relation {
+        let column = |name: &str, data_type| Column { name: name.into(), data_type, key: false };
+        Relation {
+            columns: vec![column("k", DataType::String), column("v", DataType::BigInt)],
+            rows: rows
+                .iter()
+                .map(|(t, k, v)| Row {
+                    timestamp: *t,
+                    value: serde_json::json!({"k": k, "v": v}).as_object().unwrap().clone(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn pull_joins_keep_their_sides_unmatched_rows_and_pair_only_close_rows_within() {
+        let env: Env = [
+            ("a".to_string(), relation(&[(1_000, "x", 1), (5_000, "y", 2)])),
+            ("b".to_string(), relation(&[(1_500, "x", 10), (9_000, "y", 20), (2_000, "z", 30)])),
+        ]
+        .into();
+        let rows = |sql: &str| -> Vec<(i64, Json, Json)> {
+            let Some(Statement::Select(select)) = parse(sql).unwrap().pop() else { panic!() };
+            let result = evaluate_query(&select, &env, &Geometry::default()).unwrap();
+            let mut rows: Vec<_> =
+                result.rows.into_iter().map(|r| (r.timestamp, r.value["av"].clone(), r.value["bv"].clone())).collect();
+            rows.sort_by_key(|r| (r.0, r.1.to_string()));
+            rows
+        };
+        let full = rows("SELECT a.v AS av, b.v AS bv FROM a FULL JOIN b ON a.k = b.k");
+        let j = |v: i64| Json::from(v);
+        assert_eq!(
+            full,
+            [(1_500, j(1), j(10)), (2_000, Json::Null, j(30)), (9_000, j(2), j(20))],
+            "a pair's time is the later row's"
+        );
+        // Within 2 s: y (4 s apart) no longer pairs.
+        let within = rows("SELECT a.v AS av, b.v AS bv FROM a RIGHT JOIN b WITHIN 2 SECONDS ON a.k = b.k");
+        assert_eq!(within, [(1_500, j(1), j(10)), (2_000, Json::Null, j(30)), (9_000, Json::Null, j(20))]);
+        let before = rows("SELECT a.v AS av, b.v AS bv FROM a JOIN b WITHIN (0 SECONDS, 5 SECONDS) ON a.k = b.k");
+        assert_eq!(before, [(1_500, j(1), j(10)), (9_000, j(2), j(20))]);
     }
 }

@@ -8,7 +8,31 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
+pub mod joins;
 pub mod kill9;
+
+/// Kills `pacer` with SIGKILL `kills` times at random moments (`pause_ms` plus up to
+/// `spread_ms` after each start; the seed is printed), restarting it each time.
+pub fn kill_at_random(
+    mut pacer: Pacer,
+    kills: usize,
+    pause_ms: u64,
+    spread_ms: u64,
+    start: impl Fn() -> Pacer,
+) -> Pacer {
+    let mut rng = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    println!("kills={kills} seed={rng}");
+    for _ in 0..kills {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // A random moment of the query's work: this is when the kill lands, not a wait for anything.
+        std::thread::sleep(Duration::from_millis(pause_ms + rng % spread_ms));
+        drop(pacer);
+        pacer = start();
+    }
+    pacer
+}
 pub mod windows;
 
 pub const PACER: &str = env!("CARGO_BIN_EXE_pacer");
@@ -113,6 +137,19 @@ impl Pacer {
                 .await
                 .unwrap_or_else(|_| panic!("no matching record on {stream} within 30 s"))
         })
+    }
+
+    /// Sends JSON lines to `stream` with `pacer produce`, keyed by a field if given.
+    pub fn produce(&self, stream: &str, key_field: Option<&str>, lines: &str) {
+        use std::io::Write;
+        let mut produce = Command::new(PACER);
+        produce.args(["produce", stream, "--server", &self.http]);
+        if let Some(field) = key_field {
+            produce.args(["--key-field", field]);
+        }
+        let mut produce = produce.stdin(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        produce.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+        assert!(produce.wait().unwrap().success());
     }
 
     pub fn sql(&self, statement: &str) -> std::process::Output {

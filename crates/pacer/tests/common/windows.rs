@@ -4,8 +4,6 @@
 //! an uninterrupted run gives.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
 use serde_json::Value;
@@ -23,17 +21,8 @@ pub fn emit_final_survives_kill_9(kills: usize, start: impl Fn() -> Pacer) {
     const DEVICES: i64 = 40;
     const FIXES: i64 = 500;
     const BASE: i64 = 28_333_333 * 60_000; // a whole minute
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    println!("kills={kills} seed={seed}");
-    let mut rng = seed;
-    let mut random = move |below: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % below
-    };
 
-    let mut pacer = start();
+    let pacer = start();
     let mut lines = String::new();
     let mut expected: BTreeMap<(String, i64), (i64, f64, f64)> = BTreeMap::new();
     for i in 0..FIXES {
@@ -48,14 +37,7 @@ pub fn emit_final_survives_kill_9(kills: usize, start: impl Fn() -> Pacer) {
             }
         }
     }
-    let mut produce = Command::new(super::PACER)
-        .args(["produce", "gen", "--server", &pacer.http])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    produce.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
-    assert!(produce.wait().unwrap().success());
+    pacer.produce("gen", None, &lines);
 
     let out = pacer.sql(
         "CREATE STREAM gen (dev VARCHAR, ts BIGINT, speed DOUBLE) WITH (kafka_topic='gen', value_format='JSON', timestamp='ts');
@@ -69,12 +51,7 @@ pub fn emit_final_survives_kill_9(kills: usize, start: impl Fn() -> Pacer) {
          SELECT m.window_start, m.dev, m.top FROM m JOIN best b ON m.window_start = b.window_start AND m.top = b.fastest;",
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for _ in 0..kills {
-        // A random moment of the query's work: this is when the kill lands, not a wait for anything.
-        std::thread::sleep(std::time::Duration::from_millis(random(250)));
-        drop(pacer);
-        pacer = start();
-    }
+    let pacer = super::kill_at_random(pacer, kills, 0, 250, start);
 
     let seen: Mutex<HashMap<(String, i64), usize>> = Mutex::default();
     pacer.wait_for_record("per_minute", |r| {
