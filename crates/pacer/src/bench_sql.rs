@@ -21,7 +21,9 @@ use pacer_core::NewRecord;
 use pacer_log::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy, Log, StartAt};
 use pacer_sql::engine::ast::{SourceKind, Statement};
 use pacer_sql::engine::operator::{Operator, Output};
+use pacer_sql::engine::pair_join::PairJoin;
 use pacer_sql::engine::plan::{plan, Column, Source};
+use pacer_sql::engine::query::input_reader;
 use pacer_sql::engine::{parse, value::DataType};
 
 pub struct SqlBench {
@@ -45,18 +47,7 @@ pub async fn sql(b: SqlBench) -> anyhow::Result<()> {
     let root = tempfile::Builder::new().prefix("pacer-bench-sql-").tempdir_in(&b.dir).context("bench directory")?;
     let log = write_readings(root.path(), b.records, b.keys, b.ndjson.as_deref()).await?;
 
-    let columns = [("device", DataType::String), ("ts", DataType::BigInt), ("temp", DataType::Double)]
-        .into_iter()
-        .map(|(name, data_type)| Column { name: name.into(), data_type, key: false })
-        .collect();
-    let source = Source {
-        name: "readings".into(),
-        kind: SourceKind::Stream,
-        topic: "readings".into(),
-        columns,
-        timestamp: None,
-        windowed: false,
-    };
+    let source = readings_source("readings");
     let Some(Statement::Select(select)) = parse::parse(QUERY)?.pop() else {
         anyhow::bail!("the bench query is a SELECT")
     };
@@ -80,6 +71,21 @@ pub async fn sql(b: SqlBench) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The declared stream `name` of readings as the benches write them.
+fn readings_source(name: &str) -> Source {
+    Source {
+        name: name.into(),
+        kind: SourceKind::Stream,
+        topic: name.into(),
+        columns: [("device", DataType::String), ("ts", DataType::BigInt), ("temp", DataType::Double)]
+            .into_iter()
+            .map(|(name, data_type)| Column { name: name.into(), data_type, key: false })
+            .collect(),
+        timestamp: None,
+        windowed: false,
+    }
+}
+
 /// An embedded log in `dir` holding `records` readings of `keys` devices, one per device per
 /// second from a whole minute on (and, if asked, the same as JSON lines in `ndjson`).
 pub async fn write_readings(
@@ -91,39 +97,119 @@ pub async fn write_readings(
     let mut config = EmbeddedLogConfig::new(dir);
     config.fsync = FsyncPolicy::Off;
     let log = EmbeddedLog::open(config)?;
+    append_readings(&log, "readings", records, keys, 0, ndjson).await?;
+    Ok(log)
+}
+
+/// Appends `records` readings of `keys` devices to `stream`, one per device per second from
+/// a whole minute plus `offset_ms` on.
+async fn append_readings(
+    log: &EmbeddedLog,
+    stream: &str,
+    records: u64,
+    keys: u64,
+    offset_ms: i64,
+    ndjson: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let mut ndjson = match ndjson {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
         )),
         None => None,
     };
-    let progress = ProgressBar::new(records)
-        .with_style(ProgressStyle::with_template("writing {bar:40} {pos}/{len} {per_sec}").expect("valid template"));
+    let progress = ProgressBar::new(records).with_style(
+        ProgressStyle::with_template(&format!("writing {stream} {{bar:40}} {{pos}}/{{len}} {{per_sec}}"))
+            .expect("valid template"),
+    );
     let mut batch = Vec::with_capacity(10_000);
     for i in 0..records {
         let device = i % keys;
-        let ts = BASE_MS + (i / keys) as i64 * 1000;
+        let ts = BASE_MS + offset_ms + (i / keys) as i64 * 1000;
         // A deterministic spread of temperatures, different per device and second.
-        let temp = ((i.wrapping_mul(2_654_435_761) >> 7) % 4000) as f64 / 100.0 - 5.0;
+        let temp = ((i.wrapping_add(offset_ms as u64).wrapping_mul(2_654_435_761) >> 7) % 4000) as f64 / 100.0 - 5.0;
         let line = format!(r#"{{"device":"d-{device}","ts":{ts},"temp":{temp}}}"#);
         if let Some(out) = &mut ndjson {
             writeln!(out, "{line}")?;
         }
         batch.push(NewRecord::new(ts, Some(Bytes::from(format!("d-{device}"))), line));
         if batch.len() == batch.capacity() {
-            log.append("readings", std::mem::take(&mut batch)).await?;
+            log.append(stream, std::mem::take(&mut batch)).await?;
             batch.reserve(10_000);
             progress.set_position(i + 1);
         }
     }
     if !batch.is_empty() {
-        log.append("readings", batch).await?;
+        log.append(stream, batch).await?;
     }
     if let Some(mut out) = ndjson {
         out.flush()?;
     }
     progress.finish_and_clear();
-    Ok(log)
+    Ok(())
+}
+
+/// The stream–stream join measured: each reading with the other stream's readings of its
+/// device at most a second apart (the other stream is half a second behind: two each).
+pub const JOIN_QUERY: &str = "SELECT l.device, l.temp, r.temp AS other FROM readings l
+JOIN later r WITHIN 1 SECOND GRACE PERIOD 0 SECONDS ON l.device = r.device EMIT CHANGES";
+
+pub struct JoinBench {
+    pub records: u64,
+    pub keys: u64,
+    pub dir: PathBuf,
+    /// Also write both streams as JSON lines to `<prefix>.left` and `<prefix>.right` (for DuckDB).
+    pub ndjson: Option<PathBuf>,
+}
+
+/// `pacer bench join`: two streams of `records` readings each, joined as they flow on one
+/// core, from reading the log (both streams merged by event time) to the joined rows.
+pub async fn join(b: JoinBench) -> anyhow::Result<()> {
+    anyhow::ensure!(b.keys > 0 && b.records >= b.keys, "--records must be at least --keys, which must be positive");
+    let root = tempfile::Builder::new().prefix("pacer-bench-join-").tempdir_in(&b.dir).context("bench directory")?;
+    let mut config = EmbeddedLogConfig::new(root.path());
+    config.fsync = FsyncPolicy::Off;
+    let embedded = std::sync::Arc::new(EmbeddedLog::open(config)?);
+    let ndjson = |side: &str| b.ndjson.as_ref().map(|p| p.with_extension(side));
+    append_readings(&embedded, "readings", b.records, b.keys, 0, ndjson("left").as_deref()).await?;
+    append_readings(&embedded, "later", b.records, b.keys, 500, ndjson("right").as_deref()).await?;
+    let log: std::sync::Arc<dyn Log> = embedded;
+
+    let Some(Statement::Select(select)) = parse::parse(JOIN_QUERY)?.pop() else {
+        anyhow::bail!("the bench query is a SELECT")
+    };
+    let plan = PairJoin::plan(
+        &select,
+        &readings_source("readings"),
+        &readings_source("later"),
+        &pacer_sql::Geometry::default(),
+    )?;
+    let mut reader = input_reader(&log, &plan, None, StartAt::Beginning)?;
+    let mut operator = Operator::new(plan);
+
+    let started = Instant::now();
+    let (mut events, mut pairs, mut sum_other, mut out) = (0u64, 0u64, 0f64, Vec::new());
+    loop {
+        let records = reader.try_batch().await?;
+        if records.is_empty() {
+            break;
+        }
+        for record in &records {
+            operator.process(record, &mut out).map_err(anyhow::Error::msg)?;
+        }
+        events += records.len() as u64;
+        for o in out.drain(..) {
+            let v = o.value.context("joined rows have values")?;
+            pairs += 1;
+            sum_other += v["other"].as_f64().unwrap_or(0.0);
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("query: {}", JOIN_QUERY.replace('\n', " "));
+    println!(
+        "pacer: {events} events in {secs:.3} s = {:.0} events/s on one core; {pairs} pairs, sum of other {sum_other:.2}",
+        events as f64 / secs
+    );
+    Ok(())
 }
 
 /// Runs `stream` from its beginning to its end through `operator`, handing each batch's

@@ -257,6 +257,22 @@ enum Bench {
         #[arg(long)]
         ndjson: Option<PathBuf>,
     },
+    /// A stream–stream join (WITHIN 1 SECOND) run by the SQL engine on one core (compare with
+    /// DuckDB: scripts/bench-join.sh)
+    Join {
+        /// Readings per stream
+        #[arg(long, default_value_t = 2_000_000)]
+        records: u64,
+        /// Devices (join keys)
+        #[arg(long, default_value_t = 10_000)]
+        keys: u64,
+        /// Directory for the log
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Also write the streams as JSON lines to FILE.left and FILE.right
+        #[arg(long)]
+        ndjson: Option<PathBuf>,
+    },
     /// The history query (per device and minute) over Parquet segments Pacer compacted
     /// from its log, and over the log's rows (compare with DuckDB: scripts/bench-history.sh)
     History {
@@ -432,6 +448,9 @@ async fn run_bench(bench: Bench) -> anyhow::Result<()> {
         Bench::History { records, keys, dir, parquet, segment_rows, runs, log_rows } => {
             let bench = bench_history::HistoryBench { records, keys, dir, parquet, segment_rows, runs, log_rows };
             bench_history::history(bench).await
+        }
+        Bench::Join { records, keys, dir, ndjson } => {
+            bench_sql::join(bench_sql::JoinBench { records, keys, dir, ndjson }).await
         }
         Bench::Sql { records, keys, dir, ndjson } => {
             bench_sql::sql(bench_sql::SqlBench { records, keys, dir, ndjson }).await

@@ -157,7 +157,7 @@ fn splits_by_partition(plan: &Plan) -> bool {
 
 /// What a query reads: one partition of its input, or all of them merged by event time (so
 /// windows over several partitions see their records in order); both inputs of a join.
-pub(crate) fn input_reader(
+pub fn input_reader(
     log: &Arc<dyn Log>,
     plan: &Plan,
     partition: Option<u32>,
