@@ -19,7 +19,7 @@ trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 
 (cd "$tmp" && exec "$tansu" broker --listener-url tcp://127.0.0.1:19093 --advertised-listener-url tcp://127.0.0.1:19093 \
   --storage-engine sqlite://tansu.db >"$tmp/tansu.log" 2>&1) &
-printf '[log]\nbackend = "kafka"\n[log.kafka]\nbrokers = "127.0.0.1:19093"\n' > "$tmp/kafka.toml"
+printf '[log]\nbackend = "kafka"\n[log.kafka]\nbrokers = "127.0.0.1:19093"\ndelete_records = false\n' > "$tmp/kafka.toml"
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/19093) 2>/dev/null && break; sleep 0.1; done
 PACER_LOG=warn "$pacer" up --data-dir "$tmp/embedded" --mqtt-listen 127.0.0.1:18841 --http-listen 127.0.0.1:0 --osmand-listen "" >"$tmp/embedded.out" 2>&1 &
 pid_embedded=$!

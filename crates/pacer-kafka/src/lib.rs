@@ -57,6 +57,9 @@ pub struct KafkaConfig {
     /// Client certificate and key for mutual TLS (PEM files).
     pub ssl_certificate_location: Option<String>,
     pub ssl_key_location: Option<String>,
+    /// Whether the cluster takes DeleteRecords, which drops query checkpoints a whole-state
+    /// one made obsolete (off for brokers without it, e.g. tansu; the topics then only grow).
+    pub delete_records: bool,
     /// Any other librdkafka property, passed through as given (e.g. `"linger.ms" = "2"`).
     pub properties: BTreeMap<String, String>,
 }
@@ -76,6 +79,7 @@ impl Default for KafkaConfig {
             ssl_ca_location: None,
             ssl_certificate_location: None,
             ssl_key_location: None,
+            delete_records: true,
             properties: BTreeMap::new(),
         }
     }
@@ -434,6 +438,28 @@ impl Log for KafkaLog {
         }
         streams.sort_by(|a, b| a.name.cmp(&b.name));
         streams
+    }
+
+    async fn delete_before(&self, stream: &str, positions: &Positions) -> Result<()> {
+        if !self.config.delete_records {
+            return Ok(());
+        }
+        let topic = self.topic(stream);
+        let mut list = TopicPartitionList::new();
+        for (p, next) in positions.iter() {
+            list.add_partition_offset(&topic, p as i32, Offset::Offset(next as i64))
+                .map_err(|e| cluster_error(stream, &self.config.brokers, e))?;
+        }
+        let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+        let deleted = self
+            .admin
+            .delete_records(&list, &options)
+            .await
+            .map_err(|e| cluster_error(stream, &self.config.brokers, e))?;
+        for element in deleted.elements() {
+            element.error().map_err(|e| cluster_error(stream, &self.config.brokers, e))?;
+        }
+        Ok(())
     }
 
     async fn commit_positions(&self, group: &str, stream: &str, positions: &Positions) -> Result<()> {

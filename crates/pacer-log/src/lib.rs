@@ -100,6 +100,11 @@ pub trait Log: Send + Sync + 'static {
         self.streams().into_iter().find(|s| s.name == stream).map_or(0, |s| s.partitions)
     }
 
+    /// Lets the log drop `stream`'s records before `positions` (whole segments on the
+    /// embedded log, Kafka's DeleteRecords on a cluster). What stays is a suffix of each
+    /// partition, possibly with some records before the positions still in it.
+    async fn delete_before(&self, stream: &str, positions: &Positions) -> Result<()>;
+
     /// Stores a consumer's positions durably under `group`, as Kafka stores committed offsets.
     async fn commit_positions(&self, group: &str, stream: &str, positions: &Positions) -> Result<()>;
 

@@ -133,7 +133,8 @@ fn tansu_binary() -> PathBuf {
 fn kafka_config(dir: &Path, tansu: &Tansu, prefix: &str, extra: &str) -> PathBuf {
     let path = dir.join("pacer.toml");
     let text = format!(
-        "[log]\nbackend = \"kafka\"\npartitions = 2\n\n[log.kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{prefix}\"\n{extra}",
+        "[log]\nbackend = \"kafka\"\npartitions = 2\n\n[log.kafka]\nbrokers = \"{}\"\ntopic_prefix = \"{prefix}\"\n\
+         # tansu's sqlite engine has no DeleteRecords\ndelete_records = false\n{extra}",
         tansu.brokers
     );
     std::fs::write(&path, text).unwrap();
@@ -610,5 +611,9 @@ fn stream_stream_join_survives_kill_9_on_kafka() {
     let dir = tempfile::tempdir().unwrap();
     let config = kafka_config(dir.path(), &tansu, "j.", "properties = { \"session.timeout.ms\" = \"6000\" }\n");
     let kills: usize = std::env::var("PACER_KAFKA_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(3);
-    common::joins::stream_join_survives_kill_9(kills, || start_pacer(dir.path(), &config));
+    // Kills land early in each run, as in the EMIT FINAL test: a node restarted while its
+    // killed self still holds the group's partitions got none after that member expired on
+    // tansu (issue 6 follows it up). Fewer trips: tansu's sqlite engine takes each
+    // checkpointed row of the join's state as a write of its own.
+    common::joins::stream_join_survives_kill_9(2_000, kills, false, || start_pacer(dir.path(), &config));
 }

@@ -182,12 +182,38 @@ fn emit_final_survives_kill_9_without_losing_or_repeating_a_window() {
     common::windows::emit_final_survives_kill_9(kills, || Pacer::start(dir.path()));
 }
 
-/// A stream–stream join across `kill -9` on the embedded log (common::joins has the test).
+/// A stream–stream join across `kill -9` on the embedded log (common::joins has the test),
+/// with small segments: whole-state checkpoints let the older ones go, and restarts from
+/// what is left lose nothing.
 #[test]
 fn stream_stream_join_survives_kill_9_without_losing_or_repeating_a_pair() {
     let kills: usize = std::env::var("PACER_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(10);
     let dir = tempfile::tempdir().unwrap();
-    common::joins::stream_join_survives_kill_9(kills, || Pacer::start(dir.path()));
+    let config = dir.path().join("pacer.toml");
+    std::fs::write(&config, "[log]\nsegment_bytes = 65536\n").unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    common::joins::stream_join_survives_kill_9(10_000, kills, true, || Pacer::start_with(dir.path(), &args));
+    let state =
+        walkdir(dir.path()).into_iter().find(|p| p.ends_with("__query_csas_trips/0")).expect("the state stream");
+    let first: u64 = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+        .min()
+        .unwrap();
+    assert!(first > 0, "checkpoints before the last whole one were dropped");
+}
+
+/// Every directory under `dir`.
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(entries) = std::fs::read_dir(&out[i]) {
+            out.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+        i += 1;
+    }
+    out
 }
 
 /// A table–table join as it flows: every change on either side updates the joined table,

@@ -268,6 +268,17 @@ impl Log for EmbeddedLog {
             .collect()
     }
 
+    async fn delete_before(&self, stream: &str, positions: &Positions) -> Result<()> {
+        let state = self.shared.streams.read().unwrap().get(stream).cloned();
+        for (p, next) in positions.iter() {
+            if let Some(partition) = state.as_ref().and_then(|s| s.partitions.get(p as usize)) {
+                let removed = partition.drop_before(next);
+                self.shared.metrics.segments_deleted.inc_by(removed as u64);
+            }
+        }
+        Ok(())
+    }
+
     async fn commit_positions(&self, group: &str, stream: &str, positions: &Positions) -> Result<()> {
         let key = Bytes::from(format!("{group}\0{stream}"));
         let record = NewRecord::new(now_ms(), Some(key), positions.to_string());

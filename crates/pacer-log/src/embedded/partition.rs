@@ -413,6 +413,20 @@ impl Partition {
         }
     }
 
+    /// Drops the sealed segments that hold only records before `offset`. Returns how many went.
+    pub fn drop_before(&self, offset: u64) -> usize {
+        let removed: Vec<SegmentInfo> = {
+            let mut segments = self.segments.write().unwrap();
+            let whole = segments.windows(2).take_while(|pair| pair[1].base <= offset).count();
+            segments.drain(..whole).collect()
+        };
+        for seg in &removed {
+            tracing::debug!(dir = %self.dir.display(), base = seg.base, bytes = seg.len, "segment dropped: all of it is before what is kept");
+            seg.delete_files();
+        }
+        removed.len()
+    }
+
     /// Drops the oldest sealed segments whose newest record is older than `before_ms`, or
     /// while the partition is larger than `max_bytes`. Returns how many went.
     pub fn apply_retention(&self, before_ms: Option<i64>, max_bytes: Option<u64>) -> usize {

@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use foldhash::fast::RandomState;
 use std::fmt;
@@ -679,6 +679,27 @@ impl Operator {
             changes.extend(pair.take_changes().into_iter().map(|(id, json)| (format!("{PAIR_STATE}{id}"), json)));
         }
         changes
+    }
+
+    /// How many state entries a snapshot would hold.
+    pub fn state_len(&self) -> usize {
+        self.groups.values().map(Vec::len).sum::<usize>() + self.pair.as_ref().map_or(0, PairState::held)
+    }
+
+    /// Every state entry, and what went since the last checkpoint: a checkpoint that stands
+    /// on its own, so what its stream held before it may go.
+    pub fn snapshot(&mut self) -> Vec<(String, Option<String>)> {
+        let mut entries: BTreeMap<String, Option<String>> = self.take_changes().into_iter().collect();
+        for (group, windows) in &self.groups {
+            for state in windows {
+                let json = serde_json::to_string(state).expect("window state serializes");
+                entries.insert(format!("{group}\u{0}{}", state.start), Some(json));
+            }
+        }
+        if let Some(pair) = &self.pair {
+            entries.extend(pair.snapshot().into_iter().map(|(id, json)| (format!("{PAIR_STATE}{id}"), json)));
+        }
+        entries.into_iter().collect()
     }
 
     /// Puts checkpointed state back.

@@ -480,13 +480,24 @@ impl PairState {
         let mut changed = std::mem::take(&mut self.changed);
         changed.sort();
         changed.dedup();
-        changed
-            .into_iter()
-            .map(|(side, at)| {
-                let json = self.held[side].get(&at).map(|h| serde_json::to_string(h).expect("rows serialize"));
-                (format!("{side}:{}:{}", at.0, at.1), json)
-            })
-            .collect()
+        changed.into_iter().map(|(side, at)| self.entry(side, at)).collect()
+    }
+
+    /// Every row held, as checkpoints name them.
+    pub fn snapshot(&self) -> Vec<(String, Option<String>)> {
+        let all = self.held.iter().enumerate().flat_map(|(side, held)| held.keys().map(move |at| (side, *at)));
+        all.map(|(side, at)| self.entry(side, at)).collect()
+    }
+
+    /// A row's checkpoint entry: its id, and its JSON (None once dropped).
+    fn entry(&self, side: usize, at: At) -> (String, Option<String>) {
+        let json = self.held[side].get(&at).map(|h| serde_json::to_string(h).expect("rows serialize"));
+        (format!("{side}:{}:{}", at.0, at.1), json)
+    }
+
+    /// How many rows the join holds.
+    pub fn held(&self) -> usize {
+        self.held.iter().map(BTreeMap::len).sum()
     }
 
     /// Puts a checkpointed row back.

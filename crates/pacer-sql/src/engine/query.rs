@@ -45,6 +45,10 @@ pub const DEAD_LETTERS: &str = "_dead_letters";
 const IDLE_TICK: Duration = Duration::from_secs(1);
 /// How often a busy query checkpoints (an idle one checkpoints at its next tick).
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(200);
+/// A checkpoint writes the whole state once this many entries (or four times the state's
+/// size, if more) went since the last whole one; what its stream held before it is then
+/// dropped, so a restart reads a bounded stream.
+const SNAPSHOT_ENTRIES: usize = 10_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 struct Marker {
@@ -109,6 +113,7 @@ impl QueryRunner {
                             operator: Operator::new(self.plan.clone()),
                             sink: self.sink.clone(),
                             partition: task,
+                            since_snapshot: 0,
                         };
                         let failed = failed.clone();
                         let handle = tokio::spawn(async move {
@@ -185,6 +190,8 @@ struct Task {
     sink: String,
     /// The input partition; `None` reads them all.
     partition: Option<u32>,
+    /// Entries written to the state stream since the last whole-state checkpoint.
+    since_snapshot: usize,
 }
 
 impl Task {
@@ -302,8 +309,21 @@ impl Task {
         marker.input = input.to_string();
         marker.output = output_ends.to_string();
         marker.stream_time = self.operator.stream_time();
-        let changes = self.operator.take_changes();
-        self.checkpoint(marker, changes).await
+        let whole = self.since_snapshot >= SNAPSHOT_ENTRIES.max(4 * self.operator.state_len());
+        let changes = if whole { self.operator.snapshot() } else { self.operator.take_changes() };
+        self.since_snapshot += changes.len() + 1;
+        let first = self.checkpoint(marker, changes).await?;
+        if whole {
+            self.since_snapshot = 0;
+            // What comes from here on stands alone: a restart that reads a suffix of the
+            // stream holding all of it restores the same state.
+            let mut before = Positions::new();
+            before.set(first.partition, first.offset);
+            if let Err(e) = self.log.delete_before(&self.state_stream(), &before).await {
+                tracing::warn!(query = %self.id, error = %e, "old checkpoints could not be dropped");
+            }
+        }
+        Ok(())
     }
 
     fn record(&self, output: Output) -> NewRecord {
@@ -320,7 +340,12 @@ impl Task {
         }
     }
 
-    async fn checkpoint(&self, marker: &Marker, changes: Vec<(String, Option<String>)>) -> anyhow::Result<()> {
+    /// Appends a checkpoint; returns where its first record went.
+    async fn checkpoint(
+        &self,
+        marker: &Marker,
+        changes: Vec<(String, Option<String>)>,
+    ) -> anyhow::Result<pacer_log::Appended> {
         let tag = format!("{}:{}", marker.epoch, marker.seq);
         let mut records: Vec<NewRecord> = changes
             .into_iter()
@@ -334,8 +359,8 @@ impl Task {
             NewRecord::new(marker.stream_time, Some(Bytes::from_static(MARKER_KEY.as_bytes())), marker_json)
                 .with_header(CHECKPOINT_HEADER, tag),
         );
-        self.log.append(&self.state_stream(), records).await?;
-        Ok(())
+        let appended = self.log.append(&self.state_stream(), records).await?;
+        appended.into_iter().next().ok_or_else(|| anyhow::anyhow!("the log placed no record of the checkpoint"))
     }
 
     /// Reads the last committed checkpoint back into the operator, and the rows written
@@ -351,6 +376,7 @@ impl Task {
             if batch.is_empty() {
                 break;
             }
+            self.since_snapshot += batch.len();
             for record in batch {
                 let tag = record.header(CHECKPOINT_HEADER).cloned();
                 let key = record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
@@ -439,4 +465,113 @@ fn dead_letter(query: &str, plan: &Plan, record: &Record, reason: &str) -> NewRe
         "value": String::from_utf8_lossy(&record.value),
     });
     NewRecord::new(record.timestamp, record.key.clone(), value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ast::{SourceKind, Statement};
+    use crate::engine::parse::parse;
+    use crate::engine::plan::{plan, Column, Source};
+    use crate::engine::value::DataType;
+    use pacer_log::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy};
+
+    fn counts_by_key() -> Plan {
+        let source = Source {
+            name: "s".into(),
+            kind: SourceKind::Stream,
+            topic: "s".into(),
+            columns: vec![Column { name: "k".into(), data_type: DataType::String, key: false }],
+            timestamp: None,
+            windowed: false,
+        };
+        let Some(Statement::Select(select)) =
+            parse("SELECT k, COUNT(*) AS n FROM s GROUP BY k EMIT CHANGES").unwrap().pop()
+        else {
+            panic!()
+        };
+        plan(&select, &source, &crate::Geometry::default()).unwrap()
+    }
+
+    fn start(log: &Arc<dyn Log>) -> (watch::Sender<bool>, JoinHandle<anyhow::Result<()>>) {
+        let task = Task {
+            id: "Q".into(),
+            log: log.clone(),
+            operator: Operator::new(counts_by_key()),
+            sink: "out".into(),
+            partition: None,
+            since_snapshot: 0,
+        };
+        let (stop, stopped) = watch::channel(false);
+        (stop, tokio::spawn(task.run(stopped)))
+    }
+
+    async fn append(log: &Arc<dyn Log>, keys: impl Iterator<Item = String>) {
+        let records = keys.map(|k| NewRecord::new(1, None, serde_json::json!({ "k": k }).to_string())).collect();
+        log.append("s", records).await.unwrap();
+    }
+
+    /// Reads `reader` until `done` says so, for 30 s at most.
+    async fn read_until(reader: &mut dyn StreamReader, mut done: impl FnMut(&Record) -> bool) {
+        let reading = async {
+            loop {
+                if reader.next_batch().await.unwrap().iter().any(&mut done) {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), reading).await.expect("within 30 s");
+    }
+
+    /// Groups seen once long ago keep their counts through whole-state checkpoints, the
+    /// older checkpoints dropped, and a restart from what is left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn whole_state_checkpoints_drop_older_ones_and_restore_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EmbeddedLogConfig::new(dir.path());
+        config.fsync = FsyncPolicy::Off;
+        config.segment_bytes = 4096;
+        let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(config).unwrap());
+        let (stop, running) = start(&log);
+        let mut output = log.reader("out", StartAt::Beginning).unwrap();
+        let mut state = log.reader("__query_q", StartAt::Beginning).unwrap();
+        let marker = |r: &Record| r.key.as_deref() == Some(MARKER_KEY.as_bytes());
+        append(&log, (0..1000).map(|i| format!("once-{i}"))).await;
+        let mut rows = 0;
+        read_until(output.as_mut(), |_| {
+            rows += 1;
+            rows == 1000
+        })
+        .await;
+        // Rounds of busy keys, each checkpointed, until the state has been written whole.
+        for _ in 0..8 {
+            append(&log, (0..3000).map(|i| format!("busy-{i}"))).await;
+            let mut rows = 0;
+            read_until(output.as_mut(), |_| {
+                rows += 1;
+                rows == 3000
+            })
+            .await;
+            read_until(state.as_mut(), marker).await;
+        }
+        stop.send(true).unwrap();
+        running.await.unwrap().unwrap();
+        let mut kept = log.reader("__query_q", StartAt::Beginning).unwrap();
+        let first = kept.try_batch().await.unwrap()[0].offset;
+        assert!(first > 0, "checkpoints before the last whole one were dropped");
+
+        // Restarted from what is left, a group last seen before the drop counts on.
+        let (stop, running) = start(&log);
+        append(&log, std::iter::once("once-7".to_string())).await;
+        let mut count = None;
+        read_until(output.as_mut(), |r| {
+            let row: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            count = (row["k"] == "once-7").then(|| row["n"].clone());
+            count.is_some()
+        })
+        .await;
+        assert_eq!(count, Some(serde_json::Value::from(2)));
+        stop.send(true).unwrap();
+        running.await.unwrap().unwrap();
+    }
 }
