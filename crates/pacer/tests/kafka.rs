@@ -40,10 +40,16 @@ impl Tansu {
 
     /// Starts tansu on the storage in `dir` (kept from an earlier run, e.g. with users).
     fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Tansu {
+        Tansu::start_advertising(dir, None, extra)
+    }
+
+    /// Starts tansu telling clients to reach it at `advertised` (a port in front of it).
+    fn start_advertising(dir: tempfile::TempDir, advertised: Option<u16>, extra: &[&str]) -> Tansu {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
         let mut child = Command::new(tansu_binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .args(extra)
             .current_dir(dir.path())
@@ -617,4 +623,108 @@ fn stream_stream_join_survives_kill_9_on_kafka() {
     // Fewer trips: tansu's sqlite engine takes each checkpointed row of the join's state as
     // a write of its own.
     common::joins::stream_join_survives_kill_9(2_000, kills, true, || start_pacer(dir.path(), &config));
+}
+
+/// TLS in front of a broker, as a TLS load balancer stands in front of Kafka (tansu 0.6 takes
+/// `--cert` but serves plain TCP): clients make a real TLS handshake, checked against the CA,
+/// and the bytes inside go to the broker as they are.
+struct TlsFront {
+    port: u16,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TlsFront {
+    fn start(listener: std::net::TcpListener, dir: &Path, broker: String) -> TlsFront {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls::{crypto::ring, ServerConfig};
+        let certs = vec![CertificateDer::from_pem_file(dir.join("server.pem")).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+        let config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((client, _)) = listener.accept().await {
+                let (acceptor, broker) = (acceptor.clone(), broker.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(client).await else { return };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(&broker).await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        TlsFront { port, _runtime: runtime }
+    }
+}
+
+/// `security_protocol = "ssl"`: Pacer reaches the cluster over TLS, trusting only the CA it
+/// is given; an MQTT publish lands as a record a TLS Kafka client reads, and without the CA
+/// Pacer refuses to start with a reason.
+#[test]
+fn pacer_talks_to_kafka_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_certificates(dir.path());
+    let front = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tansu = Tansu::start_advertising(tempfile::tempdir().unwrap(), Some(front.local_addr().unwrap().port()), &[]);
+    let front = TlsFront::start(front, dir.path(), tansu.brokers.clone());
+    let brokers = format!("127.0.0.1:{}", front.port);
+    let ca = dir.path().join("ca.pem");
+    let config = dir.path().join("pacer.toml");
+    let write_config = |ca: &Path| {
+        let text = format!(
+            "[log]\nbackend = \"kafka\"\n\n[log.kafka]\nbrokers = \"{brokers}\"\ntopic_prefix = \"tls.\"\n\
+             delete_records = false\nsecurity_protocol = \"ssl\"\nssl_ca_location = \"{}\"\n",
+            ca.display()
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+
+    // A CA that did not sign the broker's certificate: the handshake fails, and Pacer says so.
+    let stranger = tempfile::tempdir().unwrap();
+    common::write_certificates(stranger.path());
+    write_config(&stranger.path().join("ca.pem"));
+    let refused = Pacer::up()
+        .arg("--data-dir")
+        .arg(dir.path().join("refused"))
+        .args(["--config", config.to_str().unwrap()])
+        .env("PACER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "started against a broker it cannot verify");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains(&format!("cannot reach Kafka at {brokers}")), "{stderr}");
+
+    write_config(&ca);
+    let pacer = start_pacer(&dir.path().join("data"), &config);
+    let fix = r#"{"who":"alice","timeepoc":1558212482,"lat":-33.86,"lon":151.21}"#;
+    pacer.mosquitto_pub("race/alice", 1, fix);
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &brokers)
+        .set("security.protocol", "ssl")
+        .set("ssl.ca.location", ca.to_str().unwrap())
+        .set("group.id", "tls-reader")
+        .set("auto.offset.reset", "earliest");
+    let consumer: BaseConsumer = client.create().unwrap();
+    consumer.subscribe(&["tls.race"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let message = loop {
+        assert!(Instant::now() < deadline, "no record on tls.race over TLS within 30 s");
+        if let Some(message) = consumer.poll(Duration::from_millis(500)) {
+            break message.unwrap().detach();
+        }
+    };
+    assert_eq!(message.payload(), Some(fix.as_bytes()));
+    assert_eq!(message.key(), Some(&b"alice"[..]));
 }

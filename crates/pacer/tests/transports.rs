@@ -8,24 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::Pacer;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
-
-/// A throw-away CA and a server certificate for localhost and 127.0.0.1 signed by it.
-fn write_certificates(dir: &Path) {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params.distinguished_name.push(DnType::CommonName, "Pacer test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "localhost");
-    let cert = params.signed_by(&key, &ca).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
-}
 
 fn start_with_config(dir: &Path, config: &str) -> Pacer {
     std::fs::write(dir.join("pacer.toml"), config).unwrap();
@@ -34,7 +17,7 @@ fn start_with_config(dir: &Path, config: &str) -> Pacer {
 
 /// Pacer with an MQTT/TLS listener, and that listener's port.
 fn start_with_tls(dir: &Path) -> (Pacer, String) {
-    write_certificates(dir);
+    common::write_certificates(dir);
     let pacer = start_with_config(
         dir,
         "[mqtt]\ntls_listen = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\n",
@@ -101,7 +84,7 @@ async fn round_trip(options: MqttOptions, topic: &str, payload: &str) -> rumqttc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rumqttc_talks_mqtt_over_secure_websocket() {
     let dir = tempfile::tempdir().unwrap();
-    write_certificates(dir.path());
+    common::write_certificates(dir.path());
     let config = "[mqtt]\nwss_listen = \"127.0.0.1:0\"\ntls_cert = \"server.pem\"\ntls_key = \"server.key\"\n";
     let pacer = tokio::task::block_in_place(|| start_with_config(dir.path(), config));
     let port: u16 = pacer.listeners["wss"].rsplit(':').next().unwrap().parse().unwrap();
