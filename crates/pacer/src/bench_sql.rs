@@ -169,7 +169,7 @@ pub async fn join(b: JoinBench) -> anyhow::Result<()> {
     let mut config = EmbeddedLogConfig::new(root.path());
     config.fsync = FsyncPolicy::Off;
     let embedded = std::sync::Arc::new(EmbeddedLog::open(config)?);
-    let ndjson = |side: &str| b.ndjson.as_ref().map(|p| p.with_extension(side));
+    let ndjson = |side: &str| b.ndjson.as_ref().map(|p| PathBuf::from(format!("{}.{side}", p.display())));
     append_readings(&embedded, "readings", b.records, b.keys, 0, ndjson("left").as_deref()).await?;
     append_readings(&embedded, "later", b.records, b.keys, 500, ndjson("right").as_deref()).await?;
     let log: std::sync::Arc<dyn Log> = embedded;

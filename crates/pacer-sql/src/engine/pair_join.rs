@@ -208,13 +208,59 @@ fn key_text(v: &Json) -> String {
     }
 }
 
+/// The record of a pair (or a row alone): both sides' columns, the later time, the join key
+/// as its key. `cause` names what made it when that is not the pair itself (a table update).
+fn joined(side: usize, mine: (At, &Held), other: Option<(At, &Held)>, cause: Option<At>) -> Record {
+    let mut time = mine.1.time;
+    let mut ats: [Option<At>; 2] = [None, None];
+    ats[side] = Some(mine.0);
+    let value = match other {
+        Some((at, held)) => {
+            time = time.max(held.time);
+            ats[1 - side] = Some(at);
+            splice(&mine.1.row, &held.row)
+        }
+        None => mine.1.row.clone(),
+    };
+    let text = |a: Option<At>| a.map_or(String::new(), |(p, o)| format!("{p}:{o}"));
+    let cause = match cause {
+        Some(at) => text(Some(at)),
+        // Left before right, so a replay pairing them the other way round names it alike.
+        None => format!("{}+{}", text(ats[0]), text(ats[1])),
+    };
+    Record {
+        partition: mine.0 .0,
+        offset: mine.0 .1,
+        timestamp: time,
+        key: (!mine.1.key.is_empty()).then(|| Bytes::from(mine.1.key.clone())),
+        value: Bytes::from(value),
+        headers: vec![(PAIR_HEADER.to_string(), Bytes::from(cause))],
+    }
+}
+
+/// Two JSON objects' texts as one object (their names differ: each side's are qualified).
+fn splice(a: &str, b: &str) -> String {
+    match (a, b) {
+        ("{}", _) => b.to_string(),
+        (_, "{}") => a.to_string(),
+        _ => {
+            let mut out = String::with_capacity(a.len() + b.len());
+            out.push_str(&a[..a.len() - 1]);
+            out.push(',');
+            out.push_str(&b[1..]);
+            out
+        }
+    }
+}
+
 /// A row one side holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Held {
     time: i64,
     key: String,
-    /// Its columns, qualified.
-    row: Map<String, Json>,
+    /// Its columns, qualified, as a JSON object's text: a pair's value is two of them
+    /// spliced, with no JSON tree built per pair.
+    row: String,
     /// Paired at least once (an outer join emits the unmatched ones alone).
     #[serde(default)]
     matched: bool,
@@ -284,9 +330,14 @@ impl PairState {
                 }
             }
         }
+        let join_key = match row.get(&format!("{}.{}", spec.qualifier, spec.key)) {
+            None | Some(Json::Null) => None,
+            Some(v) => Some(key_text(v)),
+        };
+        let row = serde_json::to_string(&Json::Object(row)).expect("JSON values serialize");
         let at = (record.partition, record.offset);
         match self.join.within {
-            Some(within) => self.stream_row(side, at, time, row, within),
+            Some(within) => self.stream_row(side, at, time, join_key, row, within),
             None => {
                 let key = match spec.columns.iter().find(|c| c.key) {
                     Some(_) => record_key,
@@ -303,7 +354,8 @@ impl PairState {
         side: usize,
         at: At,
         time: i64,
-        row: Map<String, Json>,
+        key: Option<String>,
+        row: String,
         within: Within,
     ) -> Result<Vec<Record>, String> {
         if time.saturating_add(within.grace) < self.stream_time {
@@ -312,17 +364,12 @@ impl PairState {
                 within.grace, self.stream_time
             ));
         }
-        let spec = &self.join.sides[side];
-        let key = match row.get(&format!("{}.{}", spec.qualifier, spec.key)) {
-            None | Some(Json::Null) => None,
-            Some(v) => Some(key_text(v)),
-        };
         let mut out = Vec::new();
         let Some(key) = key else {
             // A NULL never pairs: an outer join keeps the row alone, an inner one has none.
             if self.join.kind.keeps_unmatched(side) {
                 let held = Held { time, key: String::new(), row, matched: false };
-                out.push(self.joined(side, (at, &held), None, None));
+                out.push(joined(side, (at, &held), None, None));
             }
             return Ok(out);
         };
@@ -333,39 +380,29 @@ impl PairState {
         } else {
             (time - within.after, time + within.before)
         };
-        let mut matched = false;
-        let partners: Vec<At> = self.by_key[other].get(&key).map(|s| s.iter().copied().collect()).unwrap_or_default();
-        for partner in partners {
-            let held = self.held[other].get_mut(&partner).expect("indexed rows are held");
+        let mut mine = Held { time, key, row, matched: false };
+        for partner in self.by_key[other].get(&mine.key).into_iter().flatten() {
+            let held = self.held[other].get_mut(partner).expect("indexed rows are held");
             if !(low..=high).contains(&held.time) {
                 continue;
             }
-            matched = true;
+            mine.matched = true;
             if !held.matched {
                 held.matched = true;
-                self.changed.push((other, partner));
+                self.changed.push((other, *partner));
             }
-            let held = &self.held[other][&partner];
-            let mine = Held { time, key: key.clone(), row: row.clone(), matched: true };
-            out.push(self.joined(side, (at, &mine), Some((partner, held)), None));
+            out.push(joined(side, (at, &mine), Some((*partner, held)), None));
         }
         let expiry = time.saturating_add(PairJoin::reach(&within, side)).saturating_add(within.grace);
         self.expiring.insert((expiry, side, at));
-        self.by_key[side].entry(key.clone()).or_default().insert(at);
-        self.held[side].insert(at, Held { time, key, row, matched });
+        self.by_key[side].entry(mine.key.clone()).or_default().insert(at);
+        self.held[side].insert(at, mine);
         self.changed.push((side, at));
         out.extend(self.advance(time));
         Ok(out)
     }
 
-    fn table_row(
-        &mut self,
-        side: usize,
-        at: At,
-        time: i64,
-        key: String,
-        row: Option<Map<String, Json>>,
-    ) -> Vec<Record> {
+    fn table_row(&mut self, side: usize, at: At, time: i64, key: String, row: Option<String>) -> Vec<Record> {
         let joins = |state: &PairState| {
             let [l, r] = [0, 1].map(|s| state.current(s, &key).is_some());
             match state.join.kind {
@@ -389,11 +426,9 @@ impl PairState {
         }
         self.stream_time = self.stream_time.max(time);
         if joins(self) {
-            let mine = self.current(side, &key).map(|(a, h)| (a, h.clone()));
-            let other = self.current(1 - side, &key).map(|(a, h)| (a, h.clone()));
-            let pair = match (mine.as_ref(), other.as_ref()) {
-                (Some((a, h)), other) => self.joined(side, (*a, h), other.map(|(a, h)| (*a, h)), Some(at)),
-                (None, Some((a, h))) => self.joined(1 - side, (*a, h), None, Some(at)),
+            let pair = match (self.current(side, &key), self.current(1 - side, &key)) {
+                (Some(mine), other) => joined(side, mine, other, Some(at)),
+                (None, Some(other)) => joined(1 - side, other, None, Some(at)),
                 (None, None) => unreachable!("a joined key has a row"),
             };
             vec![pair]
@@ -410,35 +445,6 @@ impl PairState {
     fn current(&self, side: usize, key: &str) -> Option<(At, &Held)> {
         let at = *self.by_key[side].get(key)?.iter().next_back()?;
         Some((at, &self.held[side][&at]))
-    }
-
-    /// The record of a pair (or a row alone): both sides' columns, the later time, the join
-    /// key as its key. `cause` names what made it when that is not the pair itself (a table
-    /// update).
-    fn joined(&self, side: usize, mine: (At, &Held), other: Option<(At, &Held)>, cause: Option<At>) -> Record {
-        let mut value = mine.1.row.clone();
-        let mut time = mine.1.time;
-        let mut ats: [Option<At>; 2] = [None, None];
-        ats[side] = Some(mine.0);
-        if let Some((at, held)) = other {
-            value.extend(held.row.iter().map(|(k, v)| (k.clone(), v.clone())));
-            time = time.max(held.time);
-            ats[1 - side] = Some(at);
-        }
-        let text = |a: Option<At>| a.map_or(String::new(), |(p, o)| format!("{p}:{o}"));
-        let cause = match cause {
-            Some(at) => text(Some(at)),
-            // Left before right, so a replay pairing them the other way round names it alike.
-            None => format!("{}+{}", text(ats[0]), text(ats[1])),
-        };
-        Record {
-            partition: mine.0 .0,
-            offset: mine.0 .1,
-            timestamp: time,
-            key: (!mine.1.key.is_empty()).then(|| Bytes::from(mine.1.key.clone())),
-            value: Bytes::from(serde_json::to_vec(&Json::Object(value)).expect("JSON values serialize")),
-            headers: vec![(PAIR_HEADER.to_string(), Bytes::from(cause))],
-        }
     }
 
     fn tombstone(&self, at: At, time: i64) -> Record {
@@ -469,7 +475,7 @@ impl PairState {
             }
             self.changed.push((side, at));
             if !held.matched && self.join.kind.keeps_unmatched(side) {
-                out.push(self.joined(side, (at, &held), None, None));
+                out.push(joined(side, (at, &held), None, None));
             }
         }
         out
