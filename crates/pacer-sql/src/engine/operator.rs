@@ -174,7 +174,7 @@ impl Operator {
                     key: record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
                     value: None,
                     timestamp: record.timestamp,
-                    id: record_cause(&record).into_owned(),
+                    id: Cause(&record).to_string(),
                     window: None,
                 });
             }
@@ -221,7 +221,7 @@ impl Operator {
                     None => record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
                 };
                 let value = Some(project(items, &plan.output, row)?);
-                let id = record_cause(record).into_owned();
+                let id = Cause(record).to_string();
                 out.push(Output { key, value, timestamp, id, window: None });
             }
             Shape::Aggregate { .. } => self.aggregate(&plan, record, row, timestamp, out)?,
@@ -332,7 +332,7 @@ impl Operator {
                 // Nothing to say about this record until the window closes.
                 continue;
             }
-            let cause = format!("{}:{start}", record_cause(record));
+            let cause = format!("{}:{start}", Cause(record));
             let reranked = if over.is_empty() { Vec::new() } else { self.rerank(plan, text, start, &cause, timestamp) };
             if plan.emit != Emit::Final {
                 let state = self.window(text, start).expect("updated above");
@@ -811,10 +811,14 @@ impl Operator {
 }
 
 /// What made a row of this record: its place, or for a joined record the pair it joins.
-fn record_cause(record: &Record) -> Cow<'_, str> {
-    match record.headers.iter().find(|(name, _)| name == PAIR_HEADER) {
-        Some((_, pair)) => String::from_utf8_lossy(pair),
-        None => Cow::Owned(format!("{}:{}", record.partition, record.offset)),
+struct Cause<'a>(&'a Record);
+
+impl fmt::Display for Cause<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.headers.iter().find(|(name, _)| name == PAIR_HEADER) {
+            Some((_, pair)) => f.write_str(&String::from_utf8_lossy(pair)),
+            None => write!(f, "{}:{}", self.0.partition, self.0.offset),
+        }
     }
 }
 
