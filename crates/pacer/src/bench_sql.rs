@@ -18,7 +18,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 use pacer_core::NewRecord;
-use pacer_log::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy, Log, StartAt};
+use pacer_log::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy, Log, StartAt, StreamReader};
 use pacer_sql::engine::ast::{SourceKind, Statement};
 use pacer_sql::engine::operator::{Operator, Output};
 use pacer_sql::engine::pair_join::PairJoin;
@@ -26,11 +26,21 @@ use pacer_sql::engine::plan::{plan, Column, Source};
 use pacer_sql::engine::query::input_reader;
 use pacer_sql::engine::{parse, value::DataType};
 
-pub struct SqlBench {
+/// What `pacer bench sql` and `pacer bench join` read: readings of devices, one per device
+/// per second, in an embedded log.
+#[derive(clap::Args)]
+pub struct ReadingsBench {
+    /// Readings (per stream, for the join)
+    #[arg(long, default_value_t = 10_000_000)]
     pub records: u64,
+    /// Devices (the GROUP BY or join keys)
+    #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
+    /// Directory for the log
+    #[arg(long, default_value = ".")]
     pub dir: PathBuf,
-    /// Also write the readings as JSON lines here (for DuckDB).
+    /// Also write the readings as JSON lines to this file (the join: FILE.left, FILE.right)
+    #[arg(long)]
     pub ndjson: Option<PathBuf>,
 }
 
@@ -42,7 +52,7 @@ FROM readings WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 0 SECONDS) GROUP BY d
 /// One reading per device per second, starting on a whole minute.
 const BASE_MS: i64 = 28_333_333 * 60_000;
 
-pub async fn sql(b: SqlBench) -> anyhow::Result<()> {
+pub async fn sql(b: ReadingsBench) -> anyhow::Result<()> {
     anyhow::ensure!(b.keys > 0 && b.records >= b.keys, "--records must be at least --keys, which must be positive");
     let root = tempfile::Builder::new().prefix("pacer-bench-sql-").tempdir_in(&b.dir).context("bench directory")?;
     let log = write_readings(root.path(), b.records, b.keys, b.ndjson.as_deref()).await?;
@@ -55,9 +65,10 @@ pub async fn sql(b: SqlBench) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let (mut windows, mut counted, mut sum_of_max) = (0u64, 0i64, 0f64);
-    let events =
-        run_operator(&log, "readings", &mut operator, |out| tally(out, &mut windows, &mut counted, &mut sum_of_max))
-            .await?;
+    let events = run_operator(log.reader("readings", StartAt::Beginning)?.as_mut(), &mut operator, |out| {
+        tally(out, &mut windows, &mut counted, &mut sum_of_max)
+    })
+    .await?;
     let mut out = Vec::new();
     // End of input: a batch engine sees every window closed, so close them all here too.
     operator.advance(i64::MAX, &mut out);
@@ -153,17 +164,9 @@ async fn append_readings(
 pub const JOIN_QUERY: &str = "SELECT l.device, l.temp, r.temp AS other FROM readings l
 JOIN later r WITHIN 1 SECOND GRACE PERIOD 0 SECONDS ON l.device = r.device EMIT CHANGES";
 
-pub struct JoinBench {
-    pub records: u64,
-    pub keys: u64,
-    pub dir: PathBuf,
-    /// Also write both streams as JSON lines to `<prefix>.left` and `<prefix>.right` (for DuckDB).
-    pub ndjson: Option<PathBuf>,
-}
-
 /// `pacer bench join`: two streams of `records` readings each, joined as they flow on one
 /// core, from reading the log (both streams merged by event time) to the joined rows.
-pub async fn join(b: JoinBench) -> anyhow::Result<()> {
+pub async fn join(b: ReadingsBench) -> anyhow::Result<()> {
     anyhow::ensure!(b.keys > 0 && b.records >= b.keys, "--records must be at least --keys, which must be positive");
     let root = tempfile::Builder::new().prefix("pacer-bench-join-").tempdir_in(&b.dir).context("bench directory")?;
     let mut config = EmbeddedLogConfig::new(root.path());
@@ -187,22 +190,16 @@ pub async fn join(b: JoinBench) -> anyhow::Result<()> {
     let mut operator = Operator::new(plan);
 
     let started = Instant::now();
-    let (mut events, mut pairs, mut sum_other, mut out) = (0u64, 0u64, 0f64, Vec::new());
-    loop {
-        let records = reader.try_batch().await?;
-        if records.is_empty() {
-            break;
-        }
-        for record in &records {
-            operator.process(record, &mut out).map_err(anyhow::Error::msg)?;
-        }
-        events += records.len() as u64;
+    let (mut pairs, mut sum_other) = (0u64, 0f64);
+    let events = run_operator(reader.as_mut(), &mut operator, |out| {
         for o in out.drain(..) {
             let v = o.value.context("joined rows have values")?;
             pairs += 1;
             sum_other += v["other"].as_f64().unwrap_or(0.0);
         }
-    }
+        Ok(())
+    })
+    .await?;
     let secs = started.elapsed().as_secs_f64();
     println!("query: {}", JOIN_QUERY.replace('\n', " "));
     println!(
@@ -212,15 +209,13 @@ pub async fn join(b: JoinBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `stream` from its beginning to its end through `operator`, handing each batch's
-/// rows to `take`; returns how many records went in.
+/// Runs what `reader` holds now through `operator`, handing each batch's rows to `take`;
+/// returns how many records went in.
 pub async fn run_operator(
-    log: &dyn Log,
-    stream: &str,
+    reader: &mut dyn StreamReader,
     operator: &mut Operator,
     mut take: impl FnMut(&mut Vec<Output>) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
-    let mut reader = log.reader(stream, StartAt::Beginning)?;
     let (mut events, mut out) = (0u64, Vec::new());
     loop {
         let records = reader.try_batch().await?;

@@ -15,7 +15,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 use pacer_core::NewRecord;
-use pacer_log::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy, Log};
+use pacer_log::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy, Log, StartAt};
 use pacer_sql::engine::ast::{SourceKind, Statement};
 use pacer_sql::engine::operator::Operator;
 use pacer_sql::engine::parse;
@@ -124,7 +124,7 @@ struct Run {
 async fn run(log: &Arc<dyn Log>, mut operator: Operator) -> anyhow::Result<Run> {
     let started = Instant::now();
     let (mut rows, mut leader) = (0u64, String::new());
-    let fixes = run_operator(log.as_ref(), "race", &mut operator, |out| {
+    let fixes = run_operator(log.reader("race", StartAt::Beginning)?.as_mut(), &mut operator, |out| {
         rows += out.len() as u64;
         for o in out.drain(..) {
             if o.value.as_ref().and_then(|v| v.get("rank")).and_then(|r| r.as_i64()) == Some(1) {

@@ -249,35 +249,10 @@ enum Bench {
         fsync: Vec<pacer_log::FsyncPolicy>,
     },
     /// A windowed GROUP BY run by the SQL engine on one core (compare with DuckDB: scripts/bench-sql.sh)
-    Sql {
-        #[arg(long, default_value_t = 10_000_000)]
-        records: u64,
-        /// Devices (GROUP BY keys)
-        #[arg(long, default_value_t = 10_000)]
-        keys: u64,
-        /// Directory for the log
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
-        /// Also write the readings as JSON lines to this file
-        #[arg(long)]
-        ndjson: Option<PathBuf>,
-    },
+    Sql(bench_sql::ReadingsBench),
     /// A stream–stream join (WITHIN 1 SECOND) run by the SQL engine on one core (compare with
     /// DuckDB: scripts/bench-join.sh)
-    Join {
-        /// Readings per stream
-        #[arg(long, default_value_t = 2_000_000)]
-        records: u64,
-        /// Devices (join keys)
-        #[arg(long, default_value_t = 10_000)]
-        keys: u64,
-        /// Directory for the log
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
-        /// Also write the streams as JSON lines to FILE.left and FILE.right
-        #[arg(long)]
-        ndjson: Option<PathBuf>,
-    },
+    Join(bench_sql::ReadingsBench),
     /// The history query (per device and minute) over Parquet segments Pacer compacted
     /// from its log, and over the log's rows (compare with DuckDB: scripts/bench-history.sh)
     History {
@@ -454,12 +429,8 @@ async fn run_bench(bench: Bench) -> anyhow::Result<()> {
             let bench = bench_history::HistoryBench { records, keys, dir, parquet, segment_rows, runs, log_rows };
             bench_history::history(bench).await
         }
-        Bench::Join { records, keys, dir, ndjson } => {
-            bench_sql::join(bench_sql::JoinBench { records, keys, dir, ndjson }).await
-        }
-        Bench::Sql { records, keys, dir, ndjson } => {
-            bench_sql::sql(bench_sql::SqlBench { records, keys, dir, ndjson }).await
-        }
+        Bench::Join(readings) => bench_sql::join(readings).await,
+        Bench::Sql(readings) => bench_sql::sql(readings).await,
         Bench::Log { records, record_bytes, producers, batch, dir, fsync } => {
             bench::log(bench::LogBench { records, record_bytes, producers, batch, dir, policies: fsync }).await
         }

@@ -757,10 +757,7 @@ impl Operator {
                 if field.key {
                     continue;
                 }
-                let raw = object
-                    .get(&field.name)
-                    .or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(&field.name)).map(|(_, v)| v));
-                if let Some(raw) = raw {
+                if let Some(raw) = json_field(&object, &field.name) {
                     row[FIRST_FIELD + i] = coerce(Raw::from(raw), field)?;
                 }
             }
@@ -828,15 +825,31 @@ impl fmt::Display for Cause<'_> {
 pub(crate) fn event_time(plan: &Plan) -> pacer_log::EventTime {
     let Some(t) = plan.timestamp_field else { return Box::new(|r: &Record| r.timestamp) };
     let name = plan.fields[t].name.clone();
-    Box::new(move |r: &Record| {
-        let Ok(Json::Object(map)) = serde_json::from_slice::<Json>(&r.value) else { return r.timestamp };
-        let value = map.get(&name).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(&name)).map(|(_, v)| v));
-        match value {
-            Some(Json::Number(n)) => n.as_i64().unwrap_or(r.timestamp),
-            Some(Json::String(s)) => pacer_core::parse_time(s).unwrap_or(r.timestamp),
-            _ => r.timestamp,
-        }
-    })
+    Box::new(move |r: &Record| column_time(r, &name))
+}
+
+/// A record's time from the JSON field `column` of its value, or its own timestamp when the
+/// field is missing or not a time.
+pub(crate) fn column_time(record: &Record, column: &str) -> i64 {
+    match serde_json::from_slice::<Json>(&record.value) {
+        Ok(Json::Object(map)) => json_time(json_field(&map, column)).unwrap_or(record.timestamp),
+        _ => record.timestamp,
+    }
+}
+
+/// A JSON value as a time: milliseconds, or text `parse_time` reads.
+pub(crate) fn json_time(value: Option<&Json>) -> Option<i64> {
+    match value? {
+        Json::Number(n) => n.as_i64(),
+        Json::String(s) => pacer_core::parse_time(s).ok(),
+        _ => None,
+    }
+}
+
+/// A field of a JSON object by its declared name: exactly, else ignoring case (as ksqlDB
+/// matches unquoted names).
+pub(crate) fn json_field<'a>(map: &'a Map<String, Json>, name: &str) -> Option<&'a Json> {
+    map.get(name).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
 }
 
 fn not_json(record: &Record, e: &serde_json::Error) -> String {

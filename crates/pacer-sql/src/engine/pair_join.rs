@@ -25,8 +25,9 @@ use serde_json::{Map, Value as Json};
 
 use super::ast::{JoinKind, Select, SourceKind, Within};
 use super::expr::{plan_error, PlanError};
+use super::operator::{column_time, json_field, json_time};
 use super::plan::{self, Column, Plan, Shape, Source};
-use super::relation::{equi_keys, qualify_names};
+use super::relation::{equi_keys, key_text, qualify_names};
 use crate::geometry::Geometry;
 
 /// Header of a joined row naming the records it pairs: its cause, so a restart knows the
@@ -170,41 +171,17 @@ impl PairJoin {
     /// A record's event time as its side declares it (the record's own timestamp when the
     /// column is missing; the join then rejects the record).
     pub fn event_time(&self, record: &Record) -> i64 {
-        let side = &self.sides[Union::input_of(record.partition).0.min(1)];
-        let Some(column) = &side.timestamp else { return record.timestamp };
-        match serde_json::from_slice::<Json>(&record.value) {
-            Ok(Json::Object(map)) => time_of(field(&map, column)).unwrap_or(record.timestamp),
-            _ => record.timestamp,
+        match &self.sides[Union::input_of(record.partition).0.min(1)].timestamp {
+            Some(column) => column_time(record, column),
+            None => record.timestamp,
         }
     }
 
-    /// How far from a row of `side` the other side's rows may lie, toward later times.
-    fn reach(within: &Within, side: usize) -> i64 {
-        if side == 0 {
-            within.after
-        } else {
-            within.before
-        }
-    }
-}
-
-fn field<'a>(map: &'a Map<String, Json>, name: &str) -> Option<&'a Json> {
-    map.get(name).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
-}
-
-fn time_of(value: Option<&Json>) -> Option<i64> {
-    match value? {
-        Json::Number(n) => n.as_i64(),
-        Json::String(s) => pacer_core::parse_time(s).ok(),
-        _ => None,
-    }
-}
-
-/// A key as the log holds it: strings as they are, other values as JSON.
-fn key_text(v: &Json) -> String {
-    match v {
-        Json::String(s) => s.clone(),
-        other => other.to_string(),
+    /// When a row of `side` at `time` can pair no more: the other side's rows may lie up to
+    /// its reach later, and come up to the grace period behind stream time.
+    fn expiry(within: &Within, side: usize, time: i64) -> i64 {
+        let reach = if side == 0 { within.after } else { within.before };
+        time.saturating_add(reach).saturating_add(within.grace)
     }
 }
 
@@ -317,14 +294,14 @@ impl PairState {
         };
         let record_key = record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned());
         let time = match (&spec.timestamp, &object) {
-            (Some(column), Some(map)) => time_of(field(map, column))
+            (Some(column), Some(map)) => json_time(json_field(map, column))
                 .ok_or_else(|| format!("{}: timestamp column {column} is missing or not a time", spec.qualifier))?,
             _ => record.timestamp,
         };
         let mut row = Map::new();
         if let Some(map) = &object {
             for c in &spec.columns {
-                let value = if c.key { record_key.clone().map(Json::from) } else { field(map, &c.name).cloned() };
+                let value = if c.key { record_key.clone().map(Json::from) } else { json_field(map, &c.name).cloned() };
                 if let Some(v) = value {
                     row.insert(format!("{}.{}", spec.qualifier, c.name), v);
                 }
@@ -393,8 +370,7 @@ impl PairState {
             }
             out.push(joined(side, (at, &mine), Some((*partner, held)), None));
         }
-        let expiry = time.saturating_add(PairJoin::reach(&within, side)).saturating_add(within.grace);
-        self.expiring.insert((expiry, side, at));
+        self.expiring.insert((PairJoin::expiry(&within, side, time), side, at));
         self.by_key[side].entry(mine.key.clone()).or_default().insert(at);
         self.held[side].insert(at, mine);
         self.changed.push((side, at));
@@ -433,9 +409,14 @@ impl PairState {
             };
             vec![pair]
         } else if joined_before {
-            let mut tombstone = self.tombstone(at, time);
-            tombstone.key = Some(Bytes::from(key));
-            vec![tombstone]
+            vec![Record {
+                partition: at.0,
+                offset: at.1,
+                timestamp: time,
+                key: Some(Bytes::from(key)),
+                value: Bytes::new(),
+                headers: vec![(PAIR_HEADER.to_string(), Bytes::from(format!("{}:{}", at.0, at.1)))],
+            }]
         } else {
             Vec::new()
         }
@@ -445,18 +426,6 @@ impl PairState {
     fn current(&self, side: usize, key: &str) -> Option<(At, &Held)> {
         let at = *self.by_key[side].get(key)?.iter().next_back()?;
         Some((at, &self.held[side][&at]))
-    }
-
-    fn tombstone(&self, at: At, time: i64) -> Record {
-        let cause = format!("{}:{}", at.0, at.1);
-        Record {
-            partition: at.0,
-            offset: at.1,
-            timestamp: time,
-            key: None,
-            value: Bytes::new(),
-            headers: vec![(PAIR_HEADER.to_string(), Bytes::from(cause))],
-        }
     }
 
     /// Moves stream time to `t`: rows no record can pair with any more are dropped, and an
@@ -517,14 +486,15 @@ impl PairState {
         })();
         let (side, at) = parsed.ok_or_else(|| format!("checkpointed join state: bad id {id:?}"))?;
         if let Some(old) = self.held[side].remove(&at) {
+            if let Some(within) = self.join.within {
+                self.expiring.remove(&(PairJoin::expiry(&within, side, old.time), side, at));
+            }
             self.by_key[side].entry(old.key).or_default().remove(&at);
-            self.expiring.retain(|(_, s, a)| (*s, *a) != (side, at));
         }
         let Some(json) = json else { return Ok(()) };
         let held: Held = serde_json::from_str(json).map_err(|e| format!("checkpointed join state: {e}"))?;
         if let Some(within) = self.join.within {
-            let expiry = held.time.saturating_add(PairJoin::reach(&within, side)).saturating_add(within.grace);
-            self.expiring.insert((expiry, side, at));
+            self.expiring.insert((PairJoin::expiry(&within, side, held.time), side, at));
         }
         self.by_key[side].entry(held.key.clone()).or_default().insert(at);
         self.held[side].insert(at, held);

@@ -536,22 +536,19 @@ mod tests {
         let mut output = log.reader("out", StartAt::Beginning).unwrap();
         let mut state = log.reader("__query_q", StartAt::Beginning).unwrap();
         let marker = |r: &Record| r.key.as_deref() == Some(MARKER_KEY.as_bytes());
+        let rows = |n: usize| {
+            let mut seen = 0;
+            move |_: &Record| {
+                seen += 1;
+                seen == n
+            }
+        };
         append(&log, (0..1000).map(|i| format!("once-{i}"))).await;
-        let mut rows = 0;
-        read_until(output.as_mut(), |_| {
-            rows += 1;
-            rows == 1000
-        })
-        .await;
+        read_until(output.as_mut(), rows(1000)).await;
         // Rounds of busy keys, each checkpointed, until the state has been written whole.
         for _ in 0..8 {
             append(&log, (0..3000).map(|i| format!("busy-{i}"))).await;
-            let mut rows = 0;
-            read_until(output.as_mut(), |_| {
-                rows += 1;
-                rows == 3000
-            })
-            .await;
+            read_until(output.as_mut(), rows(3000)).await;
             read_until(state.as_mut(), marker).await;
         }
         stop.send(true).unwrap();

@@ -17,7 +17,7 @@ use sqlparser::ast::{self as sql, Ident, SelectItem};
 
 use super::ast::{Emit, Join, JoinKind, Select, SourceKind, Window};
 use super::expr::{plan_error, PlanError};
-use super::operator::{Operator, Output};
+use super::operator::{json_field, Operator, Output};
 use super::plan::{self, conjuncts, Column, Shape, Source};
 use super::{whole, LatestRows, QueryResult};
 use crate::geometry::Geometry;
@@ -577,14 +577,7 @@ impl LookupJoin {
         let key = record.key.as_ref().map(|k| Json::from(String::from_utf8_lossy(k).into_owned()));
         let mut joined = Map::new();
         for c in &self.columns {
-            let value = if c.key {
-                key.clone()
-            } else {
-                object
-                    .get(&c.name)
-                    .or_else(|| object.iter().find(|(k, _)| k.eq_ignore_ascii_case(&c.name)).map(|(_, v)| v))
-                    .cloned()
-            };
+            let value = if c.key { key.clone() } else { json_field(&object, &c.name).cloned() };
             if let Some(v) = value {
                 joined.insert(format!("{}.{}", self.qualifier, c.name), v);
             }
@@ -603,7 +596,7 @@ impl LookupJoin {
 }
 
 /// A key as the log holds it: strings as they are, other values as JSON.
-fn key_text(v: &Json) -> String {
+pub(crate) fn key_text(v: &Json) -> String {
     match v {
         Json::String(s) => s.clone(),
         other => other.to_string(),
