@@ -8,6 +8,7 @@
 
 mod broker_store;
 mod device_status;
+mod owners;
 mod owntracks;
 mod publish;
 mod relay;

@@ -179,8 +179,27 @@ where
         }
     }
 
+    let owed_elsewhere = match take_over(&shared, &client_id, !request.clean_start).await {
+        Ok(owed) => owed,
+        Err(e) => {
+            tracing::error!(%client_id, error = %e, "could not take the session over from another node; refusing the connection");
+            let _ = transport.send(refuse(Refusal::ServerUnavailable)).await;
+            return;
+        }
+    };
     let connected =
         shared.router.connect(&client_id, request.username.as_deref(), request.clean_start, request.session_expiry);
+    if !owed_elsewhere.is_empty() {
+        let stored = shared.router.adopt(&client_id, owed_elsewhere);
+        let adopted = match shared.store.save_queued(&stored).await {
+            Ok(()) => shared.store.adopted(&client_id).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = adopted {
+            // Still owed in the store as the other node's: delivered after a restart here.
+            tracing::error!(%client_id, error = %e, "could not store the deliveries handed over");
+        }
+    }
     // A lasting session is recorded before CONNACK; a clean start ends a stored one.
     let stored = if request.session_expiry > 0 {
         let record = connected.session.lock().unwrap().record();
@@ -286,11 +305,13 @@ where
             (true, why.as_str())
         }
     };
-    // A client taken over by a new connection with its id has not gone away.
-    if let Some(observer) = shared.observer.get().filter(|_| !shared.router.resumed_since(&client_id, generation)) {
+    // A client taken over by a new connection with its id, here or on another node, has not gone away.
+    let moved = connected.session.lock().unwrap().moved;
+    let resumed = moved || shared.router.resumed_since(&client_id, generation);
+    if let Some(observer) = shared.observer.get().filter(|_| !resumed) {
         observer.disconnected(&client_id, reason);
     }
-    if let (true, Some(will)) = (publish_will, request.will) {
+    if let (true, false, Some(will)) = (publish_will, moved, request.will) {
         let delay = will.delay_secs.min(expiry);
         let publication = connect::will_publication(will.publication, &client_id, request.username);
         if delay == 0 {
@@ -306,6 +327,21 @@ where
             });
         }
     }
+}
+
+/// Nodes sharing one log: makes this node the owner of the client's session; returns what
+/// the node that had it still owed. A resumed session is kept here before the other node lets
+/// go, so what is published meanwhile is not missed (it may come twice, which QoS 1 allows).
+async fn take_over(shared: &Arc<Shared>, client_id: &str, resume: bool) -> anyhow::Result<Vec<Delivery>> {
+    let Some(record) = shared.store.claim(client_id, resume).await? else { return Ok(Vec::new()) };
+    if resume {
+        shared.router.install(client_id, &record);
+    }
+    let owed = shared.store.handover(client_id, resume).await;
+    if owed.is_err() && resume {
+        shared.router.move_away(client_id);
+    }
+    owed
 }
 
 async fn publish_will_now(shared: &Arc<Shared>, publication: Publication) {

@@ -72,6 +72,26 @@ pub trait BrokerStore: Send + Sync + 'static {
     async fn clear_queued(&self, _client_id: &str) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// Nodes sharing one log: makes this node the owner of `client_id`'s session before a
+    /// connection attaches, so the node that had it closes its connection and stops keeping
+    /// it (one session per client id across the nodes, MQTT-3.1.4-2). Returns the lasting
+    /// session another node had; the move then finishes with [`BrokerStore::handover`].
+    async fn claim(&self, _client_id: &str, _resume: bool) -> anyhow::Result<Option<SessionRecord>> {
+        Ok(None)
+    }
+
+    /// After a claim that returned a session (kept here from now on if `resume`d): the other
+    /// node lets go of it, and what it still owed comes back, oldest first; a clean start
+    /// forgets it. Then [`BrokerStore::adopted`] once they are stored as this node's.
+    async fn handover(&self, _client_id: &str, _resume: bool) -> anyhow::Result<Vec<Delivery>> {
+        Ok(Vec::new())
+    }
+
+    /// The deliveries of a hand-over are stored again as this node's: forget the old copies.
+    async fn adopted(&self, _client_id: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -160,6 +180,9 @@ struct Shared {
     store: Arc<dyn BrokerStore>,
     metrics: Metrics,
     observer: std::sync::OnceLock<Arc<dyn SessionObserver>>,
+    /// Held to route (shared) and to move a session to another node (exclusive), so a
+    /// session leaves only when every delivery routed to it here has been stored.
+    routing: tokio::sync::RwLock<()>,
 }
 
 /// Why a client's credentials are refused.
@@ -203,6 +226,7 @@ impl Shared {
     /// Delivers publications to this node's subscribers; `save_retained`: this node keeps
     /// their retained copies (another node's messages it already kept in the shared store).
     async fn route(&self, publications: Vec<Publication>, save_retained: bool) -> anyhow::Result<()> {
+        let _routing = self.routing.read().await;
         let mut queued = Vec::new();
         for publication in publications {
             let publication = Arc::new(publication);
@@ -249,7 +273,9 @@ impl Broker {
         );
         let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let observer = std::sync::OnceLock::new();
-        let shared = Arc::new(Shared { config, connection_slots, security, router, sink, store, metrics, observer });
+        let routing = tokio::sync::RwLock::new(());
+        let shared =
+            Arc::new(Shared { config, connection_slots, security, router, sink, store, metrics, observer, routing });
         // Restored sessions are away from now on: their expiry clock starts now.
         for client_id in restored {
             connection::schedule_expiry(&shared, &client_id, 0);
@@ -306,6 +332,16 @@ impl Broker {
     /// subscribers, as if published here, without storing them again.
     pub async fn deliver_remote(&self, publications: Vec<Publication>) -> anyhow::Result<()> {
         self.shared.route(publications, false).await
+    }
+
+    /// Another node took `client_id`'s session over (nodes sharing one log): its connection
+    /// here, if any, is closed with 0x8E and the session is no longer kept here. Returns once
+    /// every delivery routed to it here has been stored, so the other node finds them all.
+    pub async fn session_moved(&self, client_id: &str) {
+        let _routing = self.shared.routing.write().await;
+        if self.shared.router.move_away(client_id) {
+            tracing::info!(%client_id, "session taken over by another node");
+        }
     }
 
     /// Accepts MQTT over TCP until the task is dropped; each connection runs on its own task.

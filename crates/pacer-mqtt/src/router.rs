@@ -81,6 +81,50 @@ impl Router {
         self.sessions.write().unwrap().insert(client_id.to_string(), Arc::new(Mutex::new(state)));
     }
 
+    /// Keeps a session another node had, offline until its client connects (it is being
+    /// taken over); one already here takes the record's subscriptions.
+    pub fn install(&self, client_id: &str, record: &SessionRecord) {
+        let mut sessions = self.sessions.write().unwrap();
+        match sessions.get(client_id) {
+            Some(session) => session.lock().unwrap().subscriptions = record.subscriptions.clone(),
+            None => {
+                let mut state = SessionState::new(record.expiry_secs);
+                state.subscriptions = record.subscriptions.clone();
+                sessions.insert(client_id.to_string(), Arc::new(Mutex::new(state)));
+            }
+        }
+    }
+
+    /// Forgets a session another node took over, closing its connection here. False when
+    /// there was none.
+    pub fn move_away(&self, client_id: &str) -> bool {
+        let Some(session) = self.sessions.write().unwrap().remove(client_id) else { return false };
+        let mut state = session.lock().unwrap();
+        state.moved = true;
+        if let Some(connection) = state.connection.take() {
+            connection.kick.notify_one();
+        }
+        true
+    }
+
+    /// Puts what the node that had a session still owed it ahead of its queue, numbered
+    /// as this node's; those to store again come back.
+    pub fn adopt(&self, client_id: &str, owed: Vec<Delivery>) -> Vec<QueuedDelivery> {
+        let Some(session) = self.session(client_id) else { return Vec::new() };
+        let mut state = session.lock().unwrap();
+        let mut stored = Vec::new();
+        for mut delivery in owed {
+            let seq = self.next_stored.fetch_add(1, Ordering::Relaxed);
+            delivery.stored = Some(seq);
+            stored.push(QueuedDelivery { client_id: client_id.to_string(), seq, delivery });
+        }
+        for q in stored.iter().rev() {
+            state.queue.push_front(q.delivery.clone());
+        }
+        state.wake();
+        stored
+    }
+
     /// Attaches a new connection to `client_id`'s session, disconnecting an earlier one
     /// (MQTT-3.1.4-2). A clean start discards what the session had.
     pub fn connect(&self, client_id: &str, username: Option<&str>, clean_start: bool, expiry_secs: u32) -> Connected {

@@ -83,6 +83,8 @@ pub struct SessionState {
     pub detached_generation: u64,
     /// The user the client authenticated as, for read permissions.
     pub username: Option<String>,
+    /// Another node took the session over: its last connection here leaves without a will.
+    pub moved: bool,
 }
 
 impl SessionState {
@@ -97,6 +99,7 @@ impl SessionState {
             connection: None,
             detached_generation: 0,
             username: None,
+            moved: false,
         }
     }
 

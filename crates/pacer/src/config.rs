@@ -193,8 +193,13 @@ pub struct MqttConfig {
     pub acl_file: Option<PathBuf>,
     /// Several nodes on one Kafka cluster: relay publications between them (`__mqtt_relay`)
     /// so a subscriber on any node gets what is published on any node. Off for one node:
-    /// it costs a second append per publish and a reader.
+    /// it costs a second append per publish and a reader. A persistent session then lives
+    /// on the node its client last connected to and moves with it.
     pub relay: bool,
+    /// This node's name among nodes sharing a log, unique and the same across restarts
+    /// (the sessions it keeps are recorded under it). Default: host name and MQTT port
+    /// (with port 0: and the process id, so a restarted node is a new one).
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,6 +337,19 @@ impl Default for TrackingConfig {
 }
 
 impl MqttConfig {
+    /// This node's name among nodes sharing a log: `node`, else `{host name}:{MQTT port}`.
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let host = Some(host.trim()).filter(|h| !h.is_empty()).unwrap_or("pacer");
+            match self.listen.rsplit(':').next().unwrap_or_default() {
+                // A port picked at start is not the same after a restart either.
+                "0" => format!("{host}:0-{}", std::process::id()),
+                port => format!("{host}:{port}"),
+            }
+        })
+    }
+
     /// The broker's own settings; listeners and files are wired by the server.
     pub fn broker(&self) -> pacer_mqtt::BrokerConfig {
         pacer_mqtt::BrokerConfig {
@@ -370,6 +388,7 @@ impl Default for MqttConfig {
             password_file: None,
             acl_file: None,
             relay: false,
+            node: None,
         }
     }
 }

@@ -50,15 +50,22 @@ impl Server {
             passwords: config.mqtt.password_file.as_deref().map(pacer_mqtt::auth::PasswordFile::load).transpose()?,
             acl: config.mqtt.acl_file.as_deref().map(pacer_mqtt::auth::Acl::load).transpose()?.map(Arc::new),
         };
-        let store = Arc::new(pacer_ingest::LogBrokerStore::new(log.clone()));
-        // On a shared log other nodes' clients publish too: relay between the nodes.
-        let relay = config.mqtt.relay.then(|| Arc::new(Relay::new(ingest.clone(), log.clone())));
+        // On a shared log other nodes' clients publish too: relay between the nodes, and
+        // keep each persistent session on one node.
+        let node = config.mqtt.node_name();
+        let relay = config.mqtt.relay.then(|| Arc::new(Relay::new(ingest.clone(), log.clone(), &node)));
+        let store = Arc::new(match &relay {
+            Some(relay) => pacer_ingest::LogBrokerStore::shared(log.clone(), relay.clone()),
+            None => pacer_ingest::LogBrokerStore::new(log.clone()),
+        });
         let sink: Arc<dyn pacer_mqtt::PublishSink> = match &relay {
             Some(relay) => relay.clone(),
             None => ingest,
         };
-        let broker =
-            Broker::start(broker_config, security, sink, store).await.context("restoring the broker's state")?;
+        let broker = Broker::start(broker_config, security, sink, store.clone())
+            .await
+            .context("restoring the broker's state")?;
+        let following_sessions = store.follow(broker.clone());
         let relaying = match relay {
             Some(relay) => Some(relay.delivery(broker.clone()).await.context("joining the MQTT relay")?),
             None => None,
@@ -191,6 +198,9 @@ impl Server {
         }
         for (stream, task) in publishing {
             tasks.spawn(async move { task.await.with_context(|| format!("publishing {stream} to MQTT")) });
+        }
+        if let Some(following) = following_sessions {
+            tasks.spawn(async move { following.await.context("following the sessions of the other nodes") });
         }
         if let Some(relaying) = relaying {
             tasks.spawn(async move { relaying.await.context("MQTT relay between nodes") });

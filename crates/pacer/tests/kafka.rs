@@ -728,3 +728,197 @@ fn pacer_talks_to_kafka_over_tls() {
     assert_eq!(message.payload(), Some(fix.as_bytes()));
     assert_eq!(message.key(), Some(&b"alice"[..]));
 }
+
+/// The config of node `name` of several relaying MQTT between them on `tansu`.
+fn relay_node(tansu: &Tansu, dir: &Path, name: &str) -> PathBuf {
+    kafka_config(dir, tansu, "s.", &format!("\n[mqtt]\nrelay = true\nnode = \"{name}\"\n"))
+}
+
+/// One session per client id across the nodes: a persistent session follows its client to
+/// whichever node it connects to, with what it was owed there, each message once; the same
+/// client id on another node ends the connection on the first (MQTT-3.1.4-2, cluster-wide);
+/// after `kill -9` of both nodes the session is still on the node it was last on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_moves_with_its_client_between_nodes() {
+    use common::mqtt311::{connected, disconnect, options, received, subscribed};
+    use rumqttc::{AsyncClient, EventLoop, QoS};
+
+    let tansu = Tansu::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (config_a, config_b) = (relay_node(&tansu, dir_a.path(), "a"), relay_node(&tansu, dir_b.path(), "b"));
+    let start = |dir: &Path, config: &Path| tokio::task::block_in_place(|| start_pacer(dir, config));
+    let publish = |pacer: &Pacer, n: u32| {
+        tokio::task::block_in_place(|| pacer.mosquitto_pub(&format!("x/{n}"), 1, &n.to_string()))
+    };
+    let connect = |pacer: &Pacer| AsyncClient::new(options(pacer, "keeper", false), 10);
+    // Sorted: messages from different nodes' publishers have no order among them.
+    async fn payloads(events: &mut EventLoop, n: usize) -> Vec<String> {
+        let mut payloads: Vec<String> =
+            received(events, n).await.iter().map(|p| String::from_utf8_lossy(&p.payload).into_owned()).collect();
+        payloads.sort();
+        payloads
+    }
+
+    let (mut a, mut b) = (start(dir_a.path(), &config_a), start(dir_b.path(), &config_b));
+    let (client, mut events) = connect(&a);
+    connected(&mut events).await;
+    client.subscribe("x/#", QoS::AtLeastOnce).await.unwrap();
+    subscribed(&mut events).await;
+    disconnect(client, events).await;
+    publish(&a, 1);
+    publish(&b, 2);
+
+    // Back on b: the session came along, with both messages owed on a. What b has was owed
+    // on a alone: a message published after connecting comes right after them.
+    let (client_b, mut events_b) = connect(&b);
+    assert!(connected(&mut events_b).await.session_present, "b took the session over from a");
+    publish(&a, 3);
+    assert_eq!(payloads(&mut events_b, 3).await, ["1", "2", "3"]);
+
+    // The same client id on a while connected to b: b closes its connection.
+    let (client_a, mut events_a) = connect(&a);
+    assert!(connected(&mut events_a).await.session_present, "a took the session back");
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if events_b.poll().await.is_err() {
+                return;
+            }
+        }
+    });
+    closed.await.expect("b kept the connection a took over");
+    drop(client_b);
+    publish(&b, 4);
+    assert_eq!(payloads(&mut events_a, 1).await, ["4"], "nothing b had delivered comes again from a");
+    disconnect(client_a, events_a).await;
+
+    // Owed on a when both nodes are killed, one published on b while a was down; the
+    // session is a's after the restart.
+    publish(&a, 5);
+    drop(a);
+    publish(&b, 6);
+    drop(b);
+    (a, b) = (start(dir_a.path(), &config_a), start(dir_b.path(), &config_b));
+    publish(&b, 7);
+    let (client, mut events) = connect(&b);
+    assert!(connected(&mut events).await.session_present, "b took the session over from the restarted a");
+    publish(&a, 8);
+    assert_eq!(payloads(&mut events, 4).await, ["5", "6", "7", "8"]);
+    disconnect(client, events).await;
+
+    // Nothing of it stayed owed on a either.
+    let (client, mut events) = connect(&a);
+    assert!(connected(&mut events).await.session_present);
+    publish(&b, 9);
+    assert_eq!(payloads(&mut events, 1).await, ["9"]);
+    disconnect(client, events).await;
+}
+
+/// Moves under load: a publisher on each node sends numbered QoS 1 messages without pause
+/// while a subscriber's persistent session moves between the nodes six times (each move a
+/// connection to the other node, which ends the one before). Every acknowledged message
+/// reaches the subscriber; duplicates (QoS 1 allows them, during a move) are only counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moving_under_load_misses_no_acknowledged_message() {
+    use common::mqtt311::{connected, options, subscribed};
+    use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Publishes `{name}-{i}` until `stop`, then returns how many, all acknowledged.
+    async fn publish_until(port: u16, name: &'static str, stop: Arc<AtomicBool>) -> u32 {
+        let mut o = rumqttc::MqttOptions::new(format!("pub-{name}"), "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        let (client, mut events) = AsyncClient::new(o, 10);
+        let mut sender = tokio::spawn(async move {
+            let mut sent = 0;
+            // A steady load that tansu and two nodes keep up with on a shared 2-core machine.
+            let mut pace = tokio::time::interval(Duration::from_millis(100));
+            while !stop.load(Ordering::Relaxed) {
+                pace.tick().await;
+                client
+                    .publish(format!("load/{name}"), QoS::AtLeastOnce, false, format!("{name}-{sent}"))
+                    .await
+                    .unwrap();
+                sent += 1;
+            }
+            sent
+        });
+        let (mut sent, mut acked) = (None, 0);
+        while sent.is_none_or(|n| acked < n) {
+            tokio::select! {
+                event = events.poll() => if let Event::Incoming(Packet::PubAck(_)) = event.expect("publisher connection") {
+                    acked += 1;
+                },
+                n = &mut sender, if sent.is_none() => sent = Some(n.unwrap()),
+            }
+        }
+        acked
+    }
+    /// Polls `events` for `n` messages (or until the connection ends, with `n` None).
+    async fn take(events: &mut EventLoop, n: Option<usize>, got: &mut HashMap<String, u32>) {
+        let mut taken = 0;
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while n.is_none_or(|n| taken < n) {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        *got.entry(String::from_utf8_lossy(&p.payload).into_owned()).or_default() += 1;
+                        taken += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) if n.is_none() => return e,
+                    Err(e) => panic!("subscriber connection lost: {e}"),
+                }
+            }
+            rumqttc::ConnectionError::RequestsDone
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{taken} of {n:?} messages in 60 s"));
+    }
+
+    let tansu = Tansu::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (config_a, config_b) = (relay_node(&tansu, dir_a.path(), "a"), relay_node(&tansu, dir_b.path(), "b"));
+    let (a, b) =
+        tokio::task::block_in_place(|| (start_pacer(dir_a.path(), &config_a), start_pacer(dir_b.path(), &config_b)));
+    let nodes = [&a, &b];
+    let (client, mut events) = AsyncClient::new(options(&a, "keeper", false), 10);
+    connected(&mut events).await;
+    client.subscribe("load/#", QoS::AtLeastOnce).await.unwrap();
+    subscribed(&mut events).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher_a = tokio::spawn(publish_until(a.mqtt_port, "a", stop.clone()));
+    let publisher_b = tokio::spawn(publish_until(b.mqtt_port, "b", stop.clone()));
+    let mut got: HashMap<String, u32> = HashMap::new();
+    let mut current = (client, events);
+    for step in 1..=6 {
+        take(&mut current.1, Some(20), &mut got).await;
+        let (client, mut events) = AsyncClient::new(options(nodes[step % 2], "keeper", false), 10);
+        // A move waits on round trips through tansu, slow under load (seconds).
+        let mut network = events.network_options();
+        network.set_connection_timeout(60);
+        events.set_network_options(network);
+        let started = Instant::now();
+        assert!(connected(&mut events).await.session_present, "move {step}: the session came along");
+        println!("move {step}: {:?}", started.elapsed());
+        // The node left closes the connection; what it still sent counts (rumqttc acked it).
+        take(&mut current.1, None, &mut got).await;
+        current = (client, events);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (sent_a, sent_b) = (publisher_a.await.unwrap(), publisher_b.await.unwrap());
+    let expected: Vec<String> =
+        (0..sent_a).map(|i| format!("a-{i}")).chain((0..sent_b).map(|i| format!("b-{i}"))).collect();
+    let missing = |got: &HashMap<String, u32>| expected.iter().filter(|m| !got.contains_key(*m)).count();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while missing(&got) > 0 {
+            take(&mut current.1, Some(1), &mut got).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!("{} of {} acknowledged messages never reached the subscriber", missing(&got), expected.len())
+    });
+    let twice: u32 = got.values().map(|n| n - 1).sum();
+    println!("{} messages ({sent_a} from a, {sent_b} from b), 6 moves, {twice} delivered twice", expected.len());
+}

@@ -10,6 +10,7 @@ use futures::StreamExt;
 
 pub mod joins;
 pub mod kill9;
+pub mod mqtt311;
 
 /// A throw-away CA and a server certificate for localhost and 127.0.0.1 signed by it:
 /// `ca.pem`, `server.pem` and `server.key` in `dir`.
