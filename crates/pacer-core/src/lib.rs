@@ -34,6 +34,10 @@ pub struct Publication {
     /// When Pacer received it, in milliseconds since the Unix epoch.
     pub received_at: i64,
     pub properties: MessageProperties,
+    /// Unique among the messages of all nodes sharing a log, given when the broker accepts
+    /// it: tells the same message apart when it reaches a session twice (a session moving
+    /// between nodes). None for messages from elsewhere (stream records).
+    pub id: Option<u128>,
 }
 
 /// What MQTT 5 lets a message carry besides its payload; passed on to subscribers as sent.

@@ -255,6 +255,7 @@ impl BrokerStore for LogBrokerStore {
                 retain: true,
                 username: None,
                 received_at: r.timestamp,
+                id: None,
                 properties: pacer_core::MessageProperties {
                     expires_at: r.header(EXPIRES_AT).and_then(|t| text(t).parse().ok()),
                     ..Default::default()
@@ -356,6 +357,9 @@ struct StoredProperties {
     user_properties: Vec<(String, String)>,
     expires_at: Option<i64>,
     username: Option<String>,
+    /// `Publication::id`, as a string: JSON numbers do not hold 128 bits everywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
 }
 
 fn with_writer(record: NewRecord, writer: Option<&str>) -> NewRecord {
@@ -399,6 +403,7 @@ pub(crate) fn publication_record(p: &Publication, key: Bytes) -> anyhow::Result<
         user_properties: p.properties.user_properties.clone(),
         expires_at: p.properties.expires_at,
         username: p.username.clone(),
+        id: p.id.map(|id| id.to_string()),
     };
     Ok(NewRecord::new(p.received_at, Some(key), p.payload.clone())
         .with_header(header::TOPIC, Bytes::from(p.topic.clone()))
@@ -419,6 +424,7 @@ pub(crate) fn record_publication(r: &Record) -> Option<Publication> {
         client_id: text(header::CLIENT_ID).unwrap_or_default(),
         username: properties.username,
         received_at: r.timestamp,
+        id: properties.id.and_then(|id| id.parse().ok()),
         properties: pacer_core::MessageProperties {
             payload_is_utf8: properties.payload_is_utf8,
             content_type: properties.content_type,

@@ -11,8 +11,9 @@
 //!    it queued for it.
 //! 4. The connecting node takes the deliveries still owed and numbers them as its own.
 //!
-//! So every message acknowledged before the move reaches the session once, and what comes
-//! during the move may reach it twice (QoS 1 allows it). A node that is down cannot answer:
+//! So every message acknowledged before the move reaches the session, and one routed to it on
+//! both nodes while it moved is taken once (by its id). As on one node, what the old
+//! connection had in flight unacknowledged is sent again. A node that is down cannot answer:
 //! the claim waits [`HANDOVER_WAIT`] and takes what it stored, which is all it acknowledged.
 
 use std::collections::HashMap;

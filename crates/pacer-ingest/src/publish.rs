@@ -101,6 +101,7 @@ impl StreamPublisher {
                 client_id: CLIENT_ID.into(),
                 username: None,
                 received_at: record.timestamp,
+                id: None,
                 properties: MessageProperties {
                     payload_is_utf8: json.is_some(),
                     content_type: json.is_some().then(|| "application/json".into()),

@@ -331,7 +331,7 @@ where
 
 /// Nodes sharing one log: makes this node the owner of the client's session; returns what
 /// the node that had it still owed. A resumed session is kept here before the other node lets
-/// go, so what is published meanwhile is not missed (it may come twice, which QoS 1 allows).
+/// go, so what is published meanwhile is not missed (and not taken twice: see `Router::adopt`).
 async fn take_over(shared: &Arc<Shared>, client_id: &str, resume: bool) -> anyhow::Result<Vec<Delivery>> {
     let Some(record) = shared.store.claim(client_id, resume).await? else { return Ok(Vec::new()) };
     if resume {
@@ -630,6 +630,7 @@ impl Connection {
             client_id: self.client_id.clone(),
             username: self.username.clone(),
             received_at: now,
+            id: None, // given when accepted
             properties: MessageProperties {
                 payload_is_utf8: props.is_utf8_payload,
                 content_type: props.content_type.map(|s| s.to_string()),

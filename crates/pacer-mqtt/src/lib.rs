@@ -183,6 +183,27 @@ struct Shared {
     /// Held to route (shared) and to move a session to another node (exclusive), so a
     /// session leaves only when every delivery routed to it here has been stored.
     routing: tokio::sync::RwLock<()>,
+    message_ids: MessageIds,
+}
+
+/// Ids for accepted messages: a random number for this broker's run, and a count.
+struct MessageIds {
+    run: u64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl MessageIds {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_i64(pacer_core::now_ms());
+        h.write_u32(std::process::id());
+        MessageIds { run: h.finish(), next: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn next(&self) -> u128 {
+        ((self.run as u128) << 64) | self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as u128
+    }
 }
 
 /// Why a client's credentials are refused.
@@ -218,7 +239,10 @@ impl Shared {
     }
 
     /// Makes publications durable (and the retained ones' retained copies), then routes them.
-    async fn accept(&self, publications: Vec<Publication>) -> anyhow::Result<()> {
+    async fn accept(&self, mut publications: Vec<Publication>) -> anyhow::Result<()> {
+        for p in &mut publications {
+            p.id = Some(self.message_ids.next());
+        }
         self.sink.accept(&publications).await?;
         self.route(publications, true).await
     }
@@ -273,9 +297,19 @@ impl Broker {
         );
         let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let observer = std::sync::OnceLock::new();
-        let routing = tokio::sync::RwLock::new(());
-        let shared =
-            Arc::new(Shared { config, connection_slots, security, router, sink, store, metrics, observer, routing });
+        let (routing, message_ids) = (tokio::sync::RwLock::new(()), MessageIds::new());
+        let shared = Arc::new(Shared {
+            config,
+            connection_slots,
+            security,
+            router,
+            sink,
+            store,
+            metrics,
+            observer,
+            routing,
+            message_ids,
+        });
         // Restored sessions are away from now on: their expiry clock starts now.
         for client_id in restored {
             connection::schedule_expiry(&shared, &client_id, 0);

@@ -6,7 +6,7 @@
 // Subscriptions are matched session by session; a topic trie replaces that when subscription
 // counts grow (see the broker issue).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -108,12 +108,14 @@ impl Router {
     }
 
     /// Puts what the node that had a session still owed it ahead of its queue, numbered
-    /// as this node's; those to store again come back.
+    /// as this node's; those to store again come back. A message the session has queued
+    /// here already (routed here too while it moved) is not taken twice.
     pub fn adopt(&self, client_id: &str, owed: Vec<Delivery>) -> Vec<QueuedDelivery> {
         let Some(session) = self.session(client_id) else { return Vec::new() };
         let mut state = session.lock().unwrap();
+        let queued: HashSet<u128> = state.queue.iter().filter_map(|d| d.publication.id).collect();
         let mut stored = Vec::new();
-        for mut delivery in owed {
+        for mut delivery in owed.into_iter().filter(|d| d.publication.id.is_none_or(|id| !queued.contains(&id))) {
             let seq = self.next_stored.fetch_add(1, Ordering::Relaxed);
             delivery.stored = Some(seq);
             stored.push(QueuedDelivery { client_id: client_id.to_string(), seq, delivery });
@@ -352,5 +354,40 @@ impl Router {
 
     pub fn retained_count(&self) -> usize {
         self.retained.read().unwrap().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(id: u128) -> Delivery {
+        let publication = Publication { topic: format!("x/{id}"), qos: 1, id: Some(id), ..Default::default() };
+        Delivery {
+            publication: Arc::new(publication),
+            qos: 1,
+            retain: false,
+            subscription_ids: Vec::new(),
+            stored: None,
+        }
+    }
+
+    /// A session taken over from another node: what that node still owed goes first, without
+    /// the messages routed here too while the session moved, each numbered anew.
+    #[test]
+    fn adopted_deliveries_go_first_and_not_twice() {
+        let router = Router::new(100, None, Metrics::default());
+        router.install("keeper", &SessionRecord { expiry_secs: u32::MAX, subscriptions: Vec::new() });
+        let session = router.session("keeper").unwrap();
+        session.lock().unwrap().queue.extend([delivery(3), delivery(4)]);
+
+        let stored = router.adopt("keeper", vec![delivery(1), delivery(2), delivery(3)]);
+
+        let ids = |ds: Vec<&Delivery>| ds.iter().map(|d| d.publication.id.unwrap()).collect::<Vec<_>>();
+        assert_eq!(ids(stored.iter().map(|q| &q.delivery).collect()), [1, 2], "stored again: the ones not here yet");
+        assert!(stored.iter().all(|q| q.delivery.stored == Some(q.seq)));
+        assert_ne!(stored[0].seq, stored[1].seq);
+        let state = session.lock().unwrap();
+        assert_eq!(ids(state.queue.iter().collect()), [1, 2, 3, 4]);
     }
 }
