@@ -286,7 +286,10 @@ impl BrokerStore for LogBrokerStore {
             .collect();
         let mut queued: Vec<QueuedDelivery> = Vec::new();
         for (client_id, _) in &sessions {
-            for ((_, seq), r) in view.owed.get(client_id).into_iter().flatten() {
+            let owed = view.owed.get(client_id).into_iter().flatten();
+            // Another node's, on a shared log: taken on as this node's once it follows the log.
+            let own = owed.filter(|((writer, _), _)| self.writer().is_none_or(|node| node == writer));
+            for ((_, seq), r) in own {
                 match queued_delivery(client_id, *seq, r) {
                     Some(q) => queued.push(q),
                     None => tracing::error!(%client_id, seq, "stored delivery unreadable; skipped"),
@@ -314,15 +317,7 @@ impl BrokerStore for LogBrokerStore {
             self.clear_queued(client_id).await?;
             return Ok(Vec::new());
         }
-        let mut deliveries = Vec::new();
-        for ((_, seq), r) in &owed {
-            match queued_delivery(client_id, *seq, r) {
-                Some(q) => deliveries.push(q.delivery),
-                None => tracing::error!(%client_id, seq, "handed-over delivery unreadable; skipped"),
-            }
-        }
-        owners.adopting(client_id, owed.into_iter().map(|(id, _)| id).collect());
-        Ok(deliveries)
+        Ok(owners.adopting(client_id, &owed))
     }
 
     async fn adopted(&self, client_id: &str) -> anyhow::Result<()> {
@@ -377,6 +372,18 @@ fn queued_record(q: &QueuedDelivery) -> anyhow::Result<NewRecord> {
         .with_header(DELIVERY_QOS, Bytes::from(d.qos.to_string()))
         .with_header(DELIVERY_RETAIN, Bytes::from(d.retain.to_string()))
         .with_header(SUBSCRIPTION_IDS, Bytes::from(ids.join(","))))
+}
+
+/// Deliveries from journal entries, in order; unreadable ones are logged and left out.
+pub(crate) fn owed_deliveries(client_id: &str, owed: &[((String, u64), Record)]) -> Vec<Delivery> {
+    let mut deliveries = Vec::new();
+    for ((_, seq), r) in owed {
+        match queued_delivery(client_id, *seq, r) {
+            Some(q) => deliveries.push(q.delivery),
+            None => tracing::error!(%client_id, seq, "stored delivery unreadable; skipped"),
+        }
+    }
+    deliveries
 }
 
 fn queued_delivery(client_id: &str, seq: u64, r: &Record) -> Option<QueuedDelivery> {

@@ -24,11 +24,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use pacer_core::Record;
 use pacer_log::{Log, StreamReader};
-use pacer_mqtt::{Broker, SessionRecord};
+use pacer_mqtt::{Broker, Delivery, SessionRecord};
 use tokio::sync::oneshot;
 
 use crate::broker_store::{
-    apply_journal, apply_session, keyed, JournalEntry, Owed, StoredSession, HANDED_OVER, QUEUE, READY, SESSIONS, WRITER,
+    apply_journal, apply_session, keyed, owed_deliveries, JournalEntry, Owed, StoredSession, HANDED_OVER, QUEUE, READY,
+    SESSIONS, WRITER,
 };
 use crate::relay::Relay;
 
@@ -177,8 +178,28 @@ impl Owners {
         owed
     }
 
-    pub fn adopting(&self, client_id: &str, ids: Vec<(String, u64)>) {
+    /// The deliveries of `owed`, to be stored as this node's; their old copies are marked
+    /// done once they are (`take_adopting`).
+    pub fn adopting(&self, client_id: &str, owed: &OwedList) -> Vec<Delivery> {
+        let ids = owed.iter().map(|(id, _)| id.clone()).collect();
         self.state.lock().unwrap().adopting.insert(client_id.to_string(), ids);
+        owed_deliveries(client_id, owed)
+    }
+
+    /// Sessions kept here with deliveries other nodes stored: after a restart, or a hand-over
+    /// that came after the claim stopped waiting.
+    async fn adopt_foreign(&self, broker: &Broker, client_ids: Vec<String>) {
+        for client_id in client_ids {
+            let owed = self.owed_elsewhere(&self.state.lock().unwrap().view.owed, &client_id);
+            if !owed.is_empty() {
+                tracing::info!(%client_id, owed = owed.len(), "taking on deliveries another node stored");
+                broker.adopt(&client_id, self.adopting(&client_id, &owed)).await;
+            }
+        }
+    }
+
+    fn kept_here(&self, view: &View, client_id: &str) -> bool {
+        view.sessions.get(client_id).is_some_and(|s| s.lasting() && s.node.as_deref() == Some(self.node()))
     }
 
     pub fn take_adopting(&self, client_id: &str) -> Vec<(String, u64)> {
@@ -191,7 +212,15 @@ impl Owners {
         async move {
             let (sessions, queue) =
                 readers.ok_or_else(|| anyhow::anyhow!("sessions followed before they were loaded"))?;
-            futures::try_join!(self.clone().follow_sessions(sessions, broker), self.follow_queue(queue))?;
+            let kept: Vec<String> = {
+                let state = self.state.lock().unwrap();
+                state.view.owed.keys().filter(|c| self.kept_here(&state.view, c)).cloned().collect()
+            };
+            self.adopt_foreign(&broker, kept).await;
+            futures::try_join!(
+                self.clone().follow_sessions(sessions, broker.clone()),
+                self.follow_queue(queue, broker)
+            )?;
             Ok(())
         }
     }
@@ -220,6 +249,9 @@ impl Owners {
                     }
                     let was_mine = before.as_ref().is_some_and(|b| b.node.as_deref() == Some(self.node()));
                     let taken = after.as_ref().is_some_and(|a| a.node.as_deref() != Some(self.node()));
+                    if after.as_ref().is_some_and(|a| a.node.as_deref() == Some(self.node())) {
+                        state.letting_go.retain(|_, c| *c != client_id); // it came back first
+                    }
                     match (was_mine && taken, claim) {
                         (false, _) => None,
                         // Let go once the claimer keeps the session (step 3).
@@ -250,17 +282,23 @@ impl Owners {
         Ok(())
     }
 
-    async fn follow_queue(self: Arc<Self>, mut reader: Box<dyn StreamReader>) -> anyhow::Result<()> {
+    async fn follow_queue(self: Arc<Self>, mut reader: Box<dyn StreamReader>, broker: Broker) -> anyhow::Result<()> {
         loop {
+            let mut late = Vec::new();
             for r in reader.next_batch().await? {
                 let mut state = self.state.lock().unwrap();
                 let JournalEntry::HandedOver { client_id, claim } = apply_journal(&mut state.view.owed, r) else {
                     continue;
                 };
-                if let Some(tell) = state.pending.get_mut(&claim).and_then(|p| p.handed.take()) {
-                    let _ = tell.send(self.owed_elsewhere(&state.view.owed, &client_id));
+                match state.pending.get_mut(&claim).map(|p| p.handed.take()) {
+                    Some(Some(tell)) => {
+                        let _ = tell.send(self.owed_elsewhere(&state.view.owed, &client_id));
+                    }
+                    None if self.kept_here(&state.view, &client_id) => late.push(client_id),
+                    _ => {}
                 }
             }
+            self.adopt_foreign(&broker, late).await;
         }
     }
 }

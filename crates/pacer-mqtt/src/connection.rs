@@ -190,15 +190,7 @@ where
     let connected =
         shared.router.connect(&client_id, request.username.as_deref(), request.clean_start, request.session_expiry);
     if !owed_elsewhere.is_empty() {
-        let stored = shared.router.adopt(&client_id, owed_elsewhere);
-        let adopted = match shared.store.save_queued(&stored).await {
-            Ok(()) => shared.store.adopted(&client_id).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = adopted {
-            // Still owed in the store as the other node's: delivered after a restart here.
-            tracing::error!(%client_id, error = %e, "could not store the deliveries handed over");
-        }
+        shared.adopt(&client_id, owed_elsewhere).await;
     }
     // A lasting session is recorded before CONNACK; a clean start ends a stored one.
     let stored = if request.session_expiry > 0 {

@@ -247,6 +247,19 @@ impl Shared {
         self.route(publications, true).await
     }
 
+    /// Takes on what another node still owed a session kept here now (see `Router::adopt`).
+    async fn adopt(&self, client_id: &str, owed: Vec<Delivery>) {
+        let stored = self.router.adopt(client_id, owed);
+        let adopted = match self.store.save_queued(&stored).await {
+            Ok(()) => self.store.adopted(client_id).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = adopted {
+            // Still owed in the store as the other node's: taken on again after a restart here.
+            tracing::error!(%client_id, error = %e, "could not store the deliveries handed over");
+        }
+    }
+
     /// Delivers publications to this node's subscribers; `save_retained`: this node keeps
     /// their retained copies (another node's messages it already kept in the shared store).
     async fn route(&self, publications: Vec<Publication>, save_retained: bool) -> anyhow::Result<()> {
@@ -375,6 +388,14 @@ impl Broker {
         let _routing = self.shared.routing.write().await;
         if self.shared.router.move_away(client_id) {
             tracing::info!(%client_id, "session taken over by another node");
+        }
+    }
+
+    /// Takes on deliveries another node stored for a session kept here now, after the move
+    /// (that node answered late, or this one restarted before taking them on).
+    pub async fn adopt(&self, client_id: &str, owed: Vec<Delivery>) {
+        if self.shared.router.session(client_id).is_some() {
+            self.shared.adopt(client_id, owed).await;
         }
     }
 

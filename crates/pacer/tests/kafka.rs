@@ -923,3 +923,50 @@ async fn a_session_moving_under_load_misses_no_acknowledged_message() {
     let twice: u32 = got.values().map(|n| n - 1).sum();
     println!("{} messages ({sent_a} from a, {sent_b} from b), 6 moves, {twice} delivered twice", expected.len());
 }
+
+/// A move from a node that cannot answer (paused with SIGSTOP): the claim stops waiting
+/// after 10 s and the client is served from the other node; what the paused node queued
+/// for the session once it resumed (here: a message published before the move) reaches the
+/// client on its new node when the paused node lets go, late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moving_away_from_a_paused_node_gets_what_that_node_queued_late() {
+    use common::mqtt311::{connected, options, received, subscribed};
+    use rumqttc::{AsyncClient, QoS};
+
+    let signal = |pacer: &Pacer, signal: &str| {
+        let status = Command::new("kill").args([signal, &pacer.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    };
+    let tansu = Tansu::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (config_a, config_b) = (relay_node(&tansu, dir_a.path(), "a"), relay_node(&tansu, dir_b.path(), "b"));
+    let (a, b) =
+        tokio::task::block_in_place(|| (start_pacer(dir_a.path(), &config_a), start_pacer(dir_b.path(), &config_b)));
+    let (client, mut events) = AsyncClient::new(options(&a, "keeper", false), 10);
+    connected(&mut events).await;
+    client.subscribe("x/#", QoS::AtLeastOnce).await.unwrap();
+    subscribed(&mut events).await;
+    common::mqtt311::disconnect(client, events).await;
+
+    signal(&a, "-STOP");
+    tokio::task::block_in_place(|| b.mosquitto_pub("x/1", 1, "1"));
+    let (_client, mut events) = AsyncClient::new(options(&b, "keeper", false), 10);
+    let mut network = events.network_options();
+    network.set_connection_timeout(60);
+    events.set_network_options(network);
+    assert!(connected(&mut events).await.session_present, "b took the session without a's answer");
+    signal(&a, "-CONT");
+    // A resumed node's Kafka clients reconnect first: slow when tansu is busy with other tests.
+    let late = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = events.poll().await.expect("subscriber") {
+                return p;
+            }
+        }
+    });
+    let got = late.await.expect("what a queued after it resumed never came over");
+    assert_eq!(String::from_utf8_lossy(&got.payload), "1", "queued on a after it resumed, handed over late");
+    tokio::task::block_in_place(|| b.mosquitto_pub("x/2", 1, "2"));
+    let got = received(&mut events, 1).await;
+    assert_eq!(String::from_utf8_lossy(&got[0].payload), "2", "and nothing twice");
+}
