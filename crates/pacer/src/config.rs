@@ -474,6 +474,14 @@ impl Config {
                 config.mqtt.max_packet_size
             );
         }
+        // The name keys this node's sessions in the shared log: blank would match none.
+        if let Some(node) = config.mqtt.node.as_ref().filter(|n| n.trim().is_empty() || n.contains(char::is_whitespace))
+        {
+            anyhow::bail!(
+                "{}: [mqtt] node = {node:?}: give a name without spaces, unique among the nodes",
+                path.display()
+            );
+        }
         Ok(config)
     }
 }
@@ -491,6 +499,17 @@ mod tests {
         assert!(err.contains("pacer.toml"), "{err}");
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn a_blank_node_name_is_refused_with_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pacer.toml");
+        std::fs::write(&path, "[mqtt]\nrelay = true\nnode = \" \"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("pacer.toml") && err.contains("[mqtt] node"), "{err}");
+        std::fs::write(&path, "[mqtt]\nrelay = true\nnode = \"pacer-1\"\n").unwrap();
+        assert_eq!(Config::load(&path).unwrap().mqtt.node_name(), "pacer-1");
     }
 
     #[test]

@@ -857,23 +857,13 @@ fn sum_into(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::ast::Statement;
-    use crate::engine::parse;
-    use crate::engine::plan::{plan, Column, Source};
+    use crate::engine::plan::test_support::{plan_sql, stream};
     use bytes::Bytes;
     use pacer_core::Record;
 
     fn aggregation(sql: &str) -> Aggregation {
-        let source = Source {
-            name: "r".into(),
-            kind: SourceKind::Stream,
-            topic: "r".into(),
-            columns: vec![Column { name: "temp".into(), data_type: DataType::Double, key: false }],
-            timestamp: None,
-            windowed: false,
-        };
-        let Some(Statement::Select(select)) = parse::parse(sql).unwrap().pop() else { panic!("a SELECT") };
-        Aggregation::new(&plan(&select, &source, &crate::Geometry::default()).unwrap()).unwrap()
+        let source = stream("r", &[("temp", DataType::Double)]);
+        Aggregation::new(&plan_sql(sql, &source, &crate::Geometry::default())).unwrap()
     }
 
     fn batch(values: &[&str]) -> RecordBatch {

@@ -1273,26 +1273,12 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::ast::{SourceKind, Statement};
-    use crate::engine::parse::parse;
-    use crate::engine::plan::{plan, Column, Source};
+    use crate::engine::plan::test_support::{plan_sql, stream};
     use bytes::Bytes;
 
     fn operator(sql: &str) -> Operator {
-        let Statement::Select(select) = parse(sql).unwrap().pop().unwrap() else { panic!() };
-        let columns = [("who", DataType::String), ("speed", DataType::Double)]
-            .into_iter()
-            .map(|(n, t)| Column { name: n.into(), data_type: t, key: false })
-            .collect();
-        let source = Source {
-            name: "s".into(),
-            kind: SourceKind::Stream,
-            topic: "s".into(),
-            columns,
-            timestamp: None,
-            windowed: false,
-        };
-        Operator::new(plan(&select, &source, &crate::geometry::Geometry::default()).unwrap())
+        let source = stream("s", &[("who", DataType::String), ("speed", DataType::Double)]);
+        Operator::new(plan_sql(sql, &source, &crate::geometry::Geometry::default()))
     }
 
     fn record(offset: u64, t: i64, who: &str, speed: f64) -> Record {
@@ -1434,22 +1420,11 @@ mod tests {
         FROM fixes GROUP BY who EMIT CHANGES";
 
     fn league() -> Operator {
-        let Statement::Select(select) = parse(LEAGUE).unwrap().pop().unwrap() else { panic!() };
-        let columns = [("who", DataType::String), ("lat", DataType::Double), ("lon", DataType::Double)]
-            .into_iter()
-            .map(|(n, t)| Column { name: n.into(), data_type: t, key: false })
-            .collect();
-        let source = Source {
-            name: "fixes".into(),
-            kind: SourceKind::Stream,
-            topic: "fixes".into(),
-            columns,
-            timestamp: None,
-            windowed: false,
-        };
+        let source =
+            stream("fixes", &[("who", DataType::String), ("lat", DataType::Double), ("lon", DataType::Double)]);
         let mut geometry = crate::geometry::Geometry::default();
         geometry.add_course(crate::Course::new("line", vec![(0.0, 0.0), (0.009, 0.0)]).unwrap());
-        Operator::new(plan(&select, &source, &geometry).unwrap())
+        Operator::new(plan_sql(LEAGUE, &source, &geometry))
     }
 
     /// A fix `metres` east of the start at `t` seconds.

@@ -508,22 +508,9 @@ mod tests {
     use crate::engine::ast::Statement;
     use crate::engine::operator::{Operator, Output};
     use crate::engine::parse::parse;
+    use crate::engine::plan::test_support::source;
     use crate::engine::value::DataType;
     use pacer_log::UNION_STRIDE;
-
-    fn source(name: &str, kind: SourceKind, columns: &[(&str, DataType, bool)]) -> Source {
-        Source {
-            name: name.into(),
-            kind,
-            topic: name.into(),
-            columns: columns
-                .iter()
-                .map(|(n, t, k)| Column { name: n.to_string(), data_type: t.clone(), key: *k })
-                .collect(),
-            timestamp: None,
-            windowed: false,
-        }
-    }
 
     fn operator(sql: &str, left: &Source, right: &Source) -> Operator {
         let Some(Statement::Select(select)) = parse(sql).unwrap().pop() else { panic!("{sql}") };

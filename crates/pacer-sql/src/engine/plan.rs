@@ -703,18 +703,51 @@ mod type_text {
     }
 }
 
+/// How tests declare sources and plan statements over them.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
     use crate::engine::ast::Statement;
-    use crate::engine::parse::parse;
 
-    fn select(sql: &str) -> Select {
-        match parse(sql).unwrap().pop().unwrap() {
+    /// A stream or table with these `(name, type, key)` columns; its topic is its name.
+    pub fn source(name: &str, kind: SourceKind, columns: &[(&str, DataType, bool)]) -> Source {
+        Source {
+            name: name.into(),
+            kind,
+            topic: name.into(),
+            columns: columns
+                .iter()
+                .map(|(n, t, k)| Column { name: n.to_string(), data_type: t.clone(), key: *k })
+                .collect(),
+            timestamp: None,
+            windowed: false,
+        }
+    }
+
+    /// A stream with these columns, none of them a key.
+    pub fn stream(name: &str, columns: &[(&str, DataType)]) -> Source {
+        let columns: Vec<_> = columns.iter().map(|(n, t)| (*n, t.clone(), false)).collect();
+        source(name, SourceKind::Stream, &columns)
+    }
+
+    /// The SELECT in `sql`.
+    pub fn select(sql: &str) -> Select {
+        match crate::engine::parse::parse(sql).unwrap().pop().unwrap() {
             Statement::Select(s) => *s,
             other => panic!("{other:?}"),
         }
     }
+
+    /// The plan of the SELECT in `sql` over `source`.
+    pub fn plan_sql(sql: &str, source: &Source, geometry: &Geometry) -> Plan {
+        plan(&select(sql), source, geometry).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{select, stream};
+    use super::*;
 
     fn race() -> Source {
         let columns = [
@@ -722,18 +755,8 @@ mod tests {
             ("lat", DataType::Double),
             ("lon", DataType::Double),
             ("speed", DataType::Double),
-        ]
-        .into_iter()
-        .map(|(n, t)| Column { name: n.into(), data_type: t, key: false })
-        .collect();
-        Source {
-            name: "race_stream".into(),
-            kind: SourceKind::Stream,
-            topic: "race".into(),
-            columns,
-            timestamp: None,
-            windowed: false,
-        }
+        ];
+        Source { topic: "race".into(), ..stream("race_stream", &columns) }
     }
 
     #[test]

@@ -470,27 +470,13 @@ fn dead_letter(query: &str, plan: &Plan, record: &Record, reason: &str) -> NewRe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::ast::{SourceKind, Statement};
-    use crate::engine::parse::parse;
-    use crate::engine::plan::{plan, Column, Source};
+    use crate::engine::plan::test_support::{plan_sql, stream};
     use crate::engine::value::DataType;
     use pacer_log::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy};
 
     fn counts_by_key() -> Plan {
-        let source = Source {
-            name: "s".into(),
-            kind: SourceKind::Stream,
-            topic: "s".into(),
-            columns: vec![Column { name: "k".into(), data_type: DataType::String, key: false }],
-            timestamp: None,
-            windowed: false,
-        };
-        let Some(Statement::Select(select)) =
-            parse("SELECT k, COUNT(*) AS n FROM s GROUP BY k EMIT CHANGES").unwrap().pop()
-        else {
-            panic!()
-        };
-        plan(&select, &source, &crate::Geometry::default()).unwrap()
+        let source = stream("s", &[("k", DataType::String)]);
+        plan_sql("SELECT k, COUNT(*) AS n FROM s GROUP BY k EMIT CHANGES", &source, &crate::Geometry::default())
     }
 
     fn start(log: &Arc<dyn Log>) -> (watch::Sender<bool>, JoinHandle<anyhow::Result<()>>) {
