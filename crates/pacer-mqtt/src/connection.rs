@@ -248,8 +248,12 @@ where
         aliases_in: HashMap::new(),
         aliases_out: HashMap::new(),
         inbound_qos1: 0,
+        recording: Vec::new(),
     };
     let close = conn.run(&mut transport, &connected.wake, &connected.kick).await;
+    for recording in std::mem::take(&mut conn.recording) {
+        let _ = recording.await;
+    }
     if let Close::Abnormal { reason: Some(reason), why } = &close {
         if let Some(packet) = wire::encode(version, Out::Disconnect { reason: *reason, message: why.clone() }) {
             let _ = transport.send(packet).await;
@@ -380,6 +384,9 @@ struct Connection {
     aliases_out: HashMap<String, u16>,
     /// Inbound QoS 1 publishes not acknowledged yet.
     inbound_qos1: usize,
+    /// Acknowledgements of stored deliveries being recorded; awaited before the connection
+    /// closes, so a client that acknowledged and left is not sent them again after a crash.
+    recording: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Connection {
@@ -696,14 +703,15 @@ impl Connection {
 
     /// Records that the subscriber has a stored delivery, so a restart does not send it again.
     /// Losing this record only means one more delivery, so nothing waits for it.
-    fn forget_stored(&self, done: Option<Inflight>) {
+    fn forget_stored(&mut self, done: Option<Inflight>) {
         let Some(seq) = done.and_then(|i| i.delivery.stored) else { return };
         let (store, client_id) = (self.shared.store.clone(), self.client_id.clone());
-        tokio::spawn(async move {
+        self.recording.retain(|r| !r.is_finished());
+        self.recording.push(tokio::spawn(async move {
             if let Err(e) = store.delivered(&client_id, seq).await {
                 tracing::warn!(%client_id, seq, error = %e, "could not record a delivery; it may be sent again after a restart");
             }
-        });
+        }));
     }
 
     /// Applies a SUBSCRIBE; returns the SUBACK codes and, for a lasting session, what to
