@@ -60,11 +60,19 @@ pub struct NewRecord {
     pub key: Option<Bytes>,
     pub value: Bytes,
     pub headers: Vec<(String, Bytes)>,
+    /// The partition it goes to; `None` lets the log choose by key (round robin without one).
+    pub partition: Option<u32>,
 }
 
 impl NewRecord {
     pub fn new(timestamp: i64, key: Option<Bytes>, value: impl Into<Bytes>) -> Self {
-        NewRecord { timestamp, key, value: value.into(), headers: Vec::new() }
+        NewRecord { timestamp, key, value: value.into(), headers: Vec::new(), partition: None }
+    }
+
+    /// The record sent to `partition` whatever its key.
+    pub fn to_partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
     }
 
     pub fn with_header(mut self, name: &str, value: impl Into<Bytes>) -> Self {

@@ -144,7 +144,13 @@ impl Ingest {
         Some(match rule.decode(p) {
             Ok(decoded) => (
                 rule.stream(),
-                NewRecord { timestamp: decoded.timestamp, key: decoded.key, value: decoded.value, headers },
+                NewRecord {
+                    timestamp: decoded.timestamp,
+                    key: decoded.key,
+                    value: decoded.value,
+                    headers,
+                    partition: None,
+                },
                 decoded.offline,
             ),
             Err(reason) => {
@@ -161,6 +167,7 @@ impl Ingest {
                     key: Some(Bytes::from(p.topic.clone())),
                     value: Bytes::from(value.to_string()),
                     headers,
+                    partition: None,
                 };
                 (DEAD_LETTERS, record, false)
             }

@@ -245,6 +245,11 @@ impl KafkaLog {
     /// Creates the topic unless it exists. Clusters without auto-creation (and tansu) need
     /// this before the first produce.
     async fn ensure_topic(&self, stream: &str, topic: &str) -> Result<()> {
+        self.ensure_topic_with(stream, topic, None).await
+    }
+
+    /// Creates the topic with `partitions` (`None`: as configured) unless it exists.
+    async fn ensure_topic_with(&self, stream: &str, topic: &str, partitions: Option<u32>) -> Result<()> {
         if self.topics.lock().unwrap().contains(topic) {
             return Ok(());
         }
@@ -252,7 +257,7 @@ impl KafkaLog {
         let retention_ms = settings.stream_retention_ms.get(stream).copied().or(settings.retention_ms);
         let (retention_ms, retention_bytes) =
             (retention_ms.map(|v| v.to_string()), settings.retention_bytes.map(|v| v.to_string()));
-        let partitions = pacer_log::partitions_for(stream, settings.partitions);
+        let partitions = partitions.unwrap_or_else(|| pacer_log::partitions_for(stream, settings.partitions));
         let mut new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(self.config.replication_factor));
         if let Some(ms) = &retention_ms {
             new = new.set("retention.ms", ms);
@@ -344,6 +349,10 @@ fn client_error(brokers: &str, error: KafkaError) -> LogError {
 
 #[async_trait]
 impl Log for KafkaLog {
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Appended>> {
         validate_stream_name(stream)?;
         let topic = self.topic(stream);
@@ -358,6 +367,9 @@ impl Log for KafkaLog {
                 FutureRecord::to(&topic).payload(record.value.as_ref()).timestamp(record.timestamp).headers(headers);
             if let Some(key) = &record.key {
                 message = message.key(key.as_ref());
+            }
+            if let Some(partition) = record.partition {
+                message = message.partition(partition as i32);
             }
             loop {
                 match self.producer.send_result(message) {
@@ -380,6 +392,11 @@ impl Log for KafkaLog {
             }
         }
         Ok(appended)
+    }
+
+    async fn create_stream(&self, stream: &str, partitions: u32) -> Result<()> {
+        validate_stream_name(stream)?;
+        self.ensure_topic_with(stream, &self.topic(stream), Some(partitions.max(1))).await
     }
 
     fn reader(&self, stream: &str, start: StartAt) -> Result<Box<dyn StreamReader>> {

@@ -35,6 +35,8 @@ pub enum LogError {
     /// stream and cluster.
     #[error("{error}")]
     Cluster { stream: String, error: String },
+    #[error("stream {stream:?} has {partitions} partitions: there is no partition {partition}")]
+    NoSuchPartition { stream: String, partition: u32, partitions: u32 },
     #[error("the log is closed")]
     Closed,
 }
@@ -81,6 +83,10 @@ pub trait Log: Send + Sync + 'static {
     /// in order, once they are durable.
     async fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Appended>>;
 
+    /// Creates `stream` with `partitions` partitions, unless it exists (it is then left as it
+    /// is): for a stream whose records name their partitions.
+    async fn create_stream(&self, stream: &str, partitions: u32) -> Result<()>;
+
     /// A reader over every partition of `stream`. A stream that does not exist yet is waited for.
     fn reader(&self, stream: &str, start: StartAt) -> Result<Box<dyn StreamReader>>;
 
@@ -94,6 +100,11 @@ pub trait Log: Send + Sync + 'static {
 
     /// User streams; internal ones (named `__…`) are left out.
     fn streams(&self) -> Vec<StreamInfo>;
+
+    /// Whether other nodes may share this log (a Kafka cluster): work is then spread over them.
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// How many partitions `stream` has; 0 when there is no such stream.
     fn partitions(&self, stream: &str) -> u32 {

@@ -357,6 +357,20 @@ async fn the_log_contract_holds_on_kafka() {
     assert_eq!(contract.partitions, 3);
     assert_eq!(contract.records, keys.len() as u64 + 1);
     assert!(streams.iter().all(|s| !s.name.starts_with("__")), "{streams:?}");
+
+    // A stream created with its own partition count takes records to the partitions they name.
+    log.create_stream("__lanes", 4).await.unwrap();
+    log.create_stream("__lanes", 9).await.unwrap(); // exists: left as it is
+    assert_eq!(log.partitions("__lanes"), 4);
+    let placed = vec![
+        NewRecord::new(1, Some(Bytes::from("alice")), "a").to_partition(3),
+        NewRecord::new(2, None, "b").to_partition(1),
+    ];
+    let appended = log.append("__lanes", placed).await.unwrap();
+    assert_eq!(appended.iter().map(|a| a.partition).collect::<Vec<_>>(), [3, 1]);
+    let mut lane = log.partition_reader("__lanes", &[3], StartAt::Beginning).unwrap();
+    let got = read_all(&mut *lane, 1).await;
+    assert_eq!((got[0].partition, got[0].key.as_deref()), (3, Some(&b"alice"[..])));
 }
 
 async fn read_all(reader: &mut dyn pacer_log::StreamReader, n: usize) -> Vec<pacer_core::Record> {
@@ -411,23 +425,27 @@ fn two_nodes_split_a_query(kill_one: bool) {
     std::fs::write(&config, std::fs::read_to_string(&config).unwrap().replace("partitions = 2", "partitions = 4"))
         .unwrap();
     let a = start_pacer(dir_a.path(), &config);
+    // Grouped by the key, each partition's task counts its own devices; grouped by a value
+    // field, each partition's task forwards its records to the partition of their site.
     let (status, answer) = a.post_sql(
-        "CREATE STREAM readings (device STRING KEY, temp DOUBLE) WITH (kafka_topic='readings', value_format='JSON', partitions=4);
+        "CREATE STREAM readings (device STRING KEY, site STRING, temp DOUBLE) WITH (kafka_topic='readings', value_format='JSON', partitions=4);
          CREATE TABLE per_device WITH (kafka_topic='per_device') AS
-           SELECT device, COUNT(*) AS n, SUM(temp) AS total FROM readings GROUP BY device EMIT CHANGES;",
+           SELECT device, COUNT(*) AS n, SUM(temp) AS total FROM readings GROUP BY device EMIT CHANGES;
+         CREATE TABLE per_site WITH (kafka_topic='per_site') AS
+           SELECT site, COUNT(*) AS n, SUM(temp) AS total FROM readings GROUP BY site EMIT CHANGES;",
     );
     assert_eq!(status, 200, "{answer}");
     // The input topic exists before anyone writes, so the group can form first.
-    let (input, output) = (format!("{prefix}readings"), format!("{prefix}per_device"));
+    let input = format!("{prefix}readings");
     tansu.create_topic(&input, 4);
 
     // The second node reads the catalog from the cluster and joins the query's group.
     let b = start_pacer(dir_b.path(), &config);
-    let split = |a: &Pacer, b: Option<&Pacer>| {
+    let split = |a: &Pacer, b: Option<&Pacer>, query: &str| {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let pa = owned_partitions(a, "CTAS_PER_DEVICE");
-            let pb = b.map(|b| owned_partitions(b, "CTAS_PER_DEVICE")).unwrap_or_default();
+            let pa = owned_partitions(a, query);
+            let pb = b.map(|b| owned_partitions(b, query)).unwrap_or_default();
             let mut all: Vec<u64> = pa.iter().chain(&pb).copied().collect();
             all.sort();
             if !pa.is_empty() && (b.is_none() || !pb.is_empty()) && all == [0, 1, 2, 3] {
@@ -438,77 +456,117 @@ fn two_nodes_split_a_query(kill_one: bool) {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    split(&a, Some(&b));
+    split(&a, Some(&b), "CTAS_PER_DEVICE");
+    split(&a, Some(&b), "CTAS_PER_SITE");
 
     let producer: FutureProducer = tansu.client().set("partitioner", "murmur2_random").create().unwrap();
-    let mut expected: BTreeMap<String, (u64, f64)> = BTreeMap::new();
-    let produce = |from: u64, to: u64, expected: &mut BTreeMap<String, (u64, f64)>| {
+    let (mut per_device, mut per_site) = (Totals::default(), Totals::default());
+    let produce = |from: u64, to: u64, per_device: &mut Totals, per_site: &mut Totals| {
         tokio::runtime::Runtime::new().unwrap().block_on(async {
             for i in from..to {
-                let device = format!("device-{}", i % 20);
+                let (device, site) = (format!("device-{}", i % 20), format!("site-{}", i % 3));
                 let temp = (i % 7) as f64 + 0.5;
-                let value = serde_json::json!({ "temp": temp }).to_string();
+                let value = serde_json::json!({ "site": site, "temp": temp }).to_string();
                 let record = FutureRecord::to(&input).key(&device).payload(&value).timestamp(1_700_000_000_000);
                 producer.send(record, Duration::from_secs(10)).await.unwrap();
-                let e = expected.entry(device).or_default();
-                e.0 += 1;
-                e.1 += temp;
+                per_device.add(device, temp);
+                per_site.add(site, temp);
             }
         })
     };
-
-    // The table's rows as a Kafka consumer sees them: the latest per device is the total.
-    let consumer: BaseConsumer = tansu.client().set("group.id", "check").create().unwrap();
-    let mut latest: BTreeMap<String, (u64, f64)> = BTreeMap::new();
-    let mut rows = 0;
-    let mut assigned = false;
-    let mut read_until = |expected: &BTreeMap<String, (u64, f64)>| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while latest != *expected {
-            assert!(Instant::now() < deadline, "per_device never reached the totals:\n{latest:?}\n{expected:?}");
-            if !assigned {
-                let metadata = consumer.fetch_metadata(Some(&output), Duration::from_secs(10)).unwrap();
-                let mut list = TopicPartitionList::new();
-                for p in metadata.topics().iter().filter(|t| t.error().is_none()).flat_map(|t| t.partitions()) {
-                    list.add_partition_offset(&output, p.id(), Offset::Beginning).unwrap();
-                }
-                assigned = list.count() > 0;
-                if assigned {
-                    consumer.assign(&list).unwrap();
-                } else {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                continue;
-            }
-            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
-                let message = message.unwrap();
-                let v: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
-                let device = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
-                latest.insert(device, (v["n"].as_u64().unwrap(), v["total"].as_f64().unwrap()));
-                rows += 1;
-            }
-        }
-        rows
-    };
+    let mut device_table = TableReader::new(&tansu, format!("{prefix}per_device"));
+    let mut site_table = TableReader::new(&tansu, format!("{prefix}per_site"));
     let b = if kill_one {
-        produce(0, 100, &mut expected);
-        read_until(&expected);
+        produce(0, 100, &mut per_device, &mut per_site);
+        device_table.read_until(&per_device);
+        site_table.read_until(&per_site);
         drop(b); // SIGKILL
         None
     } else {
         Some(b)
     };
-    produce(if kill_one { 100 } else { 0 }, 200, &mut expected);
-    let rows = read_until(&expected);
-    // One change row per input record: no record was counted by two nodes (or two tasks),
-    // nor twice by the node that took over from the killed one.
-    let written: i64 = (0..4)
-        .map(|p| consumer.fetch_watermarks(&output, p, Duration::from_secs(10)).map_or(0, |(low, high)| high - low))
-        .sum();
-    assert_eq!((rows, written), (200, 200));
+    produce(if kill_one { 100 } else { 0 }, 200, &mut per_device, &mut per_site);
+    // One change row per input record in each table: no record was counted by two nodes (or
+    // two tasks), nor twice by the node that took over from the killed one, nor forwarded
+    // twice to its site's partition.
+    assert_eq!(device_table.read_until(&per_device), (200, 200));
+    assert_eq!(site_table.read_until(&per_site), (200, 200));
     // Each node ran only its share all along; a survivor runs them all.
-    let (pa, pb) = split(&a, b.as_ref());
-    assert!(pa.iter().all(|p| !pb.contains(p)), "{pa:?} {pb:?}");
+    for query in ["CTAS_PER_DEVICE", "CTAS_PER_SITE"] {
+        let (pa, pb) = split(&a, b.as_ref(), query);
+        assert!(pa.iter().all(|p| !pb.contains(p)), "{query}: {pa:?} {pb:?}");
+    }
+}
+
+/// Count and sum of the readings per device or site.
+#[derive(Debug, Default, PartialEq)]
+struct Totals(BTreeMap<String, (u64, f64)>);
+
+impl Totals {
+    fn add(&mut self, key: String, temp: f64) {
+        let e = self.0.entry(key).or_default();
+        e.0 += 1;
+        e.1 += temp;
+    }
+}
+
+/// A table's rows as a Kafka consumer sees them: the latest per key is its total.
+struct TableReader {
+    consumer: BaseConsumer,
+    topic: String,
+    latest: Totals,
+    rows: usize,
+    assigned: bool,
+}
+
+impl TableReader {
+    fn new(tansu: &Tansu, topic: String) -> TableReader {
+        let consumer = tansu.client().set("group.id", "check").create().unwrap();
+        TableReader { consumer, topic, latest: Totals::default(), rows: 0, assigned: false }
+    }
+
+    /// Reads until the latest rows are `expected`, for 60 s at most; the change rows read so
+    /// far, and the rows the topic holds.
+    fn read_until(&mut self, expected: &Totals) -> (usize, i64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.latest != *expected {
+            assert!(
+                Instant::now() < deadline,
+                "{} never reached the totals:\n{:?}\n{expected:?}",
+                self.topic,
+                self.latest
+            );
+            if !self.assigned {
+                let metadata = self.consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(10)).unwrap();
+                let mut list = TopicPartitionList::new();
+                for p in metadata.topics().iter().filter(|t| t.error().is_none()).flat_map(|t| t.partitions()) {
+                    list.add_partition_offset(&self.topic, p.id(), Offset::Beginning).unwrap();
+                }
+                self.assigned = list.count() > 0;
+                if self.assigned {
+                    self.consumer.assign(&list).unwrap();
+                } else {
+                    // The topic appears with the query's first row; nothing to await from here.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+            if let Some(message) = self.consumer.poll(Duration::from_millis(200)) {
+                let message = message.unwrap();
+                let v: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+                let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+                self.latest.0.insert(key, (v["n"].as_u64().unwrap(), v["total"].as_f64().unwrap()));
+                self.rows += 1;
+            }
+        }
+        let written = (0..4)
+            .map(|p| {
+                let marks = self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10));
+                marks.map_or(0, |(low, high)| high - low)
+            })
+            .sum();
+        (self.rows, written)
+    }
 }
 
 /// `mosquitto_sub -d` on a node: subscribed once it has printed the SUBACK, then its

@@ -178,8 +178,12 @@ impl EmbeddedLog {
         if records.is_empty() {
             return Ok(Vec::new());
         }
+        self.request(stream, records, None).await
+    }
+
+    async fn request(&self, stream: &str, records: Vec<NewRecord>, partitions: Option<u32>) -> Result<Vec<Appended>> {
         let (done, answer) = oneshot::channel();
-        let request = AppendRequest { stream: stream.to_string(), records, done };
+        let request = AppendRequest { stream: stream.to_string(), records, partitions, done };
         self.requests.send(request).map_err(|_| LogError::Closed)?;
         answer.await.map_err(|_| LogError::Closed)?
     }
@@ -216,6 +220,14 @@ impl Log for EmbeddedLog {
     async fn append(&self, stream: &str, records: Vec<NewRecord>) -> Result<Vec<Appended>> {
         validate_stream_name(stream)?;
         self.append_internal(stream, records).await
+    }
+
+    async fn create_stream(&self, stream: &str, partitions: u32) -> Result<()> {
+        validate_stream_name(stream)?;
+        if self.partitions(stream) == 0 {
+            self.request(stream, Vec::new(), Some(partitions.max(1))).await?;
+        }
+        Ok(())
     }
 
     fn reader(&self, stream: &str, start: StartAt) -> Result<Box<dyn StreamReader>> {
@@ -418,6 +430,37 @@ mod tests {
         let from = read_all(&log, "s", StartAt::Timestamp(42_500)).await;
         assert_eq!(values(&from), (43..100).collect::<Vec<_>>());
         assert!(read_all(&log, "s", StartAt::Timestamp(500_000)).await.is_empty());
+    }
+
+    /// A stream created with its own partition count (kept across a restart) takes records
+    /// to the partitions they name; a partition it lacks is refused, the rest untouched.
+    #[tokio::test]
+    async fn records_naming_a_partition_go_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EmbeddedLogConfig::new(dir.path());
+        {
+            let log = EmbeddedLog::open(config.clone()).unwrap();
+            log.create_stream("__lanes", 4).await.unwrap();
+            log.create_stream("__lanes", 9).await.unwrap();
+            assert_eq!(log.partitions("__lanes"), 4);
+            let placed =
+                vec![rec(0).to_partition(3), rec(1).to_partition(3), NewRecord::new(2, None, "{}").to_partition(1)];
+            let appended = log.append("__lanes", placed).await.unwrap();
+            assert_eq!(
+                appended,
+                [
+                    Appended { partition: 3, offset: 0 },
+                    Appended { partition: 3, offset: 1 },
+                    Appended { partition: 1, offset: 0 }
+                ]
+            );
+            let refused = log.append("__lanes", vec![rec(3), rec(4).to_partition(4)]).await.unwrap_err();
+            assert!(matches!(refused, LogError::NoSuchPartition { partition: 4, partitions: 4, .. }), "{refused}");
+        }
+        let log = EmbeddedLog::open(config).unwrap();
+        assert_eq!(log.partitions("__lanes"), 4);
+        let mut lane = log.partition_reader("__lanes", &[3], StartAt::Beginning).unwrap();
+        assert_eq!(values(&lane.try_batch().await.unwrap()), [0, 1]);
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ use super::partition::{io_err, segment_path, Partition, SegmentInfo};
 use super::sync::{fail_entries, Entry, InFlight, SyncJob, Written, WrittenGroup};
 use super::{Shared, StreamState};
 use crate::segment;
-use crate::{partition_for_key, Appended, Result};
+use crate::{partition_for_key, Appended, LogError, Result};
 
 /// Requests one group commit takes at most, so a flood cannot delay the first ack forever.
 const MAX_GROUP: usize = 4096;
@@ -36,6 +36,8 @@ pub type Answer = oneshot::Sender<Result<Vec<Appended>>>;
 pub struct AppendRequest {
     pub stream: String,
     pub records: Vec<NewRecord>,
+    /// How many partitions the stream gets if this request creates it; `None`: as configured.
+    pub partitions: Option<u32>,
     pub done: Answer,
 }
 
@@ -130,7 +132,7 @@ impl Writer {
         let mut pending: HashMap<(String, u32), (Vec<u8>, Vec<Entry>)> = HashMap::new();
         for req in group {
             let r = requests.len();
-            let stream = match self.stream_writer(&req.stream) {
+            let stream = match self.stream_writer(&req.stream, req.partitions) {
                 Ok(s) => s,
                 Err(e) => {
                     requests.push(InFlight { done: req.done, appended: Vec::new(), failed: Some(e) });
@@ -139,10 +141,17 @@ impl Writer {
             };
             let n = stream.partitions.len() as u32;
             let mut appended = Vec::with_capacity(req.records.len());
+            let placed = req.records.iter().find_map(|rec| rec.partition.filter(|p| *p >= n));
+            if let Some(partition) = placed {
+                let failed = LogError::NoSuchPartition { stream: req.stream.clone(), partition, partitions: n };
+                requests.push(InFlight { done: req.done, appended: Vec::new(), failed: Some(failed) });
+                continue;
+            }
             for rec in &req.records {
-                let partition = match &rec.key {
-                    Some(key) => partition_for_key(key, n),
-                    None => {
+                let partition = match (rec.partition, &rec.key) {
+                    (Some(partition), _) => partition,
+                    (None, Some(key)) => partition_for_key(key, n),
+                    (None, None) => {
                         stream.round_robin = stream.round_robin.wrapping_add(1);
                         stream.round_robin % n
                     }
@@ -214,9 +223,9 @@ impl Writer {
 
     /// The writer of `stream`, creating the stream first when needed, with every active
     /// segment that is full rolled.
-    fn stream_writer(&mut self, stream: &str) -> Result<&mut StreamWriter> {
+    fn stream_writer(&mut self, stream: &str, partitions: Option<u32>) -> Result<&mut StreamWriter> {
         if !self.streams.contains_key(stream) {
-            let partitions = crate::partitions_for(stream, self.shared.config.partitions);
+            let partitions = partitions.unwrap_or_else(|| crate::partitions_for(stream, self.shared.config.partitions));
             let mut shared_parts = Vec::new();
             for id in 0..partitions {
                 let dir = self.shared.config.dir.join(stream).join(id.to_string());

@@ -17,6 +17,7 @@ pub mod parse;
 pub mod plan;
 pub mod query;
 pub mod relation;
+pub mod repartition;
 pub mod value;
 
 use std::collections::{BTreeMap, HashMap};
@@ -567,6 +568,7 @@ impl Engine {
             log: self.log.clone(),
             plan,
             sink: info.sink.clone(),
+            spread_groups: self.log.shared(),
             owned: owned.clone(),
         };
         let failed = failure.clone();

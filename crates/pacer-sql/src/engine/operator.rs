@@ -182,6 +182,41 @@ impl Operator {
         failed.map_or(Ok(()), Err)
     }
 
+    /// A record's event time and the text of the group it falls in (`None` when the query's
+    /// WHERE leaves it out), without aggregating it: what a node needs to send each group's
+    /// records to the one place that aggregates them.
+    pub fn group_of(&mut self, record: &Record) -> Result<(i64, Option<String>), String> {
+        let mut row = std::mem::take(&mut self.row);
+        let mut filled = std::mem::take(&mut self.filled);
+        let result = self.group_of_row(record, &mut row, &mut filled);
+        self.row = row;
+        self.filled = filled;
+        result
+    }
+
+    fn group_of_row(
+        &self,
+        record: &Record,
+        row: &mut [Value],
+        filled: &mut Vec<bool>,
+    ) -> Result<(i64, Option<String>), String> {
+        self.decode(record, row, filled)?;
+        let time = row[ROWTIME].as_i64().unwrap_or(record.timestamp);
+        if let Some(filter) = &self.plan.filter {
+            if !filter.eval(row)?.is_true() {
+                return Ok((time, None));
+            }
+        }
+        let group = match &self.plan.shape {
+            Shape::Aggregate { group_by, .. } => {
+                let values = group_by.iter().map(|g| g.eval(row)).collect::<Result<Vec<_>, _>>()?;
+                key_text(&values).unwrap_or_default()
+            }
+            Shape::Project { .. } => String::new(),
+        };
+        Ok((time, Some(group)))
+    }
+
     fn process_joined(&mut self, record: &Record, out: &mut Vec<Output>) -> Result<(), String> {
         let mut row = std::mem::take(&mut self.row);
         let mut filled = std::mem::take(&mut self.filled);
