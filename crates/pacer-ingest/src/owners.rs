@@ -156,7 +156,7 @@ impl Owners {
             Ok(_) => match tokio::time::timeout(HANDOVER_WAIT, handed).await {
                 Ok(Ok(owed)) => Ok(owed),
                 _ => {
-                    tracing::warn!(%client_id, "the node that had the session did not let go of it in time (down?); taking what it stored");
+                    tracing::warn!(node = %self.node(), %client_id, "the node that had the session did not let go of it in time (down?); taking what it stored");
                     Ok(self.owed_elsewhere(&self.state.lock().unwrap().view.owed, client_id))
                 }
             },
@@ -192,7 +192,7 @@ impl Owners {
         for client_id in client_ids {
             let owed = self.owed_elsewhere(&self.state.lock().unwrap().view.owed, &client_id);
             if !owed.is_empty() {
-                tracing::info!(%client_id, owed = owed.len(), "taking on deliveries another node stored");
+                tracing::info!(node = %self.node(), %client_id, owed = owed.len(), "taking on deliveries another node stored");
                 broker.adopt(&client_id, self.adopting(&client_id, &owed)).await;
             }
         }
@@ -200,6 +200,16 @@ impl Owners {
 
     fn kept_here(&self, view: &View, client_id: &str) -> bool {
         view.sessions.get(client_id).is_some_and(|s| s.lasting() && s.node.as_deref() == Some(self.node()))
+    }
+
+    /// Kept here, or claimed here to be resumed: a hand-over mark read before the session's
+    /// own record (the two streams are read apart) still counts.
+    fn resumes_here(&self, view: &View, client_id: &str) -> bool {
+        let claimed = view
+            .sessions
+            .get(client_id)
+            .is_some_and(|s| s.claim.is_some() && s.resume && s.node.as_deref() == Some(self.node()));
+        claimed || self.kept_here(view, client_id)
     }
 
     pub fn take_adopting(&self, client_id: &str) -> Vec<(String, u64)> {
@@ -273,6 +283,7 @@ impl Owners {
     /// Step 3: everything relayed until now reaches the session here before it goes, and the
     /// hand-over mark comes after all that was queued for it.
     async fn let_go(&self, broker: &Broker, client_id: String, claim: String) -> anyhow::Result<()> {
+        tracing::info!(node = %self.node(), %client_id, %claim, "handing the session over");
         self.relay.fence().await?;
         broker.session_moved(&client_id).await;
         let mark = keyed(&client_id, Vec::new())
@@ -290,11 +301,16 @@ impl Owners {
                 let JournalEntry::HandedOver { client_id, claim } = apply_journal(&mut state.view.owed, r) else {
                     continue;
                 };
+                tracing::info!(node = %self.node(), %client_id, %claim, "session handed over");
                 match state.pending.get_mut(&claim).map(|p| p.handed.take()) {
                     Some(Some(tell)) => {
-                        let _ = tell.send(self.owed_elsewhere(&state.view.owed, &client_id));
+                        // The claim may have stopped waiting just now: then this is late.
+                        let owed = self.owed_elsewhere(&state.view.owed, &client_id);
+                        if tell.send(owed).is_err() && self.resumes_here(&state.view, &client_id) {
+                            late.push(client_id);
+                        }
                     }
-                    None if self.kept_here(&state.view, &client_id) => late.push(client_id),
+                    None if self.resumes_here(&state.view, &client_id) => late.push(client_id),
                     _ => {}
                 }
             }

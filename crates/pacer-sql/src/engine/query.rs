@@ -104,6 +104,10 @@ impl QueryRunner {
                     };
                     tracing::info!(query = %self.id, partitions = ?owned, split, by_group, "query assignment");
                     let lanes = self.log.partitions(&input);
+                    if by_group && lanes == 0 {
+                        // Every lane's place depends on it: better stopped than misrouted.
+                        anyhow::bail!("the partitions of {input} could not be counted");
+                    }
                     for task in running.keys().filter(|t| !wanted.contains(t)).copied().collect::<Vec<_>>() {
                         let (stop, handle) = running.remove(&task).unwrap();
                         let _ = stop.send(true);
