@@ -183,6 +183,10 @@ pub struct KafkaLog {
     metadata: BaseConsumer,
     /// Topics known to exist, so `append` asks the cluster to create each one once.
     topics: Mutex<HashSet<String>>,
+    /// Held while asking the cluster to create a topic: tasks starting together (a query's
+    /// partitions) would otherwise ask for the same topic at once, and tansu 0.6 can stop
+    /// answering after such a pair.
+    creating: tokio::sync::Mutex<()>,
     /// One consumer per group that commits positions.
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
 }
@@ -234,6 +238,7 @@ impl KafkaLog {
             admin,
             metadata,
             topics: Mutex::new(HashSet::new()),
+            creating: tokio::sync::Mutex::new(()),
             groups: Mutex::new(HashMap::new()),
         })
     }
@@ -250,6 +255,10 @@ impl KafkaLog {
 
     /// Creates the topic with `partitions` (`None`: as configured) unless it exists.
     async fn ensure_topic_with(&self, stream: &str, topic: &str, partitions: Option<u32>) -> Result<()> {
+        if self.topics.lock().unwrap().contains(topic) {
+            return Ok(());
+        }
+        let _creating = self.creating.lock().await;
         if self.topics.lock().unwrap().contains(topic) {
             return Ok(());
         }
