@@ -13,14 +13,12 @@ runs=${RUNS:-5}; messages=${MESSAGES:-20000}
 scripts/install-test-deps.sh
 cargo build --release --quiet
 pacer=target/release/pacer
-tansu=$(command -v tansu || echo ~/.cargo/bin/tansu)
+tansu=$(tansu_binary)
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 
-(cd "$tmp" && exec "$tansu" broker --listener-url tcp://127.0.0.1:19093 --advertised-listener-url tcp://127.0.0.1:19093 \
-  --storage-engine sqlite://tansu.db >"$tmp/tansu.log" 2>&1) &
+start_tansu 19093 "$tmp"
 printf '[log]\nbackend = "kafka"\n[log.kafka]\nbrokers = "127.0.0.1:19093"\ndelete_records = false\n' > "$tmp/kafka.toml"
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/19093) 2>/dev/null && break; sleep 0.1; done
 PACER_LOG=warn "$pacer" up --data-dir "$tmp/embedded" --mqtt-listen 127.0.0.1:18841 --http-listen 127.0.0.1:0 --osmand-listen "" >"$tmp/embedded.out" 2>&1 &
 pid_embedded=$!
 PACER_LOG=warn "$pacer" up --config "$tmp/kafka.toml" --mqtt-listen 127.0.0.1:18842 --http-listen 127.0.0.1:0 --osmand-listen "" >"$tmp/kafka.out" 2>&1 &

@@ -16,13 +16,11 @@ runs=${RUNS:-3}; readings=${READINGS:-20000}; partitions=${PARTITIONS:-4}
 scripts/install-test-deps.sh
 cargo build --release --quiet
 pacer=target/release/pacer
-tansu=$(command -v tansu || echo ~/.cargo/bin/tansu)
+tansu=$(tansu_binary)
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 
-(cd "$tmp" && exec "$tansu" broker --listener-url tcp://127.0.0.1:19094 --advertised-listener-url tcp://127.0.0.1:19094 \
-  --storage-engine sqlite://tansu.db >"$tmp/tansu.log" 2>&1) &
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/19094) 2>/dev/null && break; sleep 0.1; done
+start_tansu 19094 "$tmp"
 # A node killed or stopped leaves the group soon; tansu ends a rebalance only after
 # max.poll.interval.ms, so that is lowered too.
 printf '[log]\nbackend = "kafka"\npartitions = %s\n[log.kafka]\nbrokers = "127.0.0.1:19094"\ndelete_records = false\nproperties = { "session.timeout.ms" = "6000", "max.poll.interval.ms" = "10000" }\n[sql]\nfile = "%s/none.sql"\n' \
