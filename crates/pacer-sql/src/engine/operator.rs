@@ -186,9 +186,15 @@ impl Operator {
     /// WHERE leaves it out), without aggregating it: what a node needs to send each group's
     /// records to the one place that aggregates them.
     pub fn group_of(&mut self, record: &Record) -> Result<(i64, Option<String>), String> {
+        self.with_row(|op, row, filled| op.group_of_row(record, row, filled))
+    }
+
+    /// Runs `f` with the operator's reusable row buffers, lent out so `f` may borrow the
+    /// operator mutably too.
+    fn with_row<T>(&mut self, f: impl FnOnce(&mut Self, &mut [Value], &mut Vec<bool>) -> T) -> T {
         let mut row = std::mem::take(&mut self.row);
         let mut filled = std::mem::take(&mut self.filled);
-        let result = self.group_of_row(record, &mut row, &mut filled);
+        let result = f(self, &mut row, &mut filled);
         self.row = row;
         self.filled = filled;
         result
@@ -218,12 +224,7 @@ impl Operator {
     }
 
     fn process_joined(&mut self, record: &Record, out: &mut Vec<Output>) -> Result<(), String> {
-        let mut row = std::mem::take(&mut self.row);
-        let mut filled = std::mem::take(&mut self.filled);
-        let result = self.process_row(record, &mut row, &mut filled, out);
-        self.row = row;
-        self.filled = filled;
-        result
+        self.with_row(|op, row, filled| op.process_row(record, row, filled, out))
     }
 
     fn process_row(
