@@ -263,9 +263,15 @@ impl KafkaLog {
             return Ok(());
         }
         let settings = &self.new_topics;
-        let retention_ms = settings.stream_retention_ms.get(stream).copied().or(settings.retention_ms);
-        let (retention_ms, retention_bytes) =
-            (retention_ms.map(|v| v.to_string()), settings.retention_bytes.map(|v| v.to_string()));
+        let (retention_ms, retention_bytes) = if pacer_log::is_internal(stream) {
+            // Pacer's own state carries event times (a replayed race's are years old): the
+            // cluster's default retention would delete checkpoints still needed. Pacer drops
+            // what it no longer needs itself, as Kafka Streams does with its internal topics.
+            (Some("-1".to_string()), Some("-1".to_string()))
+        } else {
+            let ms = settings.stream_retention_ms.get(stream).copied().or(settings.retention_ms);
+            (ms.map(|v| v.to_string()), settings.retention_bytes.map(|v| v.to_string()))
+        };
         let partitions = partitions.unwrap_or_else(|| pacer_log::partitions_for(stream, settings.partitions));
         let mut new = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(self.config.replication_factor));
         if let Some(ms) = &retention_ms {
@@ -439,7 +445,7 @@ impl Log for KafkaLog {
         let mut streams = Vec::new();
         for topic in metadata.topics() {
             let Some(name) = topic.name().strip_prefix(&self.config.topic_prefix) else { continue };
-            if name.starts_with("__") || topic.error().is_some() || validate_stream_name(name).is_err() {
+            if pacer_log::is_internal(name) || topic.error().is_some() || validate_stream_name(name).is_err() {
                 continue;
             }
             let mut info = StreamInfo {

@@ -147,11 +147,17 @@ pub trait GroupMember: Send {
 /// `__catalog`, query checkpoints `__query_…`), which keep one, as they are read back in
 /// the order they were written.
 pub fn partitions_for(stream: &str, configured: u32) -> u32 {
-    if stream.starts_with("__") {
+    if is_internal(stream) {
         1
     } else {
         configured.max(1)
     }
+}
+
+/// Whether a stream is Pacer's own state (`__…`): retained messages, sessions, query
+/// checkpoints. Such streams are never cut by retention; Pacer drops what it no longer needs.
+pub fn is_internal(stream: &str) -> bool {
+    stream.starts_with("__")
 }
 
 /// The partition Kafka's default partitioner picks for `key` among `partitions`.

@@ -17,7 +17,7 @@ use common::Pacer;
 use pacer_core::NewRecord;
 use pacer_kafka::{KafkaConfig, KafkaLog, NewTopics};
 use pacer_log::{Log, Positions, StartAt};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
@@ -371,6 +371,23 @@ async fn the_log_contract_holds_on_kafka() {
     let mut lane = log.partition_reader("__lanes", &[3], StartAt::Beginning).unwrap();
     let got = read_all(&mut *lane, 1).await;
     assert_eq!((got[0].partition, got[0].key.as_deref()), (3, Some(&b"alice"[..])));
+
+    // User streams take the configured retention; Pacer's own state is never cut by it.
+    assert_eq!(topic_setting(&tansu, "c.contract", "retention.ms").await.as_deref(), Some("3600000"));
+    for internal in ["c.__internal", "c.__lanes"] {
+        assert_eq!(topic_setting(&tansu, internal, "retention.ms").await.as_deref(), Some("-1"), "{internal}");
+        assert_eq!(topic_setting(&tansu, internal, "retention.bytes").await.as_deref(), Some("-1"), "{internal}");
+    }
+}
+
+/// A topic's setting as the cluster describes it.
+async fn topic_setting(tansu: &Tansu, topic: &str, name: &str) -> Option<String> {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &tansu.brokers).create().unwrap();
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(30)));
+    let described = admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options).await.unwrap();
+    let resource = described.into_iter().next().unwrap().unwrap_or_else(|e| panic!("{topic}: {e}"));
+    resource.get(name).and_then(|entry| entry.value.clone())
 }
 
 async fn read_all(reader: &mut dyn pacer_log::StreamReader, n: usize) -> Vec<pacer_core::Record> {

@@ -60,9 +60,18 @@ pub struct EmbeddedLogConfig {
 }
 
 impl EmbeddedLogConfig {
-    /// Before when a stream's whole segments are deleted, at time `now` (ms).
-    fn delete_before(&self, stream: &str, now: i64) -> Option<i64> {
-        self.stream_retention_ms.get(stream).or(self.retention_ms.as_ref()).map(|r| now - *r as i64)
+    /// What a stream keeps at time `now` (ms): whole segments whose newest record is before
+    /// the first go, and the oldest while the partition is larger than the second.
+    ///
+    /// Internal streams (`__…`) are kept until Pacer drops what it no longer needs: their
+    /// timestamps are event times (a replayed race's are years old) and their records are
+    /// state (retained messages, sessions, checkpoints) that time must not take away.
+    fn retention(&self, stream: &str, now: i64) -> (Option<i64>, Option<u64>) {
+        if crate::is_internal(stream) {
+            return (None, None);
+        }
+        let before = self.stream_retention_ms.get(stream).or(self.retention_ms.as_ref()).map(|r| now - *r as i64);
+        (before, self.retention_bytes)
     }
 }
 
@@ -253,7 +262,7 @@ impl Log for EmbeddedLog {
         let streams = self.shared.streams.read().unwrap();
         streams
             .iter()
-            .filter(|(name, _)| !name.starts_with("__"))
+            .filter(|(name, _)| !crate::is_internal(name))
             .map(|(name, state)| {
                 let mut info = StreamInfo {
                     name: name.clone(),
@@ -542,11 +551,13 @@ mod tests {
     #[test]
     fn a_stream_may_keep_its_own_time() {
         let mut config = EmbeddedLogConfig::new("/nowhere");
-        assert_eq!(config.delete_before("race", 10_000), None, "kept for ever by default");
+        assert_eq!(config.retention("race", 10_000), (None, None), "kept for ever by default");
         config.retention_ms = Some(1_000);
+        config.retention_bytes = Some(4096);
         config.stream_retention_ms.insert("race_1m".into(), 5_000);
-        assert_eq!(config.delete_before("race", 10_000), Some(9_000));
-        assert_eq!(config.delete_before("race_1m", 10_000), Some(5_000));
+        assert_eq!(config.retention("race", 10_000), (Some(9_000), Some(4096)));
+        assert_eq!(config.retention("race_1m", 10_000), (Some(5_000), Some(4096)));
+        assert_eq!(config.retention("__retained", 10_000), (None, None), "internal state stays");
     }
 
     #[tokio::test]

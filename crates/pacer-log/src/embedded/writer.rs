@@ -258,7 +258,7 @@ impl Writer {
         let config = &self.shared.config;
         let now = now_ms();
         for (stream, sw) in self.streams.iter_mut() {
-            let before = config.delete_before(stream, now);
+            let (before, max_bytes) = config.retention(stream, now);
             for writer in &mut sw.partitions {
                 let aged = config.segment_ms.is_some_and(|ms| {
                     let segments = writer.shared.segments.read().unwrap();
@@ -271,7 +271,7 @@ impl Writer {
                         tracing::error!(error = %e, "could not roll an aged segment");
                     }
                 }
-                let removed = writer.shared.apply_retention(before, config.retention_bytes);
+                let removed = writer.shared.apply_retention(before, max_bytes);
                 self.shared.metrics.segments_deleted.inc_by(removed as u64);
             }
         }
