@@ -570,13 +570,12 @@ impl Engine {
             sink: info.sink.clone(),
             spread_groups: self.log.shared(),
             owned: owned.clone(),
+            failure: failure.clone(),
         };
-        let failed = failure.clone();
-        let id = info.id.clone();
         tokio::spawn(async move {
-            if let Err(e) = runner.run(stopped).await {
-                tracing::error!(query = %id, error = %e, "query stopped");
-                *failed.lock().unwrap() = Some(format!("{e:#}"));
+            if let Err(e) = runner.clone().run(stopped).await {
+                tracing::error!(query = %runner.id, error = %format!("{e:#}"), "query stopped");
+                *runner.failure.lock().unwrap() = Some(format!("{e:#}"));
             }
         });
         RunningQuery { info, stop, failure, owned }

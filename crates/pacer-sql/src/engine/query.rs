@@ -63,6 +63,12 @@ struct Marker {
     stream_time: i64,
 }
 
+/// How long a failed task waits before it starts again from its checkpoint: the first
+/// delay, doubling after each failure in a row up to the second (a cluster that went away
+/// may take minutes to come back).
+const RESTART_DELAY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
+
+#[derive(Clone)]
 pub struct QueryRunner {
     pub id: String,
     pub log: Arc<dyn Log>,
@@ -73,24 +79,67 @@ pub struct QueryRunner {
     pub spread_groups: bool,
     /// The input partitions this node runs, for SHOW QUERIES.
     pub owned: Arc<Mutex<Vec<u32>>>,
+    /// The last failure while a task waits to start again, for SHOW QUERIES.
+    pub failure: Arc<Mutex<Option<String>>>,
+}
+
+/// A task the coordinator started, and which of the share's starts it is.
+struct Started {
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+    generation: u64,
+    at: Instant,
 }
 
 impl QueryRunner {
-    /// Runs this node's share of the query until `stop` turns true or a task fails.
+    /// Runs this node's share of the query until `stop` turns true. A task that fails (the
+    /// log went away, a write timed out) starts again from its checkpoint after a delay, as
+    /// ksqlDB restarts a query after a hard failure; only failing to follow the query's
+    /// consumer group stops the whole.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let input = self.plan.source.topic.clone();
         let split = splits_by_partition(&self.plan);
         let by_group = !split && self.spread_groups && repartition::regroups(&self.plan);
         let mut member = self.log.join_group(&format!("pacer-query-{}", self.id.to_ascii_lowercase()), &input)?;
         // Tasks by share, and tasks told to stop that may still be writing their last checkpoint.
-        let mut running: HashMap<Share, (watch::Sender<bool>, JoinHandle<()>)> = HashMap::new();
+        let mut running: HashMap<Share, Started> = HashMap::new();
         let mut stopping: HashMap<Share, JoinHandle<()>> = HashMap::new();
         // Unbounded, so a failing task never waits for the coordinator to read it.
-        let (failed, mut failures) = mpsc::unbounded_channel::<anyhow::Error>();
+        let (failed, mut failures) = mpsc::unbounded_channel::<(Share, u64, anyhow::Error)>();
+        let (retry, mut retries) = mpsc::unbounded_channel::<(Share, u64)>();
+        // Failures in a row per share, for the delay before its next start.
+        let mut failed_in_a_row: HashMap<Share, u32> = HashMap::new();
+        let mut lanes = 0;
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
-                Some(error) = failures.recv() => return Err(error),
+                Some((share, generation, error)) = failures.recv() => {
+                    let Some(task) = running.get(&share).filter(|t| t.generation == generation) else {
+                        tracing::warn!(query = %self.id, ?share, error = %format!("{error:#}"), "query task failed as it stopped");
+                        continue;
+                    };
+                    let in_a_row = failed_in_a_row.entry(share).or_default();
+                    if task.at.elapsed() > RESTART_DELAY.1 {
+                        *in_a_row = 0; // it ran well for a while: this failure is a new one
+                    }
+                    let delay = RESTART_DELAY.0.saturating_mul(1 << (*in_a_row).min(16)).min(RESTART_DELAY.1);
+                    *in_a_row += 1;
+                    tracing::warn!(query = %self.id, ?share, error = %format!("{error:#}"), ?delay, "query task failed; it starts again from its checkpoint");
+                    *self.failure.lock().unwrap() = Some(format!("{error:#}"));
+                    let retry = retry.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = retry.send((share, generation));
+                    });
+                }
+                Some((share, generation)) = retries.recv() => {
+                    // Unless the share moved away or started anew meanwhile.
+                    if running.get(&share).is_some_and(|t| t.generation == generation) {
+                        let started = self.start(share, lanes, generation + 1, &failed);
+                        running.insert(share, started);
+                        *self.failure.lock().unwrap() = None;
+                    }
+                }
                 owned = member.assignment() => {
                     let owned = owned?;
                     let wanted: Vec<Share> = if split {
@@ -103,62 +152,73 @@ impl QueryRunner {
                         Vec::new()
                     };
                     tracing::info!(query = %self.id, partitions = ?owned, split, by_group, "query assignment");
-                    let lanes = self.log.partitions(&input);
+                    lanes = self.log.partitions(&input);
                     if by_group && lanes == 0 {
                         // Every lane's place depends on it: better stopped than misrouted.
                         anyhow::bail!("the partitions of {input} could not be counted");
                     }
-                    for task in running.keys().filter(|t| !wanted.contains(t)).copied().collect::<Vec<_>>() {
-                        let (stop, handle) = running.remove(&task).unwrap();
-                        let _ = stop.send(true);
-                        stopping.insert(task, handle);
+                    for share in running.keys().filter(|t| !wanted.contains(t)).copied().collect::<Vec<_>>() {
+                        let task = running.remove(&share).unwrap();
+                        let _ = task.stop.send(true);
+                        stopping.insert(share, task.handle);
                     }
-                    for task in wanted {
-                        if running.contains_key(&task) {
+                    for share in wanted {
+                        if running.contains_key(&share) {
                             continue;
                         }
                         // A partition given back must not run twice: its old task finishes
                         // its checkpoint first, and the new one restores from it.
-                        if let Some(old) = stopping.remove(&task) {
+                        if let Some(old) = stopping.remove(&share) {
                             let _ = old.await;
                         }
-                        let (stop, stopped) = watch::channel(false);
-                        let runner = Task {
-                            id: self.id.clone(),
-                            log: self.log.clone(),
-                            operator: Operator::new(self.plan.clone()),
-                            sink: self.sink.clone(),
-                            share: task,
-                            forward: match task {
-                                Share::Forward(p) => Some(Forward::new(&self.id, p, lanes)),
-                                _ => None,
-                            },
-                            lanes,
-                            quiet: None,
-                            since_snapshot: 0,
-                        };
-                        let failed = failed.clone();
-                        let handle = tokio::spawn(async move {
-                            if let Err(error) = runner.run(stopped).await {
-                                let _ = failed.send(error);
-                            }
-                        });
-                        running.insert(task, (stop, handle));
+                        running.insert(share, self.start(share, lanes, 0, &failed));
                     }
                     *self.owned.lock().unwrap() = if split || by_group || owned.contains(&0) { owned } else { Vec::new() };
                 }
             }
         }
-        for (stop, _) in running.values() {
-            let _ = stop.send(true);
+        for task in running.values() {
+            let _ = task.stop.send(true);
         }
-        for handle in running.into_values().map(|(_, h)| h).chain(stopping.into_values()) {
+        for handle in running.into_values().map(|t| t.handle).chain(stopping.into_values()) {
             let _ = handle.await;
         }
-        match failures.try_recv() {
-            Ok(error) => Err(error),
-            Err(_) => Ok(()),
+        while let Ok((share, _, error)) = failures.try_recv() {
+            tracing::warn!(query = %self.id, ?share, error = %format!("{error:#}"), "query task failed while stopping");
         }
+        Ok(())
+    }
+
+    /// Starts the task of `share`, from its checkpoint.
+    fn start(
+        &self,
+        share: Share,
+        lanes: u32,
+        generation: u64,
+        failed: &mpsc::UnboundedSender<(Share, u64, anyhow::Error)>,
+    ) -> Started {
+        let (stop, stopped) = watch::channel(false);
+        let task = Task {
+            id: self.id.clone(),
+            log: self.log.clone(),
+            operator: Operator::new(self.plan.clone()),
+            sink: self.sink.clone(),
+            share,
+            forward: match share {
+                Share::Forward(p) => Some(Forward::new(&self.id, p, lanes)),
+                _ => None,
+            },
+            lanes,
+            quiet: None,
+            since_snapshot: 0,
+        };
+        let failed = failed.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(error) = task.run(stopped).await {
+                let _ = failed.send((share, generation, error));
+            }
+        });
+        Started { stop, handle, generation, at: Instant::now() }
     }
 }
 
@@ -633,7 +693,7 @@ mod tests {
     use super::*;
     use crate::engine::plan::test_support::{plan_sql, stream};
     use crate::engine::value::DataType;
-    use pacer_log::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy};
+    use pacer_log::{Appended, EmbeddedLog, EmbeddedLogConfig, FsyncPolicy};
 
     fn counts_by_key() -> Plan {
         let source = stream("s", &[("k", DataType::String)]);
@@ -722,6 +782,91 @@ mod tests {
         running.await.unwrap().unwrap();
     }
 
+    const DEVICES: i64 = 12;
+    const SECONDS: i64 = 120;
+
+    /// A log of four partitions, as a cluster's topics would have.
+    fn four_partitions(dir: &std::path::Path) -> EmbeddedLog {
+        let mut config = EmbeddedLogConfig::new(dir);
+        config.fsync = FsyncPolicy::Off;
+        config.partitions = 4;
+        EmbeddedLog::open(config).unwrap()
+    }
+
+    /// Counts of site fixes per 10 s window, grouped by a value field: run in two steps (as on
+    /// a shared log).
+    fn run_count_by_site(log: &Arc<dyn Log>) -> (watch::Sender<bool>, JoinHandle<anyhow::Result<()>>) {
+        let source = stream("s", &[("site", DataType::String)]);
+        let sql = "SELECT site, COUNT(*) AS n FROM s WINDOW TUMBLING (SIZE 10 SECONDS, GRACE PERIOD 0 SECONDS) \
+                   GROUP BY site EMIT FINAL";
+        let plan = plan_sql(sql, &source, &crate::Geometry::default());
+        assert!(!splits_by_partition(&plan) && repartition::regroups(&plan));
+        let runner = QueryRunner {
+            id: "Q".into(),
+            log: log.clone(),
+            plan,
+            sink: "out".into(),
+            spread_groups: true,
+            owned: Arc::default(),
+            failure: Arc::default(),
+        };
+        let (stop, stopped) = watch::channel(false);
+        (stop, tokio::spawn(runner.run(stopped)))
+    }
+
+    /// Each device's fixes for `seconds`, to its key's partition in time order; each site's
+    /// devices span partitions.
+    async fn append_fixes(log: &Arc<dyn Log>, seconds: std::ops::Range<i64>) {
+        for t in seconds {
+            let records = (0..DEVICES)
+                .map(|d| {
+                    let value = serde_json::json!({ "site": format!("site-{}", d % 3) }).to_string();
+                    NewRecord::new(t * 1000, Some(Bytes::from(format!("dev-{d}"))), value)
+                })
+                .collect();
+            log.append("s", records).await.unwrap();
+        }
+    }
+
+    /// The query's rows: counts by site and window start, as they came.
+    #[derive(Default)]
+    struct Windows(HashMap<(String, i64), Vec<i64>>);
+
+    impl Windows {
+        /// Takes a row; true once every site's window starting at `until` is in.
+        fn take(&mut self, r: &Record, until: i64) -> bool {
+            let row: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            let key = (row["site"].as_str().unwrap().to_string(), row["WINDOWSTART"].as_i64().unwrap());
+            self.0.entry(key).or_default().push(row["n"].as_i64().unwrap());
+            (0..3).all(|s| self.0.contains_key(&(format!("site-{s}"), until)))
+        }
+
+        async fn take_rest(&mut self, output: &mut dyn StreamReader) {
+            loop {
+                let batch = output.try_batch().await.unwrap();
+                if batch.is_empty() {
+                    return;
+                }
+                for r in &batch {
+                    self.take(r, 0);
+                }
+            }
+        }
+
+        /// Four devices per site, ten fixes each per window: every window up to the one
+        /// starting at `through` once with 40.
+        fn assert_each_counted_once(mut self, through: i64) {
+            for start in (0..=through).step_by(10_000) {
+                for site in 0..3 {
+                    let counts = self.0.remove(&(format!("site-{site}"), start));
+                    assert_eq!(counts, Some(vec![40]), "site-{site} window {start}");
+                }
+            }
+            // The last window closes only by the idle clock, once if at all.
+            assert!(self.0.values().all(|c| c.len() == 1 && c[0] <= 40), "{:?}", self.0);
+        }
+    }
+
     /// A windowed count grouped by a value field, run in two steps over four partitions
     /// (as on a shared log), stopped and restarted halfway: every window closes once with the
     /// count of all its records, though the partitions' tasks forward at their own pace.
@@ -729,86 +874,132 @@ mod tests {
     /// across partitions, as on one node reading a remote log, and a grace period takes them.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_aggregation_spread_by_group_counts_every_record_once_in_event_time_order() {
-        const DEVICES: i64 = 12;
-        const SECONDS: i64 = 120;
         let dir = tempfile::tempdir().unwrap();
-        let mut config = EmbeddedLogConfig::new(dir.path());
-        config.fsync = FsyncPolicy::Off;
-        config.partitions = 4;
-        let log: Arc<dyn Log> = Arc::new(EmbeddedLog::open(config).unwrap());
-        let source = stream("s", &[("site", DataType::String)]);
-        let sql = "SELECT site, COUNT(*) AS n FROM s WINDOW TUMBLING (SIZE 10 SECONDS, GRACE PERIOD 0 SECONDS) \
-                   GROUP BY site EMIT FINAL";
-        let plan = plan_sql(sql, &source, &crate::Geometry::default());
-        assert!(!splits_by_partition(&plan) && repartition::regroups(&plan));
-        let run = |log: &Arc<dyn Log>| {
-            let runner = QueryRunner {
-                id: "Q".into(),
-                log: log.clone(),
-                plan: plan.clone(),
-                sink: "out".into(),
-                spread_groups: true,
-                owned: Arc::default(),
-            };
-            let (stop, stopped) = watch::channel(false);
-            (stop, tokio::spawn(runner.run(stopped)))
-        };
-        // Each device's fixes go to its key's partition, in time order; sites span partitions.
-        let append = |seconds: std::ops::Range<i64>| {
-            let log = log.clone();
-            async move {
-                for t in seconds {
-                    let records = (0..DEVICES)
-                        .map(|d| {
-                            let value = serde_json::json!({ "site": format!("site-{}", d % 3) }).to_string();
-                            NewRecord::new(t * 1000, Some(Bytes::from(format!("dev-{d}"))), value)
-                        })
-                        .collect();
-                    log.append("s", records).await.unwrap();
-                }
-            }
-        };
+        let log: Arc<dyn Log> = Arc::new(four_partitions(dir.path()));
         let mut output = log.reader("out", StartAt::Beginning).unwrap();
-        let mut windows: HashMap<(String, i64), Vec<i64>> = HashMap::new();
-        let mut take = |r: &Record, until: i64| {
-            let row: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
-            let key = (row["site"].as_str().unwrap().to_string(), row["WINDOWSTART"].as_i64().unwrap());
-            windows.entry(key).or_default().push(row["n"].as_i64().unwrap());
-            (0..3).all(|s| windows.contains_key(&(format!("site-{s}"), until)))
-        };
+        let mut windows = Windows::default();
 
-        append(0..SECONDS / 2).await;
-        let (stop, running) = run(&log);
-        read_until(output.as_mut(), |r| take(r, 40_000)).await;
+        append_fixes(&log, 0..SECONDS / 2).await;
+        let (stop, running) = run_count_by_site(&log);
+        read_until(output.as_mut(), |r| windows.take(r, 40_000)).await;
         stop.send(true).unwrap();
         running.await.unwrap().unwrap();
-        append(SECONDS / 2..SECONDS).await;
-        let (stop, running) = run(&log);
-        read_until(output.as_mut(), |r| take(r, 100_000)).await;
+        append_fixes(&log, SECONDS / 2..SECONDS).await;
+        let (stop, running) = run_count_by_site(&log);
+        read_until(output.as_mut(), |r| windows.take(r, 100_000)).await;
         stop.send(true).unwrap();
         running.await.unwrap().unwrap();
-        loop {
-            let batch = output.try_batch().await.unwrap();
-            if batch.is_empty() {
-                break;
-            }
-            for r in &batch {
-                take(r, 0);
-            }
-        }
+        windows.take_rest(output.as_mut()).await;
 
-        // Four devices per site, ten fixes each per window.
-        for start in (0..=100_000).step_by(10_000) {
-            for site in 0..3 {
-                let counts = windows.remove(&(format!("site-{site}"), start));
-                assert_eq!(counts, Some(vec![40]), "site-{site} window {start}");
-            }
-        }
-        // The last window closes only by the idle clock, once if at all.
-        assert!(windows.values().all(|c| c.len() == 1 && c[0] <= 40), "{windows:?}");
+        windows.assert_each_counted_once(100_000);
         // The records went through the lanes.
         let lane = [repartition::lane(0, 1, 4)];
         let mut lane = log.partition_reader(&repartition::stream("Q"), &lane, StartAt::Beginning).unwrap();
         assert!(!lane.try_batch().await.unwrap().is_empty());
+    }
+
+    /// A failure the log reports for one append to a stream: before writing anything, or
+    /// after writing it all (the acknowledgement lost).
+    #[derive(Debug, Clone, Copy)]
+    enum Fault {
+        Before,
+        After,
+    }
+
+    /// The embedded log, failing chosen appends once each, as a cluster going away does.
+    struct Failing {
+        log: EmbeddedLog,
+        /// Stream, which of its appends fails (counted from 1), how, and whether it did.
+        faults: Mutex<Vec<(String, usize, Fault, bool)>>,
+        appends: Mutex<HashMap<String, usize>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Log for Failing {
+        async fn append(&self, stream: &str, records: Vec<NewRecord>) -> pacer_log::Result<Vec<Appended>> {
+            let nth = {
+                let mut appends = self.appends.lock().unwrap();
+                let n = appends.entry(stream.to_string()).or_default();
+                *n += 1;
+                *n
+            };
+            let fault = self.faults.lock().unwrap().iter_mut().find(|f| f.0 == stream && f.1 == nth).map(|f| {
+                f.3 = true;
+                f.2
+            });
+            let failure = || pacer_log::LogError::Cluster { stream: stream.to_string(), error: "broker gone".into() };
+            match fault {
+                Some(Fault::Before) => Err(failure()),
+                Some(Fault::After) => self.log.append(stream, records).await.and_then(|_| Err(failure())),
+                None => self.log.append(stream, records).await,
+            }
+        }
+        async fn create_stream(&self, stream: &str, partitions: u32) -> pacer_log::Result<()> {
+            self.log.create_stream(stream, partitions).await
+        }
+        fn reader(&self, stream: &str, start: StartAt) -> pacer_log::Result<Box<dyn StreamReader>> {
+            self.log.reader(stream, start)
+        }
+        fn partition_reader(
+            &self,
+            stream: &str,
+            partitions: &[u32],
+            start: StartAt,
+        ) -> pacer_log::Result<Box<dyn StreamReader>> {
+            self.log.partition_reader(stream, partitions, start)
+        }
+        fn join_group(&self, group: &str, stream: &str) -> pacer_log::Result<Box<dyn pacer_log::GroupMember>> {
+            self.log.join_group(group, stream)
+        }
+        fn streams(&self) -> Vec<pacer_log::StreamInfo> {
+            self.log.streams()
+        }
+        fn partitions(&self, stream: &str) -> u32 {
+            self.log.partitions(stream)
+        }
+        async fn delete_before(&self, stream: &str, positions: &Positions) -> pacer_log::Result<()> {
+            self.log.delete_before(stream, positions).await
+        }
+        async fn commit_positions(&self, group: &str, stream: &str, positions: &Positions) -> pacer_log::Result<()> {
+            self.log.commit_positions(group, stream, positions).await
+        }
+        fn committed_positions(&self, group: &str, stream: &str) -> Option<Positions> {
+            self.log.committed_positions(group, stream)
+        }
+    }
+
+    /// Appends that fail (forwarded copies, a checkpoint, rows, rows whose acknowledgement
+    /// was lost) stop only the task that made them: it starts again from its checkpoint, and
+    /// every window still closes once with the count of all its records.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_whose_append_failed_starts_again_from_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = vec![
+            (repartition::stream("Q"), 1, Fault::Before, false),
+            ("__query_q.g1".to_string(), 1, Fault::Before, false),
+            ("out".to_string(), 1, Fault::Before, false),
+            ("out".to_string(), 2, Fault::After, false),
+        ];
+        let failing = Arc::new(Failing {
+            log: four_partitions(dir.path()),
+            faults: Mutex::new(faults),
+            appends: Mutex::default(),
+        });
+        let log: Arc<dyn Log> = failing.clone();
+        let mut output = log.reader("out", StartAt::Beginning).unwrap();
+        let mut windows = Windows::default();
+
+        append_fixes(&log, 0..SECONDS).await;
+        let (stop, running) = run_count_by_site(&log);
+        // The last window closes by the idle clock, in tasks that started again: rows they
+        // wrote before failing and write again after it would be in by then.
+        read_until(output.as_mut(), |r| windows.take(r, 110_000)).await;
+        stop.send(true).unwrap();
+        running.await.unwrap().unwrap();
+        windows.take_rest(output.as_mut()).await;
+
+        let faults = failing.faults.lock().unwrap().clone();
+        assert!(faults.iter().all(|f| f.3), "every fault happened: {faults:?}");
+        windows.assert_each_counted_once(110_000);
     }
 }
