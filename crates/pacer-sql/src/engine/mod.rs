@@ -572,12 +572,7 @@ impl Engine {
             owned: owned.clone(),
             failure: failure.clone(),
         };
-        tokio::spawn(async move {
-            if let Err(e) = runner.clone().run(stopped).await {
-                tracing::error!(query = %runner.id, error = %format!("{e:#}"), "query stopped");
-                *runner.failure.lock().unwrap() = Some(format!("{e:#}"));
-            }
-        });
+        tokio::spawn(runner.keep_running(stopped));
         RunningQuery { info, stop, failure, owned }
     }
 

@@ -68,6 +68,17 @@ struct Marker {
 /// may take minutes to come back).
 const RESTART_DELAY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
 
+/// The delay before the next start after a failure, counting failures in a row; one after
+/// a run longer than the longest delay starts a new count.
+fn restart_delay(in_a_row: &mut u32, ran_for: Duration) -> Duration {
+    if ran_for > RESTART_DELAY.1 {
+        *in_a_row = 0;
+    }
+    let delay = RESTART_DELAY.0.saturating_mul(1 << (*in_a_row).min(16)).min(RESTART_DELAY.1);
+    *in_a_row += 1;
+    delay
+}
+
 #[derive(Clone)]
 pub struct QueryRunner {
     pub id: String,
@@ -94,8 +105,8 @@ struct Started {
 impl QueryRunner {
     /// Runs this node's share of the query until `stop` turns true. A task that fails (the
     /// log went away, a write timed out) starts again from its checkpoint after a delay, as
-    /// ksqlDB restarts a query after a hard failure; only failing to follow the query's
-    /// consumer group stops the whole.
+    /// ksqlDB restarts a query after a hard failure; failing to follow the query's consumer
+    /// group stops every task and returns the error.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let input = self.plan.source.topic.clone();
         let split = splits_by_partition(&self.plan);
@@ -110,20 +121,15 @@ impl QueryRunner {
         // Failures in a row per share, for the delay before its next start.
         let mut failed_in_a_row: HashMap<Share, u32> = HashMap::new();
         let mut lanes = 0;
-        loop {
+        let outcome = loop {
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.changed() => break Ok(()),
                 Some((share, generation, error)) = failures.recv() => {
                     let Some(task) = running.get(&share).filter(|t| t.generation == generation) else {
                         tracing::warn!(query = %self.id, ?share, error = %format!("{error:#}"), "query task failed as it stopped");
                         continue;
                     };
-                    let in_a_row = failed_in_a_row.entry(share).or_default();
-                    if task.at.elapsed() > RESTART_DELAY.1 {
-                        *in_a_row = 0; // it ran well for a while: this failure is a new one
-                    }
-                    let delay = RESTART_DELAY.0.saturating_mul(1 << (*in_a_row).min(16)).min(RESTART_DELAY.1);
-                    *in_a_row += 1;
+                    let delay = restart_delay(failed_in_a_row.entry(share).or_default(), task.at.elapsed());
                     tracing::warn!(query = %self.id, ?share, error = %format!("{error:#}"), ?delay, "query task failed; it starts again from its checkpoint");
                     *self.failure.lock().unwrap() = Some(format!("{error:#}"));
                     let retry = retry.clone();
@@ -141,7 +147,10 @@ impl QueryRunner {
                     }
                 }
                 owned = member.assignment() => {
-                    let owned = owned?;
+                    let owned = match owned {
+                        Ok(owned) => owned,
+                        Err(e) => break Err(e.into()),
+                    };
                     let wanted: Vec<Share> = if split {
                         owned.iter().map(|&p| Share::Partition(p)).collect()
                     } else if by_group {
@@ -155,7 +164,7 @@ impl QueryRunner {
                     lanes = self.log.partitions(&input);
                     if by_group && lanes == 0 {
                         // Every lane's place depends on it: better stopped than misrouted.
-                        anyhow::bail!("the partitions of {input} could not be counted");
+                        break Err(anyhow::anyhow!("the partitions of {input} could not be counted"));
                     }
                     for share in running.keys().filter(|t| !wanted.contains(t)).copied().collect::<Vec<_>>() {
                         let task = running.remove(&share).unwrap();
@@ -173,10 +182,16 @@ impl QueryRunner {
                         }
                         running.insert(share, self.start(share, lanes, 0, &failed));
                     }
+                    if running.values().all(|t| !t.handle.is_finished()) {
+                        // Following the group again, and no task waits to start again.
+                        *self.failure.lock().unwrap() = None;
+                    }
                     *self.owned.lock().unwrap() = if split || by_group || owned.contains(&0) { owned } else { Vec::new() };
                 }
             }
-        }
+        };
+        // Stopped or failed, no task outlives the coordinator: a restart must not find one
+        // still writing its last checkpoint.
         for task in running.values() {
             let _ = task.stop.send(true);
         }
@@ -186,7 +201,25 @@ impl QueryRunner {
         while let Ok((share, _, error)) = failures.try_recv() {
             tracing::warn!(query = %self.id, ?share, error = %format!("{error:#}"), "query task failed while stopping");
         }
-        Ok(())
+        outcome
+    }
+
+    /// Runs the query until `stop` turns true; when it fails as a whole (the cluster away,
+    /// so the query cannot follow its consumer group), it starts again after the same delays
+    /// as a failed task.
+    pub async fn keep_running(self, mut stop: watch::Receiver<bool>) {
+        let mut in_a_row = 0;
+        while !*stop.borrow() {
+            let started = Instant::now();
+            let Err(e) = self.clone().run(stop.clone()).await else { return };
+            let delay = restart_delay(&mut in_a_row, started.elapsed());
+            tracing::error!(query = %self.id, error = %format!("{e:#}"), ?delay, "query failed; it starts again");
+            *self.failure.lock().unwrap() = Some(format!("{e:#}"));
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.changed() => {}
+            }
+        }
     }
 
     /// Starts the task of `share`, from its checkpoint.
@@ -795,7 +828,7 @@ mod tests {
 
     /// Counts of site fixes per 10 s window, grouped by a value field: run in two steps (as on
     /// a shared log).
-    fn run_count_by_site(log: &Arc<dyn Log>) -> (watch::Sender<bool>, JoinHandle<anyhow::Result<()>>) {
+    fn run_count_by_site(log: &Arc<dyn Log>) -> (watch::Sender<bool>, JoinHandle<()>) {
         let source = stream("s", &[("site", DataType::String)]);
         let sql = "SELECT site, COUNT(*) AS n FROM s WINDOW TUMBLING (SIZE 10 SECONDS, GRACE PERIOD 0 SECONDS) \
                    GROUP BY site EMIT FINAL";
@@ -811,7 +844,7 @@ mod tests {
             failure: Arc::default(),
         };
         let (stop, stopped) = watch::channel(false);
-        (stop, tokio::spawn(runner.run(stopped)))
+        (stop, tokio::spawn(runner.keep_running(stopped)))
     }
 
     /// Each device's fixes for `seconds`, to its key's partition in time order; each site's
@@ -883,12 +916,12 @@ mod tests {
         let (stop, running) = run_count_by_site(&log);
         read_until(output.as_mut(), |r| windows.take(r, 40_000)).await;
         stop.send(true).unwrap();
-        running.await.unwrap().unwrap();
+        running.await.unwrap();
         append_fixes(&log, SECONDS / 2..SECONDS).await;
         let (stop, running) = run_count_by_site(&log);
         read_until(output.as_mut(), |r| windows.take(r, 100_000)).await;
         stop.send(true).unwrap();
-        running.await.unwrap().unwrap();
+        running.await.unwrap();
         windows.take_rest(output.as_mut()).await;
 
         windows.assert_each_counted_once(100_000);
@@ -912,6 +945,8 @@ mod tests {
         /// Stream, which of its appends fails (counted from 1), how, and whether it did.
         faults: Mutex<Vec<(String, usize, Fault, bool)>>,
         appends: Mutex<HashMap<String, usize>>,
+        /// How many more times counting the input's partitions fails (a metadata timeout).
+        uncounted: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait::async_trait]
@@ -955,6 +990,10 @@ mod tests {
             self.log.streams()
         }
         fn partitions(&self, stream: &str) -> u32 {
+            let fails = |n: usize| n.checked_sub(1);
+            if stream == "s" && self.uncounted.fetch_update(Ordering::SeqCst, Ordering::SeqCst, fails).is_ok() {
+                return 0;
+            }
             self.log.partitions(stream)
         }
         async fn delete_before(&self, stream: &str, positions: &Positions) -> pacer_log::Result<()> {
@@ -968,9 +1007,10 @@ mod tests {
         }
     }
 
-    /// Appends that fail (forwarded copies, a checkpoint, rows, rows whose acknowledgement
-    /// was lost) stop only the task that made them: it starts again from its checkpoint, and
-    /// every window still closes once with the count of all its records.
+    /// A query that cannot count its input's partitions at first starts again; appends that
+    /// fail (forwarded copies, a checkpoint, rows, rows whose acknowledgement was lost) stop
+    /// only the task that made them: it starts again from its checkpoint. Every window still
+    /// closes once with the count of all its records.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_task_whose_append_failed_starts_again_from_its_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
@@ -984,6 +1024,7 @@ mod tests {
             log: four_partitions(dir.path()),
             faults: Mutex::new(faults),
             appends: Mutex::default(),
+            uncounted: 1.into(),
         });
         let log: Arc<dyn Log> = failing.clone();
         let mut output = log.reader("out", StartAt::Beginning).unwrap();
@@ -995,11 +1036,12 @@ mod tests {
         // wrote before failing and write again after it would be in by then.
         read_until(output.as_mut(), |r| windows.take(r, 110_000)).await;
         stop.send(true).unwrap();
-        running.await.unwrap().unwrap();
+        running.await.unwrap();
         windows.take_rest(output.as_mut()).await;
 
         let faults = failing.faults.lock().unwrap().clone();
         assert!(faults.iter().all(|f| f.3), "every fault happened: {faults:?}");
+        assert_eq!(failing.uncounted.load(Ordering::SeqCst), 0, "counting failed once");
         windows.assert_each_counted_once(110_000);
     }
 }
