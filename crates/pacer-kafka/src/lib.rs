@@ -340,6 +340,42 @@ impl KafkaLog {
 
 type KafkaResultPartitions = std::result::Result<Vec<i32>, KafkaError>;
 
+/// Where `partitions` of `topic` begin and end now (low and high watermarks, in the order
+/// asked), in two ListOffsets requests however many partitions there are: `fetch_watermarks`
+/// sends two per partition, and a broker that serves requests one at a time (tansu) falls
+/// behind under them.
+fn watermarks<X: rdkafka::consumer::ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
+    topic: &str,
+    partitions: &[i32],
+) -> std::result::Result<Vec<(i64, i64)>, KafkaError> {
+    // ListOffsets takes -2 for the earliest offset and -1 for the latest as timestamps.
+    let ask = |at: Offset| -> std::result::Result<HashMap<i32, i64>, KafkaError> {
+        let mut list = TopicPartitionList::new();
+        for &partition in partitions {
+            list.add_partition_offset(topic, partition, at)?;
+        }
+        let answer = consumer.offsets_for_times(list, REQUEST_TIMEOUT)?;
+        Ok(answer
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(offset) if e.error().is_ok() => Some((e.partition(), offset)),
+                _ => None,
+            })
+            .collect())
+    };
+    let (lows, highs) = (ask(Offset::Beginning)?, ask(Offset::End)?);
+    partitions
+        .iter()
+        .map(|p| match (lows.get(p), highs.get(p)) {
+            (Some(&low), Some(&high)) => Ok((low, high)),
+            // A partition the batched request did not answer: ask for it alone.
+            _ => consumer.fetch_watermarks(topic, *p, REQUEST_TIMEOUT),
+        })
+        .collect()
+}
+
 impl KafkaConfig {
     /// A consumer that never commits by itself: Pacer decides what counts as processed.
     fn consumer_config(&self, group: &str) -> ClientConfig {
@@ -460,9 +496,11 @@ impl Log for KafkaLog {
             };
             let mut ids: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
             ids.sort_unstable();
-            for partition in ids {
-                let (low, high) =
-                    self.metadata.fetch_watermarks(topic.name(), partition, REQUEST_TIMEOUT).unwrap_or((0, 0));
+            let marks = watermarks(&self.metadata, topic.name(), &ids).unwrap_or_else(|error| {
+                tracing::warn!(topic = topic.name(), %error, "reading a topic's offsets failed");
+                vec![(0, 0); ids.len()]
+            });
+            for (low, high) in marks {
                 info.records += (high - low).max(0) as u64;
                 info.end_offsets.push(high.max(0) as u64);
             }

@@ -15,7 +15,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::task::JoinHandle;
 
-use crate::{cluster_error, KafkaLog, REQUEST_TIMEOUT};
+use crate::{cluster_error, watermarks, KafkaLog, REQUEST_TIMEOUT};
 
 /// Records handed out per batch at most, so one busy stream cannot starve a caller's loop.
 const MAX_BATCH: usize = 8192;
@@ -148,19 +148,13 @@ impl KafkaReader {
     /// Whether the reader has every record the cluster holds right now.
     async fn caught_up(&self, consumer: &Arc<StreamConsumer>) -> Result<bool> {
         let (consumer, topic, positions) = (consumer.clone(), self.topic.clone(), self.positions.clone());
-        let only = self.only.clone();
         tokio::task::spawn_blocking(move || {
-            for partition in KafkaLog::partitions_of(consumer.client(), &topic)? {
-                if only.as_ref().is_some_and(|only| !only.contains(&partition)) {
-                    continue;
-                }
-                let (low, high) = consumer.fetch_watermarks(&topic, partition, REQUEST_TIMEOUT)?;
-                let next = positions.get(partition as u32).map_or(low, |p| p as i64).max(low);
-                if next < high {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
+            // The partitions assigned at open (a local answer, no request to the cluster).
+            let partitions: Vec<i32> = consumer.assignment()?.elements().iter().map(|e| e.partition()).collect();
+            let marks = watermarks(consumer.as_ref(), &topic, &partitions)?;
+            Ok(partitions.iter().zip(marks).all(|(&partition, (low, high))| {
+                positions.get(partition as u32).map_or(low, |p| p as i64).max(low) >= high
+            }))
         })
         .await
         .map_err(|_| LogError::Closed)?
@@ -221,11 +215,15 @@ fn open(
     }
     let mut list = TopicPartitionList::new();
     let mut positions = Positions::new();
-    for &partition in &partitions {
+    let ends = match start {
+        StartAt::End => watermarks(&consumer, topic, &partitions)?.into_iter().map(|(_, high)| high).collect(),
+        _ => Vec::new(),
+    };
+    for (i, &partition) in partitions.iter().enumerate() {
         let offset = match &start {
             StartAt::Beginning => Offset::Beginning,
             StartAt::Positions(p) => p.get(partition as u32).map_or(Offset::Beginning, |o| Offset::Offset(o as i64)),
-            StartAt::End => Offset::Offset(consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?.1),
+            StartAt::End => Offset::Offset(ends[i]),
             StartAt::Timestamp(ms) => Offset::Offset(*ms),
         };
         list.add_partition_offset(topic, partition, offset)?;
