@@ -16,6 +16,13 @@ start_tansu() {
   local tansu; tansu=$(tansu_binary)
   (cd "$2" && exec "$tansu" broker --listener-url "tcp://127.0.0.1:$1" --advertised-listener-url "tcp://127.0.0.1:$1" \
     --storage-engine sqlite://tansu.db >"$2/tansu.log" 2>&1) &
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return; sleep 0.1; done
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && { tansu_header_index "$2/tansu.db"; return; }; sleep 0.1; done
   echo "tansu did not listen on port $1 after 10 s" >&2; return 1
+}
+
+# tansu 0.6's sqlite schema has no index on its header table, so every record fetched scans
+# every header ever stored (minutes once a topic's rows carry headers, e.g. Pacer's query
+# output with pacer.query/pacer.cause). The index Kafka's own log has by construction:
+tansu_header_index() {
+  python3 -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1], timeout=30); c.execute('create index if not exists header_record on header (topition, offset_id)'); c.commit()" "$1"
 }

@@ -33,6 +33,18 @@ struct Tansu {
     _dir: tempfile::TempDir,
 }
 
+/// tansu 0.6's sqlite schema has no index on its header table, so each record fetched scans
+/// every header ever stored: once query output (rows with `pacer.query`/`pacer.cause`) is in,
+/// reads slow to a crawl and requests time out. The index an Apache Kafka log has by
+/// construction (as `scripts/bench-common.sh` adds it for the benchmarks).
+fn add_header_index(db: &Path) {
+    let sql = "create index if not exists header_record on header (topition, offset_id)";
+    let script =
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=30); c.execute(sys.argv[2]); c.commit()";
+    let status = Command::new("python3").args(["-c", script]).arg(db).arg(sql).status().expect("python3");
+    assert!(status.success(), "indexing tansu's headers in {}", db.display());
+}
+
 impl Tansu {
     fn start() -> Tansu {
         Tansu::start_in(tempfile::tempdir().unwrap(), &[])
@@ -63,6 +75,7 @@ impl Tansu {
             assert!(Instant::now() < deadline, "tansu did not listen on {port} within 30 s");
             std::thread::sleep(Duration::from_millis(50));
         }
+        add_header_index(&dir.path().join("tansu.db"));
         Tansu { child, brokers: format!("127.0.0.1:{port}"), _dir: dir }
     }
 
