@@ -23,8 +23,9 @@ pub struct Union {
 }
 
 impl Union {
-    /// `streams` of `log` from `start`; positions name the union's partitions.
-    pub fn open(log: &Arc<dyn Log>, streams: &[&str], start: StartAt) -> Result<Union> {
+    /// `streams` of `log` from `start`, or only their partition `partition` (streams
+    /// partitioned alike by the same key); positions name the union's partitions.
+    pub fn open(log: &Arc<dyn Log>, streams: &[&str], partition: Option<u32>, start: StartAt) -> Result<Union> {
         let readers = streams
             .iter()
             .enumerate()
@@ -39,7 +40,10 @@ impl Union {
                     }
                     other => other.clone(),
                 };
-                log.reader(stream, start)
+                match partition {
+                    Some(p) => log.partition_reader(stream, &[p], start),
+                    None => log.reader(stream, start),
+                }
             })
             .collect::<Result<_>>()?;
         Ok(Union { readers })
@@ -113,7 +117,7 @@ mod tests {
         let records = |n: i64| (0..n).map(|t| NewRecord::new(t, None, t.to_string())).collect();
         log.append("a", records(3)).await.unwrap();
         log.append("b", records(2)).await.unwrap();
-        let mut union = Union::open(&log, &["a", "b"], StartAt::Beginning).unwrap();
+        let mut union = Union::open(&log, &["a", "b"], None, StartAt::Beginning).unwrap();
         let mut seen: Vec<(usize, u64)> = Vec::new();
         loop {
             let batch = union.try_batch().await.unwrap();
@@ -130,7 +134,7 @@ mod tests {
 
         // Reopened where it was, it reads only what came since, from either input.
         log.append("b", records(1)).await.unwrap();
-        let mut again = Union::open(&log, &["a", "b"], StartAt::Positions(union.positions())).unwrap();
+        let mut again = Union::open(&log, &["a", "b"], None, StartAt::Positions(union.positions())).unwrap();
         let next = again.next_batch().await.unwrap();
         assert_eq!(next.len(), 1);
         assert_eq!((next[0].partition, next[0].offset), (UNION_STRIDE, 2));

@@ -696,9 +696,10 @@ fn emit_final_and_per_window_stages_survive_kill_9_on_kafka() {
     common::windows::emit_final_survives_kill_9(kills, || start_pacer(dir.path(), &config));
 }
 
-/// A stream–stream join across `kill -9` on Kafka: both topics' partitions read as one,
-/// merged by event time, the rows each side holds restored from the changelog topic; every
-/// pair once, no departure lost (common::joins).
+/// A stream–stream join across `kill -9` on Kafka: both topics keyed by the trip they join
+/// on, so partition `p` of each is read by one task, the two merged by event time, the rows
+/// each side holds restored from the task's changelog topic; every pair once, no departure
+/// lost (common::joins).
 #[test]
 fn stream_stream_join_survives_kill_9_on_kafka() {
     let tansu = Tansu::start();
@@ -711,6 +712,15 @@ fn stream_stream_join_survives_kill_9_on_kafka() {
     // Fewer trips: tansu's sqlite engine takes each checkpointed row of the join's state as
     // a write of its own.
     common::joins::stream_join_survives_kill_9(2_000, kills, true, || start_pacer(dir.path(), &config));
+    // Both streams are placed by the trip they join on, two partitions each: the join ran
+    // as one task per partition, each with its own checkpoints.
+    let consumer: BaseConsumer = tansu.client().create().unwrap();
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    let topics: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    for state in ["j.__query_csas_trips.p0", "j.__query_csas_trips.p1"] {
+        assert!(topics.contains(&state), "{state} in {topics:?}");
+    }
+    assert!(!topics.contains(&"j.__query_csas_trips"), "not run whole: {topics:?}");
 }
 
 /// TLS in front of a broker, as a TLS load balancer stands in front of Kafka (tansu 0.6 takes

@@ -194,7 +194,8 @@ fn stream_stream_join_survives_kill_9_without_losing_or_repeating_a_pair() {
     let args = ["--config", config.to_str().unwrap()];
     common::joins::stream_join_survives_kill_9(10_000, kills, true, || Pacer::start_with(dir.path(), &args));
     let state =
-        walkdir(dir.path()).into_iter().find(|p| p.ends_with("__query_csas_trips/0")).expect("the state stream");
+        // Keyed by the trip they join on, the streams' one partition is one task's.
+        walkdir(dir.path()).into_iter().find(|p| p.ends_with("__query_csas_trips.p0/0")).expect("the state stream");
     let first: u64 = std::fs::read_dir(&state)
         .unwrap()
         .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".log")?.parse().ok())

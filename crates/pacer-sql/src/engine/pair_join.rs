@@ -163,6 +163,13 @@ impl PairJoin {
         Ok(plan)
     }
 
+    /// Whether both sides join on their record key: streams Kafka's partitioner placed by
+    /// that key hold a pair's rows at the same partition number (given equal partition
+    /// counts), so the join runs one task per partition, as ksqlDB's co-partitioned joins do.
+    pub fn joins_record_keys(&self) -> bool {
+        self.sides.iter().all(|side| side.columns.iter().any(|c| c.key && c.name.eq_ignore_ascii_case(&side.key)))
+    }
+
     /// The log streams the join reads, left first.
     pub fn topics(&self) -> [&str; 2] {
         [&self.sides[0].topic, &self.sides[1].topic]

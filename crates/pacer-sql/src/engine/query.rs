@@ -109,7 +109,7 @@ impl QueryRunner {
     /// group stops every task and returns the error.
     pub async fn run(self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let input = self.plan.source.topic.clone();
-        let split = splits_by_partition(&self.plan);
+        let split = splits_by_partition(&self.plan) && self.copartitioned();
         let by_group = !split && self.spread_groups && repartition::regroups(&self.plan);
         let mut member = self.log.join_group(&format!("pacer-query-{}", self.id.to_ascii_lowercase()), &input)?;
         // Tasks by share, and tasks told to stop that may still be writing their last checkpoint.
@@ -222,6 +222,19 @@ impl QueryRunner {
         }
     }
 
+    /// Whether a join's two inputs have as many partitions as each other, so partition `p`
+    /// of both holds the same keys; a join of inputs that do not (or do not exist yet) runs
+    /// whole. Any other query reads one input.
+    fn copartitioned(&self) -> bool {
+        let Some(pair) = &self.plan.pair else { return true };
+        let [left, right] = pair.topics().map(|t| self.log.partitions(t));
+        if left == 0 || left != right {
+            tracing::info!(query = %self.id, left, right, "the join's inputs are not partitioned alike: it runs whole on one node");
+            return false;
+        }
+        true
+    }
+
     /// Starts the task of `share`, from its checkpoint.
     fn start(
         &self,
@@ -259,9 +272,14 @@ impl QueryRunner {
 /// aggregations grouped by the record key (records are partitioned by key) that do not
 /// rank groups against each other.
 fn splits_by_partition(plan: &Plan) -> bool {
-    if plan.stage.is_some() || plan.pair.is_some() {
-        // What a window becomes depends on all of its groups; a join reads two streams.
+    if plan.stage.is_some() {
+        // What a window becomes depends on all of its groups.
         return false;
+    }
+    if let Some(pair) = &plan.pair {
+        // A join of two streams placed by the keys it joins on (their partition counts are
+        // compared as the query starts: `copartitioned`).
+        return pair.joins_record_keys() && matches!(&plan.shape, Shape::Project { keyed, .. } if keyed.is_empty());
     }
     match &plan.shape {
         Shape::Project { .. } => true,
@@ -285,9 +303,13 @@ pub fn input_reader(
 ) -> pacer_log::Result<Box<dyn StreamReader>> {
     if let Some(pair) = plan.pair.clone() {
         let topics = pair.topics();
-        let union = Union::open(log, &topics, start)?;
+        let union = Union::open(log, &topics, partition, start)?;
         let (log, topics) = (log.clone(), topics.map(String::from));
-        let count = Box::new(move || Union::partitions(log.as_ref(), &[&topics[0], &topics[1]]));
+        let count = Box::new(move || match Union::partitions(log.as_ref(), &[&topics[0], &topics[1]]) {
+            // One partition of each input.
+            n if n > 0 && partition.is_some() => 2,
+            n => n,
+        });
         return Ok(Box::new(TimeOrdered::over(Box::new(union), count, Box::new(move |r| pair.event_time(r)))));
     }
     let input = &plan.source.topic;

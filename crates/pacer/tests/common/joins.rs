@@ -55,8 +55,8 @@ pub fn stream_join_survives_kill_9(trips: i64, kills: usize, after_progress: boo
     arrivals.sort();
     pacer.produce("arrivals", Some("trip"), &arrivals.into_iter().map(|(_, line)| line).collect::<String>());
     let out = pacer.sql(
-        "CREATE STREAM departures (trip VARCHAR, stop VARCHAR, ts BIGINT) WITH (kafka_topic='departures', value_format='JSON', timestamp='ts');
-         CREATE STREAM arrivals (trip VARCHAR, stop VARCHAR, ts BIGINT) WITH (kafka_topic='arrivals', value_format='JSON', timestamp='ts');
+        "CREATE STREAM departures (trip VARCHAR KEY, stop VARCHAR, ts BIGINT) WITH (kafka_topic='departures', value_format='JSON', timestamp='ts');
+         CREATE STREAM arrivals (trip VARCHAR KEY, stop VARCHAR, ts BIGINT) WITH (kafka_topic='arrivals', value_format='JSON', timestamp='ts');
          CREATE STREAM trips AS SELECT d.trip, d.stop AS origin, a.stop AS destination, (a.ts - d.ts) / 1000 AS seconds
            FROM departures d LEFT JOIN arrivals a WITHIN (0 SECONDS, 4 HOURS) GRACE PERIOD 1 MINUTE ON d.trip = a.trip
            EMIT CHANGES;",
