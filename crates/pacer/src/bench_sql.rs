@@ -303,6 +303,9 @@ pub async fn latency(b: LatencyBench) -> anyhow::Result<()> {
     let mut options = MqttOptions::new(format!("pacer-latency-{suffix}"), b.host.clone(), b.port);
     options.set_keep_alive(std::time::Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(options, 10_000);
+    // Latency is measured, so the load generator sends each publish at once (rumqttc leaves
+    // Nagle's algorithm on by default).
+    events.network_options.set_tcp_nodelay(true);
     let driver = tokio::spawn(async move {
         loop {
             if events.poll().await.is_err() {
