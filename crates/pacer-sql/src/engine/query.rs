@@ -224,9 +224,17 @@ impl QueryRunner {
 
     /// Whether a join's two inputs have as many partitions as each other, so partition `p`
     /// of both holds the same keys; a join of inputs that do not (or do not exist yet) runs
-    /// whole. Any other query reads one input.
+    /// whole. A join that ran before keeps the way it ran, as its state is checkpointed that
+    /// way. Any other query reads one input.
     fn copartitioned(&self) -> bool {
         let Some(pair) = &self.plan.pair else { return true };
+        let ran = |share| self.log.partitions(&state_stream(&self.id, share)) > 0;
+        if ran(Share::Whole) {
+            return false;
+        }
+        if ran(Share::Partition(0)) {
+            return true;
+        }
         let [left, right] = pair.topics().map(|t| self.log.partitions(t));
         if left == 0 || left != right {
             tracing::info!(query = %self.id, left, right, "the join's inputs are not partitioned alike: it runs whole on one node");
@@ -332,6 +340,17 @@ enum Share {
     Groups(u32),
 }
 
+/// Where the task of `share` of query `id` checkpoints.
+fn state_stream(id: &str, share: Share) -> String {
+    let id = id.to_ascii_lowercase();
+    match share {
+        Share::Whole => format!("__query_{id}"),
+        Share::Partition(p) => format!("__query_{id}.p{p}"),
+        Share::Forward(p) => format!("__query_{id}.f{p}"),
+        Share::Groups(p) => format!("__query_{id}.g{p}"),
+    }
+}
+
 /// One share of a query, with its own state.
 struct Task {
     id: String,
@@ -352,13 +371,7 @@ struct Task {
 
 impl Task {
     fn state_stream(&self) -> String {
-        let id = self.id.to_ascii_lowercase();
-        match self.share {
-            Share::Whole => format!("__query_{id}"),
-            Share::Partition(p) => format!("__query_{id}.p{p}"),
-            Share::Forward(p) => format!("__query_{id}.f{p}"),
-            Share::Groups(p) => format!("__query_{id}.g{p}"),
-        }
+        state_stream(&self.id, self.share)
     }
 
     /// What the task reads, from where its checkpoint left it.
@@ -746,7 +759,8 @@ fn dead_letter(query: &str, plan: &Plan, record: &Record, reason: &str) -> NewRe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::plan::test_support::{plan_sql, stream};
+    use crate::engine::ast::SourceKind;
+    use crate::engine::plan::test_support::{plan_sql, select, source, stream};
     use crate::engine::value::DataType;
     use pacer_log::{Appended, EmbeddedLog, EmbeddedLogConfig, FsyncPolicy};
 
@@ -1065,5 +1079,85 @@ mod tests {
         assert!(faults.iter().all(|f| f.3), "every fault happened: {faults:?}");
         assert_eq!(failing.uncounted.load(Ordering::SeqCst), 0, "counting failed once");
         windows.assert_each_counted_once(110_000);
+    }
+
+    /// A join of two streams keyed by the column joined on runs one task per partition; but
+    /// one that first ran whole (its inputs did not exist yet) keeps running whole after a
+    /// restart, as its held rows are checkpointed that way: a row held before the restart
+    /// still pairs after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_join_keeps_the_shares_it_ran_in() {
+        let keyed = |name: &str, field: &str| {
+            source(name, SourceKind::Stream, &[("k", DataType::String, true), (field, DataType::Double, false)])
+        };
+        let (a, b) = (keyed("a", "x"), keyed("b", "y"));
+        let sql = "SELECT a.k, a.x, b.y FROM a JOIN b WITHIN 1 MINUTE GRACE PERIOD 0 SECONDS ON a.k = b.k EMIT CHANGES";
+        let plan = super::super::pair_join::PairJoin::plan(&select(sql), &a, &b, &crate::Geometry::default()).unwrap();
+        assert!(splits_by_partition(&plan), "keyed on the column joined on");
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn Log> = Arc::new(four_partitions(dir.path()));
+        let run = || {
+            let runner = QueryRunner {
+                id: "J".into(),
+                log: log.clone(),
+                plan: plan.clone(),
+                sink: "out".into(),
+                spread_groups: false,
+                owned: Arc::default(),
+                failure: Arc::default(),
+            };
+            let (stop, stopped) = watch::channel(false);
+            (stop, tokio::spawn(runner.keep_running(stopped)))
+        };
+        // Each `b` row comes a second after its `a` row, so none is late for the join.
+        let rows = |field: &str, at: i64, keys: std::ops::Range<i64>| -> Vec<NewRecord> {
+            keys.map(|k| {
+                let value = serde_json::json!({ field: k as f64 }).to_string();
+                NewRecord::new(at + k, Some(Bytes::from(format!("key-{k}"))), value)
+            })
+            .collect()
+        };
+        let mut output = log.reader("out", StartAt::Beginning).unwrap();
+        let mut pairs: HashMap<String, usize> = HashMap::new();
+        let mut take = |r: &Record, want: usize| {
+            let row: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            let key = row.as_object().unwrap().values().find_map(|v| v.as_str()).unwrap().to_string();
+            *pairs.entry(key).or_default() += 1;
+            pairs.values().sum::<usize>() >= want
+        };
+
+        // Started before its inputs exist: it runs whole.
+        let (stop, running) = run();
+        log.append("a", rows("x", 1_000, 0..20)).await.unwrap();
+        log.append("b", rows("y", 2_000, 0..10)).await.unwrap();
+        read_until(output.as_mut(), |r| take(r, 10)).await;
+        stop.send(true).unwrap();
+        running.await.unwrap();
+        assert!(log.partitions(&state_stream("J", Share::Whole)) > 0, "ran whole");
+
+        // Restarted with both inputs there (four partitions each): still whole, and the rows
+        // of `a` held before the restart pair with the `b` rows that come after it.
+        let (stop, running) = run();
+        log.append("b", rows("y", 2_000, 10..20)).await.unwrap();
+        read_until(output.as_mut(), |r| take(r, 20)).await;
+        stop.send(true).unwrap();
+        running.await.unwrap();
+        assert_eq!(log.partitions(&state_stream("J", Share::Partition(0))), 0, "never split");
+        assert_eq!(pairs.len(), 20, "{pairs:?}");
+        assert!(pairs.values().all(|&n| n == 1), "each pair once: {pairs:?}");
+
+        // A new join over the inputs as they are now splits by partition.
+        let mut second = QueryRunner {
+            id: "J2".into(),
+            log: log.clone(),
+            plan: plan.clone(),
+            sink: "out2".into(),
+            spread_groups: false,
+            owned: Arc::default(),
+            failure: Arc::default(),
+        };
+        assert!(second.copartitioned());
+        second.id = "J".into();
+        assert!(!second.copartitioned(), "the first keeps running whole");
     }
 }
