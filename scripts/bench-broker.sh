@@ -10,10 +10,7 @@ source scripts/bench-common.sh
 runs=${RUNS:-5}; messages=${MESSAGES:-50000}
 
 command -v mosquitto >/dev/null || { apt-get update -qq && apt-get install -y -qq mosquitto >/dev/null; }
-cargo build --release --quiet
-pacer=target/release/pacer
-tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+bench_setup
 
 printf 'listener 18831 127.0.0.1\nallow_anonymous true\n' > "$tmp/mosquitto.conf"
 mosquitto -c "$tmp/mosquitto.conf" 2>"$tmp/mosquitto.log" &

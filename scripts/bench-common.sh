@@ -1,5 +1,14 @@
 # Helpers the MQTT benchmark scripts share; sourced, not run.
 
+# What a benchmark running servers starts with: a release build, `pacer` naming it, and a
+# scratch directory `tmp` removed, with the servers started in the background, on exit.
+bench_setup() {
+  cargo build --release --quiet
+  pacer=target/release/pacer
+  tmp=$(mktemp -d)
+  trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+}
+
 # Waits (up to 10 s) until an MQTT broker on 127.0.0.1:$1 takes a publish.
 wait_for_mqtt() {
   for _ in $(seq 100); do mosquitto_pub -p "$1" -t ready -m 1 2>/dev/null && return; sleep 0.1; done

@@ -11,11 +11,8 @@ source scripts/bench-common.sh
 runs=${RUNS:-5}; messages=${MESSAGES:-20000}
 
 scripts/install-test-deps.sh
-cargo build --release --quiet
-pacer=target/release/pacer
+bench_setup
 tansu=$(tansu_binary)
-tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 
 start_tansu 19093 "$tmp"
 printf '[log]\nbackend = "kafka"\n[log.kafka]\nbrokers = "127.0.0.1:19093"\ndelete_records = false\n' > "$tmp/kafka.toml"

@@ -14,11 +14,8 @@ source scripts/bench-common.sh
 runs=${RUNS:-3}; readings=${READINGS:-20000}; partitions=${PARTITIONS:-4}
 
 scripts/install-test-deps.sh
-cargo build --release --quiet
-pacer=target/release/pacer
+bench_setup
 tansu=$(tansu_binary)
-tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 
 start_tansu 19094 "$tmp"
 # A node killed or stopped leaves the group soon; tansu ends a rebalance only after

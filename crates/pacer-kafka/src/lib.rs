@@ -184,8 +184,7 @@ pub struct KafkaLog {
     /// Topics known to exist, so `append` asks the cluster to create each one once.
     topics: Mutex<HashSet<String>>,
     /// Held while asking the cluster to create a topic: tasks starting together (a query's
-    /// partitions) would otherwise ask for the same topic at once, and tansu 0.6 can stop
-    /// answering after such a pair.
+    /// partitions) would otherwise each ask for the same topic at once.
     creating: tokio::sync::Mutex<()>,
     /// One consumer per group that commits positions.
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,

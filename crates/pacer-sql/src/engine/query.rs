@@ -870,15 +870,24 @@ mod tests {
                    GROUP BY site EMIT FINAL";
         let plan = plan_sql(sql, &source, &crate::Geometry::default());
         assert!(!splits_by_partition(&plan) && repartition::regroups(&plan));
-        let runner = QueryRunner {
-            id: "Q".into(),
+        keep_running(runner(log, "Q", plan, true))
+    }
+
+    /// Query `id` running `plan` into stream `out`.
+    fn runner(log: &Arc<dyn Log>, id: &str, plan: Plan, spread_groups: bool) -> QueryRunner {
+        QueryRunner {
+            id: id.into(),
             log: log.clone(),
             plan,
             sink: "out".into(),
-            spread_groups: true,
+            spread_groups,
             owned: Arc::default(),
             failure: Arc::default(),
-        };
+        }
+    }
+
+    /// Runs `runner` (restarting it on failures) until the sender says stop.
+    fn keep_running(runner: QueryRunner) -> (watch::Sender<bool>, JoinHandle<()>) {
         let (stop, stopped) = watch::channel(false);
         (stop, tokio::spawn(runner.keep_running(stopped)))
     }
@@ -1096,19 +1105,7 @@ mod tests {
         assert!(splits_by_partition(&plan), "keyed on the column joined on");
         let dir = tempfile::tempdir().unwrap();
         let log: Arc<dyn Log> = Arc::new(four_partitions(dir.path()));
-        let run = || {
-            let runner = QueryRunner {
-                id: "J".into(),
-                log: log.clone(),
-                plan: plan.clone(),
-                sink: "out".into(),
-                spread_groups: false,
-                owned: Arc::default(),
-                failure: Arc::default(),
-            };
-            let (stop, stopped) = watch::channel(false);
-            (stop, tokio::spawn(runner.keep_running(stopped)))
-        };
+        let run = || keep_running(runner(&log, "J", plan.clone(), false));
         // Each `b` row comes a second after its `a` row, so none is late for the join.
         let rows = |field: &str, at: i64, keys: std::ops::Range<i64>| -> Vec<NewRecord> {
             keys.map(|k| {
@@ -1147,17 +1144,7 @@ mod tests {
         assert!(pairs.values().all(|&n| n == 1), "each pair once: {pairs:?}");
 
         // A new join over the inputs as they are now splits by partition.
-        let mut second = QueryRunner {
-            id: "J2".into(),
-            log: log.clone(),
-            plan: plan.clone(),
-            sink: "out2".into(),
-            spread_groups: false,
-            owned: Arc::default(),
-            failure: Arc::default(),
-        };
-        assert!(second.copartitioned());
-        second.id = "J".into();
-        assert!(!second.copartitioned(), "the first keeps running whole");
+        assert!(runner(&log, "J2", plan.clone(), false).copartitioned());
+        assert!(!runner(&log, "J", plan, false).copartitioned(), "the first keeps running whole");
     }
 }
