@@ -401,7 +401,12 @@ impl Task {
 
     /// Runs until `stop` turns true or the log fails.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-        let restored = self.restore().await?;
+        // Told to stop while still restoring (its partition moved on): nothing to checkpoint
+        // yet, and the coordinator, which waits for stopping tasks, must not wait on a restore.
+        let restored = tokio::select! {
+            restored = self.restore() => restored?,
+            _ = stop.changed() => return Ok(()),
+        };
         let mut marker = restored.marker;
         let mut already = restored.already_written;
         marker.epoch += 1;
