@@ -79,8 +79,12 @@ impl Relay {
             loop {
                 self.deliver(&broker, &batch).await?;
                 if !batch.is_empty() {
-                    // Delivered means queued durably for the sessions it matched.
-                    self.log.commit_positions(&group, RELAY, &reader.positions()).await?;
+                    // Delivered means queued durably for the sessions it matched. A commit
+                    // that fails (the cluster away for a moment) only means a restart
+                    // delivers these again, and the next commit covers them.
+                    if let Err(error) = self.log.commit_positions(&group, RELAY, &reader.positions()).await {
+                        tracing::warn!(node = %self.node, %error, "recording how far the relay was delivered");
+                    }
                 }
                 batch = reader.next_batch().await?;
             }

@@ -22,6 +22,8 @@ const MAX_BATCH: usize = 8192;
 
 /// How often a waiting reader looks again for a stream that does not exist yet.
 const TOPIC_POLL: Duration = Duration::from_millis(250);
+/// How long a waiting reader waits before trying again after the cluster did not answer.
+const REOPEN_WAIT: Duration = Duration::from_secs(1);
 
 pub(crate) struct KafkaReader {
     stream: String,
@@ -89,8 +91,18 @@ impl KafkaReader {
             match &mut self.state {
                 State::Open(consumer) => return Ok(Some(consumer.clone())),
                 State::Opening(opening) => {
-                    let opened = opening.await.map_err(|_| LogError::Closed)?;
-                    match opened.map_err(|e| self.error(e))? {
+                    let opened = match opening.await.map_err(|_| LogError::Closed)? {
+                        // A waiting reader outlasts the cluster being away (a node paused,
+                        // a broker restarting), as librdkafka's own consumers do.
+                        Err(error) if wait && transient(&error) => {
+                            tracing::warn!(stream = %self.stream, %error, "opening a Kafka reader; trying again");
+                            self.state = State::Missing;
+                            tokio::time::sleep(REOPEN_WAIT).await;
+                            continue;
+                        }
+                        opened => opened.map_err(|e| self.error(e))?,
+                    };
+                    match opened {
                         Some(opened) => {
                             self.positions = opened.positions;
                             self.state = State::Open(Arc::new(opened.consumer));
@@ -245,6 +257,27 @@ fn open(
     }
     consumer.assign(&list)?;
     Ok(Some(Opened { consumer, positions }))
+}
+
+/// Errors of a cluster that is away for now (unreachable, slow, electing a leader), not of
+/// the request: asking again later can succeed.
+fn transient(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            OperationTimedOut
+                | RequestTimedOut
+                | BrokerTransportFailure
+                | AllBrokersDown
+                | NetworkException
+                | LeaderNotAvailable
+                | NotLeaderForPartition
+                | CoordinatorNotAvailable
+                | NotCoordinator
+                | Resolve
+        )
+    )
 }
 
 fn to_record(message: &BorrowedMessage<'_>) -> Record {

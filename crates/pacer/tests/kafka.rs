@@ -393,6 +393,34 @@ async fn the_log_contract_holds_on_kafka() {
     }
 }
 
+/// A reader waiting for a stream outlasts a cluster that does not answer for longer than a
+/// request may take (10 s): a paused or restarting broker, or what a Pacer node paused
+/// itself sees when it resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_waiting_for_a_stream_outlasts_a_cluster_that_stops_answering() {
+    let tansu = Tansu::start();
+    let config = KafkaConfig { brokers: tansu.brokers.clone(), topic_prefix: "w.".into(), ..Default::default() };
+    let log: Arc<dyn Log> = Arc::new(KafkaLog::connect(config, NewTopics::default()).unwrap());
+    let mut reader = log.reader("later", StartAt::Beginning).unwrap();
+    let waiting = tokio::spawn(async move { reader.next_batch().await });
+
+    let signal = |signal: &str| {
+        let status = Command::new("kill").args([signal, &tansu.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    // The scenario's length, not a wait for an event: the reader's requests time out meanwhile.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    signal("-CONT");
+    log.append("later", vec![NewRecord::new(1, Some(Bytes::from("k")), "back")]).await.unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("the reader got nothing within 60 s of the cluster answering again")
+        .unwrap()
+        .expect("the reader gave up while the cluster did not answer");
+    assert_eq!(batch[0].value.as_ref(), b"back");
+}
+
 /// A topic's setting as the cluster describes it.
 async fn topic_setting(tansu: &Tansu, topic: &str, name: &str) -> Option<String> {
     let admin: AdminClient<DefaultClientContext> =
