@@ -4,7 +4,7 @@
 //! records are read by partition readers that start where the owner's checkpoint says, so the
 //! group only decides who owns what.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pacer_log::{GroupMember, LogError, Result};
@@ -46,24 +46,51 @@ impl ConsumerContext for GroupContext {
 
 pub(crate) struct KafkaGroupMember {
     consumer: StreamConsumer<GroupContext>,
+    topic: String,
     assigned: watch::Receiver<Option<Vec<u32>>>,
+    /// When to join, if not joined yet.
+    join_at: Option<Instant>,
 }
 
 impl KafkaGroupMember {
-    pub(crate) fn join(config: &KafkaConfig, group: &str, topic: &str) -> std::result::Result<Self, KafkaError> {
+    /// A member of `group` that joins it at `join_at` (at once if that has passed).
+    pub(crate) fn join(
+        config: &KafkaConfig,
+        group: &str,
+        topic: &str,
+        join_at: Instant,
+    ) -> std::result::Result<Self, KafkaError> {
         let (sender, assigned) = watch::channel(None);
         let mut client = config.consumer_config(group);
         // A topic created after joining is noticed within seconds, not librdkafka's 5 minutes.
         client.set("topic.metadata.refresh.interval.ms", "2000");
         let consumer: StreamConsumer<GroupContext> = client.create_with_context(GroupContext { assigned: sender })?;
-        consumer.subscribe(&[topic])?;
-        Ok(KafkaGroupMember { consumer, assigned })
+        let mut member = KafkaGroupMember { consumer, topic: topic.to_string(), assigned, join_at: Some(join_at) };
+        if join_at <= Instant::now() {
+            member.subscribe()?;
+        } else {
+            tracing::info!(group, wait = ?join_at - Instant::now(), "joining once this node's membership from its last run (which did not stop cleanly) timed out");
+        }
+        Ok(member)
+    }
+
+    fn subscribe(&mut self) -> std::result::Result<(), KafkaError> {
+        self.consumer.subscribe(&[&self.topic])?;
+        self.join_at = None;
+        Ok(())
     }
 }
 
 #[async_trait]
 impl GroupMember for KafkaGroupMember {
     async fn assignment(&mut self) -> Result<Vec<u32>> {
+        if let Some(at) = self.join_at {
+            tokio::time::sleep_until(at.into()).await;
+            self.subscribe().map_err(|e| LogError::Cluster {
+                stream: self.topic.clone(),
+                error: format!("joining the consumer group of {}: {e}", self.topic),
+            })?;
+        }
         loop {
             tokio::select! {
                 changed = self.assigned.changed() => {

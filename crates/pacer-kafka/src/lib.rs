@@ -62,6 +62,14 @@ pub struct KafkaConfig {
     pub delete_records: bool,
     /// Any other librdkafka property, passed through as given (e.g. `"linger.ms" = "2"`).
     pub properties: BTreeMap<String, String>,
+    /// This node's last run ended without leaving its consumer groups (killed, crashed), so
+    /// its memberships linger until `session.timeout.ms` runs out: it joins groups only
+    /// after that. A coordinator that sees a new member join while the old one (maybe the
+    /// group's leader) times out mid-rebalance can leave the group with no leader and the new
+    /// member steady with no partitions (tansu 0.6 does); Kafka would wait as long anyway.
+    /// Set by the server, not the config file.
+    #[serde(skip)]
+    pub last_run_crashed: bool,
 }
 
 impl Default for KafkaConfig {
@@ -81,6 +89,7 @@ impl Default for KafkaConfig {
             ssl_key_location: None,
             delete_records: true,
             properties: BTreeMap::new(),
+            last_run_crashed: false,
         }
     }
 }
@@ -188,6 +197,8 @@ pub struct KafkaLog {
     creating: tokio::sync::Mutex<()>,
     /// One consumer per group that commits positions.
     groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    /// When query groups may be joined (see [`KafkaConfig::last_run_crashed`]).
+    join_groups_at: std::time::Instant,
 }
 
 impl KafkaLog {
@@ -231,7 +242,6 @@ impl KafkaLog {
             });
         }
         Ok(KafkaLog {
-            config,
             new_topics: NewTopics { partitions: new_topics.partitions.max(1), ..new_topics },
             producer,
             admin,
@@ -239,6 +249,8 @@ impl KafkaLog {
             topics: Mutex::new(HashSet::new()),
             creating: tokio::sync::Mutex::new(()),
             groups: Mutex::new(HashMap::new()),
+            join_groups_at: std::time::Instant::now() + config.lingering_membership(),
+            config,
         })
     }
 
@@ -377,6 +389,16 @@ fn watermarks<X: rdkafka::consumer::ConsumerContext, C: Consumer<X>>(
 
 impl KafkaConfig {
     /// A consumer that never commits by itself: Pacer decides what counts as processed.
+    /// How long the memberships of a crashed last run stay in their groups.
+    fn lingering_membership(&self) -> Duration {
+        if !self.last_run_crashed {
+            return Duration::ZERO;
+        }
+        // librdkafka's default session timeout.
+        let ms = self.properties.get("session.timeout.ms").and_then(|ms| ms.parse().ok()).unwrap_or(45_000);
+        Duration::from_millis(ms)
+    }
+
     fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut client = self.client();
         client
@@ -459,7 +481,7 @@ impl Log for KafkaLog {
 
     fn join_group(&self, group: &str, stream: &str) -> Result<Box<dyn GroupMember>> {
         validate_stream_name(stream)?;
-        let member = group::KafkaGroupMember::join(&self.config, group, &self.topic(stream))
+        let member = group::KafkaGroupMember::join(&self.config, group, &self.topic(stream), self.join_groups_at)
             .map_err(|e| cluster_error(stream, &self.config.brokers, e))?;
         Ok(Box::new(member))
     }

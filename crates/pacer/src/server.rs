@@ -2,6 +2,7 @@
 //! ingest rules as its sink, the SQL engine with its queries and the HTTP server.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -34,12 +35,19 @@ pub struct Server {
     pub wss_addr: Option<SocketAddr>,
     pub osmand_addr: Option<SocketAddr>,
     tasks: JoinSet<anyhow::Result<()>>,
+    /// Says, while it exists, that this node runs (see [`RunMarker`]).
+    running: Option<RunMarker>,
 }
 
 impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let mut registry = Registry::default();
-        let log = open_log(&config, &mut registry)?;
+        let running = match config.log.backend {
+            LogBackend::Kafka => Some(RunMarker::place(&config.log.dir)?),
+            LogBackend::Embedded => None,
+        };
+        let last_run_crashed = running.as_ref().is_some_and(|r| r.last_run_crashed);
+        let log = open_log(&config, last_run_crashed, &mut registry)?;
 
         let rules = if config.ingest.is_empty() { pacer_ingest::default_rules() } else { config.ingest.clone() };
         let devices =
@@ -214,7 +222,7 @@ impl Server {
             LogBackend::Kafka => format!("kafka at {}", config.log.kafka.brokers),
         };
         tracing::info!(%mqtt_addr, %http_addr, log, "pacer started");
-        Ok(Server { mqtt_addr, http_addr, tls_addr, websocket_addr, wss_addr, osmand_addr, tasks })
+        Ok(Server { mqtt_addr, http_addr, tls_addr, websocket_addr, wss_addr, osmand_addr, tasks, running })
     }
 
     /// Waits until a part stops (which is an error: they run forever) or Ctrl-C.
@@ -226,6 +234,9 @@ impl Server {
             }
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("Ctrl-C: stopping");
+                if let Some(running) = self.running.take() {
+                    running.remove();
+                }
                 Ok(())
             }
         }
@@ -290,7 +301,7 @@ fn stream_retention(config: &Config) -> anyhow::Result<std::collections::HashMap
 }
 
 /// The log `[log] backend` names; nothing past this point knows which one runs.
-fn open_log(config: &Config, registry: &mut Registry) -> anyhow::Result<Arc<dyn Log>> {
+fn open_log(config: &Config, last_run_crashed: bool, registry: &mut Registry) -> anyhow::Result<Arc<dyn Log>> {
     let log = &config.log;
     Ok(match log.backend {
         LogBackend::Embedded => {
@@ -309,7 +320,7 @@ fn open_log(config: &Config, registry: &mut Registry) -> anyhow::Result<Arc<dyn 
         }
         LogBackend::Kafka => Arc::new(
             KafkaLog::connect(
-                log.kafka.clone(),
+                pacer_kafka::KafkaConfig { last_run_crashed, ..log.kafka.clone() },
                 NewTopics {
                     partitions: log.partitions,
                     retention_ms: log.retention_ms,
@@ -322,6 +333,34 @@ fn open_log(config: &Config, registry: &mut Registry) -> anyhow::Result<Arc<dyn 
     })
 }
 
+/// A file in the data directory that exists while the node runs: found at start, it says the
+/// last run ended without stopping cleanly (killed, crashed), so its consumer group
+/// memberships are still on the cluster until they time out.
+struct RunMarker {
+    path: PathBuf,
+    last_run_crashed: bool,
+}
+
+impl RunMarker {
+    fn place(dir: &Path) -> anyhow::Result<RunMarker> {
+        let path = dir.join("pacer.running");
+        let last_run_crashed = path.exists();
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        if last_run_crashed {
+            tracing::info!(marker = %path.display(), "the last run did not stop cleanly");
+        }
+        Ok(RunMarker { path, last_run_crashed })
+    }
+
+    fn remove(self) {
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), %error, "removing the run marker");
+        }
+    }
+}
+
 /// Rows of a push query, live-feed events and WebSocket frames are small writes that must go
 /// out at once: with Nagle's algorithm on, each one after another waits for the client's
 /// delayed acknowledgement of the last (up to 40 ms). MQTT connections have it off too.
@@ -332,4 +371,20 @@ fn without_nagle(listener: TcpListener) -> impl axum::serve::Listener<Addr = std
             tracing::debug!(%error, "TCP_NODELAY could not be set");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunMarker;
+
+    #[test]
+    fn a_run_that_did_not_remove_its_marker_is_known_at_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = RunMarker::place(dir.path()).unwrap();
+        assert!(!first.last_run_crashed, "a first start");
+        // Killed: the marker stays.
+        assert!(RunMarker::place(dir.path()).unwrap().last_run_crashed, "after a kill");
+        RunMarker::place(dir.path()).unwrap().remove();
+        assert!(!RunMarker::place(dir.path()).unwrap().last_run_crashed, "after a clean stop");
+    }
 }

@@ -732,8 +732,9 @@ fn emit_final_and_per_window_stages_survive_kill_9_on_kafka() {
 fn stream_stream_join_survives_kill_9_on_kafka() {
     let tansu = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    // The restarted node waits for its killed self to leave the group: tansu ends a
-    // rebalance only after the members' max.poll.interval.ms (librdkafka: 300 s).
+    // The restarted node joins the group once its killed self's membership timed out
+    // (session.timeout.ms); tansu ends a rebalance only after the members'
+    // max.poll.interval.ms (librdkafka: 300 s).
     let properties = "\"session.timeout.ms\" = \"6000\", \"max.poll.interval.ms\" = \"10000\"";
     let config = kafka_config(dir.path(), &tansu, "j.", &format!("properties = {{ {properties} }}\n"));
     let kills: usize = std::env::var("PACER_KAFKA_KILLS").ok().and_then(|k| k.parse().ok()).unwrap_or(3);
