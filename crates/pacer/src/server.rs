@@ -37,17 +37,30 @@ pub struct Server {
     tasks: JoinSet<anyhow::Result<()>>,
     /// Says, while it exists, that this node runs (see [`RunMarker`]).
     running: Option<RunMarker>,
+    /// Taken from start: a SIGTERM right after the ready line must stop cleanly too.
+    terminate: tokio::signal::unix::Signal,
 }
 
 impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let mut registry = Registry::default();
+        let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
         let running = match config.log.backend {
             LogBackend::Kafka => Some(RunMarker::place(&config.log.dir)?),
             LogBackend::Embedded => None,
         };
         let last_run_crashed = running.as_ref().is_some_and(|r| r.last_run_crashed);
-        let log = open_log(&config, last_run_crashed, &mut registry)?;
+        let log = match open_log(&config, last_run_crashed, &mut registry) {
+            Ok(log) => log,
+            Err(e) => {
+                // Nothing joined a group: the marker says what it said before.
+                if let Some(marker) = running.filter(|r| !r.last_run_crashed) {
+                    marker.remove();
+                }
+                return Err(e);
+            }
+        };
 
         let rules = if config.ingest.is_empty() { pacer_ingest::default_rules() } else { config.ingest.clone() };
         let devices =
@@ -222,24 +235,26 @@ impl Server {
             LogBackend::Kafka => format!("kafka at {}", config.log.kafka.brokers),
         };
         tracing::info!(%mqtt_addr, %http_addr, log, "pacer started");
-        Ok(Server { mqtt_addr, http_addr, tls_addr, websocket_addr, wss_addr, osmand_addr, tasks, running })
+        Ok(Server { mqtt_addr, http_addr, tls_addr, websocket_addr, wss_addr, osmand_addr, tasks, running, terminate })
     }
 
-    /// Waits until a part stops (which is an error: they run forever) or Ctrl-C.
+    /// Waits until a part stops (which is an error: they run forever), Ctrl-C or SIGTERM
+    /// (how systemd, Docker and Kubernetes stop a service).
     pub async fn wait(&mut self) -> anyhow::Result<()> {
-        tokio::select! {
+        let terminate = &mut self.terminate;
+        let signal = tokio::select! {
             Some(result) = self.tasks.join_next() => {
                 result.context("a Pacer task panicked")??;
                 anyhow::bail!("a Pacer task stopped unexpectedly")
             }
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("Ctrl-C: stopping");
-                if let Some(running) = self.running.take() {
-                    running.remove();
-                }
-                Ok(())
-            }
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(signal, "stopping");
+        if let Some(running) = self.running.take() {
+            running.remove();
         }
+        Ok(())
     }
 
     /// The line tests and scripts wait for: the server is ready to take connections.

@@ -199,6 +199,38 @@ fn an_mqtt_publish_is_a_kafka_record_with_its_key_timestamp_and_headers() {
     assert_eq!(tailed[0]["timestamp"], 1_558_212_482_000i64);
 }
 
+/// SIGTERM (systemd, Docker, Kubernetes) stops a node cleanly: it leaves its groups and
+/// removes the marker that would make its next start wait for them to time out, as after a
+/// `kill -9`, which leaves the marker behind.
+#[test]
+fn a_node_stopped_with_sigterm_stops_cleanly() {
+    let tansu = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut pacer = start_pacer(dir.path(), &kafka_config(dir.path(), &tansu, "t.", ""));
+    let marker = dir.path().join("pacer.running");
+    assert!(marker.exists(), "a running node has its marker");
+    let pid = pacer.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    // A node that ignored it is killed after 30 s, and fails below.
+    let (stopped, watchdog) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if watchdog.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    });
+    let exit = pacer.child.wait().unwrap();
+    let _ = stopped.send(());
+    assert!(exit.success(), "stopped with {exit}");
+    assert!(!marker.exists(), "a clean stop removes the marker");
+
+    let pacer = start_pacer(dir.path(), &kafka_config(dir.path(), &tansu, "t.", ""));
+    let status = Command::new("kill").args(["-KILL", &pacer.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    drop(pacer);
+    assert!(marker.exists(), "kill -9 leaves it for the next start to find");
+}
+
 #[test]
 fn records_a_kafka_client_produces_flow_through_a_pacer_query_to_a_topic_kafka_clients_read() {
     let tansu = Tansu::start();
@@ -274,7 +306,7 @@ fn sasl_scram_logs_in_and_a_wrong_password_is_named_at_start() {
     drop(pacer);
 
     let wrong = kafka_config(dir.path(), &tansu, "s.", &sasl.replace("s3cret", "guess"));
-    let out = Pacer::up().arg("--config").arg(&wrong).output().unwrap();
+    let out = Pacer::up().arg("--data-dir").arg(dir.path()).arg("--config").arg(&wrong).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started with a wrong password");
     let last = stderr.lines().last().unwrap_or_default();
