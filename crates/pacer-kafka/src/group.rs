@@ -2,7 +2,8 @@
 //!
 //! The member's consumer subscribes to the topic but pauses whatever it is assigned: the
 //! records are read by partition readers that start where the owner's checkpoint says, so the
-//! group only decides who owns what.
+//! group only decides who owns what. After a crash a node joins only once its old membership
+//! timed out (see `KafkaConfig::last_run_crashed`).
 
 use std::time::{Duration, Instant};
 

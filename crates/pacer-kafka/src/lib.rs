@@ -388,7 +388,6 @@ fn watermarks<X: rdkafka::consumer::ConsumerContext, C: Consumer<X>>(
 }
 
 impl KafkaConfig {
-    /// A consumer that never commits by itself: Pacer decides what counts as processed.
     /// How long the memberships of a crashed last run stay in their groups.
     fn lingering_membership(&self) -> Duration {
         if !self.last_run_crashed {
@@ -399,6 +398,7 @@ impl KafkaConfig {
         Duration::from_millis(ms)
     }
 
+    /// A consumer that never commits by itself: Pacer decides what counts as processed.
     fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut client = self.client();
         client
