@@ -209,14 +209,13 @@ fn a_node_stopped_with_sigterm_stops_cleanly() {
     let mut pacer = start_pacer(dir.path(), &kafka_config(dir.path(), &tansu, "t.", ""));
     let marker = dir.path().join("pacer.running");
     assert!(marker.exists(), "a running node has its marker");
-    let pid = pacer.child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success());
+    let pid = pacer.child.id();
+    signal(pid, "-TERM");
     // A node that ignored it is killed after 30 s, and fails below.
     let (stopped, watchdog) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         if watchdog.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            signal(pid, "-KILL");
         }
     });
     let exit = pacer.child.wait().unwrap();
@@ -225,10 +224,14 @@ fn a_node_stopped_with_sigterm_stops_cleanly() {
     assert!(!marker.exists(), "a clean stop removes the marker");
 
     let pacer = start_pacer(dir.path(), &kafka_config(dir.path(), &tansu, "t.", ""));
-    let status = Command::new("kill").args(["-KILL", &pacer.child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    drop(pacer);
+    drop(pacer); // SIGKILL, as kill -9
     assert!(marker.exists(), "kill -9 leaves it for the next start to find");
+}
+
+/// Sends `signal` (as `kill` takes it, e.g. `-STOP`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
 }
 
 #[test]
@@ -436,14 +439,10 @@ async fn a_reader_waiting_for_a_stream_outlasts_a_cluster_that_stops_answering()
     let mut reader = log.reader("later", StartAt::Beginning).unwrap();
     let waiting = tokio::spawn(async move { reader.next_batch().await });
 
-    let signal = |signal: &str| {
-        let status = Command::new("kill").args([signal, &tansu.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    };
-    signal("-STOP");
+    signal(tansu.child.id(), "-STOP");
     // The scenario's length, not a wait for an event: the reader's requests time out meanwhile.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    signal("-CONT");
+    signal(tansu.child.id(), "-CONT");
     log.append("later", vec![NewRecord::new(1, Some(Bytes::from("k")), "back")]).await.unwrap();
     let batch = tokio::time::timeout(Duration::from_secs(60), waiting)
         .await
@@ -1092,10 +1091,6 @@ async fn a_session_moving_away_from_a_paused_node_gets_what_that_node_queued_lat
     use common::mqtt311::{connected, options, received, subscribed};
     use rumqttc::{AsyncClient, QoS};
 
-    let signal = |pacer: &Pacer, signal: &str| {
-        let status = Command::new("kill").args([signal, &pacer.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    };
     let tansu = Tansu::start();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (config_a, config_b) = (relay_node(&tansu, dir_a.path(), "a"), relay_node(&tansu, dir_b.path(), "b"));
@@ -1107,14 +1102,14 @@ async fn a_session_moving_away_from_a_paused_node_gets_what_that_node_queued_lat
     subscribed(&mut events).await;
     common::mqtt311::disconnect(client, events).await;
 
-    signal(&a, "-STOP");
+    signal(a.child.id(), "-STOP");
     tokio::task::block_in_place(|| b.mosquitto_pub("x/1", 1, "1"));
     let (_client, mut events) = AsyncClient::new(options(&b, "keeper", false), 10);
     let mut network = events.network_options();
     network.set_connection_timeout(60);
     events.set_network_options(network);
     assert!(connected(&mut events).await.session_present, "b took the session without a's answer");
-    signal(&a, "-CONT");
+    signal(a.child.id(), "-CONT");
     // A resumed node's Kafka clients reconnect first: slow when tansu is busy with other tests.
     let late = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
