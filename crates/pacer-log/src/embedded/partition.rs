@@ -315,6 +315,10 @@ impl Partition {
                         if rec.offset >= next {
                             next = rec.offset + 1;
                             used += n as u64;
+                            if out.capacity() == 0 {
+                                // Room for the rest of the buffer if entries are alike: no regrowing.
+                                out.reserve((buf.len() - at) / n + 1);
+                            }
                             out.push(rec);
                         }
                     }

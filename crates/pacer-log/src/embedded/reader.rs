@@ -89,7 +89,11 @@ impl EmbeddedReader {
             c.next = chunk.next;
             c.hint = chunk.hint;
             budget = budget.saturating_sub(chunk.records.iter().map(|r| r.value.len() as u64 + 64).sum());
-            out.extend(chunk.records);
+            if out.is_empty() {
+                out = chunk.records;
+            } else {
+                out.extend(chunk.records);
+            }
             if budget == 0 {
                 break;
             }
