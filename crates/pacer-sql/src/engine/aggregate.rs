@@ -183,8 +183,19 @@ impl AggregateCall {
 
     /// Adds one input row.
     pub fn add(&self, acc: &mut Acc, row: &[Value]) -> Result<(), String> {
-        self.add_value(acc, self.input(row)?);
+        self.add_value(acc, &self.input(row)?);
         Ok(())
+    }
+
+    /// The input of COUNT(*) or of a call over a plain column: read in place, nothing to
+    /// evaluate and nothing that can fail.
+    fn plain_input<'r>(&self, row: &'r [Value]) -> Option<&'r Value> {
+        static ROW: Value = Value::Bool(true);
+        match (&self.arg, &self.track) {
+            (None, _) => Some(&ROW),
+            (Some(Expr::Column(slot)), None) => Some(&row[*slot]),
+            _ => None,
+        }
     }
 
     /// The value this aggregate takes from a row (evaluated before any state changes, so a
@@ -206,7 +217,7 @@ impl AggregateCall {
         }
     }
 
-    pub fn add_value(&self, acc: &mut Acc, v: Value) {
+    pub fn add_value(&self, acc: &mut Acc, v: &Value) {
         if v.is_null() && !matches!(self.kind, AggKind::Latest | AggKind::Earliest | AggKind::CollectList) {
             return;
         }
@@ -215,7 +226,7 @@ impl AggregateCall {
             (AggKind::Sum, Acc::Sum { int, double, floating, seen }) => {
                 *seen = true;
                 match v {
-                    Value::Int(i) if !*floating => *int = int.wrapping_add(i),
+                    Value::Int(i) if !*floating => *int = int.wrapping_add(*i),
                     other => {
                         if !*floating {
                             *floating = true;
@@ -242,44 +253,44 @@ impl AggregateCall {
             }
             (AggKind::Min, Acc::One { v: current, set }) => {
                 if !*set || v.compare(current).is_some_and(|o| o.is_lt()) {
-                    *current = v;
+                    *current = v.clone();
                     *set = true;
                 }
             }
             (AggKind::Max, Acc::One { v: current, set }) => {
                 if !*set || v.compare(current).is_some_and(|o| o.is_gt()) {
-                    *current = v;
+                    *current = v.clone();
                     *set = true;
                 }
             }
             (AggKind::Latest, Acc::One { v: current, set }) => {
-                *current = v;
+                *current = v.clone();
                 *set = true;
             }
             (AggKind::Earliest, Acc::One { v: current, set }) => {
                 if !*set {
-                    *current = v;
+                    *current = v.clone();
                     *set = true;
                 }
             }
             (AggKind::CollectList, Acc::Values { items }) => {
                 if items.len() < COLLECT_LIMIT {
-                    items.push(v);
+                    items.push(v.clone());
                 }
             }
             (AggKind::CollectSet | AggKind::CountDistinct, Acc::Values { items }) => {
                 let limit = if self.kind == AggKind::CountDistinct { usize::MAX } else { COLLECT_LIMIT };
-                if items.len() < limit && !items.contains(&v) {
-                    items.push(v);
+                if items.len() < limit && !items.contains(v) {
+                    items.push(v.clone());
                 }
             }
             (AggKind::TopK(k) | AggKind::TopKDistinct(k), Acc::Values { items }) => {
-                if self.kind == AggKind::TopKDistinct(k) && items.contains(&v) {
+                if self.kind == AggKind::TopKDistinct(k) && items.contains(v) {
                     return;
                 }
                 let at = items.iter().position(|x| v.compare(x).is_some_and(|o| o.is_gt())).unwrap_or(items.len());
                 if at < k {
-                    items.insert(at, v);
+                    items.insert(at, v.clone());
                     items.truncate(k);
                 }
             }
@@ -324,12 +335,12 @@ impl AggregateCall {
             }
             (acc @ Acc::One { .. }, Acc::One { v, set: true }) => match self.kind {
                 AggKind::Earliest if matches!(acc, Acc::One { set: true, .. }) => {}
-                _ => self.add_value(acc, v),
+                _ => self.add_value(acc, &v),
             },
             (Acc::One { .. }, Acc::One { set: false, .. }) => {}
             (acc @ Acc::Values { .. }, Acc::Values { items }) => {
                 for v in items {
-                    self.add_value(acc, v);
+                    self.add_value(acc, &v);
                 }
             }
             // Sessions that merge: the later one's fixes carry on from the earlier's.
@@ -371,6 +382,27 @@ impl AggregateCall {
                     Some(TrackValue::Bool(b)) => Value::Bool(b),
                 }
             }
+        }
+    }
+}
+
+/// Evaluates the calls' inputs from `row` into `inputs` before any state changes, so a row
+/// that fails changes nothing. Plain columns are left for `add_row` to read in place.
+pub fn evaluate_inputs(calls: &[AggregateCall], row: &[Value], inputs: &mut Vec<Value>) -> Result<(), String> {
+    inputs.resize(calls.len(), Value::Null);
+    for (call, input) in calls.iter().zip(inputs) {
+        if call.shares.is_none() && call.plain_input(row).is_none() {
+            *input = call.input(row)?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds one row to a window's accumulators, with the `inputs` `evaluate_inputs` gave for it.
+pub fn add_row(calls: &[AggregateCall], accs: &mut [Acc], row: &[Value], inputs: &[Value]) {
+    for ((call, acc), input) in calls.iter().zip(accs).zip(inputs) {
+        if call.shares.is_none() {
+            call.add_value(acc, call.plain_input(row).unwrap_or(input));
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod aggregate;
 pub mod ast;
 pub mod columnar;
+pub(crate) mod decode;
 pub mod expr;
 pub mod functions;
 pub mod operator;

@@ -18,19 +18,19 @@ use std::fmt;
 use std::sync::Arc;
 
 use pacer_core::Record;
-use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
-use super::aggregate::{Acc, AggregateCall};
+use super::aggregate::{add_row, evaluate_inputs, Acc, AggregateCall};
 use super::ast::{Emit, Window, WindowKind};
+use super::decode::{coerce, decode_fields, not_json, truncate, Raw};
 use super::expr::Expr;
 use super::pair_join::{PairState, PAIR_HEADER};
 use super::plan::{
-    first_aggregate_slot, Column, Field, GroupOrder, Item, OverKind, Plan, Shape, FIRST_FIELD, ROWKEY, ROWOFFSET,
+    first_aggregate_slot, Column, GroupOrder, Item, OverKind, Plan, Shape, FIRST_FIELD, ROWKEY, ROWOFFSET,
     ROWPARTITION, ROWTIME, WHOLE_VALUE,
 };
-use super::value::{DataType, Value};
+use super::value::Value;
 
 /// A record's group: one string column of the row, or computed values.
 enum Group {
@@ -274,10 +274,7 @@ impl Operator {
         out: &mut Vec<Output>,
     ) -> Result<(), String> {
         let Shape::Aggregate { group_by, calls, window, over, .. } = &plan.shape else { unreachable!() };
-        self.inputs.clear();
-        for call in calls {
-            self.inputs.push(if call.shares.is_none() { call.input(row)? } else { Value::Null });
-        }
+        evaluate_inputs(calls, row, &mut self.inputs)?;
         // The group's text without allocating when it is one string column (the usual
         // GROUP BY device); its values are only copied when a window opens.
         let (group, owned_text) = match group_by.as_slice() {
@@ -354,11 +351,7 @@ impl Operator {
             };
             accepted = true;
             let state = &mut windows[i];
-            for ((call, acc), v) in calls.iter().zip(&mut state.accs).zip(&self.inputs) {
-                if call.shares.is_none() {
-                    call.add_value(acc, v.clone());
-                }
-            }
+            add_row(calls, &mut state.accs, row, &self.inputs);
             state.last = state.last.max(timestamp);
             if !state.dirty {
                 state.dirty = true;
@@ -409,10 +402,7 @@ impl Operator {
         calls: &[AggregateCall],
         t: i64,
     ) -> Result<(), String> {
-        self.inputs.clear();
-        for call in calls {
-            self.inputs.push(if call.shares.is_none() { call.input(row)? } else { Value::Null });
-        }
+        evaluate_inputs(calls, row, &mut self.inputs)?;
         let key = record.key.as_ref().map(|k| String::from_utf8_lossy(k)).unwrap_or_default();
         let windows = self.groups.entry(Box::from(&*key)).or_default();
         if windows.is_empty() {
@@ -430,11 +420,7 @@ impl Operator {
         }
         let state = &mut windows[0];
         let first = row.len() - calls.len();
-        for ((call, acc), v) in calls.iter().zip(&mut state.accs).zip(&self.inputs) {
-            if call.shares.is_none() {
-                call.add_value(acc, v.clone());
-            }
-        }
+        add_row(calls, &mut state.accs, row, &self.inputs);
         for (i, call) in calls.iter().enumerate() {
             row[first + i] = call.result(&state.accs[call.shares.unwrap_or(i)]);
         }
@@ -787,7 +773,7 @@ impl Operator {
             let object = match serde_json::from_slice::<Json>(&record.value) {
                 Ok(Json::Object(map)) => map,
                 Ok(other) => return Err(format!("value is not a JSON object: {}", truncate(&other.to_string()))),
-                Err(e) => return Err(not_json(record, &e)),
+                Err(e) => return Err(not_json(&record.value, &e)),
             };
             for (i, field) in fields.iter().enumerate() {
                 if field.key {
@@ -799,27 +785,7 @@ impl Operator {
             }
             row[WHOLE_VALUE] = Value::from_json(&Json::Object(object));
         } else if fields.iter().any(|f| !f.key) {
-            let mut de = serde_json::Deserializer::from_slice(&record.value);
-            filled.clear();
-            filled.resize(fields.len(), false);
-            let seed = RowSeed { fields, row: &mut row[FIRST_FIELD..], filled };
-            let decoded = seed.deserialize(&mut de).and_then(|r| de.end().map(|()| r));
-            // Slots keep last record's values (and string buffers) until overwritten.
-            for (slot, filled) in row[FIRST_FIELD..].iter_mut().zip(filled.iter()) {
-                if !filled {
-                    *slot = Value::Null;
-                }
-            }
-            match decoded {
-                Ok(result) => result?,
-                Err(e) if e.is_data() => {
-                    return Err(format!(
-                        "value is not a JSON object: {}",
-                        truncate(&String::from_utf8_lossy(&record.value))
-                    ))
-                }
-                Err(e) => return Err(not_json(record, &e)),
-            }
+            decode_fields(&record.value, fields, &mut row[FIRST_FIELD..], filled)?;
         }
         for (i, field) in fields.iter().enumerate() {
             if field.key {
@@ -886,10 +852,6 @@ pub(crate) fn json_time(value: Option<&Json>) -> Option<i64> {
 /// matches unquoted names).
 pub(crate) fn json_field<'a>(map: &'a Map<String, Json>, name: &str) -> Option<&'a Json> {
     map.get(name).or_else(|| map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v))
-}
-
-fn not_json(record: &Record, e: &serde_json::Error) -> String {
-    format!("value is not JSON ({e}): {}", truncate(&String::from_utf8_lossy(&record.value)))
 }
 
 /// (sort key, group name).
@@ -1023,249 +985,6 @@ fn close_time(window: Option<Window>, end: i64) -> i64 {
     }
 }
 
-/// A JSON value as the decoder met it: scalars without building a JSON tree.
-enum Raw<'a> {
-    Null,
-    Bool(bool),
-    Int(i64),
-    UInt(u64),
-    Float(f64),
-    Str(Cow<'a, str>),
-    Json(Json),
-}
-
-impl<'a> From<&'a Json> for Raw<'a> {
-    fn from(json: &'a Json) -> Self {
-        match json {
-            Json::Null => Raw::Null,
-            Json::Bool(b) => Raw::Bool(*b),
-            Json::Number(n) => match (n.as_i64(), n.as_u64()) {
-                (Some(i), _) => Raw::Int(i),
-                (None, Some(u)) => Raw::UInt(u),
-                _ => Raw::Float(n.as_f64().unwrap_or(f64::NAN)),
-            },
-            Json::String(s) => Raw::Str(Cow::Borrowed(s)),
-            other => Raw::Json(other.clone()),
-        }
-    }
-}
-
-impl fmt::Display for Raw<'_> {
-    /// JSON text, for error messages.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Raw::Null => f.write_str("null"),
-            Raw::Bool(b) => write!(f, "{b}"),
-            Raw::Int(i) => write!(f, "{i}"),
-            Raw::UInt(u) => write!(f, "{u}"),
-            Raw::Float(x) => write!(f, "{}", Json::from(*x)),
-            Raw::Str(s) => write!(f, "{}", Json::from(s.as_ref())),
-            Raw::Json(j) => write!(f, "{j}"),
-        }
-    }
-}
-
-/// A JSON field as the declared type; a mismatch rejects the record, as ksqlDB's JSON
-/// deserializer does.
-fn coerce(raw: Raw<'_>, field: &Field) -> Result<Value, String> {
-    let mismatch = |raw: &Raw<'_>| {
-        Err(format!("field {}: expected {}, got {}", field.name, field.data_type, truncate(&raw.to_string())))
-    };
-    Ok(match (&field.data_type, raw) {
-        (_, Raw::Null) => Value::Null,
-        (DataType::Any | DataType::Array(_) | DataType::Map(_) | DataType::Struct(_), raw) => match raw {
-            Raw::Bool(b) => Value::Bool(b),
-            Raw::Int(i) => Value::Int(i),
-            Raw::UInt(u) => i64::try_from(u).map_or(Value::Double(u as f64), Value::Int),
-            Raw::Float(x) => Value::Double(x),
-            Raw::Str(s) => Value::String(s.into_owned()),
-            Raw::Json(j) => Value::from_json(&j),
-            Raw::Null => Value::Null,
-        },
-        (DataType::Double | DataType::Decimal(..), Raw::Float(x)) => Value::Double(x),
-        (DataType::Double | DataType::Decimal(..), Raw::Int(i)) => Value::Double(i as f64),
-        (DataType::Double | DataType::Decimal(..), Raw::UInt(u)) => Value::Double(u as f64),
-        (DataType::Double | DataType::Decimal(..), raw @ Raw::Str(_)) => match &raw {
-            Raw::Str(s) => match s.trim().parse() {
-                Ok(d) => Value::Double(d),
-                Err(_) => return mismatch(&raw),
-            },
-            _ => unreachable!(),
-        },
-        (DataType::Int | DataType::BigInt | DataType::Timestamp, Raw::Int(i)) => Value::Int(i),
-        (DataType::Int | DataType::BigInt | DataType::Timestamp, raw @ (Raw::UInt(_) | Raw::Float(_))) => match raw {
-            Raw::UInt(u) if i64::try_from(u).is_ok() => Value::Int(u as i64),
-            Raw::Float(x) if x.fract() == 0.0 && x.abs() < 9.2e18 => Value::Int(x as i64),
-            raw => return mismatch(&raw),
-        },
-        (DataType::Int | DataType::BigInt, raw @ Raw::Str(_)) => match &raw {
-            Raw::Str(s) => match s.trim().parse() {
-                Ok(i) => Value::Int(i),
-                Err(_) => return mismatch(&raw),
-            },
-            _ => unreachable!(),
-        },
-        (DataType::Timestamp, raw @ Raw::Str(_)) => match &raw {
-            Raw::Str(s) => match pacer_core::parse_time(s) {
-                Ok(ms) => Value::Int(ms),
-                Err(_) => return mismatch(&raw),
-            },
-            _ => unreachable!(),
-        },
-        (DataType::String | DataType::Bytes, Raw::Str(s)) => Value::String(s.into_owned()),
-        // An object or array in a VARCHAR column is its JSON text, as Flink's JSON format reads
-        // it: JSON_VALUE(payload, '$.location.city') then finds its way in.
-        (DataType::String, Raw::Json(j)) => Value::String(j.to_string()),
-        (DataType::String, raw @ (Raw::Int(_) | Raw::UInt(_) | Raw::Float(_) | Raw::Bool(_))) => {
-            Value::String(raw.to_string())
-        }
-        (DataType::Boolean, Raw::Bool(b)) => Value::Bool(b),
-        (DataType::Boolean, raw @ Raw::Str(_)) => match &raw {
-            Raw::Str(s) if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false") => {
-                Value::Bool(s.eq_ignore_ascii_case("true"))
-            }
-            _ => return mismatch(&raw),
-        },
-        (_, raw) => return mismatch(&raw),
-    })
-}
-
-/// Decodes a JSON object straight into row slots: only the plan's fields, no JSON tree.
-struct RowSeed<'a> {
-    fields: &'a [Field],
-    row: &'a mut [Value],
-    /// Which slots this record set.
-    filled: &'a mut [bool],
-}
-
-impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
-    /// A field that does not fit its type rejects the record with this message.
-    type Value = Result<(), String>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for RowSeed<'_> {
-    type Value = Result<(), String>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut failed = None;
-        while let Some(slot) = map.next_key_seed(FieldName(self.fields))? {
-            match slot {
-                Some(i) if failed.is_none() => {
-                    let raw = map.next_value_seed(RawSeed)?;
-                    self.filled[i] = true;
-                    match (&mut self.row[i], &raw, &self.fields[i].data_type) {
-                        // The string of the last record is reused: no allocation per record.
-                        (Value::String(buffer), Raw::Str(s), DataType::String) => {
-                            buffer.clear();
-                            buffer.push_str(s);
-                        }
-                        _ => match coerce(raw, &self.fields[i]) {
-                            Ok(v) => self.row[i] = v,
-                            Err(e) => failed = Some(e),
-                        },
-                    }
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(failed.map_or(Ok(()), Err))
-    }
-}
-
-/// Maps a JSON key to the index of the field it fills, without allocating.
-struct FieldName<'a>(&'a [Field]);
-
-impl<'de> DeserializeSeed<'de> for FieldName<'_> {
-    type Value = Option<usize>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for FieldName<'_> {
-    type Value = Option<usize>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a field name")
-    }
-
-    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
-        let exact = self.0.iter().position(|f| !f.key && f.name == key);
-        Ok(exact.or_else(|| self.0.iter().position(|f| !f.key && f.name.eq_ignore_ascii_case(key))))
-    }
-}
-
-struct RawSeed;
-
-impl<'de> DeserializeSeed<'de> for RawSeed {
-    type Value = Raw<'de>;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_any(RawVisitor)
-    }
-}
-
-struct RawVisitor;
-
-impl<'de> Visitor<'de> for RawVisitor {
-    type Value = Raw<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Raw::Null)
-    }
-
-    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
-        Ok(Raw::Bool(b))
-    }
-
-    fn visit_i64<E>(self, i: i64) -> Result<Self::Value, E> {
-        Ok(Raw::Int(i))
-    }
-
-    fn visit_u64<E>(self, u: u64) -> Result<Self::Value, E> {
-        Ok(Raw::UInt(u))
-    }
-
-    fn visit_f64<E>(self, x: f64) -> Result<Self::Value, E> {
-        Ok(Raw::Float(x))
-    }
-
-    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
-        Ok(Raw::Str(Cow::Borrowed(s)))
-    }
-
-    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
-        Ok(Raw::Str(Cow::Owned(s.to_string())))
-    }
-
-    fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
-        Ok(Raw::Str(Cow::Owned(s)))
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        Json::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(Raw::Json)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        Json::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Raw::Json)
-    }
-}
-
 fn project(items: &[Item], output: &[Column], row: &[Value]) -> Result<Map<String, Json>, String> {
     let mut map = Map::new();
     for (item, column) in items.iter().zip(output) {
@@ -1295,21 +1014,11 @@ pub fn key_text(values: &[Value]) -> Option<String> {
     }
 }
 
-fn truncate(s: &str) -> String {
-    if s.len() <= 200 {
-        return s.to_string();
-    }
-    let mut end = 200;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::plan::test_support::{plan_sql, stream};
+    use crate::engine::value::DataType;
     use bytes::Bytes;
 
     fn operator(sql: &str) -> Operator {

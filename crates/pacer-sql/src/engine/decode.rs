@@ -1,0 +1,559 @@
+//! Decodes a record's JSON value straight into a row's slots: only the fields the query
+//! reads, each as its declared type, without building a JSON tree.
+//!
+//! Most values are one flat object of numbers, short strings and booleans, like
+//! `{"device":"d-1","ts":1700000000000,"temp":21.5}`: a reader written for that shape takes
+//! them in one pass. Anything it leaves (escapes, nested values, numbers out of 64-bit range,
+//! malformed text) goes to serde_json, which reads every JSON value and words every error.
+//! Both fill slots through [`Slots`], so they cannot disagree on what a field holds.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+use super::plan::Field;
+use super::value::{DataType, Value};
+
+/// Fills `row` (one slot per field) from a JSON object: each non-key field the object has,
+/// as its declared type; the others null. `filled` is scratch space. An error names why
+/// the record cannot be read.
+pub(crate) fn decode_fields(
+    value: &[u8],
+    fields: &[Field],
+    row: &mut [Value],
+    filled: &mut Vec<bool>,
+) -> Result<(), String> {
+    let mut slots = Slots { fields, row, filled, failed: None };
+    slots.filled.clear();
+    slots.filled.resize(fields.len(), false);
+    if let Ok(text) = std::str::from_utf8(value) {
+        if read_flat_object(text, |key, raw| slots.fill(key, raw)) {
+            return slots.finish();
+        }
+        // Start again: serde_json sets every slot it reads afresh.
+        slots.filled.fill(false);
+        slots.failed = None;
+    }
+    read_with_serde(value, slots)
+}
+
+fn read_with_serde(value: &[u8], mut slots: Slots<'_>) -> Result<(), String> {
+    let mut de = serde_json::Deserializer::from_slice(value);
+    match RowSeed(&mut slots).deserialize(&mut de).and_then(|()| de.end()) {
+        Ok(()) => slots.finish(),
+        Err(e) if e.is_data() => {
+            Err(format!("value is not a JSON object: {}", truncate(&String::from_utf8_lossy(value))))
+        }
+        Err(e) => Err(not_json(value, &e)),
+    }
+}
+
+pub(crate) fn not_json(value: &[u8], e: &serde_json::Error) -> String {
+    format!("value is not JSON ({e}): {}", truncate(&String::from_utf8_lossy(value)))
+}
+
+/// At most 200 bytes of `s` (on a character boundary), for error messages.
+pub(crate) fn truncate(s: &str) -> String {
+    if s.len() <= 200 {
+        return s.to_string();
+    }
+    let mut end = 200;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The row being filled from one record.
+struct Slots<'a> {
+    fields: &'a [Field],
+    row: &'a mut [Value],
+    /// Which slots this record set.
+    filled: &'a mut Vec<bool>,
+    /// The first field that did not fit its type: the record is rejected with it.
+    failed: Option<String>,
+}
+
+impl Slots<'_> {
+    /// The field a JSON key fills: its exact name, else ignoring case (as ksqlDB matches
+    /// unquoted names).
+    fn slot(&self, key: &str) -> Option<usize> {
+        let value_field = |f: &&Field| !f.key;
+        let exact = self.fields.iter().position(|f| value_field(&f) && f.name == key);
+        exact.or_else(|| self.fields.iter().position(|f| value_field(&f) && f.name.eq_ignore_ascii_case(key)))
+    }
+
+    fn fill(&mut self, key: &str, raw: Raw<'_>) {
+        if let Some(i) = self.slot(key) {
+            self.set(i, raw);
+        }
+    }
+
+    fn set(&mut self, i: usize, raw: Raw<'_>) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.filled[i] = true;
+        match (&mut self.row[i], &raw, &self.fields[i].data_type) {
+            // The string of the last record is reused: no allocation per record.
+            (Value::String(buffer), Raw::Str(s), DataType::String) => {
+                buffer.clear();
+                buffer.push_str(s);
+            }
+            _ => match coerce(raw, &self.fields[i]) {
+                Ok(v) => self.row[i] = v,
+                Err(e) => self.failed = Some(e),
+            },
+        }
+    }
+
+    /// Slots this record did not set are null (they kept the last record's values, and
+    /// string buffers, until now).
+    fn finish(self) -> Result<(), String> {
+        for (slot, filled) in self.row.iter_mut().zip(self.filled.iter()) {
+            if !filled {
+                *slot = Value::Null;
+            }
+        }
+        self.failed.map_or(Ok(()), Err)
+    }
+}
+
+/// Reads `text` as one flat JSON object, calling `visit` with each key and value in order.
+/// False when it is anything else or needs what this reader leaves to serde_json (escapes,
+/// nested values, integers out of 64-bit range); `visit` may have been called for the keys
+/// before that point.
+fn read_flat_object<'a>(text: &'a str, mut visit: impl FnMut(&'a str, Raw<'a>)) -> bool {
+    let b = text.as_bytes();
+    let mut i = skip_space(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return false;
+    }
+    i = skip_space(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return skip_space(b, i + 1) == b.len();
+    }
+    loop {
+        let Some((key, next)) = plain_string(text, i) else { return false };
+        i = skip_space(b, next);
+        if b.get(i) != Some(&b':') {
+            return false;
+        }
+        let Some((raw, next)) = scalar(text, skip_space(b, i + 1)) else { return false };
+        visit(key, raw);
+        i = skip_space(b, next);
+        match b.get(i) {
+            Some(b',') => i = skip_space(b, i + 1),
+            Some(b'}') => return skip_space(b, i + 1) == b.len(),
+            _ => return false,
+        }
+    }
+}
+
+fn skip_space(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// A string without escapes or control characters at `at` (its opening quote): its text
+/// and where it ends.
+fn plain_string(text: &str, at: usize) -> Option<(&str, usize)> {
+    let b = text.as_bytes();
+    if b.get(at) != Some(&b'"') {
+        return None;
+    }
+    let start = at + 1;
+    let end = start + b[start..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    (b[end] == b'"').then(|| (&text[start..end], end + 1))
+}
+
+/// A string, number, boolean or null at `at`, and where it ends.
+fn scalar(text: &str, at: usize) -> Option<(Raw<'_>, usize)> {
+    let word = |w: &str, raw: Raw<'static>| text[at..].starts_with(w).then_some((raw, at + w.len()));
+    match *text.as_bytes().get(at)? {
+        b'"' => plain_string(text, at).map(|(s, end)| (Raw::Str(Cow::Borrowed(s)), end)),
+        b't' => word("true", Raw::Bool(true)),
+        b'f' => word("false", Raw::Bool(false)),
+        b'n' => word("null", Raw::Null),
+        b'-' | b'0'..=b'9' => number(text, at),
+        _ => None,
+    }
+}
+
+/// A number in JSON's grammar at `at`, as serde_json reads it: an integer as u64, or i64
+/// when negative (-0 as a float); with a fraction or exponent as f64.
+fn number(text: &str, at: usize) -> Option<(Raw<'_>, usize)> {
+    let b = text.as_bytes();
+    let digits = |mut i: usize| {
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    };
+    let negative = b[at] == b'-';
+    let int_start = at + usize::from(negative);
+    let mut i = match b.get(int_start) {
+        Some(b'0') => int_start + 1,
+        Some(b'1'..=b'9') => digits(int_start + 1),
+        _ => return None,
+    };
+    let mut float = false;
+    if b.get(i) == Some(&b'.') {
+        let end = digits(i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        (i, float) = (end, true);
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(b.get(i + 1), Some(b'+' | b'-')));
+        let end = digits(i + 1 + sign);
+        if end == i + 1 + sign {
+            return None;
+        }
+        (i, float) = (end, true);
+    }
+    let raw = match (float, negative) {
+        // serde_json refuses numbers out of f64's range: leave those to it.
+        (true, _) => Raw::Float(text[at..i].parse::<f64>().ok().filter(|x| x.is_finite())?),
+        (false, true) => match text[at..i].parse::<i64>().ok()? {
+            0 => Raw::Float(-0.0),
+            n => Raw::Int(n),
+        },
+        (false, false) => Raw::UInt(text[int_start..i].parse().ok()?),
+    };
+    Some((raw, i))
+}
+
+/// serde_json's way in: the same slots, for values the flat reader leaves.
+struct RowSeed<'s, 'a>(&'s mut Slots<'a>);
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(slot) = map.next_key_seed(FieldName(self.0))? {
+            match slot {
+                Some(i) if self.0.failed.is_none() => {
+                    let raw = map.next_value_seed(RawSeed)?;
+                    self.0.set(i, raw);
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Maps a JSON key to the index of the field it fills, without allocating.
+struct FieldName<'s, 'a>(&'s Slots<'a>);
+
+impl<'de> DeserializeSeed<'de> for FieldName<'_, '_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldName<'_, '_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.slot(key))
+    }
+}
+
+/// A JSON value as the decoder met it: scalars without building a JSON tree.
+pub(crate) enum Raw<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    /// Boxed: rare, and the other kinds stay small to move around.
+    Json(Box<Json>),
+}
+
+impl<'a> From<&'a Json> for Raw<'a> {
+    fn from(json: &'a Json) -> Self {
+        match json {
+            Json::Null => Raw::Null,
+            Json::Bool(b) => Raw::Bool(*b),
+            Json::Number(n) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => Raw::Int(i),
+                (None, Some(u)) => Raw::UInt(u),
+                _ => Raw::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Json::String(s) => Raw::Str(Cow::Borrowed(s)),
+            other => Raw::Json(Box::new(other.clone())),
+        }
+    }
+}
+
+impl fmt::Display for Raw<'_> {
+    /// JSON text, for error messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Raw::Null => f.write_str("null"),
+            Raw::Bool(b) => write!(f, "{b}"),
+            Raw::Int(i) => write!(f, "{i}"),
+            Raw::UInt(u) => write!(f, "{u}"),
+            Raw::Float(x) => write!(f, "{}", Json::from(*x)),
+            Raw::Str(s) => write!(f, "{}", Json::from(s.as_ref())),
+            Raw::Json(j) => write!(f, "{j}"),
+        }
+    }
+}
+
+/// A JSON field as the declared type; a mismatch rejects the record, as ksqlDB's JSON
+/// deserializer does.
+pub(crate) fn coerce(raw: Raw<'_>, field: &Field) -> Result<Value, String> {
+    let mismatch = |raw: &Raw<'_>| {
+        Err(format!("field {}: expected {}, got {}", field.name, field.data_type, truncate(&raw.to_string())))
+    };
+    Ok(match (&field.data_type, raw) {
+        (_, Raw::Null) => Value::Null,
+        (DataType::Any | DataType::Array(_) | DataType::Map(_) | DataType::Struct(_), raw) => match raw {
+            Raw::Bool(b) => Value::Bool(b),
+            Raw::Int(i) => Value::Int(i),
+            Raw::UInt(u) => i64::try_from(u).map_or(Value::Double(u as f64), Value::Int),
+            Raw::Float(x) => Value::Double(x),
+            Raw::Str(s) => Value::String(s.into_owned()),
+            Raw::Json(j) => Value::from_json(&j),
+            Raw::Null => Value::Null,
+        },
+        (DataType::Double | DataType::Decimal(..), Raw::Float(x)) => Value::Double(x),
+        (DataType::Double | DataType::Decimal(..), Raw::Int(i)) => Value::Double(i as f64),
+        (DataType::Double | DataType::Decimal(..), Raw::UInt(u)) => Value::Double(u as f64),
+        (DataType::Double | DataType::Decimal(..), raw @ Raw::Str(_)) => match &raw {
+            Raw::Str(s) => match s.trim().parse() {
+                Ok(d) => Value::Double(d),
+                Err(_) => return mismatch(&raw),
+            },
+            _ => unreachable!(),
+        },
+        (DataType::Int | DataType::BigInt | DataType::Timestamp, Raw::Int(i)) => Value::Int(i),
+        (DataType::Int | DataType::BigInt | DataType::Timestamp, raw @ (Raw::UInt(_) | Raw::Float(_))) => match raw {
+            Raw::UInt(u) if i64::try_from(u).is_ok() => Value::Int(u as i64),
+            Raw::Float(x) if x.fract() == 0.0 && x.abs() < 9.2e18 => Value::Int(x as i64),
+            raw => return mismatch(&raw),
+        },
+        (DataType::Int | DataType::BigInt, raw @ Raw::Str(_)) => match &raw {
+            Raw::Str(s) => match s.trim().parse() {
+                Ok(i) => Value::Int(i),
+                Err(_) => return mismatch(&raw),
+            },
+            _ => unreachable!(),
+        },
+        (DataType::Timestamp, raw @ Raw::Str(_)) => match &raw {
+            Raw::Str(s) => match pacer_core::parse_time(s) {
+                Ok(ms) => Value::Int(ms),
+                Err(_) => return mismatch(&raw),
+            },
+            _ => unreachable!(),
+        },
+        (DataType::String | DataType::Bytes, Raw::Str(s)) => Value::String(s.into_owned()),
+        // An object or array in a VARCHAR column is its JSON text, as Flink's JSON format reads
+        // it: JSON_VALUE(payload, '$.location.city') then finds its way in.
+        (DataType::String, Raw::Json(j)) => Value::String(j.to_string()),
+        (DataType::String, raw @ (Raw::Int(_) | Raw::UInt(_) | Raw::Float(_) | Raw::Bool(_))) => {
+            Value::String(raw.to_string())
+        }
+        (DataType::Boolean, Raw::Bool(b)) => Value::Bool(b),
+        (DataType::Boolean, raw @ Raw::Str(_)) => match &raw {
+            Raw::Str(s) if s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false") => {
+                Value::Bool(s.eq_ignore_ascii_case("true"))
+            }
+            _ => return mismatch(&raw),
+        },
+        (_, raw) => return mismatch(&raw),
+    })
+}
+
+struct RawSeed;
+
+impl<'de> DeserializeSeed<'de> for RawSeed {
+    type Value = Raw<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(RawVisitor)
+    }
+}
+
+struct RawVisitor;
+
+impl<'de> Visitor<'de> for RawVisitor {
+    type Value = Raw<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Raw::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(Raw::Bool(b))
+    }
+
+    fn visit_i64<E>(self, i: i64) -> Result<Self::Value, E> {
+        Ok(Raw::Int(i))
+    }
+
+    fn visit_u64<E>(self, u: u64) -> Result<Self::Value, E> {
+        Ok(Raw::UInt(u))
+    }
+
+    fn visit_f64<E>(self, x: f64) -> Result<Self::Value, E> {
+        Ok(Raw::Float(x))
+    }
+
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Raw::Str(Cow::Borrowed(s)))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Raw::Str(Cow::Owned(s.to_string())))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+        Ok(Raw::Str(Cow::Owned(s)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Json::deserialize(serde::de::value::SeqAccessDeserializer::new(seq)).map(|j| Raw::Json(Box::new(j)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Json::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(|j| Raw::Json(Box::new(j)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields() -> Vec<Field> {
+        [("name", DataType::String), ("n", DataType::BigInt), ("x", DataType::Double), ("ok", DataType::Boolean)]
+            .into_iter()
+            .map(|(name, data_type)| Field { name: name.into(), data_type, key: false })
+            .chain([Field { name: "id".into(), data_type: DataType::String, key: true }])
+            .collect()
+    }
+
+    /// The outcome of `value` and the row it fills (rejected records: none), read by
+    /// `decode_fields` (and so by the flat reader when it can), or by serde_json alone;
+    /// rows start from another record's values.
+    fn read(value: &[u8], serde_only: bool) -> (Result<(), String>, Vec<Value>) {
+        let fields = fields();
+        let mut row = vec![Value::String("before".into()), Value::Int(7), Value::Double(1.5), Value::Null, Value::Null];
+        let mut filled = Vec::new();
+        let result = if serde_only {
+            filled.resize(fields.len(), false);
+            read_with_serde(value, Slots { fields: &fields, row: &mut row, filled: &mut filled, failed: None })
+        } else {
+            decode_fields(value, &fields, &mut row, &mut filled)
+        };
+        if result.is_err() {
+            row.clear();
+        }
+        (result, row)
+    }
+
+    fn flat(text: &str) -> bool {
+        read_flat_object(text, |_, _| {})
+    }
+
+    #[test]
+    fn the_flat_reader_reads_what_serde_json_reads() {
+        let samples = [
+            r#"{"name":"d-1","n":42,"x":21.5,"ok":true}"#,
+            " {\t\"name\" : \"a b\" ,\n\"x\":-2.5e3 , \"other\":\"skipped\"}\r\n",
+            "{}",
+            r#"{"NAME":"upper","X":1}"#,
+            r#"{"n":1,"n":2}"#,
+            r#"{"x":-0,"n":0}"#,
+            r#"{"x":1E+2,"n":-9223372036854775808}"#,
+            r#"{"n":18446744073709551615}"#,
+            r#"{"n":"12","x":"3.25","ok":"TRUE","name":7}"#,
+            r#"{"name":"é ü 😀","ok":null,"id":"in the value, not the key"}"#,
+            r#"{"n":"twelve","x":1}"#,
+            r#"{"n":1.5}"#,
+        ];
+        for sample in samples {
+            assert!(flat(sample), "the flat reader should take {sample}");
+            assert_eq!(read(sample.as_bytes(), false), read(sample.as_bytes(), true), "{sample}");
+        }
+    }
+
+    #[test]
+    fn what_the_flat_reader_leaves_serde_json_reads_or_rejects() {
+        let samples = [
+            r#"{"name":"say \"hi\"","n":1}"#,
+            r#"{"name":"a\u0041"}"#,
+            "{\"name\":\"tab\there\"}",
+            r#"{"n":{"nested":1},"x":2}"#,
+            r#"{"name":[1,2],"x":2}"#,
+            r#"{"n":18446744073709551616}"#,
+            r#"{"n":-9223372036854775809}"#,
+            r#"{"x":1e400}"#,
+            r#"{"n":01}"#,
+            r#"{"x":1.}"#,
+            r#"{"x":.5}"#,
+            r#"{"x":+1}"#,
+            r#"{"x":1e}"#,
+            r#"{"n":1,}"#,
+            r#"{"n":1} x"#,
+            r#"{"n":tru}"#,
+            r#"{"n" 1}"#,
+            r#"{"n":1"#,
+            "[1]",
+            r#""text""#,
+            "",
+        ];
+        for sample in samples {
+            assert!(!flat(sample), "the flat reader should leave {sample}");
+            assert_eq!(read(sample.as_bytes(), false), read(sample.as_bytes(), true), "{sample}");
+        }
+        let invalid_utf8 = b"{\"name\":\"\xff\"}";
+        assert_eq!(read(invalid_utf8, false), read(invalid_utf8, true));
+        assert!(read(invalid_utf8, false).0.unwrap_err().contains("not JSON"));
+    }
+
+    #[test]
+    fn fields_are_typed_and_missing_ones_are_null() {
+        let (result, row) = read(br#"{"name":"d-1","n":42,"x":21,"other":[1]}"#, false);
+        assert_eq!(result, Ok(()));
+        assert_eq!(row, [Value::String("d-1".into()), Value::Int(42), Value::Double(21.0), Value::Null, Value::Null]);
+        let (result, _) = read(br#"{"n":"twelve"}"#, false);
+        assert_eq!(result, Err(r#"field n: expected BIGINT, got "twelve""#.to_string()));
+        let (result, _) = read(br#"[1]"#, false);
+        assert_eq!(result, Err("value is not a JSON object: [1]".to_string()));
+    }
+}
