@@ -42,6 +42,10 @@ pub struct ReadingsBench {
     /// Also write the readings as JSON lines to this file (the join: FILE.left, FILE.right)
     #[arg(long)]
     pub ndjson: Option<PathBuf>,
+    /// Run the query this many times over the same log and print the median too
+    /// (`bench sql`; on a shared machine one run says little)
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
 }
 
 /// The query measured: the windowed GROUP BY.
@@ -61,25 +65,37 @@ pub async fn sql(b: ReadingsBench) -> anyhow::Result<()> {
     let Some(Statement::Select(select)) = parse::parse(QUERY)?.pop() else {
         anyhow::bail!("the bench query is a SELECT")
     };
-    let mut operator = Operator::new(plan(&select, &source, &pacer_sql::Geometry::default())?);
-
-    let started = Instant::now();
-    let (mut windows, mut counted, mut sum_of_max) = (0u64, 0i64, 0f64);
-    let events = run_operator(log.reader("readings", StartAt::Beginning)?.as_mut(), &mut operator, |out| {
-        tally(out, &mut windows, &mut counted, &mut sum_of_max)
-    })
-    .await?;
-    let mut out = Vec::new();
-    // End of input: a batch engine sees every window closed, so close them all here too.
-    operator.advance(i64::MAX, &mut out);
-    tally(&mut out, &mut windows, &mut counted, &mut sum_of_max)?;
-    let secs = started.elapsed().as_secs_f64();
+    let plan = plan(&select, &source, &pacer_sql::Geometry::default())?;
     println!("query: {}", QUERY.replace('\n', " "));
-    println!(
-        "pacer: {events} events in {secs:.3} s = {:.0} events/s on one core; {windows} closed windows, {counted} events in them, sum of max_temp {sum_of_max:.2}",
-        events as f64 / secs
-    );
+    let mut rates = Vec::new();
+    for _ in 0..b.runs.max(1) {
+        let mut operator = Operator::new(plan.clone());
+        let started = Instant::now();
+        let (mut windows, mut counted, mut sum_of_max) = (0u64, 0i64, 0f64);
+        let events = run_operator(log.reader("readings", StartAt::Beginning)?.as_mut(), &mut operator, |out| {
+            tally(out, &mut windows, &mut counted, &mut sum_of_max)
+        })
+        .await?;
+        let mut out = Vec::new();
+        // End of input: a batch engine sees every window closed, so close them all here too.
+        operator.advance(i64::MAX, &mut out);
+        tally(&mut out, &mut windows, &mut counted, &mut sum_of_max)?;
+        let secs = started.elapsed().as_secs_f64();
+        let rate = events as f64 / secs;
+        println!(
+            "pacer: {events} events in {secs:.3} s = {rate:.0} events/s on one core; {windows} closed windows, {counted} events in them, sum of max_temp {sum_of_max:.2}"
+        );
+        rates.push(rate);
+    }
+    if rates.len() > 1 {
+        println!("pacer median of {} runs: {:.0} events/s", rates.len(), median(&mut rates));
+    }
     Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// The declared stream `name` of readings as the benches write them.

@@ -162,6 +162,7 @@ fn skip_space(b: &[u8], mut i: usize) -> usize {
 
 /// A string without escapes or control characters at `at` (its opening quote): its text
 /// and where it ends.
+#[inline(always)]
 fn plain_string(text: &str, at: usize) -> Option<(&str, usize)> {
     let b = text.as_bytes();
     if b.get(at) != Some(&b'"') {
@@ -173,6 +174,7 @@ fn plain_string(text: &str, at: usize) -> Option<(&str, usize)> {
 }
 
 /// A string, number, boolean or null at `at`, and where it ends.
+#[inline(always)]
 fn scalar(text: &str, at: usize) -> Option<(Raw<'_>, usize)> {
     let word = |w: &str, raw: Raw<'static>| text[at..].starts_with(w).then_some((raw, at + w.len()));
     match *text.as_bytes().get(at)? {
@@ -186,48 +188,95 @@ fn scalar(text: &str, at: usize) -> Option<(Raw<'_>, usize)> {
 }
 
 /// A number in JSON's grammar at `at`, as serde_json reads it: an integer as u64, or i64
-/// when negative (-0 as a float); with a fraction or exponent as f64.
+/// when negative (-0 as a float); with a fraction or exponent as f64. Digits are summed
+/// as they are checked; the standard parser takes only what that cannot do exactly.
+#[inline(always)]
 fn number(text: &str, at: usize) -> Option<(Raw<'_>, usize)> {
     let b = text.as_bytes();
-    let digits = |mut i: usize| {
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        i
-    };
+    // Every digit, fraction included, summed into one integer; wrapping is caught by the
+    // digit count.
+    let mut mantissa = 0u64;
+    let mut digits = 0usize;
     let negative = b[at] == b'-';
     let int_start = at + usize::from(negative);
     let mut i = match b.get(int_start) {
         Some(b'0') => int_start + 1,
-        Some(b'1'..=b'9') => digits(int_start + 1),
+        Some(b'1'..=b'9') => sum_digits(b, int_start, &mut mantissa, &mut digits),
         _ => return None,
     };
-    let mut float = false;
+    let mut fraction_digits = None;
     if b.get(i) == Some(&b'.') {
-        let end = digits(i + 1);
+        let end = sum_digits(b, i + 1, &mut mantissa, &mut digits);
         if end == i + 1 {
             return None;
         }
-        (i, float) = (end, true);
+        fraction_digits = Some(end - i - 1);
+        i = end;
     }
+    let mut exponent = None;
     if matches!(b.get(i), Some(b'e' | b'E')) {
         let sign = usize::from(matches!(b.get(i + 1), Some(b'+' | b'-')));
-        let end = digits(i + 1 + sign);
-        if end == i + 1 + sign {
+        let start = i + 1 + sign;
+        let mut end = start;
+        let mut e = 0i64;
+        while let Some(d) = b.get(end).filter(|c| c.is_ascii_digit()) {
+            e = e.saturating_mul(10).saturating_add(i64::from(d - b'0'));
+            end += 1;
+        }
+        if end == start {
             return None;
         }
-        (i, float) = (end, true);
+        exponent = Some(if b[i + 1] == b'-' { -e } else { e });
+        i = end;
     }
-    let raw = match (float, negative) {
-        // serde_json refuses numbers out of f64's range: leave those to it.
-        (true, _) => Raw::Float(text[at..i].parse::<f64>().ok().filter(|x| x.is_finite())?),
-        (false, true) => match text[at..i].parse::<i64>().ok()? {
-            0 => Raw::Float(-0.0),
-            n => Raw::Int(n),
+    // At most 19 digits never wrap a u64.
+    let exact = digits <= 19;
+    let raw = match (fraction_digits, exponent) {
+        (None, None) if !negative => Raw::UInt(if exact { mantissa } else { text[int_start..i].parse().ok()? }),
+        (None, None) => match (exact, mantissa) {
+            (true, 0) => Raw::Float(-0.0),
+            (true, m) if m <= 1 << 63 => Raw::Int((m as i64).wrapping_neg()),
+            // Below i64::MIN: serde_json makes it a float.
+            _ => return None,
         },
-        (false, false) => Raw::UInt(text[int_start..i].parse().ok()?),
+        (fraction, exponent) => {
+            let scale = exponent.unwrap_or(0) - fraction.unwrap_or(0) as i64;
+            let x = match exact_float(mantissa, scale).filter(|_| exact) {
+                Some(x) if negative => -x,
+                Some(x) => x,
+                None => text[at..i].parse::<f64>().ok()?,
+            };
+            // serde_json refuses numbers out of f64's range: leave those to it.
+            Raw::Float(Some(x).filter(|x| x.is_finite())?)
+        }
     };
     Some((raw, i))
+}
+
+/// Adds the digits from `i` on to `mantissa` and counts them; returns where they end.
+#[inline(always)]
+fn sum_digits(b: &[u8], mut i: usize, mantissa: &mut u64, digits: &mut usize) -> usize {
+    while let Some(d) = b.get(i).filter(|c| c.is_ascii_digit()) {
+        *mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+        *digits += 1;
+        i += 1;
+    }
+    i
+}
+
+/// `mantissa × 10^scale` when both are small enough that one IEEE operation on exact
+/// operands gives the correctly rounded result (Clinger's fast path), as the standard
+/// parser would.
+fn exact_float(mantissa: u64, scale: i64) -> Option<f64> {
+    const POWERS: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
+        1e20, 1e21, 1e22,
+    ];
+    if mantissa > 1 << 53 {
+        return None;
+    }
+    let power = *POWERS.get(scale.unsigned_abs() as usize)?;
+    Some(if scale < 0 { mantissa as f64 / power } else { mantissa as f64 * power })
 }
 
 /// serde_json's way in: the same slots, for values the flat reader leaves.
@@ -288,6 +337,7 @@ impl<'de> Visitor<'de> for FieldName<'_, '_> {
 }
 
 /// A JSON value as the decoder met it: scalars without building a JSON tree.
+#[derive(Debug)]
 pub(crate) enum Raw<'a> {
     Null,
     Bool(bool),
@@ -544,6 +594,82 @@ mod tests {
         let invalid_utf8 = b"{\"name\":\"\xff\"}";
         assert_eq!(read(invalid_utf8, false), read(invalid_utf8, true));
         assert!(read(invalid_utf8, false).0.unwrap_err().contains("not JSON"));
+    }
+
+    #[test]
+    fn numbers_are_read_exactly_as_the_standard_parser_reads_them() {
+        let mut samples: Vec<String> = [
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "0.5",
+            "-0.0",
+            "1e0",
+            "1E+2",
+            "2e-3",
+            "123.456e-7",
+            "9007199254740993",
+            "9007199254740993.0",
+            "0.1",
+            "0.30000000000000004",
+            "1e22",
+            "1e23",
+            "4.35e-3",
+            "18446744073709551615",
+            "18446744073709551616",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "12345678901234567890.5",
+            "0.000000000000000000000000001",
+            "1e-400",
+            "1e308",
+            "1e309",
+            "5e-324",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Readings as devices send them: a spread of magnitudes, signs and digit counts.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let digits = (x % 19) as u32;
+            let value = (x >> 8) % 10u64.pow(digits + 1);
+            let sign = if x & 1 == 1 { "-" } else { "" };
+            samples.push(match (x >> 5) % 3 {
+                0 => format!("{sign}{value}"),
+                1 => format!("{sign}{}.{:0>width$}", value / 1000, value % 1000, width = (x % 4) as usize + 1),
+                _ => format!("{sign}{value}e{}", ((x >> 3) % 60) as i64 - 30),
+            });
+        }
+        for sample in &samples {
+            let expected = match sample.parse::<u64>() {
+                Ok(u) => Some(Raw::UInt(u)),
+                Err(_) if sample.contains(['.', 'e', 'E']) => {
+                    sample.parse::<f64>().ok().filter(|x| x.is_finite()).map(Raw::Float)
+                }
+                Err(_) => match sample.parse::<i64>() {
+                    Ok(0) => Some(Raw::Float(-0.0)),
+                    Ok(i) => Some(Raw::Int(i)),
+                    Err(_) => None,
+                },
+            };
+            let read = number(sample, 0).map(|(raw, end)| {
+                assert_eq!(end, sample.len(), "{sample}");
+                raw
+            });
+            match (read, expected) {
+                (Some(Raw::Float(a)), Some(Raw::Float(b))) => assert_eq!(a.to_bits(), b.to_bits(), "{sample}"),
+                (Some(Raw::Int(a)), Some(Raw::Int(b))) => assert_eq!(a, b, "{sample}"),
+                (Some(Raw::UInt(a)), Some(Raw::UInt(b))) => assert_eq!(a, b, "{sample}"),
+                (None, None) => {}
+                (read, expected) => panic!("{sample}: read {read:?}, expected {expected:?}"),
+            }
+        }
     }
 
     #[test]

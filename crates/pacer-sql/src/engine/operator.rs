@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use compact_str::CompactString;
 use foldhash::fast::RandomState;
 use std::fmt;
 use std::sync::Arc;
@@ -74,8 +75,9 @@ struct WindowState {
 
 pub struct Operator {
     plan: Arc<Plan>,
-    /// Open windows by group text; a group has only a few at a time.
-    groups: HashMap<Box<str>, Vec<WindowState>, RandomState>,
+    /// Open windows by group text; a group has only a few at a time. Short names are kept
+    /// in the table itself: one cache miss less per record among many groups.
+    groups: HashMap<CompactString, Vec<WindowState>, RandomState>,
     /// (close time, group, start) of open windows, earliest first.
     closing: BTreeSet<(i64, Box<str>, i64)>,
     stream_time: i64,
@@ -327,7 +329,7 @@ impl Operator {
         for &(start, end) in spans {
             let windows = match self.groups.get_mut(text) {
                 Some(w) => w,
-                None => self.groups.entry(Box::from(text)).or_default(),
+                None => self.groups.entry(CompactString::from(text)).or_default(),
             };
             let i = match windows.iter().position(|w| w.start == start) {
                 Some(i) => i,
@@ -404,7 +406,7 @@ impl Operator {
     ) -> Result<(), String> {
         evaluate_inputs(calls, row, &mut self.inputs)?;
         let key = record.key.as_ref().map(|k| String::from_utf8_lossy(k)).unwrap_or_default();
-        let windows = self.groups.entry(Box::from(&*key)).or_default();
+        let windows = self.groups.entry(CompactString::from(&*key)).or_default();
         if windows.is_empty() {
             let accs = calls.iter().map(|c| c.start()).collect();
             let group = vec![Value::String(key.to_string())];
@@ -498,8 +500,10 @@ impl Operator {
             let Some(entries) = self.rankings.get(&(o, start)).and_then(|r| r.partitions.get(&partition)) else {
                 continue;
             };
-            let leader =
-                entries.first().and_then(|(_, g)| self.groups.get(g)).and_then(|w| w.iter().find(|w| w.start == start));
+            let leader = entries
+                .first()
+                .and_then(|(_, g)| self.groups.get(&**g))
+                .and_then(|w| w.iter().find(|w| w.start == start));
             let leader = leader.map(|s| base_row(plan, s));
             // FIRST_VALUE is the same for every group: computed once.
             let calls: Vec<(usize, &OverKind, Value)> = over
@@ -531,7 +535,7 @@ impl Operator {
                     rank = i as i64 + 1;
                     dense += 1;
                 }
-                let Some(state) = self.groups.get_mut(name).and_then(|w| w.iter_mut().find(|w| w.start == start))
+                let Some(state) = self.groups.get_mut(&**name).and_then(|w| w.iter_mut().find(|w| w.start == start))
                 else {
                     continue;
                 };
@@ -646,11 +650,11 @@ impl Operator {
         self.stream_time = t;
         while self.closing.first().is_some_and(|(close, _, _)| *close <= t) {
             let (_, group, start) = self.closing.pop_first().expect("checked above");
-            let Some(windows) = self.groups.get_mut(&group) else { continue };
+            let Some(windows) = self.groups.get_mut(&*group) else { continue };
             let Some(i) = windows.iter().position(|w| w.start == start) else { continue };
             let state = windows.swap_remove(i);
             if windows.is_empty() {
-                self.groups.remove(&group);
+                self.groups.remove(&*group);
             }
             // Every group of a window closes at once: its orderings go with the first.
             self.rankings.retain(|(_, s), _| *s != start);
@@ -668,7 +672,7 @@ impl Operator {
     /// The end of a bounded input (a pull query): every window and group still open emits
     /// its row, by window start and then group.
     pub fn finish(&mut self, out: &mut Vec<Output>) {
-        let mut open: Vec<(Box<str>, WindowState)> =
+        let mut open: Vec<(CompactString, WindowState)> =
             self.groups.drain().flat_map(|(g, windows)| windows.into_iter().map(move |w| (g.clone(), w))).collect();
         self.closing.clear();
         open.sort_by(|(g, a), (h, b)| (a.start, g).cmp(&(b.start, h)));
@@ -689,7 +693,7 @@ impl Operator {
             if !seen.insert((group.clone(), start)) {
                 continue;
             }
-            let state = self.groups.get_mut(&group).and_then(|w| w.iter_mut().find(|w| w.start == start));
+            let state = self.groups.get_mut(&*group).and_then(|w| w.iter_mut().find(|w| w.start == start));
             let json = state.map(|s| {
                 s.dirty = false;
                 serde_json::to_string(s).expect("window state serializes")
@@ -750,7 +754,7 @@ impl Operator {
             if state.start != NO_WINDOW {
                 self.closing.insert((close_time(window, state.end), Box::from(group), state.start));
             }
-            self.groups.entry(Box::from(group)).or_default().push(state);
+            self.groups.entry(CompactString::from(group)).or_default().push(state);
         }
         Ok(())
     }
