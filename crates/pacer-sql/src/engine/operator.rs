@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use compact_str::CompactString;
 use foldhash::fast::RandomState;
+use smallvec::SmallVec;
 use std::fmt;
 use std::sync::Arc;
 
@@ -73,11 +74,14 @@ struct WindowState {
     dirty: bool,
 }
 
+type Windows = SmallVec<[WindowState; 1]>;
+
 pub struct Operator {
     plan: Arc<Plan>,
-    /// Open windows by group text; a group has only a few at a time. Short names are kept
-    /// in the table itself: one cache miss less per record among many groups.
-    groups: HashMap<CompactString, Vec<WindowState>, RandomState>,
+    /// Open windows by group text; a group has only a few at a time. Short names and a
+    /// group's first window are kept in the table itself: each is a cache miss less per
+    /// record among many groups.
+    groups: HashMap<CompactString, Windows, RandomState>,
     /// (close time, group, start) of open windows, earliest first.
     closing: BTreeSet<(i64, Box<str>, i64)>,
     stream_time: i64,
@@ -709,7 +713,7 @@ impl Operator {
 
     /// How many state entries a snapshot would hold.
     pub fn state_len(&self) -> usize {
-        self.groups.values().map(Vec::len).sum::<usize>() + self.pair.as_ref().map_or(0, PairState::held)
+        self.groups.values().map(|w| w.len()).sum::<usize>() + self.pair.as_ref().map_or(0, PairState::held)
     }
 
     /// Every state entry, and what went since the last checkpoint: a checkpoint that stands
@@ -761,15 +765,15 @@ impl Operator {
 
     /// Fills `row` from a record: pseudo columns, then the plan's fields with their types.
     fn decode(&self, record: &Record, row: &mut [Value], filled: &mut Vec<bool>) -> Result<(), String> {
-        row[ROWTIME] = Value::Int(record.timestamp);
+        row[ROWTIME].set_int(record.timestamp);
         let fields = &self.plan.fields;
         let needs_key = self.plan.reads_key || fields.iter().any(|f| f.key);
         let key = record.key.as_ref().filter(|_| needs_key).map(|k| String::from_utf8_lossy(k));
         if self.plan.reads_key {
             row[ROWKEY] = key.as_ref().map_or(Value::Null, |k| Value::String(k.to_string()));
         }
-        row[ROWPARTITION] = Value::Int(record.partition as i64);
-        row[ROWOFFSET] = Value::Int(record.offset as i64);
+        row[ROWPARTITION].set_int(record.partition as i64);
+        row[ROWOFFSET].set_int(record.offset as i64);
         if self.whole_value {
             for slot in &mut row[FIRST_FIELD..] {
                 *slot = Value::Null;

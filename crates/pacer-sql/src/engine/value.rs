@@ -88,6 +88,16 @@ pub enum Value {
 }
 
 impl Value {
+    /// Makes this an integer in place: a row slot that holds one already is only
+    /// overwritten, with no drop and no move of a whole value (runs per field per record).
+    #[inline]
+    pub fn set_int(&mut self, i: i64) {
+        match self {
+            Value::Int(slot) => *slot = i,
+            other => *other = Value::Int(i),
+        }
+    }
+
     pub fn is_null(&self) -> bool {
         matches!(self, Value::Null)
     }
