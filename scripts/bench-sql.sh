@@ -3,25 +3,33 @@
 # minute per device, COUNT/AVG/MIN/MAX) over the same readings in Pacer's engine (one core,
 # from reading its log to the closed windows: what a persistent or pull query does) and in
 # DuckDB (PyPI) over the same rows as JSON lines and as Parquet (written first, not timed),
-# 1 thread and all threads, in one run. All print a checksum (windows, events, sum of max)
-# that must agree. Each engine runs the query RUNS times and prints the median: on a shared
-# machine one run's rate swings with the neighbours' load.
-# Env: RECORDS (default 10000000), KEYS (default 10000), DIR (default /tmp), RUNS (default 3).
+# 1 thread and all threads. All print a checksum (windows, events, sum of max) that must
+# agree.
+#
+# On a shared machine one run's rate swings with the neighbours' load (±30% here), so the
+# engines take turns: RUNS rounds of one Pacer run and one run of each DuckDB setup. The
+# summary gives each one's median and the median of the rounds' ratios Pacer / DuckDB.
+# Env: RECORDS (default 10000000), KEYS (default 10000), DIR (default /tmp), RUNS (default 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-records=${RECORDS:-10000000}; keys=${KEYS:-10000}; dir=${DIR:-/tmp}; runs=${RUNS:-3}
+records=${RECORDS:-10000000}; keys=${KEYS:-10000}; dir=${DIR:-/tmp}; runs=${RUNS:-5}
 python3 -c 'import duckdb' 2>/dev/null || pip install --quiet duckdb
 cargo build --release --quiet
-data="$dir/pacer-bench-sql.$$.ndjson"
-parquet="$dir/pacer-bench-sql.$$.parquet"
-trap 'rm -f "$data" "$parquet"' EXIT
-PACER_LOG=warn target/release/pacer bench sql --records "$records" --keys "$keys" --dir "$dir" --ndjson "$data" --runs "$runs"
-python3 - "$data" "$parquet" "$records" "$runs" <<'PY'
-import statistics, sys, time, duckdb
-data, parquet, records, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+work=$(mktemp -d "$dir/pacer-bench-sql.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+data="$work/readings.ndjson"; parquet="$work/readings.parquet"; results="$work/results"
+pacer() { PACER_LOG=warn target/release/pacer bench sql --records "$records" --keys "$keys" --log "$work/log" "$@"; }
+
+# duckdb prepare: writes the Parquet copy; duckdb run: one run of each setup.
+duckdb() {
+python3 - "$1" "$data" "$parquet" "$records" <<'PY'
+import sys, time, duckdb
+mode, data, parquet, records = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 con = duckdb.connect()
 ndjson = f"read_ndjson('{data}', columns = {{'device': 'VARCHAR', 'ts': 'BIGINT', 'temp': 'DOUBLE'}})"
-con.execute(f"COPY (SELECT * FROM {ndjson}) TO '{parquet}' (FORMAT parquet)")
+if mode == "prepare":
+    con.execute(f"COPY (SELECT * FROM {ndjson}) TO '{parquet}' (FORMAT parquet)")
+    sys.exit()
 for source, relation in (("json lines", ndjson), ("parquet", f"'{parquet}'")):
     query = f"""
     SELECT count(*), sum(n), round(sum(max_temp), 2) FROM (
@@ -31,14 +39,37 @@ for source, relation in (("json lines", ndjson), ("parquet", f"'{parquet}'")):
     for threads in (1, None):
         con.execute("RESET threads" if threads is None else f"SET threads = {threads}")
         used = con.execute("SELECT current_setting('threads')").fetchone()[0]
-        rates = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            windows, events, sum_max = con.execute(query).fetchone()
-            secs = time.perf_counter() - started
-            rates.append(records / secs)
-            print(f"duckdb {duckdb.__version__} {source} threads={used}: {records} events in {secs:.3f} s = "
-                  f"{records / secs:.0f} events/s; {windows} windows, {events} events in them, sum of max_temp {sum_max:.2f}")
-        if runs > 1:
-            print(f"duckdb {source} threads={used} median of {runs} runs: {statistics.median(rates):.0f} events/s")
+        started = time.perf_counter()
+        windows, events, sum_max = con.execute(query).fetchone()
+        secs = time.perf_counter() - started
+        print(f"duckdb {duckdb.__version__} {source} threads={used}: {records} events in {secs:.3f} s = "
+              f"{records / secs:.0f} events/s; {windows} windows, {events} events in them, sum of max_temp {sum_max:.2f}")
+PY
+}
+
+pacer --ndjson "$data" --runs 0
+duckdb prepare
+for _ in $(seq "$runs"); do
+    pacer | tee -a "$results" | grep -v '^query' || true
+    duckdb run | tee -a "$results"
+done
+grep -m1 '^query' "$results"
+python3 - "$results" <<'PY'
+import re, statistics, sys
+rates, rounds = {}, []
+for line in open(sys.argv[1]):
+    m = re.match(r"(pacer|duckdb \S+ (.+?)): .* = (\d+) events/s", line)
+    if not m:
+        continue
+    setup = "pacer" if m[1] == "pacer" else f"duckdb {m[2]}"
+    rates.setdefault(setup, []).append(int(m[3]))
+    if setup == "pacer":
+        rounds.append({})
+    rounds[-1][setup] = int(m[3])
+for setup, values in rates.items():
+    print(f"{setup}: median {statistics.median(values):.0f} events/s of {len(values)} runs "
+          f"({min(values)}–{max(values)})")
+ratios = [r["pacer"] / r["duckdb json lines threads=1"] for r in rounds]
+print(f"Pacer / DuckDB json lines threads=1, per round: {' '.join(f'{x:.2f}' for x in ratios)}; "
+      f"median {statistics.median(ratios):.2f}")
 PY

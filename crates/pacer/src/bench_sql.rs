@@ -42,10 +42,22 @@ pub struct ReadingsBench {
     /// Also write the readings as JSON lines to this file (the join: FILE.left, FILE.right)
     #[arg(long)]
     pub ndjson: Option<PathBuf>,
-    /// Run the query this many times over the same log and print the median too
-    /// (`bench sql`; on a shared machine one run says little)
+}
+
+/// `pacer bench sql`: the readings, and how to run the query over them.
+#[derive(clap::Args)]
+pub struct SqlBench {
+    #[command(flatten)]
+    pub readings: ReadingsBench,
+    /// Run the query this many times over the same log and print the median too (0: only
+    /// write the log); on a shared machine one run says little
     #[arg(long, default_value_t = 1)]
     pub runs: usize,
+    /// Keep the log in this directory, and read it from there when it holds one already
+    /// (then --records, --keys and --ndjson are not used): runs of other engines can go
+    /// between runs of this one
+    #[arg(long)]
+    pub log: Option<PathBuf>,
 }
 
 /// The query measured: the windowed GROUP BY.
@@ -56,10 +68,26 @@ FROM readings WINDOW TUMBLING (SIZE 1 MINUTE, GRACE PERIOD 0 SECONDS) GROUP BY d
 /// One reading per device per second, starting on a whole minute.
 const BASE_MS: i64 = 28_333_333 * 60_000;
 
-pub async fn sql(b: ReadingsBench) -> anyhow::Result<()> {
+pub async fn sql(bench: SqlBench) -> anyhow::Result<()> {
+    let b = &bench.readings;
     anyhow::ensure!(b.keys > 0 && b.records >= b.keys, "--records must be at least --keys, which must be positive");
-    let root = tempfile::Builder::new().prefix("pacer-bench-sql-").tempdir_in(&b.dir).context("bench directory")?;
-    let log = write_readings(root.path(), b.records, b.keys, b.ndjson.as_deref()).await?;
+    let temporary;
+    let log = match &bench.log {
+        Some(dir) if dir.read_dir().is_ok_and(|mut entries| entries.next().is_some()) => {
+            let mut config = EmbeddedLogConfig::new(dir);
+            config.fsync = FsyncPolicy::Off;
+            EmbeddedLog::open(config).with_context(|| format!("opening the log in {}", dir.display()))?
+        }
+        Some(dir) => write_readings(dir, b.records, b.keys, b.ndjson.as_deref()).await?,
+        None => {
+            temporary =
+                tempfile::Builder::new().prefix("pacer-bench-sql-").tempdir_in(&b.dir).context("bench directory")?;
+            write_readings(temporary.path(), b.records, b.keys, b.ndjson.as_deref()).await?
+        }
+    };
+    if bench.runs == 0 {
+        return Ok(());
+    }
 
     let source = readings_source("readings");
     let Some(Statement::Select(select)) = parse::parse(QUERY)?.pop() else {
@@ -68,7 +96,7 @@ pub async fn sql(b: ReadingsBench) -> anyhow::Result<()> {
     let plan = plan(&select, &source, &pacer_sql::Geometry::default())?;
     println!("query: {}", QUERY.replace('\n', " "));
     let mut rates = Vec::new();
-    for _ in 0..b.runs.max(1) {
+    for _ in 0..bench.runs {
         let mut operator = Operator::new(plan.clone());
         let started = Instant::now();
         let (mut windows, mut counted, mut sum_of_max) = (0u64, 0i64, 0f64);

@@ -249,7 +249,7 @@ enum Bench {
         fsync: Vec<pacer_log::FsyncPolicy>,
     },
     /// A windowed GROUP BY run by the SQL engine on one core (compare with DuckDB: scripts/bench-sql.sh)
-    Sql(bench_sql::ReadingsBench),
+    Sql(bench_sql::SqlBench),
     /// A stream–stream join (WITHIN 1 SECOND) run by the SQL engine on one core (compare with
     /// DuckDB: scripts/bench-join.sh)
     Join(bench_sql::ReadingsBench),
@@ -430,7 +430,7 @@ async fn run_bench(bench: Bench) -> anyhow::Result<()> {
             bench_history::history(bench).await
         }
         Bench::Join(readings) => bench_sql::join(readings).await,
-        Bench::Sql(readings) => bench_sql::sql(readings).await,
+        Bench::Sql(bench) => bench_sql::sql(bench).await,
         Bench::Log { records, record_bytes, producers, batch, dir, fsync } => {
             bench::log(bench::LogBench { records, record_bytes, producers, batch, dir, policies: fsync }).await
         }

@@ -177,7 +177,7 @@ impl AggregateCall {
             | AggKind::CollectSet
             | AggKind::TopK(_)
             | AggKind::TopKDistinct(_) => Acc::Values { items: Vec::new() },
-            AggKind::Track(_) => Acc::Track { fixes: TrackState::default() },
+            AggKind::Track(_) => Acc::Track { fixes: Box::default() },
         }
     }
 
@@ -438,9 +438,10 @@ pub enum Acc {
     Values {
         items: Vec<Value>,
     },
-    /// The tracking aggregates.
+    /// The tracking aggregates. Boxed: it is large, and every accumulator is as large as
+    /// the largest kind (windows of plain aggregates are read per record; keep them small).
     Track {
-        fixes: TrackState,
+        fixes: Box<TrackState>,
     },
 }
 
