@@ -136,6 +136,8 @@ impl Value {
     pub fn compare(&self, other: &Value) -> Option<Ordering> {
         match (self, other) {
             (Value::Int(a), Value::Int(b)) => Some(a.cmp(b)),
+            // First: what MIN and MAX of readings compare per record.
+            (Value::Double(a), Value::Double(b)) => a.partial_cmp(b),
             (Value::Int(_) | Value::Double(_), Value::Int(_) | Value::Double(_)) => {
                 self.as_f64()?.partial_cmp(&other.as_f64()?)
             }
