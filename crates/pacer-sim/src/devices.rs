@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
 use tokio::sync::watch;
 
 /// A simulated device.
@@ -101,6 +101,12 @@ async fn run_one(
         mqtt.set_transport(rumqttc::Transport::tls(ca.clone(), None, None));
     }
     let (client, mut events) = AsyncClient::new(mqtt, 64);
+    // A thousand devices connecting at once to a broker on a busy machine can wait longer
+    // than rumqttc's 5 s for CONNACK or a flush; a device that gives up reconnects with a
+    // clean session and drops what it had in flight.
+    let mut network = NetworkOptions::new();
+    network.set_connection_timeout(30);
+    events.set_network_options(network);
     let counters = progress.clone();
     let driver = tokio::spawn(async move {
         loop {
