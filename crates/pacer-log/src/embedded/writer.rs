@@ -124,12 +124,15 @@ impl Writer {
     }
 
     fn commit(&mut self, group: Vec<AppendRequest>) {
+        /// What a commit writes to one partition: the bytes, and what each entry in them is.
+        type PartitionBytes = (Vec<u8>, Vec<Entry>);
         if self.sync_failures.try_iter().count() > 0 {
             self.rewind_to_durable();
         }
         let mut requests: Vec<InFlight> = Vec::with_capacity(group.len());
-        // (stream, partition) → the bytes to write and what each entry in them is.
-        let mut pending: HashMap<(String, u32), (Vec<u8>, Vec<Entry>)> = HashMap::new();
+        // Stream → by partition. Keyed by stream first: a group of single-record appends
+        // names its stream once, not per record.
+        let mut pending: HashMap<String, Vec<Option<PartitionBytes>>> = HashMap::new();
         for req in group {
             let r = requests.len();
             let stream = match self.stream_writer(&req.stream, req.partitions) {
@@ -147,6 +150,10 @@ impl Writer {
                 requests.push(InFlight { done: req.done, appended: Vec::new(), failed: Some(failed) });
                 continue;
             }
+            let stream_pending = match pending.get_mut(req.stream.as_str()) {
+                Some(parts) => parts,
+                None => pending.entry(req.stream.clone()).or_insert_with(|| (0..n).map(|_| None).collect()),
+            };
             for rec in &req.records {
                 let partition = match (rec.partition, &rec.key) {
                     (Some(partition), _) => partition,
@@ -157,7 +164,7 @@ impl Writer {
                     }
                 };
                 let writer = &stream.partitions[partition as usize];
-                let (buf, entries) = pending.entry((req.stream.clone(), partition)).or_default();
+                let (buf, entries) = stream_pending[partition as usize].get_or_insert_default();
                 let offset = writer.next_offset + entries.len() as u64;
                 entries.push(Entry { request: r, at: buf.len() as u64, timestamp: rec.timestamp });
                 segment::encode(offset, rec, buf);
@@ -167,7 +174,10 @@ impl Writer {
         }
 
         let mut parts = Vec::with_capacity(pending.len());
-        for ((stream, partition), (buf, entries)) in pending {
+        let pending = pending.into_iter().flat_map(|(stream, by_partition)| {
+            by_partition.into_iter().enumerate().filter_map(move |(p, part)| Some((stream.clone(), p as u32, part?)))
+        });
+        for (stream, partition, (buf, entries)) in pending {
             let sw = self.streams.get_mut(&stream).expect("writer exists for pending stream");
             let writer = &mut sw.partitions[partition as usize];
             let written = writer.open().and_then(|f| f.append.write_all(&buf).map(|()| f.sync.clone()));
