@@ -50,7 +50,7 @@ PY
 pacer --ndjson "$data" --runs 0
 duckdb prepare
 for _ in $(seq "$runs"); do
-    pacer | tee -a "$results" | grep -v '^query' || true
+    pacer | tee -a "$results" | grep -v '^query'
     duckdb run | tee -a "$results"
 done
 grep -m1 '^query' "$results"

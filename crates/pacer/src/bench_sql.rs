@@ -104,6 +104,10 @@ pub async fn sql(bench: SqlBench) -> anyhow::Result<()> {
             tally(out, &mut windows, &mut counted, &mut sum_of_max)
         })
         .await?;
+        if events == 0 {
+            let place = bench.log.as_ref().map_or(String::new(), |dir| format!(" in {}", dir.display()));
+            anyhow::bail!("the log{place} holds no readings: give --log an empty or missing directory to write them");
+        }
         let mut out = Vec::new();
         // End of input: a batch engine sees every window closed, so close them all here too.
         operator.advance(i64::MAX, &mut out);

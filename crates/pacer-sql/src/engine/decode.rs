@@ -104,13 +104,11 @@ impl Slots<'_> {
             }
             // Numbers as `coerce` makes them, written over the last record's in place.
             (Value::Double(slot), Raw::Float(x), DataType::Double) => *slot = *x,
-            (slot @ Value::Int(_), Raw::Int(i), DataType::Int | DataType::BigInt | DataType::Timestamp) => {
-                slot.set_int(*i)
-            }
-            (slot @ Value::Int(_), Raw::UInt(u), DataType::Int | DataType::BigInt | DataType::Timestamp)
+            (Value::Int(slot), Raw::Int(i), DataType::Int | DataType::BigInt | DataType::Timestamp) => *slot = *i,
+            (Value::Int(slot), Raw::UInt(u), DataType::Int | DataType::BigInt | DataType::Timestamp)
                 if i64::try_from(*u).is_ok() =>
             {
-                slot.set_int(*u as i64)
+                *slot = *u as i64
             }
             _ => match coerce(raw, &self.fields[i]) {
                 Ok(v) => self.row[i] = v,
