@@ -17,7 +17,6 @@ use compact_str::CompactString;
 use foldhash::fast::RandomState;
 use smallvec::SmallVec;
 use std::fmt;
-use std::sync::Arc;
 
 use pacer_core::Record;
 use serde::{Deserialize, Serialize};
@@ -77,7 +76,13 @@ struct WindowState {
 type Windows = SmallVec<[WindowState; 1]>;
 
 pub struct Operator {
-    plan: Arc<Plan>,
+    plan: Plan,
+    state: State,
+}
+
+/// What an operator keeps between records. Apart from the plan so that the plan is
+/// borrowed, not reference-counted, for every record.
+struct State {
     /// Open windows by group text; a group has only a few at a time. Short names and a
     /// group's first window are kept in the table itself: each is a cache miss less per
     /// record among many groups.
@@ -121,9 +126,8 @@ impl Operator {
             Shape::Aggregate { .. } => 0,
         };
         let pair = plan.pair.clone().map(PairState::new);
-        Operator {
+        let state = State {
             row: vec![Value::Null; FIRST_FIELD + plan.fields.len() + keyed],
-            plan: Arc::new(plan),
             groups: HashMap::default(),
             closing: BTreeSet::new(),
             stream_time: i64::MIN,
@@ -133,7 +137,8 @@ impl Operator {
             filled: Vec::new(),
             rankings: HashMap::new(),
             pair,
-        }
+        };
+        Operator { plan, state }
     }
 
     pub fn plan(&self) -> &Plan {
@@ -141,36 +146,87 @@ impl Operator {
     }
 
     pub fn stream_time(&self) -> i64 {
-        self.pair.as_ref().map_or(self.stream_time, |p| p.stream_time().max(self.stream_time))
+        self.state.stream_time()
     }
 
     /// Runs one record through; rows it causes go to `out`. An error rejects this record
     /// only (the reason goes to the dead-letter stream).
     pub fn process(&mut self, record: &Record, out: &mut Vec<Output>) -> Result<(), String> {
+        self.state.process(&self.plan, record, out)
+    }
+
+    /// A record's event time and the text of the group it falls in (`None` when the query's
+    /// WHERE leaves it out), without aggregating it: what a node needs to send each group's
+    /// records to the one place that aggregates them.
+    pub fn group_of(&mut self, record: &Record) -> Result<(i64, Option<String>), String> {
+        self.state.group_of(&self.plan, record)
+    }
+
+    /// Moves stream time to `t` (never back), closing windows whose end plus grace passed:
+    /// EMIT FINAL rows come out here.
+    pub fn advance(&mut self, t: i64, out: &mut Vec<Output>) {
+        self.state.advance(&self.plan, t, out)
+    }
+
+    /// The end of a bounded input (a pull query): every window and group still open emits
+    /// its row, by window start and then group.
+    pub fn finish(&mut self, out: &mut Vec<Output>) {
+        self.state.finish(&self.plan, out)
+    }
+
+    /// State changed since the last call, for a checkpoint: (state id, JSON or None when
+    /// the window is gone).
+    pub fn take_changes(&mut self) -> Vec<(String, Option<String>)> {
+        self.state.take_changes()
+    }
+
+    /// How many state entries a snapshot would hold.
+    pub fn state_len(&self) -> usize {
+        self.state.state_len()
+    }
+
+    /// Every state entry, and what went since the last checkpoint: a checkpoint that stands
+    /// on its own, so what its stream held before it may go.
+    pub fn snapshot(&mut self) -> Vec<(String, Option<String>)> {
+        self.state.snapshot()
+    }
+
+    /// Puts checkpointed state back.
+    pub fn restore(&mut self, state_id: String, json: Option<&str>, stream_time: i64) -> Result<(), String> {
+        self.state.restore(&self.plan, state_id, json, stream_time)
+    }
+}
+
+impl State {
+    fn stream_time(&self) -> i64 {
+        self.pair.as_ref().map_or(self.stream_time, |p| p.stream_time().max(self.stream_time))
+    }
+
+    fn process(&mut self, plan: &Plan, record: &Record, out: &mut Vec<Output>) -> Result<(), String> {
         if let Some(pair) = &mut self.pair {
             let joined = pair.process(record)?;
-            return self.process_pairs(joined, out);
+            return self.process_pairs(plan, joined, out);
         }
-        if let Some(lookup) = self.plan.lookup.clone() {
+        if let Some(lookup) = &plan.lookup {
             // A stream–table join: the record with its tables' rows, or nothing (inner join,
             // no row for its key).
             return match lookup.join(record)? {
-                Some(joined) => self.process_joined(&joined, out),
+                Some(joined) => self.process_joined(plan, &joined, out),
                 None => Ok(()),
             };
         }
-        self.process_joined(record, out)
+        self.process_joined(plan, record, out)
     }
 
     /// Runs a two-input join's records through. An empty value is a table join's tombstone,
     /// and so is a table join's row the query filters out: the key no longer joins.
-    fn process_pairs(&mut self, joined: Vec<Record>, out: &mut Vec<Output>) -> Result<(), String> {
-        let tables = self.plan.pair.as_ref().is_some_and(|p| p.within.is_none());
+    fn process_pairs(&mut self, plan: &Plan, joined: Vec<Record>, out: &mut Vec<Output>) -> Result<(), String> {
+        let tables = plan.pair.as_ref().is_some_and(|p| p.within.is_none());
         let mut failed = None;
         for record in joined {
             let before = out.len();
             if !record.value.is_empty() {
-                if let Err(e) = self.process_joined(&record, out) {
+                if let Err(e) = self.process_joined(plan, &record, out) {
                     failed.get_or_insert(e);
                     continue;
                 }
@@ -188,11 +244,8 @@ impl Operator {
         failed.map_or(Ok(()), Err)
     }
 
-    /// A record's event time and the text of the group it falls in (`None` when the query's
-    /// WHERE leaves it out), without aggregating it: what a node needs to send each group's
-    /// records to the one place that aggregates them.
-    pub fn group_of(&mut self, record: &Record) -> Result<(i64, Option<String>), String> {
-        self.with_row(|op, row, filled| op.group_of_row(record, row, filled))
+    fn group_of(&mut self, plan: &Plan, record: &Record) -> Result<(i64, Option<String>), String> {
+        self.with_row(|op, row, filled| op.group_of_row(plan, record, row, filled))
     }
 
     /// Runs `f` with the operator's reusable row buffers, lent out so `f` may borrow the
@@ -208,18 +261,19 @@ impl Operator {
 
     fn group_of_row(
         &self,
+        plan: &Plan,
         record: &Record,
         row: &mut [Value],
         filled: &mut Vec<bool>,
     ) -> Result<(i64, Option<String>), String> {
-        self.decode(record, row, filled)?;
+        self.decode(plan, record, row, filled)?;
         let time = row[ROWTIME].as_i64().unwrap_or(record.timestamp);
-        if let Some(filter) = &self.plan.filter {
+        if let Some(filter) = &plan.filter {
             if !filter.eval(row)?.is_true() {
                 return Ok((time, None));
             }
         }
-        let group = match &self.plan.shape {
+        let group = match &plan.shape {
             Shape::Aggregate { group_by, .. } => {
                 let values = group_by.iter().map(|g| g.eval(row)).collect::<Result<Vec<_>, _>>()?;
                 key_text(&values).unwrap_or_default()
@@ -229,19 +283,19 @@ impl Operator {
         Ok((time, Some(group)))
     }
 
-    fn process_joined(&mut self, record: &Record, out: &mut Vec<Output>) -> Result<(), String> {
-        self.with_row(|op, row, filled| op.process_row(record, row, filled, out))
+    fn process_joined(&mut self, plan: &Plan, record: &Record, out: &mut Vec<Output>) -> Result<(), String> {
+        self.with_row(|op, row, filled| op.process_row(plan, record, row, filled, out))
     }
 
     fn process_row(
         &mut self,
+        plan: &Plan,
         record: &Record,
         row: &mut [Value],
         filled: &mut Vec<bool>,
         out: &mut Vec<Output>,
     ) -> Result<(), String> {
-        self.decode(record, row, filled)?;
-        let plan = self.plan.clone();
+        self.decode(plan, record, row, filled)?;
         if let Some(filter) = &plan.filter {
             if !filter.eval(row)?.is_true() {
                 return Ok(());
@@ -266,7 +320,7 @@ impl Operator {
                 let id = Cause(record).to_string();
                 out.push(Output { key, value, timestamp, id, window: None });
             }
-            Shape::Aggregate { .. } => self.aggregate(&plan, record, row, timestamp, out)?,
+            Shape::Aggregate { .. } => self.aggregate(plan, record, row, timestamp, out)?,
         }
         Ok(())
     }
@@ -384,7 +438,7 @@ impl Operator {
                 self.stream_time
             ));
         }
-        self.advance(timestamp, out);
+        self.advance(plan, timestamp, out);
         if !missed.is_empty() {
             // Counted where it could be, and said where it could not: nothing goes unnoticed.
             let starts: Vec<String> = missed.iter().map(i64::to_string).collect();
@@ -639,12 +693,10 @@ impl Operator {
         (start, end)
     }
 
-    /// Moves stream time to `t` (never back), closing windows whose end plus grace passed:
-    /// EMIT FINAL rows come out here.
-    pub fn advance(&mut self, t: i64, out: &mut Vec<Output>) {
+    fn advance(&mut self, plan: &Plan, t: i64, out: &mut Vec<Output>) {
         if let Some(pair) = &mut self.pair {
             let expired = pair.advance(t);
-            if let Err(e) = self.process_pairs(expired, out) {
+            if let Err(e) = self.process_pairs(plan, expired, out) {
                 tracing::warn!(error = %e, "a join's unmatched row could not be computed");
             }
         }
@@ -662,9 +714,9 @@ impl Operator {
             }
             // Every group of a window closes at once: its orderings go with the first.
             self.rankings.retain(|(_, s), _| *s != start);
-            if self.plan.emit == Emit::Final {
+            if plan.emit == Emit::Final {
                 let id = format!("{group}@{start}");
-                match window_row(&self.plan, &state, id) {
+                match window_row(plan, &state, id) {
                     Ok(row) => out.push(row),
                     Err(e) => tracing::warn!(error = %e, "a closed window's row could not be computed"),
                 }
@@ -673,24 +725,20 @@ impl Operator {
         }
     }
 
-    /// The end of a bounded input (a pull query): every window and group still open emits
-    /// its row, by window start and then group.
-    pub fn finish(&mut self, out: &mut Vec<Output>) {
+    fn finish(&mut self, plan: &Plan, out: &mut Vec<Output>) {
         let mut open: Vec<(CompactString, WindowState)> =
             self.groups.drain().flat_map(|(g, windows)| windows.into_iter().map(move |w| (g.clone(), w))).collect();
         self.closing.clear();
         open.sort_by(|(g, a), (h, b)| (a.start, g).cmp(&(b.start, h)));
         for (group, state) in open {
-            match window_row(&self.plan, &state, format!("{group}@{}", state.start)) {
+            match window_row(plan, &state, format!("{group}@{}", state.start)) {
                 Ok(row) => out.push(row),
                 Err(e) => tracing::warn!(error = %e, "a group's row could not be computed"),
             }
         }
     }
 
-    /// State changed since the last call, for a checkpoint: (state id, JSON or None when
-    /// the window is gone).
-    pub fn take_changes(&mut self) -> Vec<(String, Option<String>)> {
+    fn take_changes(&mut self) -> Vec<(String, Option<String>)> {
         let mut seen = HashSet::new();
         let mut changes = Vec::new();
         for (group, start) in std::mem::take(&mut self.changed) {
@@ -711,14 +759,11 @@ impl Operator {
         changes
     }
 
-    /// How many state entries a snapshot would hold.
-    pub fn state_len(&self) -> usize {
+    fn state_len(&self) -> usize {
         self.groups.values().map(|w| w.len()).sum::<usize>() + self.pair.as_ref().map_or(0, PairState::held)
     }
 
-    /// Every state entry, and what went since the last checkpoint: a checkpoint that stands
-    /// on its own, so what its stream held before it may go.
-    pub fn snapshot(&mut self) -> Vec<(String, Option<String>)> {
+    fn snapshot(&mut self) -> Vec<(String, Option<String>)> {
         let mut entries: BTreeMap<String, Option<String>> = self.take_changes().into_iter().collect();
         for (group, windows) in &self.groups {
             for state in windows {
@@ -732,8 +777,7 @@ impl Operator {
         entries.into_iter().collect()
     }
 
-    /// Puts checkpointed state back.
-    pub fn restore(&mut self, state_id: String, json: Option<&str>, stream_time: i64) -> Result<(), String> {
+    fn restore(&mut self, plan: &Plan, state_id: String, json: Option<&str>, stream_time: i64) -> Result<(), String> {
         if let (Some(id), Some(pair)) = (state_id.strip_prefix(PAIR_STATE), &mut self.pair) {
             return pair.restore(id, json, stream_time);
         }
@@ -743,7 +787,7 @@ impl Operator {
             .rsplit_once('\u{0}')
             .and_then(|(g, s)| Some((g, s.parse::<i64>().ok()?)))
             .ok_or_else(|| format!("checkpointed state: bad id {state_id:?}"))?;
-        let window = match &self.plan.shape {
+        let window = match &plan.shape {
             Shape::Aggregate { window, .. } => *window,
             Shape::Project { .. } => None,
         };
@@ -764,12 +808,12 @@ impl Operator {
     }
 
     /// Fills `row` from a record: pseudo columns, then the plan's fields with their types.
-    fn decode(&self, record: &Record, row: &mut [Value], filled: &mut Vec<bool>) -> Result<(), String> {
+    fn decode(&self, plan: &Plan, record: &Record, row: &mut [Value], filled: &mut Vec<bool>) -> Result<(), String> {
         row[ROWTIME].set_int(record.timestamp);
-        let fields = &self.plan.fields;
-        let needs_key = self.plan.reads_key || fields.iter().any(|f| f.key);
+        let fields = &plan.fields;
+        let needs_key = plan.reads_key || fields.iter().any(|f| f.key);
         let key = record.key.as_ref().filter(|_| needs_key).map(|k| String::from_utf8_lossy(k));
-        if self.plan.reads_key {
+        if plan.reads_key {
             row[ROWKEY] = key.as_ref().map_or(Value::Null, |k| Value::String(k.to_string()));
         }
         row[ROWPARTITION].set_int(record.partition as i64);
@@ -802,7 +846,7 @@ impl Operator {
                 }
             }
         }
-        if let Some(t) = self.plan.timestamp_field {
+        if let Some(t) = plan.timestamp_field {
             let name = &fields[t].name;
             row[ROWTIME] = match &row[FIRST_FIELD + t] {
                 Value::Int(ms) => Value::Int(*ms),
