@@ -2,6 +2,8 @@
 //!
 //! Accumulators serialize to JSON for checkpoints, and merge, so session windows can join.
 
+use std::cmp::Ordering;
+
 use serde::{Deserialize, Serialize};
 
 use super::expr::{plan_error, Expr, PlanError};
@@ -251,16 +253,22 @@ impl AggregateCall {
                     *m2 += delta * (x - *mean);
                 }
             }
-            (AggKind::Min, Acc::One { v: current, set }) => {
-                if !*set || v.compare(current).is_some_and(|o| o.is_lt()) {
-                    *current = v.clone();
-                    *set = true;
-                }
-            }
-            (AggKind::Max, Acc::One { v: current, set }) => {
-                if !*set || v.compare(current).is_some_and(|o| o.is_gt()) {
-                    *current = v.clone();
-                    *set = true;
+            (AggKind::Min | AggKind::Max, Acc::One { v: current, set }) => {
+                let wanted = if self.kind == AggKind::Min { Ordering::Less } else { Ordering::Greater };
+                match (v, &mut *current) {
+                    // Doubles over doubles, the usual MIN and MAX of readings: compared and
+                    // written in place, as `compare` and `clone` would.
+                    (Value::Double(x), Value::Double(kept)) if *set => {
+                        if x.partial_cmp(kept) == Some(wanted) {
+                            *kept = *x;
+                        }
+                    }
+                    _ => {
+                        if !*set || v.compare(current) == Some(wanted) {
+                            *current = v.clone();
+                            *set = true;
+                        }
+                    }
                 }
             }
             (AggKind::Latest, Acc::One { v: current, set }) => {
@@ -389,7 +397,9 @@ impl AggregateCall {
 /// Evaluates the calls' inputs from `row` into `inputs` before any state changes, so a row
 /// that fails changes nothing. Plain columns are left for `add_row` to read in place.
 pub fn evaluate_inputs(calls: &[AggregateCall], row: &[Value], inputs: &mut Vec<Value>) -> Result<(), String> {
-    inputs.resize(calls.len(), Value::Null);
+    if inputs.len() != calls.len() {
+        inputs.resize(calls.len(), Value::Null);
+    }
     for (call, input) in calls.iter().zip(inputs) {
         if call.shares.is_none() && call.plain_input(row).is_none() {
             *input = call.input(row)?;
