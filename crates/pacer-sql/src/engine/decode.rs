@@ -77,17 +77,31 @@ struct Slots<'a> {
     next: usize,
 }
 
-/// Equal byte strings, compared in place: keys are short, and a call to `memcmp` per key
-/// cost more than the comparison.
+/// Equal byte strings. Keys are short: up to 16 bytes they are compared as two words
+/// that may overlap, without a call to `memcmp` or a loop per byte.
 #[inline(always)]
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+    fn word<const N: usize>(s: &[u8], at: usize) -> [u8; N] {
+        s[at..at + N].try_into().expect("N bytes")
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => word::<4>(a, 0) == word::<4>(b, 0) && word::<4>(a, n - 4) == word::<4>(b, n - 4),
+        8..=16 => word::<8>(a, 0) == word::<8>(b, 0) && word::<8>(a, n - 8) == word::<8>(b, n - 8),
+        _ => a == b,
+    }
 }
 
 impl Slots<'_> {
     /// The field a JSON key fills: its exact name, else ignoring case (as ksqlDB matches
     /// unquoted names). Objects of one stream mostly list their keys in one order, so the
     /// field after the last one filled is tried first.
+    #[inline(always)]
     fn slot(&mut self, key: &[u8]) -> Option<usize> {
         let value_field = |f: &Field| !f.key;
         let next = self.fields.get(self.next).filter(|f| value_field(f) && same_bytes(f.name.as_bytes(), key));
@@ -108,7 +122,7 @@ impl Slots<'_> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn set(&mut self, i: usize, raw: Raw<'_>) {
         if self.failed.is_some() {
             return;
@@ -128,10 +142,18 @@ impl Slots<'_> {
             {
                 *slot = *u as i64
             }
-            _ => match coerce(raw, &self.fields[i]) {
-                Ok(v) => self.row[i] = v,
-                Err(e) => self.failed = Some(e),
-            },
+            _ => self.set_coerced(i, raw),
+        }
+    }
+
+    /// A value that does not fit the slot's last one in place: the first of a record
+    /// stream, a type change, or a mismatch.
+    #[cold]
+    #[inline(never)]
+    fn set_coerced(&mut self, i: usize, raw: Raw<'_>) {
+        match coerce(raw, &self.fields[i]) {
+            Ok(v) => self.row[i] = v,
+            Err(e) => self.failed = Some(e),
         }
     }
 
@@ -804,6 +826,22 @@ mod tests {
                 let expected =
                     text[start..].iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).map(|p| start + p);
                 assert_eq!(string_stop(&text, start), expected, "{text:?} from {start}");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_compare_equal_only_when_every_byte_is() {
+        for n in 0..24usize {
+            let key: Vec<u8> = (0..n as u8).map(|i| b'a' + i).collect();
+            assert!(same_bytes(&key, &key.clone()), "{n} bytes");
+            if n > 0 {
+                assert!(!same_bytes(&key, &key[..n - 1]), "{n} bytes against one fewer");
+            }
+            for at in 0..n {
+                let mut other = key.clone();
+                other[at] ^= 0x20;
+                assert!(!same_bytes(&key, &other), "{n} bytes, differing at {at}");
             }
         }
     }
