@@ -1038,7 +1038,7 @@ fn close_time(window: Option<Window>, end: i64) -> i64 {
 }
 
 fn project(items: &[Item], output: &[Column], row: &[Value]) -> Result<Map<String, Json>, String> {
-    let mut map = Map::new();
+    let mut map = Map::with_capacity(items.len());
     for (item, column) in items.iter().zip(output) {
         match item {
             Item::Expr(e) => {
