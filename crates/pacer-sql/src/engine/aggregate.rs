@@ -171,9 +171,7 @@ impl AggregateCall {
             AggKind::Sum => Acc::Sum { int: 0, double: 0.0, floating: self.output == DataType::Double, seen: false },
             AggKind::Avg => Acc::Avg { sum: 0.0, n: 0 },
             AggKind::StddevSamp => Acc::Stddev { n: 0, mean: 0.0, m2: 0.0 },
-            AggKind::Min | AggKind::Max | AggKind::Latest | AggKind::Earliest => {
-                Acc::One { v: Value::Null, set: false }
-            }
+            AggKind::Min | AggKind::Max | AggKind::Latest | AggKind::Earliest => Acc::One(Kept(None)),
             AggKind::CountDistinct
             | AggKind::CollectList
             | AggKind::CollectSet
@@ -253,32 +251,27 @@ impl AggregateCall {
                     *m2 += delta * (x - *mean);
                 }
             }
-            (AggKind::Min | AggKind::Max, Acc::One { v: current, set }) => {
+            (AggKind::Min | AggKind::Max, Acc::One(Kept(kept))) => {
                 let wanted = if self.kind == AggKind::Min { Ordering::Less } else { Ordering::Greater };
-                match (v, &mut *current) {
+                match (v, kept) {
                     // Doubles over doubles, the usual MIN and MAX of readings: compared and
                     // written in place, as `compare` and `clone` would.
-                    (Value::Double(x), Value::Double(kept)) if *set => {
+                    (Value::Double(x), Some(Value::Double(kept))) => {
                         if x.partial_cmp(kept) == Some(wanted) {
                             *kept = *x;
                         }
                     }
-                    _ => {
-                        if !*set || v.compare(current) == Some(wanted) {
-                            *current = v.clone();
-                            *set = true;
+                    (_, kept) => {
+                        if kept.as_ref().is_none_or(|k| v.compare(k) == Some(wanted)) {
+                            *kept = Some(v.clone());
                         }
                     }
                 }
             }
-            (AggKind::Latest, Acc::One { v: current, set }) => {
-                *current = v.clone();
-                *set = true;
-            }
-            (AggKind::Earliest, Acc::One { v: current, set }) => {
-                if !*set {
-                    *current = v.clone();
-                    *set = true;
+            (AggKind::Latest, Acc::One(Kept(kept))) => *kept = Some(v.clone()),
+            (AggKind::Earliest, Acc::One(Kept(kept))) => {
+                if kept.is_none() {
+                    *kept = Some(v.clone());
                 }
             }
             (AggKind::CollectList, Acc::Values { items }) => {
@@ -341,11 +334,11 @@ impl AggregateCall {
                 *mean += delta * nb as f64 / total as f64;
                 *n = total;
             }
-            (acc @ Acc::One { .. }, Acc::One { v, set: true }) => match self.kind {
-                AggKind::Earliest if matches!(acc, Acc::One { set: true, .. }) => {}
+            (acc @ Acc::One(_), Acc::One(Kept(Some(v)))) => match self.kind {
+                AggKind::Earliest if matches!(acc, Acc::One(Kept(Some(_)))) => {}
                 _ => self.add_value(acc, &v),
             },
-            (Acc::One { .. }, Acc::One { set: false, .. }) => {}
+            (Acc::One(_), Acc::One(Kept(None))) => {}
             (acc @ Acc::Values { .. }, Acc::Values { items }) => {
                 for v in items {
                     self.add_value(acc, &v);
@@ -377,7 +370,7 @@ impl AggregateCall {
             Acc::Stddev { n, m2, .. } if *n >= 2 => Value::Double((m2 / (*n - 1) as f64).sqrt()),
             Acc::Stddev { n: 1, .. } => Value::Double(0.0),
             Acc::Stddev { .. } => Value::Null,
-            Acc::One { v, .. } => v.clone(),
+            Acc::One(Kept(v)) => v.clone().unwrap_or(Value::Null),
             Acc::Values { items } if self.kind == AggKind::CountDistinct => Value::Int(items.len() as i64),
             Acc::Values { items } => Value::Array(items.clone()),
             Acc::Track { fixes } => {
@@ -440,10 +433,7 @@ pub enum Acc {
         m2: f64,
     },
     /// MIN, MAX, LATEST_BY_OFFSET, EARLIEST_BY_OFFSET.
-    One {
-        v: Value,
-        set: bool,
-    },
+    One(Kept),
     /// COLLECT_LIST, COLLECT_SET, TOPK, COUNT_DISTINCT.
     Values {
         items: Vec<Value>,
@@ -453,6 +443,39 @@ pub enum Acc {
     Track {
         fixes: Box<TrackState>,
     },
+}
+
+/// The value MIN, MAX, LATEST_BY_OFFSET or EARLIEST_BY_OFFSET keeps: none until a row came
+/// (a kept NULL is `Some(Value::Null)`). One field, not a value and a flag, so that every
+/// accumulator is 32 bytes, not 40: a window's four fit in two cache lines, and among many
+/// groups each is a cache miss per record. Checkpoints keep their `v` and `set` fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "KeptFields", into = "KeptFields")]
+pub struct Kept(Option<Value>);
+
+#[derive(Serialize, Deserialize)]
+struct KeptFields {
+    v: Value,
+    set: bool,
+}
+
+impl From<KeptFields> for Kept {
+    fn from(fields: KeptFields) -> Kept {
+        Kept(fields.set.then_some(fields.v))
+    }
+}
+
+impl From<Kept> for KeptFields {
+    fn from(Kept(kept): Kept) -> KeptFields {
+        KeptFields { set: kept.is_some(), v: kept.unwrap_or(Value::Null) }
+    }
+}
+
+impl Kept {
+    /// What the columnar engine folded: `value` if a row came.
+    pub fn new(value: Value, set: bool) -> Kept {
+        Kept(set.then_some(value))
+    }
 }
 
 #[cfg(test)]
@@ -515,7 +538,17 @@ mod tests {
         let acc = Acc::Sum { int: 0, double: 2.5, floating: true, seen: true };
         let text = serde_json::to_string(&acc).unwrap();
         assert_eq!(serde_json::from_str::<Acc>(&text).unwrap(), acc);
-        let one = Acc::One { v: Value::Int(3), set: true };
+        let one = Acc::One(Kept(Some(Value::Int(3))));
         assert_eq!(serde_json::from_str::<Acc>(&serde_json::to_string(&one).unwrap()).unwrap(), one);
+        // Checkpoints written before the kept value and its flag became one field still read.
+        for (old, kept) in [
+            (r#"{"k":"one","v":3,"set":true}"#, Acc::One(Kept(Some(Value::Int(3))))),
+            (r#"{"k":"one","v":null,"set":true}"#, Acc::One(Kept(Some(Value::Null)))),
+            (r#"{"k":"one","v":null,"set":false}"#, Acc::One(Kept(None))),
+        ] {
+            assert_eq!(serde_json::from_str::<Acc>(old).unwrap(), kept, "{old}");
+            assert_eq!(serde_json::to_string(&kept).unwrap(), old);
+        }
+        assert_eq!(std::mem::size_of::<Acc>(), 32, "four accumulators in two cache lines");
     }
 }

@@ -14,7 +14,7 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType as ArrowType;
 use foldhash::fast::RandomState;
 
-use super::aggregate::{Acc, AggKind};
+use super::aggregate::{Acc, AggKind, Kept};
 use super::ast::{Emit, SourceKind, WindowKind};
 use super::expr::{BinOp, Expr};
 use super::operator::grouped_row;
@@ -818,7 +818,7 @@ impl Accs {
                 } else {
                     Value::Double(v[g])
                 };
-                Acc::One { v: value, set }
+                Acc::One(Kept::new(value, set))
             }
         }
     }
