@@ -655,6 +655,16 @@ mod tests {
         (result, row)
     }
 
+    /// A repeatable stream of pseudo-random numbers (xorshift64).
+    fn xorshift(mut x: u64) -> impl Iterator<Item = u64> {
+        std::iter::repeat_with(move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        })
+    }
+
     fn flat(text: &str) -> bool {
         read_flat_object(text.as_bytes(), |_, _| {})
     }
@@ -754,11 +764,7 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         // Readings as devices send them: a spread of magnitudes, signs and digit counts.
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+        for x in xorshift(0x2545_f491_4f6c_dd1d).take(20_000) {
             let digits = (x % 19) as u32;
             let value = (x >> 8) % 10u64.pow(digits + 1);
             let sign = if x & 1 == 1 { "-" } else { "" };
@@ -806,11 +812,7 @@ mod tests {
         // Mostly letters, with quotes, backslashes, control characters and bytes past ASCII
         // (which must not stop it) at every place relative to the eight-byte steps.
         const BYTES: [u8; 8] = [b'"', b'\\', 0x00, 0x1f, b' ', 0x7f, 0x80, 0xff];
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..20_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+        for x in xorshift(0x9e37_79b9_7f4a_7c15).take(20_000) {
             let len = (x % 40) as usize;
             let text: Vec<u8> = (0..len)
                 .map(|k| {
