@@ -201,12 +201,16 @@ fn access_alerts_flag_exactly_the_readers_near_the_disruption() {
     }
     assert!(missed.len() * 100 < events.len(), "{} of {} events late", missed.len(), events.len());
     let mut windows: BTreeMap<i64, BTreeMap<String, i64>> = BTreeMap::new();
+    // Windows that lost rejections to lateness.
+    let mut short: std::collections::BTreeSet<i64> = std::collections::BTreeSet::new();
     for r in events.iter().filter(|r| r["value"]["eventType"] == "accessRejected") {
         let t = r["timestamp"].as_i64().unwrap();
         let late = missed.get(&(r["partition"].as_u64().unwrap(), r["offset"].as_u64().unwrap()));
         let mut start = t - t.rem_euclid(30_000);
         while start > t - 60_000 {
-            if !late.is_some_and(|w| w.contains(&start) || w == &[i64::MIN]) {
+            if late.is_some_and(|w| w.contains(&start) || w == &[i64::MIN]) {
+                short.insert(start);
+            } else {
                 *windows.entry(start).or_default().entry(r["key"].as_str().unwrap().to_string()).or_default() += 1;
             }
             start -= 30_000;
@@ -225,11 +229,19 @@ fn access_alerts_flag_exactly_the_readers_near_the_disruption() {
                 expected.insert((*start, id.clone()), c);
             }
         }
-        // A window the readers reported through all of flags exactly those near the disruption.
+        // A window the readers reported through all of flags exactly those near the disruption;
+        // one that lost rejections to lateness (a reader whose connection stalled on a busy
+        // machine falls short) flags none elsewhere.
         if *start >= first && start + 60_000 <= last {
             let flagged: std::collections::BTreeSet<String> =
                 expected.keys().filter(|(s, _)| s == start).map(|(_, id)| id.clone()).collect();
-            assert_eq!(flagged, near, "window {start}");
+            let near_counts: Vec<Option<&i64>> = near.iter().map(|id| per_reader.get(id)).collect();
+            let why = format!("window {start}: rejections near {near_counts:?}, mean {mean:.2}, stddev {stddev:.2}");
+            if short.contains(start) {
+                assert!(flagged.is_subset(&near), "{why}; flagged {flagged:?}");
+            } else {
+                assert_eq!(flagged, near, "{why}");
+            }
         }
     }
     let mut alerted: BTreeMap<(i64, String), i64> = BTreeMap::new();
