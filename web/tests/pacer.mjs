@@ -1,6 +1,6 @@
 // Test helpers: start a real pacer process and wait for its ready line, publish with
 // mosquitto_pub, launch Debian's Chromium.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -37,6 +37,12 @@ export function startPacer(args, { readyTimeoutMs = 60_000 } = {}) {
   });
 }
 
+/** Adds a user to a mosquitto password file with `pacer passwd`. */
+export function addUser(file, user, password) {
+  const out = spawnSync(pacerBin, ['passwd', file, user, '--password', password]);
+  if (out.status !== 0) throw new Error(`pacer passwd failed: ${out.stderr}`);
+}
+
 /** Debian's Chromium, headless, with nothing reaching out to the network. */
 export const CHROMIUM = {
   executablePath: '/usr/bin/chromium',
@@ -57,9 +63,10 @@ export function freePort() {
 }
 
 /** Publishes one message per line at QoS 1 with mosquitto_pub, and waits for it to finish. */
-export function publish(mqttPort, topic, lines) {
+export function publish(mqttPort, topic, lines, { user, password } = {}) {
+  const credentials = user ? ['-u', user, '-P', password] : [];
   return new Promise((resolve, reject) => {
-    const child = spawn('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(mqttPort), '-q', '1', '-t', topic, '-l'],
+    const child = spawn('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(mqttPort), '-q', '1', '-t', topic, '-l', ...credentials],
       { stdio: ['pipe', 'ignore', 'inherit'] });
     child.on('error', reject);
     child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`mosquitto_pub exited with ${code}`))));

@@ -6,6 +6,8 @@
 //! This crate does no I/O so that the broker, the log and the query engine can all depend on
 //! it without depending on each other.
 
+pub mod topic;
+
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
@@ -16,6 +18,8 @@ pub mod header {
     pub const USERNAME: &str = "mqtt.username";
     pub const QOS: &str = "mqtt.qos";
     pub const RETAIN: &str = "mqtt.retain";
+    /// The user who appended a record over HTTP.
+    pub const USER: &str = "pacer.user";
     /// `partition:offset` of the input record a derived record was computed from; lets a
     /// query resume after a restart without reprocessing or skipping input.
     pub const INPUT_OFFSET: &str = "pacer.input_offset";
@@ -133,6 +137,12 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
     chrono::DateTime::parse_from_rfc3339(text)
         .map(|t| t.timestamp_millis())
         .map_err(|e| format!("{text:?} is neither milliseconds since the epoch nor an RFC 3339 time ({e})"))
+}
+
+/// A time (ms since the Unix epoch) as RFC 3339 in UTC, to the second: what people read.
+pub fn format_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| format!("{ms} ms"), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 /// Wall-clock time in milliseconds since the Unix epoch.

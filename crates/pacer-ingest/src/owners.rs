@@ -123,7 +123,7 @@ impl Owners {
         before: oneshot::Receiver<Option<StoredSession>>,
     ) -> anyhow::Result<Option<StoredSession>> {
         let claim = StoredSession {
-            record: SessionRecord { expiry_secs: 0, subscriptions: Vec::new() },
+            record: SessionRecord { expiry_secs: 0, subscriptions: Vec::new(), owner: None },
             node: Some(self.node().to_string()),
             claim: Some(id.to_string()),
             resume,

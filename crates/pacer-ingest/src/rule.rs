@@ -252,7 +252,7 @@ impl IngestRule {
     pub fn from_config(c: &RuleConfig) -> Result<Vec<Self>, String> {
         let matchers = match (&c.mqtt, &c.regex, &c.topic_regex_list) {
             (Some(filter), None, None) => {
-                pacer_mqtt::topic::validate_topic_filter(filter).map_err(|e| format!("mqtt = {filter:?}: {e}"))?;
+                pacer_core::topic::validate_topic_filter(filter).map_err(|e| format!("mqtt = {filter:?}: {e}"))?;
                 vec![(Matcher::Filter(filter.clone()), required_stream(c)?)]
             }
             (None, Some(re), None) => vec![(anchored(re)?, required_stream(c)?)],
@@ -275,6 +275,9 @@ impl IngestRule {
             .into_iter()
             .map(|(matcher, stream)| {
                 pacer_log::validate_stream_name(&stream).map_err(|e| e.to_string())?;
+                if pacer_log::is_internal(&stream) {
+                    return Err(format!("stream {stream:?}: names starting with __ are Pacer's own streams"));
+                }
                 Ok(IngestRule {
                     matcher,
                     stream,
@@ -289,7 +292,7 @@ impl IngestRule {
 
     pub fn matches(&self, topic: &str) -> bool {
         match &self.matcher {
-            Matcher::Filter(f) => pacer_mqtt::topic::matches(f, topic),
+            Matcher::Filter(f) => pacer_core::topic::matches(f, topic),
             Matcher::Regex(re) => re.is_match(topic),
         }
     }
@@ -406,6 +409,8 @@ mod tests {
         assert!(IngestRule::from_config(&bad).unwrap_err().contains("expected kafka_topic:regex"));
         let both = RuleConfig { mqtt: Some("#".into()), regex: Some(".*".into()), ..Default::default() };
         assert!(IngestRule::from_config(&both).unwrap_err().contains("exactly one"));
+        let internal = RuleConfig { topic_regex_list: Some("__retained:.*".into()), ..Default::default() };
+        assert!(IngestRule::from_config(&internal).unwrap_err().contains("Pacer's own streams"));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! round-robin.
 
 mod embedded;
+mod filtered;
 mod positions;
 mod segment;
 mod time_ordered;
@@ -20,6 +21,7 @@ use async_trait::async_trait;
 use pacer_core::{NewRecord, Record};
 
 pub use embedded::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy};
+pub use filtered::{FilteredLog, RecordFilter};
 pub use positions::Positions;
 pub use time_ordered::{EventTime, TimeOrdered};
 pub use union::{Union, UNION_STRIDE};
@@ -39,6 +41,9 @@ pub enum LogError {
     NoSuchPartition { stream: String, partition: u32, partitions: u32 },
     #[error("the log is closed")]
     Closed,
+    /// The caller may not do this (a write through a read-only view).
+    #[error("{0}")]
+    NotAllowed(String),
 }
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;

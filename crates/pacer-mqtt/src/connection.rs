@@ -24,14 +24,15 @@ use rmqtt_codec::version::{ProtocolVersion, VersionCodec};
 use rmqtt_codec::{v3, v5, MqttCodec, MqttPacket};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::auth::Access;
+use pacer_auth::{Access, Identity, Refused};
+
 use crate::connect::{self, ConnectRequest, Refusal};
 use crate::framing::Transport;
 use crate::router::Session;
 use crate::session::{parse_shared, Delivery, Inflight, QueuedDelivery, Subscription, NEVER_EXPIRES};
 use crate::topic;
 use crate::wire::{self, In, Out, Version};
-use crate::{Refused, Shared};
+use crate::Shared;
 
 /// How long a client has to send CONNECT after opening the socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -158,25 +159,33 @@ where
     } else {
         request.client_id.clone()
     };
-    match shared.authenticate(request.username.as_deref(), request.password.as_deref()) {
+    let identity = match shared.auth.login(request.username.as_deref(), request.password.as_deref()) {
+        Ok(identity) => identity,
         Err(Refused::Anonymous) => {
             let _ = transport.send(refuse(Refusal::NotAuthorized)).await;
             tracing::info!(%peer, %client_id, "refused anonymous client");
             return;
         }
-        Err(Refused::BadCredentials) => {
+        Err(Refused::BadCredentials | Refused::Expired) => {
             let _ = transport.send(refuse(Refusal::BadCredentials)).await;
             tracing::info!(%peer, %client_id, user = ?request.username, "refused: bad user name or password");
             return;
         }
-        Ok(()) => {}
-    }
-    if let (Some(acl), Some(will)) = (&shared.security.acl, &request.will) {
-        if !acl.allows_topic(request.username.as_deref(), &client_id, &will.publication.topic, Access::Write) {
+    };
+    if let Some(will) = &request.will {
+        if !shared.auth.may_use_topic(&identity, Some(&client_id), &will.publication.topic, Access::Write) {
             let _ = transport.send(refuse(Refusal::NotAuthorized)).await;
             tracing::info!(%peer, %client_id, topic = %will.publication.topic, "refused: the ACL does not allow the will topic");
             return;
         }
+    }
+    // Checked here too, before another node is asked for the session; `Router::connect`
+    // checks again under its lock.
+    if shared.router.owned_by_another(&client_id, &identity) {
+        let _ = transport.send(refuse(Refusal::NotAuthorized)).await;
+        shared.metrics.denied.inc();
+        tracing::warn!(%peer, %client_id, user = ?identity.user(), "refused: the client id's session belongs to another user");
+        return;
     }
 
     let owed_elsewhere = match take_over(&shared, &client_id, !request.clean_start).await {
@@ -187,8 +196,15 @@ where
             return;
         }
     };
-    let connected =
-        shared.router.connect(&client_id, request.username.as_deref(), request.clean_start, request.session_expiry);
+    let connected = match shared.router.connect(&client_id, &identity, request.clean_start, request.session_expiry) {
+        Ok(connected) => connected,
+        Err(_taken) => {
+            let _ = transport.send(refuse(Refusal::NotAuthorized)).await;
+            shared.metrics.denied.inc();
+            tracing::warn!(%peer, %client_id, user = ?identity.user(), "refused: the client id's session belongs to another user");
+            return;
+        }
+    };
     if !owed_elsewhere.is_empty() {
         shared.adopt(&client_id, owed_elsewhere).await;
     }
@@ -236,7 +252,7 @@ where
         shared: shared.clone(),
         version,
         client_id: client_id.clone(),
-        username: request.username.clone(),
+        identity: identity.clone(),
         keep_alive,
         session: connected.session.clone(),
         send_window: match version {
@@ -309,16 +325,16 @@ where
     }
     if let (true, false, Some(will)) = (publish_will, moved, request.will) {
         let delay = will.delay_secs.min(expiry);
-        let publication = connect::will_publication(will.publication, &client_id, request.username);
+        let user = identity.user().map(str::to_string);
         if delay == 0 {
-            publish_will_now(&shared, publication).await;
+            publish_will_now(&shared, connect::will_publication(will.publication, &client_id, user)).await;
         } else {
             // Published unless the client is back within the delay (MQTT 5 §3.1.3.2.2).
             let shared = shared.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(delay as u64)).await;
                 if !shared.router.resumed_since(&client_id, generation) {
-                    publish_will_now(&shared, connect::will_publication(publication, &client_id, None)).await;
+                    publish_will_now(&shared, connect::will_publication(will.publication, &client_id, user)).await;
                 }
             });
         }
@@ -373,7 +389,7 @@ struct Connection {
     shared: Arc<Shared>,
     version: Version,
     client_id: String,
-    username: Option<String>,
+    identity: Identity,
     keep_alive: u16,
     session: Session,
     /// Outbound QoS 1/2 messages unacknowledged at once, at most.
@@ -587,8 +603,8 @@ impl Connection {
         self.shared.metrics.bytes_in.inc_by(publish.payload.len() as u64);
         let packet_id = publish.packet_id;
         let qos = publish.qos;
-        if let Some(acl) = &self.shared.security.acl {
-            if !acl.allows_topic(self.username.as_deref(), &self.client_id, &publish.topic, Access::Write) {
+        {
+            if !self.shared.auth.may_use_topic(&self.identity, Some(&self.client_id), &publish.topic, Access::Write) {
                 // Neither stored nor routed. MQTT 5 says why; 3.1.1 is acknowledged as
                 // mosquitto does, since it has no way to refuse.
                 self.shared.metrics.denied.inc();
@@ -627,7 +643,7 @@ impl Connection {
             qos: qos.value(),
             retain: publish.retain,
             client_id: self.client_id.clone(),
-            username: self.username.clone(),
+            username: self.identity.user().map(str::to_string),
             received_at: now,
             id: None, // given when accepted
             properties: MessageProperties {
@@ -742,8 +758,7 @@ impl Connection {
                 codes.push(0x80);
                 continue;
             }
-            let acl = self.shared.security.acl.as_ref();
-            if acl.is_some_and(|acl| !acl.allows_subscription(self.username.as_deref(), &self.client_id, &filter)) {
+            if !self.shared.auth.may_subscribe(&self.identity, Some(&self.client_id), &filter) {
                 tracing::info!(client_id = %self.client_id, %filter, "subscription denied by the ACL");
                 self.shared.metrics.denied.inc();
                 codes.push(if self.version == Version::V5 { 0x87 } else { 0x80 });
@@ -941,7 +956,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
-    use crate::{Broker, BrokerConfig, MemoryOnly, PublishSink, Security};
+    use crate::{Broker, BrokerConfig, MemoryOnly, PublishSink};
 
     struct AcceptAll;
 
@@ -957,8 +972,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connect_that_stops_half_way_is_dropped_at_the_deadline() {
         let config = BrokerConfig { max_connections: 1, ..BrokerConfig::default() };
-        let broker =
-            Broker::start(config, Security::default(), Arc::new(AcceptAll), Arc::new(MemoryOnly)).await.unwrap();
+        let broker = Broker::start(
+            config,
+            Arc::new(pacer_auth::Authorizer::open_to_everyone()),
+            Arc::new(AcceptAll),
+            Arc::new(MemoryOnly),
+        )
+        .await
+        .unwrap();
         let (mut client, server) = tokio::io::duplex(1024);
         let started = tokio::time::Instant::now();
         let serving = tokio::spawn(serve(server, "stalled".into(), broker.shared.clone()));

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::Decoder;
 
 use crate::connect::ConnectRequest;
-use crate::{auth, connection, wire, Broker, BrokerConfig, MemoryOnly, PublishSink, Security, Shared};
+use crate::{auth, connection, wire, Broker, BrokerConfig, MemoryOnly, PublishSink, Shared};
 
 /// The broker's inbound packet limit in both harnesses: small, so inputs of a few KiB
 /// can announce packets above it.
@@ -173,10 +173,10 @@ async fn fuzz_broker() -> Arc<Shared> {
         ..BrokerConfig::default()
     };
     let acl = auth::Acl::parse(FUZZ_ACL).expect("the fuzzing ACL parses");
-    let security = Security { passwords: None, acl: Some(Arc::new(acl)) };
-    let broker = Broker::start(config, security, Arc::new(FuzzSink), Arc::new(MemoryOnly))
-        .await
-        .expect("an in-memory broker starts");
+    let broker =
+        Broker::start(config, Arc::new(auth::Authorizer::with_acl(acl)), Arc::new(FuzzSink), Arc::new(MemoryOnly))
+            .await
+            .expect("an in-memory broker starts");
     broker.shared
 }
 

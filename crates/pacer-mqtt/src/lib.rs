@@ -5,7 +5,6 @@
 //! [`PublishSink`] (in Pacer: the ingest rules appending to the log) has made it durable.
 //! Only then is it routed to subscribers, so nobody sees a message that could be lost.
 
-pub mod auth;
 mod connect;
 mod connection;
 mod framing;
@@ -14,21 +13,25 @@ pub mod fuzzing;
 mod metrics;
 mod router;
 mod session;
-pub mod topic;
 mod transport;
 mod wire;
+
+pub use pacer_core::topic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pacer_auth::{Access, Authorizer, Identity};
 use pacer_core::Publication;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 pub use metrics::Metrics;
+pub use pacer_auth as auth;
 use router::Router;
-pub use session::{Delivery, QueuedDelivery, SessionRecord, Subscription};
+pub use session::{Delivery, Owner, QueuedDelivery, SessionRecord, Subscription};
+pub use transport::tls_acceptor;
 pub use wire::SubOptions;
 
 /// Where accepted publications go before they are acknowledged.
@@ -120,7 +123,6 @@ impl BrokerStore for MemoryOnly {
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    pub allow_anonymous: bool,
     /// Largest packet accepted; a bigger one closes the connection.
     pub max_packet_size: u32,
     /// Open connections at most, over all transports; more are closed at once and counted.
@@ -144,7 +146,6 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            allow_anonymous: true,
             max_packet_size: 1 << 20,
             max_connections: 100_000,
             max_inflight: 20,
@@ -163,18 +164,12 @@ pub struct Broker {
     shared: Arc<Shared>,
 }
 
-/// Who may connect and what they may do; None: anyone, anything (`allow_anonymous` aside).
-#[derive(Default)]
-pub struct Security {
-    pub passwords: Option<auth::PasswordFile>,
-    pub acl: Option<Arc<auth::Acl>>,
-}
-
 struct Shared {
     config: BrokerConfig,
     /// One permit per connection allowed.
     connection_slots: Arc<tokio::sync::Semaphore>,
-    security: Security,
+    /// Who may connect, and what they may publish and receive.
+    auth: Arc<Authorizer>,
     router: Router,
     sink: Arc<dyn PublishSink>,
     store: Arc<dyn BrokerStore>,
@@ -206,20 +201,9 @@ impl MessageIds {
     }
 }
 
-/// Why a client's credentials are refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refused {
-    Anonymous,
-    BadCredentials,
-}
-
 /// Why a publication from outside MQTT was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishRefused {
-    #[error("anonymous clients are not allowed: give a user name and password")]
-    Anonymous,
-    #[error("bad user name or password")]
-    BadCredentials,
     #[error("the ACL does not allow publishing to {0}")]
     NotAuthorized(String),
     #[error("not stored: {0:#}")]
@@ -227,17 +211,6 @@ pub enum PublishRefused {
 }
 
 impl Shared {
-    /// The CONNECT check: anonymous clients if allowed, else a known user with its password.
-    pub(crate) fn authenticate(&self, username: Option<&str>, password: Option<&[u8]>) -> Result<(), Refused> {
-        match (username, &self.security.passwords) {
-            (None, _) if !self.config.allow_anonymous => Err(Refused::Anonymous),
-            (Some(user), Some(passwords)) if !passwords.verify(user, password.unwrap_or_default()) => {
-                Err(Refused::BadCredentials)
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// Makes publications durable (and the retained ones' retained copies), then routes them.
     async fn accept(&self, mut publications: Vec<Publication>) -> anyhow::Result<()> {
         for p in &mut publications {
@@ -286,12 +259,12 @@ impl Broker {
     /// A broker with what `store` kept from earlier runs.
     pub async fn start(
         config: BrokerConfig,
-        security: Security,
+        auth: Arc<Authorizer>,
         sink: Arc<dyn PublishSink>,
         store: Arc<dyn BrokerStore>,
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::default();
-        let router = Router::new(config.max_queued, security.acl.clone(), metrics.clone());
+        let router = Router::new(config.max_queued, auth.clone(), metrics.clone());
         let stored = store.load().await?;
         for p in stored.retained {
             router.set_retained(&Arc::new(p));
@@ -314,7 +287,7 @@ impl Broker {
         let shared = Arc::new(Shared {
             config,
             connection_slots,
-            security,
+            auth,
             router,
             sink,
             store,
@@ -342,29 +315,20 @@ impl Broker {
     }
 
     /// Publishes as an MQTT client would, for devices that speak another protocol (OwnTracks
-    /// HTTP mode): its credentials and the ACL are checked as for CONNECT and PUBLISH, then
-    /// it is stored and delivered. Returns once durable.
-    pub async fn publish_as_client(
-        &self,
-        publication: Publication,
-        password: Option<&[u8]>,
-    ) -> Result<(), PublishRefused> {
-        let username = publication.username.as_deref();
-        match self.shared.authenticate(username, password) {
-            Err(Refused::Anonymous) => return Err(PublishRefused::Anonymous),
-            Err(Refused::BadCredentials) => return Err(PublishRefused::BadCredentials),
-            Ok(()) => {}
+    /// HTTP mode, OsmAnd): `who` (authenticated by the caller) must be allowed to publish on
+    /// the topic, as for an MQTT PUBLISH; then it is stored and delivered. Returns once durable.
+    pub async fn publish_as(&self, who: &Identity, mut publication: Publication) -> Result<(), PublishRefused> {
+        let client_id = Some(publication.client_id.as_str());
+        if !self.shared.auth.may_use_topic(who, client_id, &publication.topic, Access::Write) {
+            self.shared.metrics.denied.inc();
+            return Err(PublishRefused::NotAuthorized(publication.topic));
         }
-        if let Some(acl) = &self.shared.security.acl {
-            if !acl.allows_topic(username, &publication.client_id, &publication.topic, auth::Access::Write) {
-                return Err(PublishRefused::NotAuthorized(publication.topic));
-            }
-        }
+        publication.username = who.user().map(str::to_string);
         self.publish(publication).await
     }
 
-    /// Publishes for a device whose protocol has no credentials (OsmAnd): stored, then
-    /// delivered. Returns once durable.
+    /// Publishes what Pacer itself sends, unchecked: stored, then delivered. Returns once
+    /// durable.
     pub async fn publish(&self, publication: Publication) -> Result<(), PublishRefused> {
         self.shared.accept(vec![publication]).await.map_err(PublishRefused::NotStored)
     }

@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use pacer_core::{now_ms, Publication};
 use tokio::sync::Notify;
 
-use crate::auth::{Access, Acl};
+use pacer_auth::{Access, Authorizer, Identity};
+
 use crate::metrics::Metrics;
-use crate::session::{Attached, Delivery, QueuedDelivery, SessionRecord, SessionState};
+use crate::session::{Attached, Delivery, Owner, QueuedDelivery, SessionRecord, SessionState};
 use crate::topic;
 
 pub type Session = Arc<Mutex<SessionState>>;
@@ -36,11 +37,15 @@ pub struct Router {
     share_turn: AtomicUsize,
     max_queued: usize,
     /// Read permissions, checked for every message on its way to a subscriber.
-    acl: Option<Arc<Acl>>,
+    auth: Arc<Authorizer>,
     metrics: Metrics,
     /// Number of the next delivery stored for a lasting session.
     next_stored: AtomicU64,
 }
+
+/// The client id's session belongs to another user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken;
 
 /// What a connection gets when it attaches to a session.
 pub struct Connected {
@@ -54,30 +59,42 @@ pub struct Connected {
 }
 
 impl Router {
-    pub fn new(max_queued: usize, acl: Option<Arc<Acl>>, metrics: Metrics) -> Self {
+    pub fn new(max_queued: usize, auth: Arc<Authorizer>, metrics: Metrics) -> Self {
         Router {
             sessions: RwLock::default(),
             retained: RwLock::default(),
             next_generation: AtomicU64::new(1),
             share_turn: AtomicUsize::new(0),
             max_queued,
-            acl,
+            auth,
             metrics,
             next_stored: AtomicU64::new(1),
         }
     }
 
-    /// Whether the ACL lets this session's client receive messages on `topic_name`.
+    /// Whether this session's client may receive messages on `topic_name`.
     pub fn may_read(&self, state: &SessionState, client_id: &str, topic_name: &str) -> bool {
-        self.acl
-            .as_ref()
-            .is_none_or(|acl| acl.allows_topic(state.username.as_deref(), client_id, topic_name, Access::Read))
+        self.auth.may_use_topic(&state.identity, Some(client_id), topic_name, Access::Read)
+    }
+
+    /// A stored session, offline until its client connects: it reads as its owner.
+    fn offline(&self, record: &SessionRecord) -> SessionState {
+        let owner = record.owner.as_ref().and_then(|o| o.user.as_deref());
+        let mut state = SessionState::new(record.expiry_secs, self.auth.acting_as(owner));
+        state.subscriptions = record.subscriptions.clone();
+        state.owner = record.owner.clone();
+        state
+    }
+
+    /// Whether `client_id` has a session (connected or not) that another user made.
+    pub fn owned_by_another(&self, client_id: &str, identity: &Identity) -> bool {
+        self.session(client_id)
+            .is_some_and(|s| s.lock().unwrap().owner.as_ref().is_some_and(|o| o.user.as_deref() != identity.user()))
     }
 
     /// Restores a stored session (after a restart), offline until its client connects.
     pub fn restore_session(&self, client_id: &str, record: SessionRecord) {
-        let mut state = SessionState::new(record.expiry_secs);
-        state.subscriptions = record.subscriptions;
+        let state = self.offline(&record);
         self.sessions.write().unwrap().insert(client_id.to_string(), Arc::new(Mutex::new(state)));
     }
 
@@ -88,9 +105,7 @@ impl Router {
         match sessions.get(client_id) {
             Some(session) => session.lock().unwrap().subscriptions = record.subscriptions.clone(),
             None => {
-                let mut state = SessionState::new(record.expiry_secs);
-                state.subscriptions = record.subscriptions.clone();
-                sessions.insert(client_id.to_string(), Arc::new(Mutex::new(state)));
+                sessions.insert(client_id.to_string(), Arc::new(Mutex::new(self.offline(record))));
             }
         }
     }
@@ -128,8 +143,17 @@ impl Router {
     }
 
     /// Attaches a new connection to `client_id`'s session, disconnecting an earlier one
-    /// (MQTT-3.1.4-2). A clean start discards what the session had.
-    pub fn connect(&self, client_id: &str, username: Option<&str>, clean_start: bool, expiry_secs: u32) -> Connected {
+    /// (MQTT-3.1.4-2). A clean start discards what the session had. A session, connected
+    /// or not, belongs to the user that made it: another user gets [`Taken`], and the
+    /// session and its connection stay as they were.
+    pub fn connect(
+        &self,
+        client_id: &str,
+        identity: &Identity,
+        clean_start: bool,
+        expiry_secs: u32,
+    ) -> Result<Connected, Taken> {
+        let owner = Owner { user: identity.user().map(str::to_string) };
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let wake = Arc::new(Notify::new());
         let kick = Arc::new(Notify::new());
@@ -138,6 +162,9 @@ impl Router {
         let resumed = match sessions.get(client_id).cloned() {
             Some(session) => {
                 let mut state = session.lock().unwrap();
+                if state.owner.as_ref().is_some_and(|o| *o != owner) {
+                    return Err(Taken);
+                }
                 if let Some(old) = state.connection.take() {
                     old.kick.notify_one();
                 }
@@ -154,16 +181,17 @@ impl Router {
         };
         let session_present = resumed.is_some();
         let session = resumed.unwrap_or_else(|| {
-            let fresh = Arc::new(Mutex::new(SessionState::new(expiry_secs)));
+            let fresh = Arc::new(Mutex::new(SessionState::new(expiry_secs, identity.clone())));
             sessions.insert(client_id.to_string(), fresh.clone());
             fresh
         });
         {
             let mut state = session.lock().unwrap();
             state.connection = Some(Attached { generation, wake: wake.clone(), kick: kick.clone() });
-            state.username = username.map(str::to_string);
+            state.identity = identity.clone();
+            state.owner = Some(owner);
         }
-        Connected { session, session_present, discarded_stored, generation, wake, kick }
+        Ok(Connected { session, session_present, discarded_stored, generation, wake, kick })
     }
 
     /// Detaches a connection. A session with expiry 0 ends with it; others stay and keep
@@ -376,8 +404,8 @@ mod tests {
     /// the messages routed here too while the session moved, each numbered anew.
     #[test]
     fn adopted_deliveries_go_first_and_not_twice() {
-        let router = Router::new(100, None, Metrics::default());
-        router.install("keeper", &SessionRecord { expiry_secs: u32::MAX, subscriptions: Vec::new() });
+        let router = Router::new(100, Arc::new(Authorizer::open_to_everyone()), Metrics::default());
+        router.install("keeper", &SessionRecord { expiry_secs: u32::MAX, subscriptions: Vec::new(), owner: None });
         let session = router.session("keeper").unwrap();
         session.lock().unwrap().queue.extend([delivery(3), delivery(4)]);
 

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use pacer_auth::Identity;
 use pacer_core::Publication;
 use tokio::sync::Notify;
 
@@ -31,6 +32,16 @@ pub struct Subscription {
 pub struct SessionRecord {
     pub expiry_secs: u32,
     pub subscriptions: Vec<Subscription>,
+    /// Who made the session: only they may connect with its client id. None in records
+    /// stored before sessions had owners; the next client to connect then takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
+}
+
+/// The user a session belongs to (None: an anonymous client's).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Owner {
+    pub user: Option<String>,
 }
 
 /// A message on its way to one subscriber.
@@ -81,14 +92,15 @@ pub struct SessionState {
     pub connection: Option<Attached>,
     /// Generation of the connection that last left, to tell whether it came back since.
     pub detached_generation: u64,
-    /// The user the client authenticated as, for read permissions.
-    pub username: Option<String>,
+    /// Who the client authenticated as, for read permissions: the owner's identity.
+    pub identity: Identity,
+    pub owner: Option<Owner>,
     /// Another node took the session over: its last connection here leaves without a will.
     pub moved: bool,
 }
 
 impl SessionState {
-    pub fn new(expiry_secs: u32) -> Self {
+    pub fn new(expiry_secs: u32, identity: Identity) -> Self {
         SessionState {
             expiry_secs,
             subscriptions: Vec::new(),
@@ -98,7 +110,8 @@ impl SessionState {
             next_packet_id: 1,
             connection: None,
             detached_generation: 0,
-            username: None,
+            identity,
+            owner: None,
             moved: false,
         }
     }
@@ -108,7 +121,11 @@ impl SessionState {
     }
 
     pub fn record(&self) -> SessionRecord {
-        SessionRecord { expiry_secs: self.expiry_secs, subscriptions: self.subscriptions.clone() }
+        SessionRecord {
+            expiry_secs: self.expiry_secs,
+            subscriptions: self.subscriptions.clone(),
+            owner: self.owner.clone(),
+        }
     }
 
     pub fn allocate_packet_id(&mut self) -> u16 {

@@ -3,24 +3,29 @@
 //! It reads the log for the dashboard, the live feed and queries. It takes input like MQTT
 //! does: `POST /api/v1/streams/{name}/records`, and devices' own protocols (OwnTracks HTTP
 //! mode at `/pub`; OsmAnd on its own port, `osmand::router`), published through the broker.
+//! Every request passes `access::guard` first; each handler asks the `Authorizer` what its
+//! caller may read, write or change.
 
+pub mod access;
 pub mod export;
 mod live;
 pub mod osmand;
 mod owntracks;
 pub mod recorder;
 mod records;
+pub mod tls;
 
 use std::sync::Arc;
 
+use access::{Caller, HttpAccess};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures::StreamExt;
 use pacer_log::Log;
-use pacer_sql::engine::{Response as SqlResponse, StatementOptions};
+use pacer_sql::engine::{Caller as SqlCaller, Response as SqlResponse, SqlError, StatementOptions};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -61,6 +66,8 @@ pub struct WebState {
     pub recorder: Arc<recorder::LastLocations>,
     /// Streams kept as Parquet segments, shown with the streams.
     pub history: Option<pacer_history::HistoryStore>,
+    /// Who may reach this listener, and what each caller may do.
+    pub access: HttpAccess,
 }
 
 pub fn router(state: Arc<WebState>) -> Router {
@@ -81,6 +88,10 @@ pub fn router(state: Arc<WebState>) -> Router {
         .route("/api/0/locations", get(recorder::locations).post(recorder::locations))
         .route("/ws/last", get(recorder::websocket))
         .route("/metrics", get(metrics))
+        .route("/api/v1/auth/login", post(access::login))
+        .route("/api/v1/auth/logout", post(access::logout))
+        .route("/api/v1/auth/me", get(access::me))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access::guard))
         .with_state(state)
 }
 
@@ -135,7 +146,10 @@ fn history_of(store: &pacer_history::HistoryStore, stream: &str) -> Option<Value
     }))
 }
 
-async fn metrics(State(state): State<Arc<WebState>>) -> Response {
+async fn metrics(State(state): State<Arc<WebState>>, Extension(Caller(who)): Extension<Caller>) -> Response {
+    if !state.access.auth.may_read_everything(&who) {
+        return access::forbidden("/metrics is for admins and readers");
+    }
     let mut text = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &state.registry) {
         return (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}")).into_response();
@@ -164,13 +178,20 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 /// `{"results": [those]}`. A push query (`EMIT CHANGES`) streams NDJSON until the client
 /// leaves: a `{"columns": […]}` line, then one JSON object per row. A bad statement gets a
 /// 400 with `{"error": "…"}` naming the line and column or the name that is wrong.
-async fn sql(State(state): State<Arc<WebState>>, Json(request): Json<SqlRequest>) -> Response {
+async fn sql(
+    State(state): State<Arc<WebState>>,
+    Extension(Caller(who)): Extension<Caller>,
+    Json(request): Json<SqlRequest>,
+) -> Response {
     let format = match request.format.as_deref().map(str::parse::<export::Format>).transpose() {
         Ok(f) => f.unwrap_or(export::Format::Json),
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let responses = match state.engine.execute(&request.sql, &request.properties).await {
+    let auth = &state.access.auth;
+    let caller = SqlCaller { may_change_catalog: auth.may_change_catalog(&who), reads: auth.record_filter(&who) };
+    let responses = match state.engine.execute_as(&request.sql, &request.properties, &caller).await {
         Ok(r) => r,
+        Err(e @ SqlError::Forbidden(_)) => return access::forbidden(e.to_string()),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     if format != export::Format::Json {

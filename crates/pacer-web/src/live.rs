@@ -2,7 +2,7 @@
 //!
 //! Event ids are the reader's positions (`partition:next_offset,…`): a client that reconnects
 //! with `Last-Event-ID` continues right after the last record it saw, with no gap and no
-//! duplicate.
+//! duplicate. Each caller gets only the records it may read.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,11 +12,13 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::Stream;
-use pacer_log::{Positions, StartAt, StreamReader};
+use pacer_log::{Positions, RecordFilter, StartAt, StreamReader};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::access::{forbidden, Caller};
 use crate::{error, WebState};
 
 #[derive(Debug, Deserialize)]
@@ -32,7 +34,15 @@ pub struct LiveQuery {
     compact: bool,
 }
 
-pub async fn live(State(state): State<Arc<WebState>>, Query(q): Query<LiveQuery>, headers: HeaderMap) -> Response {
+pub async fn live(
+    State(state): State<Arc<WebState>>,
+    Extension(Caller(who)): Extension<Caller>,
+    Query(q): Query<LiveQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if pacer_log::is_internal(&q.stream) && !who.is_admin() {
+        return forbidden(format!("{} is one of Pacer's own streams: admins only", q.stream));
+    }
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<Positions>().ok());
     let start = match resume {
         Some(positions) => StartAt::Positions(positions),
@@ -42,7 +52,10 @@ pub async fn live(State(state): State<Arc<WebState>>, Query(q): Query<LiveQuery>
         },
     };
     match state.log.reader(&q.stream, start) {
-        Ok(reader) => events(reader, q.stream, q.key, q.compact).into_response(),
+        Ok(reader) => {
+            let keep = state.access.auth.record_filter(&who);
+            events(reader, q.stream, q.key, q.compact, keep).into_response()
+        }
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
@@ -66,9 +79,10 @@ fn events(
     stream: String,
     key: Option<String>,
     compact: bool,
+    keep: Option<RecordFilter>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let events = futures::stream::unfold(Some(reader), move |reader| {
-        let (stream, key) = (stream.clone(), key.clone());
+        let (stream, key, keep) = (stream.clone(), key.clone(), keep.clone());
         async move {
             let mut reader = reader?;
             loop {
@@ -77,6 +91,7 @@ fn events(
                         let records: Vec<Value> = batch
                             .iter()
                             .filter(|r| key.as_ref().is_none_or(|k| r.key.as_deref() == Some(k.as_bytes())))
+                            .filter(|r| keep.as_ref().is_none_or(|keep| keep(&stream, r)))
                             .map(|r| if compact { compact_json(r) } else { r.to_json(&stream) })
                             .collect();
                         if records.is_empty() {

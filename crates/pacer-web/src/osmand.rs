@@ -4,6 +4,10 @@
 //! (`{"location": {"coords": …}, "device_id": …}`, speed in m/s). Each fix is published on
 //! `osmand/{id}` as an OwnTracks location (speeds in km/h, `tst` in seconds), so the
 //! default rules put it in the `locations` stream beside the OwnTracks apps'.
+//!
+//! The protocol has no credentials, so the device id decides ([`OsmandDevices`]): with a
+//! password file only listed ids, or ids the ACL lets publish on `osmand/{id}` as a user
+//! of that name, are taken; the others get 403.
 
 use std::sync::Arc;
 
@@ -12,18 +16,31 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
+use pacer_auth::Authorizer;
 use pacer_core::{now_ms, parse_time, Publication};
-use pacer_mqtt::Broker;
+use pacer_mqtt::{Broker, PublishRefused};
 use serde_json::{json, Map, Value};
 
 const KNOTS_TO_KMH: f64 = 1.852;
 
-pub fn router(broker: Broker) -> Router {
-    Router::new().fallback(receive).with_state(Arc::new(broker))
+/// Which device ids may send fixes.
+pub struct OsmandDevices {
+    pub auth: Arc<Authorizer>,
+    /// Taken whatever the ACL says. Without a password file and with none listed: any id.
+    pub listed: Vec<String>,
+}
+
+struct Osmand {
+    broker: Broker,
+    devices: OsmandDevices,
+}
+
+pub fn router(broker: Broker, devices: OsmandDevices) -> Router {
+    Router::new().fallback(receive).with_state(Arc::new(Osmand { broker, devices }))
 }
 
 async fn receive(
-    State(broker): State<Arc<Broker>>,
+    State(osmand): State<Arc<Osmand>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
@@ -47,8 +64,21 @@ async fn receive(
         received_at: now_ms(),
         ..Default::default()
     };
-    match broker.publish(publication).await {
+    let devices = &osmand.devices;
+    let published = if devices.listed.contains(&id) || (devices.listed.is_empty() && !devices.auth.checks_passwords()) {
+        osmand.broker.publish(publication).await
+    } else if devices.auth.checks_passwords() && devices.auth.has_acl() {
+        osmand.broker.publish_as(&devices.auth.acting_as(Some(&id)), publication).await
+    } else {
+        Err(PublishRefused::NotAuthorized(publication.topic))
+    };
+    match published {
         Ok(()) => StatusCode::OK.into_response(),
+        Err(PublishRefused::NotAuthorized(_)) => {
+            tracing::info!(device = %id, "OsmAnd fix refused: the device is not allowed");
+            let why = format!("device {id:?} is not allowed: list it in [osmand] devices, or let user {id:?} publish on osmand/{id} in the ACL");
+            (StatusCode::FORBIDDEN, why).into_response()
+        }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }

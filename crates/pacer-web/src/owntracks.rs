@@ -1,22 +1,22 @@
 //! OwnTracks HTTP mode: the apps POST the JSON they would publish over MQTT to `/pub`,
 //! with HTTP Basic auth and the user and device in `X-Limit-U`/`X-Limit-D` (or `?u=&d=`).
-//! Each POST is published as if it came over MQTT, on the topic the app would use, so the
-//! same ingest rules, ACL and subscribers see it; the answer is a JSON array (`[]`: no
-//! cards or commands pending).
+//! Each POST is published as if it came over MQTT, on the topic the app would use, as the
+//! user who sent it, so the same ingest rules, ACL and subscribers see it; the answer is a
+//! JSON array (`[]`: no cards or commands pending).
 
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use base64::Engine as _;
+use axum::{Extension, Json};
 use bytes::Bytes;
 use pacer_core::{now_ms, Publication};
 use pacer_mqtt::PublishRefused;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::access::{forbidden, Caller};
 use crate::{error, WebState};
 
 #[derive(Debug, Deserialize)]
@@ -42,6 +42,7 @@ fn subtopic(ty: Option<&str>) -> &'static str {
 
 pub async fn publish(
     State(state): State<Arc<WebState>>,
+    Extension(Caller(who)): Extension<Caller>,
     Query(q): Query<UserDevice>,
     headers: HeaderMap,
     body: Bytes,
@@ -49,9 +50,8 @@ pub async fn publish(
     let Some(broker) = &state.broker else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "this Pacer takes no device input");
     };
-    let credentials = basic_auth(&headers);
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let user = header("x-limit-u").or(q.u).or_else(|| credentials.as_ref().map(|(u, _)| u.clone()));
+    let user = header("x-limit-u").or(q.u).or_else(|| who.user().map(str::to_string));
     let device = header("x-limit-d").or(q.d);
     let (Some(user), Some(device)) = (user, device) else {
         return error(StatusCode::BAD_REQUEST, "name the user and device: X-Limit-U and X-Limit-D, or ?u=&d=");
@@ -70,28 +70,12 @@ pub async fn publish(
         qos: 1,
         retain: false,
         client_id: format!("owntracks-http-{user}-{device}"),
-        username: credentials.as_ref().map(|(u, _)| u.clone()),
         received_at: now_ms(),
         ..Default::default()
     };
-    match broker.publish_as_client(publication, credentials.as_ref().map(|(_, p)| p.as_bytes())).await {
+    match broker.publish_as(&who, publication).await {
         Ok(()) => Json(json!([])).into_response(),
-        Err(e @ (PublishRefused::Anonymous | PublishRefused::BadCredentials)) => {
-            let mut response = error(StatusCode::UNAUTHORIZED, e.to_string());
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, "Basic realm=\"pacer\"".parse().unwrap());
-            response
-        }
-        Err(e @ PublishRefused::NotAuthorized(_)) => error(StatusCode::FORBIDDEN, e.to_string()),
+        Err(e @ PublishRefused::NotAuthorized(_)) => forbidden(e.to_string()),
         Err(e @ PublishRefused::NotStored(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
-}
-
-/// (user, password) of an `Authorization: Basic …` header.
-fn basic_auth(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let encoded = value.strip_prefix("Basic ").or_else(|| value.strip_prefix("basic "))?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (user, password) = text.split_once(':')?;
-    Some((user.to_string(), password.to_string()))
 }

@@ -3,7 +3,8 @@
 //! `/api/0/list`, `/api/0/last`, `/api/0/locations` (json, csv, geojson, linestring, gpx)
 //! and the `/ws/last` WebSocket. A device is a key `user/device` (OsmAnd devices are
 //! `osmand/{id}`). Objects carry what the Recorder adds: `topic`, `username`, `device`,
-//! `isotst` and `disptst` (UTC).
+//! `isotst` and `disptst` (UTC). Each caller sees only the devices whose records it may
+//! read (its own, with an ACL like `pattern read owntracks/%u/#`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -12,6 +13,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use pacer_core::{header as record_header, now_ms, Record};
@@ -20,6 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
+use crate::access::Caller;
 use crate::records::read_range;
 use crate::WebState;
 
@@ -33,8 +36,21 @@ const MAX_LOCATIONS: usize = 1_000_000;
 /// The last location of every device, kept by following the streams, and the live feed
 /// `/ws/last` pushes.
 pub struct LastLocations {
-    last: RwLock<BTreeMap<String, Value>>,
-    live: broadcast::Sender<Value>,
+    last: RwLock<BTreeMap<String, Arc<Seen>>>,
+    live: broadcast::Sender<Arc<Seen>>,
+}
+
+/// A record as the Recorder shows it, with what decides who may see it.
+struct Seen {
+    stream: &'static str,
+    record: Record,
+    object: Value,
+}
+
+impl Seen {
+    fn visible_to(&self, state: &WebState, who: &pacer_auth::Identity) -> bool {
+        state.access.auth.may_read_record(who, self.stream, &self.record)
+    }
 }
 
 impl LastLocations {
@@ -53,26 +69,27 @@ impl LastLocations {
         this
     }
 
-    async fn run(&self, log: &dyn Log, stream: &str) -> Result<(), pacer_log::LogError> {
+    async fn run(&self, log: &dyn Log, stream: &'static str) -> Result<(), pacer_log::LogError> {
         let mut reader = log.reader(stream, StartAt::Beginning)?;
         loop {
             for record in reader.next_batch().await? {
                 let Some(object) = enriched(&record) else { continue };
-                let ty = object["_type"].as_str().unwrap_or_default();
+                let ty = object["_type"].as_str().unwrap_or_default().to_string();
+                let key = key_of(&record);
+                let seen = Arc::new(Seen { stream, record, object });
                 if ty == "location" {
-                    let key = key_of(&record);
                     let newer = self
                         .last
                         .read()
                         .unwrap()
                         .get(&key)
-                        .is_none_or(|old| old["tst"].as_i64() <= object["tst"].as_i64());
+                        .is_none_or(|old| old.object["tst"].as_i64() <= seen.object["tst"].as_i64());
                     if newer {
-                        self.last.write().unwrap().insert(key, object.clone());
+                        self.last.write().unwrap().insert(key, seen.clone());
                     }
                 }
-                if matches!(ty, "location" | "transition" | "waypoint") {
-                    let _ = self.live.send(object);
+                if matches!(ty.as_str(), "location" | "transition" | "waypoint") {
+                    let _ = self.live.send(seen);
                 }
             }
         }
@@ -146,27 +163,38 @@ impl Params {
 }
 
 fn recorder_json(body: Value) -> Response {
-    ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], Json(body)).into_response()
+    Json(body).into_response()
 }
 
 fn refuse(status: StatusCode, message: &str) -> Response {
-    (status, [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], message.to_string()).into_response()
+    (status, message.to_string()).into_response()
 }
 
 /// `/api/0/list`: users; a user's devices with `user`.
-pub async fn list(State(state): State<Arc<WebState>>, Query(p): Query<Params>, headers: HeaderMap) -> Response {
+pub async fn list(
+    State(state): State<Arc<WebState>>,
+    Extension(Caller(who)): Extension<Caller>,
+    Query(p): Query<Params>,
+    headers: HeaderMap,
+) -> Response {
     let p = p.with_headers(&headers);
     let last = state.recorder.last.read().unwrap();
+    let keys = last.iter().filter(|(_, seen)| seen.visible_to(&state, &who)).map(|(k, _)| k);
     let mut results: Vec<&str> = match &p.user {
-        None => last.keys().map(|k| user_device(k).0).collect(),
-        Some(user) => last.keys().map(|k| user_device(k)).filter(|(u, _)| u == user).map(|(_, d)| d).collect(),
+        None => keys.map(|k| user_device(k).0).collect(),
+        Some(user) => keys.map(|k| user_device(k)).filter(|(u, _)| u == user).map(|(_, d)| d).collect(),
     };
     results.dedup();
     recorder_json(json!({ "results": results }))
 }
 
 /// `/api/0/last`: the last location of every device (of `user`, of `user` and `device`).
-pub async fn last(State(state): State<Arc<WebState>>, Query(p): Query<Params>, headers: HeaderMap) -> Response {
+pub async fn last(
+    State(state): State<Arc<WebState>>,
+    Extension(Caller(who)): Extension<Caller>,
+    Query(p): Query<Params>,
+    headers: HeaderMap,
+) -> Response {
     let p = p.with_headers(&headers);
     let last = state.recorder.last.read().unwrap();
     let objects: Vec<Value> = last
@@ -175,14 +203,20 @@ pub async fn last(State(state): State<Arc<WebState>>, Query(p): Query<Params>, h
             let (u, d) = user_device(k);
             p.user.as_deref().is_none_or(|user| user == u) && p.device.as_deref().is_none_or(|device| device == d)
         })
-        .map(|(_, v)| p.select(v.clone()))
+        .filter(|(_, seen)| seen.visible_to(&state, &who))
+        .map(|(_, seen)| p.select(seen.object.clone()))
         .collect();
     recorder_json(Value::Array(objects))
 }
 
 /// `/api/0/locations`: one device's locations between `from` and `to` (default: the last
 /// six hours), oldest first; with `limit`, the newest `limit`, newest first.
-pub async fn locations(State(state): State<Arc<WebState>>, Query(p): Query<Params>, headers: HeaderMap) -> Response {
+pub async fn locations(
+    State(state): State<Arc<WebState>>,
+    Extension(Caller(who)): Extension<Caller>,
+    Query(p): Query<Params>,
+    headers: HeaderMap,
+) -> Response {
     let p = p.with_headers(&headers);
     let (Some(user), Some(device)) = (&p.user, &p.device) else {
         return refuse(StatusCode::RANGE_NOT_SATISFIABLE, "user and device are required");
@@ -196,8 +230,9 @@ pub async fn locations(State(state): State<Arc<WebState>>, Query(p): Query<Param
         return refuse(StatusCode::RANGE_NOT_SATISFIABLE, "impossible date/time ranges");
     }
     let key = format!("{user}/{device}");
-    let records = match read_range(state.log.as_ref(), LOCATIONS, Some(from), Some(to), Some(&key), MAX_LOCATIONS).await
-    {
+    let keep = |r: &Record| state.access.auth.may_read_record(&who, LOCATIONS, r);
+    let read = read_range(state.log.as_ref(), LOCATIONS, Some(from), Some(to), Some(&key), MAX_LOCATIONS, keep);
+    let records = match read.await {
         Ok(r) => r,
         Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
@@ -277,11 +312,15 @@ fn gpx(data: &[Value]) -> String {
 
 /// `/ws/last`: send `LAST` for every device's last location; then every location,
 /// transition and waypoint as it arrives. Frames sent are echoed, as the Recorder does.
-pub async fn websocket(State(state): State<Arc<WebState>>, upgrade: WebSocketUpgrade) -> Response {
-    upgrade.on_upgrade(move |socket| live(socket, state))
+pub async fn websocket(
+    State(state): State<Arc<WebState>>,
+    Extension(Caller(who)): Extension<Caller>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade.on_upgrade(move |socket| live(socket, state, who))
 }
 
-async fn live(mut socket: WebSocket, state: Arc<WebState>) {
+async fn live(mut socket: WebSocket, state: Arc<WebState>, who: pacer_auth::Identity) {
     let mut feed = state.recorder.live.subscribe();
     loop {
         tokio::select! {
@@ -289,7 +328,15 @@ async fn live(mut socket: WebSocket, state: Arc<WebState>) {
                 let Some(Ok(message)) = incoming else { return };
                 let Message::Text(text) = message else { continue };
                 if text.trim() == "LAST" {
-                    let last: Vec<Value> = state.recorder.last.read().unwrap().values().cloned().collect();
+                    let last: Vec<Value> = state
+                        .recorder
+                        .last
+                        .read()
+                        .unwrap()
+                        .values()
+                        .filter(|seen| seen.visible_to(&state, &who))
+                        .map(|seen| seen.object.clone())
+                        .collect();
                     for object in last {
                         if socket.send(Message::text(object.to_string())).await.is_err() {
                             return;
@@ -301,8 +348,9 @@ async fn live(mut socket: WebSocket, state: Arc<WebState>) {
                 }
             }
             pushed = feed.recv() => match pushed {
-                Ok(object) => {
-                    if socket.send(Message::text(object.to_string())).await.is_err() {
+                Ok(seen) if !seen.visible_to(&state, &who) => {}
+                Ok(seen) => {
+                    if socket.send(Message::text(seen.object.to_string())).await.is_err() {
                         return;
                     }
                 }

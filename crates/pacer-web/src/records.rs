@@ -1,25 +1,27 @@
-//! `/api/v1/streams/{name}/records`: read a stream over a time range, or append to it.
+//! `/api/v1/streams/{name}/records`: read a stream over a time range (the records the caller
+//! may read), or append to it (where the caller may write; Pacer's own streams never).
 
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use bytes::Bytes;
 use pacer_core::{now_ms, parse_time, NewRecord};
 use pacer_log::StartAt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::access::{forbidden, Caller};
 use crate::{error, WebState};
 
 /// Records one GET returns when it names no limit, and at most.
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 100_000;
 
-/// Up to `limit` records of `stream` with event times in [from, to] (ms) and key `key`, in
-/// log order.
+/// Up to `limit` records of `stream` with event times in [from, to] (ms) and key `key`
+/// that `keep` keeps, in log order.
 pub(crate) async fn read_range(
     log: &dyn pacer_log::Log,
     stream: &str,
@@ -27,6 +29,7 @@ pub(crate) async fn read_range(
     to: Option<i64>,
     key: Option<&str>,
     limit: usize,
+    keep: impl Fn(&pacer_core::Record) -> bool,
 ) -> Result<Vec<pacer_core::Record>, pacer_log::LogError> {
     let start = from.map_or(StartAt::Beginning, StartAt::Timestamp);
     let mut reader = log.reader(stream, start)?;
@@ -40,7 +43,8 @@ pub(crate) async fn read_range(
         let wanted = batch
             .into_iter()
             .filter(|r| from.is_none_or(|f| r.timestamp >= f) && to.is_none_or(|t| r.timestamp <= t))
-            .filter(|r| key.is_none_or(|k| r.key.as_deref() == Some(k.as_bytes())));
+            .filter(|r| key.is_none_or(|k| r.key.as_deref() == Some(k.as_bytes())))
+            .filter(|r| keep(r));
         out.extend(wanted.take(limit - out.len()));
     }
     Ok(out)
@@ -57,6 +61,7 @@ pub struct RecordsQuery {
 
 pub async fn read(
     State(state): State<Arc<WebState>>,
+    Extension(Caller(who)): Extension<Caller>,
     Path(name): Path<String>,
     Query(q): Query<RecordsQuery>,
 ) -> Response {
@@ -70,7 +75,9 @@ pub async fn read(
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    let out = match read_range(state.log.as_ref(), &name, from, to, q.key.as_deref(), limit).await {
+    let auth = &state.access.auth;
+    let keep = |r: &pacer_core::Record| auth.may_read_record(&who, &name, r);
+    let out = match read_range(state.log.as_ref(), &name, from, to, q.key.as_deref(), limit, keep).await {
         Ok(records) => records.iter().map(|r| r.to_json(&name)).collect::<Vec<_>>(),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
@@ -86,9 +93,12 @@ pub struct NewRecordJson {
     timestamp: Option<Value>,
 }
 
-/// Appends a JSON array of `{key, value, timestamp}`; answers once they are durable.
+/// Appends a JSON array of `{key, value, timestamp}`; answers once they are durable. Each
+/// record carries the user who posted it (`pacer.user`). One the caller may not write
+/// refuses them all.
 pub async fn append(
     State(state): State<Arc<WebState>>,
+    Extension(Caller(who)): Extension<Caller>,
     Path(name): Path<String>,
     body: Result<Json<Vec<NewRecordJson>>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -119,7 +129,18 @@ pub async fn append(
                 return error(StatusCode::BAD_REQUEST, format!("record {i}: timestamp {other} is not a time"))
             }
         };
-        records.push(NewRecord::new(timestamp, item.key.map(Bytes::from), item.value.to_string()));
+        let key = item.key.map(Bytes::from);
+        if !state.access.auth.may_write_stream(&who, &name, key.as_deref()) {
+            let what =
+                if pacer_log::is_internal(&name) { "is one of Pacer's own streams" } else { "is not yours to write" };
+            let key = key.as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            return forbidden(format!("record {i}: {name} (key {key:?}) {what}"));
+        }
+        let mut record = NewRecord::new(timestamp, key, item.value.to_string());
+        if let Some(user) = who.user() {
+            record = record.with_header(pacer_core::header::USER, user.to_string());
+        }
+        records.push(record);
     }
     match state.log.append(&name, records).await {
         Ok(appended) => {

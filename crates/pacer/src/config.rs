@@ -10,6 +10,7 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    pub auth: AuthSection,
     pub mqtt: MqttConfig,
     pub http: HttpConfig,
     pub osmand: OsmandConfig,
@@ -25,6 +26,25 @@ pub struct Config {
     pub tracking: TrackingConfig,
     pub device_status: DeviceStatusSection,
     pub sql: SqlConfig,
+}
+
+/// Users and what they may do, on every interface (MQTT, HTTP, the live feeds, OsmAnd).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// mosquitto password file (`pacer passwd` edits it); relative to the config file.
+    pub password_file: Option<PathBuf>,
+    /// mosquitto ACL file; relative to the config file.
+    pub acl_file: Option<PathBuf>,
+    /// Bearer tokens (`pacer token create`): `tokens` in the data directory unless set.
+    pub token_file: Option<PathBuf>,
+    /// Users who may run DDL and TERMINATE, write any stream and read everything.
+    pub admins: Vec<String>,
+    /// Users who may read every stream and the dashboard, and change nothing.
+    pub readers: Vec<String>,
+    /// Clients without credentials get in (with the ACL's anonymous rules). Unset: yes
+    /// without a password file (then every listener must be on loopback), no with one.
+    pub allow_anonymous: Option<bool>,
 }
 
 /// A stream's history policy: how long it is kept, and, for a downsampled stream, what it
@@ -171,7 +191,8 @@ pub struct MqttConfig {
     pub websocket_listen: String,
     /// MQTT over WebSocket inside TLS, `wss://` ("" = off); uses `tls_cert` and `tls_key`.
     pub wss_listen: String,
-    pub allow_anonymous: bool,
+    /// Alias of `[auth] allow_anonymous`.
+    pub allow_anonymous: Option<bool>,
     pub max_packet_size: u32,
     /// Open connections at most, over all transports.
     pub max_connections: usize,
@@ -187,9 +208,9 @@ pub struct MqttConfig {
     pub topic_alias_maximum: u16,
     /// Longest keep-alive allowed (MQTT 5 Server Keep Alive).
     pub max_keep_alive: u16,
-    /// mosquitto_passwd format; relative to the config file.
+    /// Alias of `[auth] password_file`.
     pub password_file: Option<PathBuf>,
-    /// mosquitto ACL format; relative to the config file.
+    /// Alias of `[auth] acl_file`.
     pub acl_file: Option<PathBuf>,
     /// Several nodes on one Kafka cluster: relay publications between them (`__mqtt_relay`)
     /// so a subscriber on any node gets what is published on any node. Off for one node:
@@ -206,6 +227,12 @@ pub struct MqttConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: String,
+    /// HTTPS: certificate chain and private key (PEM; relative to the config file).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Host names the server answers to (against DNS rebinding). Empty: localhost and the
+    /// loopback addresses when listening on loopback, any host otherwise.
+    pub hosts: Vec<String>,
     /// Map tiles; empty string: offline basemap only.
     pub tile_url: String,
     pub tile_attribution: String,
@@ -220,11 +247,14 @@ pub struct HttpConfig {
 pub struct OsmandConfig {
     /// "" turns it off.
     pub listen: String,
+    /// Device ids taken whatever the ACL says. With a password file, other ids are taken
+    /// only if the ACL lets a user of that name publish on `osmand/{id}`.
+    pub devices: Vec<String>,
 }
 
 impl Default for OsmandConfig {
     fn default() -> Self {
-        OsmandConfig { listen: "0.0.0.0:5055".into() }
+        OsmandConfig { listen: "127.0.0.1:5055".into(), devices: Vec::new() }
     }
 }
 
@@ -336,6 +366,97 @@ impl Default for TrackingConfig {
     }
 }
 
+/// `[mqtt] name` or `[auth] name`, whichever is set; both, only if the same.
+fn alias<T: PartialEq + Clone + std::fmt::Debug>(
+    name: &str,
+    auth: &Option<T>,
+    mqtt: &Option<T>,
+) -> Result<Option<T>, String> {
+    match (auth, mqtt) {
+        (Some(a), Some(m)) if a != m => {
+            Err(format!("[auth] {name} = {a:?} and [mqtt] {name} = {m:?} disagree: set it in [auth] only"))
+        }
+        (Some(v), _) | (None, Some(v)) => Ok(Some(v.clone())),
+        (None, None) => Ok(None),
+    }
+}
+
+impl Config {
+    /// Who may do what: `[auth]`, with `[mqtt] password_file`, `acl_file` and
+    /// `allow_anonymous` as aliases.
+    pub fn auth_config(&self) -> Result<pacer_auth::AuthConfig, String> {
+        let password_file = alias("password_file", &self.auth.password_file, &self.mqtt.password_file)?;
+        let allow_anonymous = alias("allow_anonymous", &self.auth.allow_anonymous, &self.mqtt.allow_anonymous)?;
+        Ok(pacer_auth::AuthConfig {
+            allow_anonymous: allow_anonymous.unwrap_or(password_file.is_none()),
+            password_file,
+            acl_file: alias("acl_file", &self.auth.acl_file, &self.mqtt.acl_file)?,
+            token_file: Some(self.token_file()),
+            session_key_file: Some(self.log.dir.join("session.key")),
+            admins: self.auth.admins.clone(),
+            readers: self.auth.readers.clone(),
+        })
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.auth.token_file.clone().unwrap_or_else(|| self.log.dir.join("tokens"))
+    }
+
+    /// The listeners' addresses, by what they serve.
+    pub fn listeners(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("[mqtt] listen", self.mqtt.listen.as_str()),
+            ("[mqtt] tls_listen", &self.mqtt.tls_listen),
+            ("[mqtt] websocket_listen", &self.mqtt.websocket_listen),
+            ("[mqtt] wss_listen", &self.mqtt.wss_listen),
+            ("[http] listen", &self.http.listen),
+            ("[osmand] listen", &self.osmand.listen),
+        ]
+        .into_iter()
+        .filter(|(_, address)| !address.is_empty())
+        .collect()
+    }
+
+    /// Refuses to open Pacer to the network with no one's credentials checked, unless the
+    /// config says so: with no password file, every listener must be on loopback unless
+    /// `allow_anonymous = true` is stated (as mosquitto 2 listens on localhost only).
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        let auth = self.auth_config().map_err(anyhow::Error::msg)?;
+        let exposed: Vec<String> = self
+            .listeners()
+            .into_iter()
+            .filter(|(_, address)| !is_loopback(address))
+            .map(|(key, address)| format!("{key} = {address:?}"))
+            .collect();
+        let stated = self.auth.allow_anonymous.or(self.mqtt.allow_anonymous) == Some(true);
+        match (exposed.is_empty(), auth.password_file.is_some(), stated) {
+            (true, _, _) => {
+                tracing::info!("listening on loopback only: to open Pacer to the network, set the listeners (e.g. [http] listen = \"0.0.0.0:8080\") and [auth] password_file (pacer passwd), or state [auth] allow_anonymous = true");
+            }
+            (false, true, false) => {}
+            (false, false, false) => anyhow::bail!(
+                "{} would open Pacer to the network with no password checked: set [auth] password_file \
+                 (users made with `pacer passwd`), or state [auth] allow_anonymous = true to let anyone in",
+                exposed.join(", ")
+            ),
+            (false, _, true) => tracing::warn!(
+                listeners = %exposed.join(", "),
+                "ANONYMOUS ACCESS FROM THE NETWORK: allow_anonymous = true lets anyone who reaches these listeners in"
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Whether a listen address is reachable only from this machine.
+pub fn is_loopback(address: &str) -> bool {
+    let host = match address.rsplit_once(':') {
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => address,
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 impl MqttConfig {
     /// This node's name among nodes sharing a log: `node`, else `{host name}:{MQTT port}`.
     pub fn node_name(&self) -> String {
@@ -353,7 +474,6 @@ impl MqttConfig {
     /// The broker's own settings; listeners and files are wired by the server.
     pub fn broker(&self) -> pacer_mqtt::BrokerConfig {
         pacer_mqtt::BrokerConfig {
-            allow_anonymous: self.allow_anonymous,
             max_packet_size: self.max_packet_size,
             max_connections: self.max_connections,
             max_inflight: self.max_inflight.max(1),
@@ -370,13 +490,13 @@ impl Default for MqttConfig {
     fn default() -> Self {
         let broker = pacer_mqtt::BrokerConfig::default();
         MqttConfig {
-            listen: "0.0.0.0:1883".into(),
+            listen: "127.0.0.1:1883".into(),
             tls_listen: String::new(),
             tls_cert: None,
             tls_key: None,
             websocket_listen: String::new(),
             wss_listen: String::new(),
-            allow_anonymous: broker.allow_anonymous,
+            allow_anonymous: None,
             max_packet_size: broker.max_packet_size,
             max_connections: broker.max_connections,
             max_inflight: broker.max_inflight,
@@ -396,7 +516,10 @@ impl Default for MqttConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
-            listen: "0.0.0.0:8080".into(),
+            listen: "127.0.0.1:8080".into(),
+            tls_cert: None,
+            tls_key: None,
+            hosts: Vec::new(),
             tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".into(),
             tile_attribution: "© OpenStreetMap contributors".into(),
             alert_streams: vec!["race_zone_events".into()],
@@ -443,10 +566,20 @@ impl Config {
         for zone in &mut config.zone {
             zone.file.as_mut().map(resolve);
         }
-        config.mqtt.password_file.as_mut().map(resolve);
-        config.mqtt.acl_file.as_mut().map(resolve);
-        config.mqtt.tls_cert.as_mut().map(resolve);
-        config.mqtt.tls_key.as_mut().map(resolve);
+        for file in [
+            &mut config.auth.password_file,
+            &mut config.auth.acl_file,
+            &mut config.auth.token_file,
+            &mut config.mqtt.password_file,
+            &mut config.mqtt.acl_file,
+            &mut config.mqtt.tls_cert,
+            &mut config.mqtt.tls_key,
+            &mut config.http.tls_cert,
+            &mut config.http.tls_key,
+        ] {
+            file.as_mut().map(resolve);
+        }
+        config.auth_config().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         config.sql.file.as_mut().map(resolve);
         if config.tracking.max_speed_kmh.is_nan() || config.tracking.max_speed_kmh <= 0.0 {
             anyhow::bail!(
@@ -547,7 +680,36 @@ mod tests {
         let path = dir.path().join("pacer.toml");
         std::fs::write(&path, "[[ingest]]\nmqtt = \"cars/+\"\nstream = \"cars\"\n").unwrap();
         let config = Config::load(&path).unwrap();
-        assert_eq!(config.mqtt.listen, "0.0.0.0:1883");
+        assert_eq!(config.mqtt.listen, "127.0.0.1:1883");
         assert_eq!(config.ingest[0].stream.as_deref(), Some("cars"));
+    }
+
+    #[test]
+    fn auth_keys_in_mqtt_are_aliases_and_must_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pacer.toml");
+        std::fs::write(&path, "[mqtt]\npassword_file = \"passwd\"\n[auth]\nadmins = [\"root\"]\n").unwrap();
+        let auth = Config::load(&path).unwrap().auth_config().unwrap();
+        assert_eq!(auth.password_file, Some(dir.path().join("passwd")), "relative to the config file");
+        assert!(!auth.allow_anonymous, "a password file closes the door to anonymous clients");
+        std::fs::write(&path, "[mqtt]\npassword_file = \"a\"\n[auth]\npassword_file = \"b\"\n").unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("pacer.toml") && err.contains("password_file") && err.contains("disagree"), "{err}");
+    }
+
+    #[test]
+    fn opening_to_the_network_needs_a_password_file_or_a_stated_choice() {
+        let mut config = Config::default();
+        config.check_exposure().unwrap();
+        config.http.listen = "0.0.0.0:8080".into();
+        let err = config.check_exposure().unwrap_err().to_string();
+        assert!(err.contains("[http] listen") && err.contains("password_file"), "{err}");
+        config.auth.allow_anonymous = Some(true);
+        config.check_exposure().unwrap();
+        config.auth.allow_anonymous = None;
+        config.auth.password_file = Some("passwd".into());
+        config.check_exposure().unwrap();
+        assert!(is_loopback("127.0.0.1:0") && is_loopback("[::1]:8080") && is_loopback("localhost:1883"));
+        assert!(!is_loopback("0.0.0.0:1883") && !is_loopback("[::]:1883") && !is_loopback("192.168.1.5:80"));
     }
 }

@@ -4,11 +4,13 @@ mod bench;
 mod bench_history;
 mod bench_sql;
 mod bench_tracking;
+mod client;
 mod config;
 mod produce;
 mod server;
 mod simulate;
 mod tail;
+mod token;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -99,9 +101,8 @@ enum Command {
         /// Stop after this many records
         #[arg(long, short = 'n')]
         limit: Option<u64>,
-        /// Pacer's HTTP address
-        #[arg(long, default_value = "http://127.0.0.1:8080", env = "PACER_SERVER")]
-        server: String,
+        #[command(flatten)]
+        remote: client::Remote,
     },
     /// Appends JSON lines (or a JSON array) from stdin to a stream of a running Pacer
     Produce {
@@ -112,8 +113,8 @@ enum Command {
         /// Key each record by this field of its value (e.g. deviceId)
         #[arg(long)]
         key_field: Option<String>,
-        #[arg(long, default_value = "http://127.0.0.1:8080", env = "PACER_SERVER")]
-        server: String,
+        #[command(flatten)]
+        remote: client::Remote,
     },
     /// Runs a SQL statement on a running Pacer
     Sql {
@@ -122,8 +123,8 @@ enum Command {
         /// parquet, geojson, gpx)
         #[arg(long, default_value = "table", value_parser = ["table", "json", "csv", "parquet", "geojson", "gpx"])]
         format: String,
-        #[arg(long, default_value = "http://127.0.0.1:8080", env = "PACER_SERVER")]
-        server: String,
+        #[command(flatten)]
+        remote: client::Remote,
     },
     /// Adds, changes or removes a user in a mosquitto-format password file
     Passwd {
@@ -135,6 +136,11 @@ enum Command {
         /// Remove the user instead
         #[arg(long, short = 'D')]
         delete: bool,
+    },
+    /// Creates, lists or revokes bearer tokens (for scripts, Prometheus, Grafana)
+    Token {
+        #[command(subcommand)]
+        action: token::Action,
     },
     /// Devices publishing a scenario over MQTT to any broker (Pacer, mosquitto, EMQX)
     Simulate {
@@ -369,9 +375,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Scenario::Buses { fleet, devices } => simulate::buses(fleet, devices).await,
             Scenario::Access { fleet, devices } => simulate::access(fleet, devices).await,
         },
-        Command::Tail { stream, from_beginning, from, key, limit, server } => {
-            tail::tail(tail::TailOptions { server, stream, from_beginning, from_time: from, key, limit }).await
+        Command::Tail { stream, from_beginning, from, key, limit, remote } => {
+            tail::tail(tail::TailOptions { remote, stream, from_beginning, from_time: from, key, limit }).await
         }
+        Command::Token { action } => token::run(action),
         Command::Passwd { file, user, password, delete } => {
             let password = match (delete, password) {
                 (true, _) => None,
@@ -383,19 +390,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             anyhow::ensure!(password.as_deref() != Some(""), "the password is empty");
-            pacer_mqtt::auth::update_password_file(&file, &user, password.as_deref())?;
+            pacer_auth::update_password_file(&file, &user, password.as_deref())?;
             eprintln!("{} {user} in {}", if delete { "removed" } else { "set" }, file.display());
             Ok(())
         }
-        Command::Produce { stream, key, key_field, server } => {
+        Command::Produce { stream, key, key_field, remote } => {
             let key = match (&key, &key_field) {
                 (Some(k), _) => produce::KeyFrom::Fixed(k),
                 (None, Some(f)) => produce::KeyFrom::Field(f),
                 (None, None) => produce::KeyFrom::None,
             };
-            produce::produce(&server, &stream, key).await
+            produce::produce(&remote, &stream, key).await
         }
-        Command::Sql { statement, format, server } => sql(&server, &statement, &format).await,
+        Command::Sql { statement, format, remote } => sql(&remote, &statement, &format).await,
     }
 }
 
@@ -503,18 +510,16 @@ async fn demo(speed: f64, exit_after_replay: bool, args: ServerArgs) -> anyhow::
 
 /// Sends statements to `POST /api/v1/sql` and prints what comes back: rows as an aligned
 /// table, DDL as its message, a push query's rows as JSON lines until Ctrl-C.
-async fn sql(server: &str, statement: &str, format: &str) -> anyhow::Result<()> {
-    let url = format!("{}/api/v1/sql", server.trim_end_matches('/'));
+async fn sql(remote: &client::Remote, statement: &str, format: &str) -> anyhow::Result<()> {
+    let url = remote.url("/api/v1/sql");
     let request = match format {
         "table" => serde_json::json!({ "sql": statement }),
         _ => serde_json::json!({ "sql": statement, "format": format }),
     };
-    let mut response = reqwest::Client::new()
-        .post(&url)
-        .json(&request)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach Pacer at {server} (is `pacer up` running?)"))?;
+    let mut response = remote.client()?.post(&url).json(&request).send().await.with_context(|| remote.unreachable())?;
+    if response.status() == reqwest::StatusCode::UNAUTHORIZED || response.status() == reqwest::StatusCode::FORBIDDEN {
+        anyhow::bail!("{}", client::refusal(response).await);
+    }
     let ok = response.status().is_success();
     let streaming =
         response.headers().get("content-type").is_some_and(|t| t.as_bytes().starts_with(b"application/x-ndjson"));

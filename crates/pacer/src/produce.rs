@@ -6,6 +6,8 @@ use std::io::BufRead;
 use anyhow::Context;
 use serde_json::{json, Value};
 
+use crate::client::{refusal, Remote};
+
 /// Lines sent in one request.
 const BATCH: usize = 500;
 
@@ -20,9 +22,9 @@ pub enum KeyFrom<'a> {
 
 /// Appends stdin to `stream`: JSON lines, or one JSON array of values (a file such as
 /// devices.json).
-pub async fn produce(server: &str, stream: &str, key: KeyFrom<'_>) -> anyhow::Result<()> {
-    let url = format!("{}/api/v1/streams/{stream}/records", server.trim_end_matches('/'));
-    let client = reqwest::Client::new();
+pub async fn produce(remote: &Remote, stream: &str, key: KeyFrom<'_>) -> anyhow::Result<()> {
+    let url = remote.url(&format!("/api/v1/streams/{stream}/records"));
+    let client = remote.client()?;
     let mut sent = 0usize;
     let mut batch = Vec::with_capacity(BATCH);
     let stdin = std::io::stdin();
@@ -57,18 +59,9 @@ pub async fn produce(server: &str, stream: &str, key: KeyFrom<'_>) -> anyhow::Re
             batch.push(json!({ "key": key, "value": value }));
         }
         if batch.len() >= BATCH || (next.is_none() && !batch.is_empty()) {
-            let response = client
-                .post(&url)
-                .json(&batch)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach Pacer at {server} (is `pacer up` running?)"))?;
+            let response = client.post(&url).json(&batch).send().await.with_context(|| remote.unreachable())?;
             if !response.status().is_success() {
-                let body: Value = response.json().await.unwrap_or_default();
-                anyhow::bail!(
-                    "{} ({sent} records before this batch were stored)",
-                    body["error"].as_str().unwrap_or("append failed")
-                );
+                anyhow::bail!("{} ({sent} records before this batch were stored)", refusal(response).await);
             }
             sent += batch.len();
             batch.clear();

@@ -1,24 +1,27 @@
-//! Wiring: the one place that knows every stage. Opens the log, starts the broker with the
-//! ingest rules as its sink, the SQL engine with its queries and the HTTP server.
+//! Wiring: the one place that knows every stage. Locks the data directory, opens the log,
+//! starts the broker with the ingest rules as its sink, the SQL engine with its queries and
+//! the HTTP server, every listener behind the same users and ACL.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use pacer_auth::Authorizer;
 use pacer_history::{Compactor, HistoryStore};
 use pacer_ingest::{DeviceStatus, Ingest, Relay, StreamPublisher};
 use pacer_kafka::{KafkaLog, NewTopics};
 use pacer_log::{EmbeddedLog, EmbeddedLogConfig, Log};
 use pacer_mqtt::Broker;
 use pacer_sql::{Course, Engine, Geometry};
+use pacer_web::access::HttpAccess;
 use pacer_web::{DashboardConfig, LatLon, WebState};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::config::{Config, LogBackend, BUILTIN_COURSE, BUILTIN_SQL};
+use crate::config::{is_loopback, Config, LogBackend, BUILTIN_COURSE, BUILTIN_SQL};
 
 /// The table the dashboard shows: the league table of the race queries.
 const LEAGUE_TABLE: &str = "race_status";
@@ -34,7 +37,11 @@ pub struct Server {
     pub websocket_addr: Option<SocketAddr>,
     pub wss_addr: Option<SocketAddr>,
     pub osmand_addr: Option<SocketAddr>,
+    /// The HTTP listener speaks HTTPS.
+    pub https: bool,
     tasks: JoinSet<anyhow::Result<()>>,
+    /// Held while this process runs: no other Pacer opens the same data directory.
+    _lock: std::fs::File,
     /// Says, while it exists, that this node runs (see [`RunMarker`]).
     running: Option<RunMarker>,
     /// Taken from start: a SIGTERM right after the ready line must stop cleanly too.
@@ -43,6 +50,9 @@ pub struct Server {
 
 impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        config.check_exposure()?;
+        let lock = lock_data_dir(&config.log.dir)?;
+        let auth = Arc::new(Authorizer::open(&config.auth_config().map_err(anyhow::Error::msg)?)?);
         let mut registry = Registry::default();
         let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("listening for SIGTERM")?;
@@ -67,10 +77,6 @@ impl Server {
             DeviceStatus::open(config.device_status.config(), log.clone()).await.context("restoring device status")?;
         let ingest = Arc::new(Ingest::new(&rules, log.clone())?.with_device_status(devices.clone()));
         let broker_config = config.mqtt.broker();
-        let security = pacer_mqtt::Security {
-            passwords: config.mqtt.password_file.as_deref().map(pacer_mqtt::auth::PasswordFile::load).transpose()?,
-            acl: config.mqtt.acl_file.as_deref().map(pacer_mqtt::auth::Acl::load).transpose()?.map(Arc::new),
-        };
         // On a shared log other nodes' clients publish too: relay between the nodes, and
         // keep each persistent session on one node.
         let node = config.mqtt.node_name();
@@ -83,7 +89,7 @@ impl Server {
             Some(relay) => relay.clone(),
             None => ingest,
         };
-        let broker = Broker::start(broker_config, security, sink, store.clone())
+        let broker = Broker::start(broker_config, auth.clone(), sink, store.clone())
             .await
             .context("restoring the broker's state")?;
         let following_sessions = store.follow(broker.clone());
@@ -157,6 +163,11 @@ impl Server {
             broker: Some(broker.clone()),
             recorder: pacer_web::recorder::LastLocations::follow(log.clone()),
             history: Some(history),
+            access: HttpAccess {
+                auth: auth.clone(),
+                hosts: served_hosts(&config),
+                tls: config.http.tls_cert.is_some(),
+            },
         });
 
         let mqtt_listener = TcpListener::bind(&config.mqtt.listen)
@@ -208,7 +219,9 @@ impl Server {
             let listener =
                 TcpListener::bind(listen).await.with_context(|| format!("OsmAnd listener: cannot bind {listen}"))?;
             osmand_addr = Some(listener.local_addr()?);
-            let osmand = pacer_web::osmand::router(broker.clone());
+            let devices =
+                pacer_web::osmand::OsmandDevices { auth: auth.clone(), listed: config.osmand.devices.clone() };
+            let osmand = pacer_web::osmand::router(broker.clone(), devices);
             tasks.spawn(async move { axum::serve(without_nagle(listener), osmand).await.context("OsmAnd server") });
         }
         for compactor in compactors {
@@ -228,14 +241,39 @@ impl Server {
         }
         tasks.spawn(async move { broker.serve(mqtt_listener).await.context("MQTT server") });
         tasks.spawn(async move { devices.run().await.context("device status") });
-        let http = axum::serve(without_nagle(http_listener), pacer_web::router(web));
-        tasks.spawn(async move { http.await.context("HTTP server") });
+        let https = match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(cert), Some(key)) => {
+                let acceptor = pacer_mqtt::tls_acceptor(cert, key).context("[http] tls_cert, tls_key")?;
+                let listener = pacer_web::tls::TlsListener::new(http_listener, acceptor)?;
+                let http = axum::serve(listener, pacer_web::router(web));
+                tasks.spawn(async move { http.await.context("HTTPS server") });
+                true
+            }
+            (None, None) => {
+                let http = axum::serve(without_nagle(http_listener), pacer_web::router(web));
+                tasks.spawn(async move { http.await.context("HTTP server") });
+                false
+            }
+            _ => anyhow::bail!("[http] HTTPS needs both tls_cert and tls_key (PEM files)"),
+        };
         let log = match config.log.backend {
             LogBackend::Embedded => format!("embedded in {}", config.log.dir.display()),
             LogBackend::Kafka => format!("kafka at {}", config.log.kafka.brokers),
         };
         tracing::info!(%mqtt_addr, %http_addr, log, "pacer started");
-        Ok(Server { mqtt_addr, http_addr, tls_addr, websocket_addr, wss_addr, osmand_addr, tasks, running, terminate })
+        Ok(Server {
+            mqtt_addr,
+            http_addr,
+            tls_addr,
+            websocket_addr,
+            wss_addr,
+            osmand_addr,
+            https,
+            tasks,
+            _lock: lock,
+            running,
+            terminate,
+        })
     }
 
     /// Waits until a part stops (which is an error: they run forever), Ctrl-C or SIGTERM
@@ -259,7 +297,8 @@ impl Server {
 
     /// The line tests and scripts wait for: the server is ready to take connections.
     pub fn ready_line(&self) -> String {
-        let mut line = format!("pacer ready: mqtt={} http=http://{}", self.mqtt_addr, self.http_addr);
+        let scheme = if self.https { "https" } else { "http" };
+        let mut line = format!("pacer ready: mqtt={} http={scheme}://{}", self.mqtt_addr, self.http_addr);
         if let Some(addr) = self.tls_addr {
             line.push_str(&format!(" mqtts={addr}"));
         }
@@ -274,6 +313,53 @@ impl Server {
         }
         line
     }
+}
+
+/// Takes the data directory for this process (an flock on `pacer.lock`, released when the
+/// process ends however it ends): two Pacers appending to one log would corrupt it.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
+    let path = dir.join("pacer.lock");
+    let writable = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
+    // On a data directory mounted read-only the lock still holds: flock needs no write access.
+    let (mut file, writable) = match writable {
+        Ok(file) => (file, true),
+        Err(e) => match std::fs::File::open(&path) {
+            Ok(file) => (file, false),
+            Err(_) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        },
+    };
+    if let Err(e) = file.try_lock() {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        let holder = holder.trim();
+        return Err(match e {
+            std::fs::TryLockError::WouldBlock => anyhow::anyhow!(
+                "another Pacer{} is running on the data directory {}: stop it, or give this one another --data-dir",
+                if holder.is_empty() { String::new() } else { format!(" (process {holder})") },
+                dir.display()
+            ),
+            std::fs::TryLockError::Error(e) => anyhow::anyhow!("locking {}: {e}", path.display()),
+        });
+    }
+    if writable {
+        use std::io::{Seek, Write};
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+    }
+    Ok(file)
+}
+
+/// The Host names the HTTP listener answers to: as configured, else the loopback names when
+/// it listens on loopback (a DNS rebinding page names its own host), else any.
+fn served_hosts(config: &Config) -> Vec<String> {
+    if !config.http.hosts.is_empty() {
+        return config.http.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+    }
+    if is_loopback(&config.http.listen) {
+        return ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+    }
+    Vec::new()
 }
 
 /// The configured courses and zones (the built-in race course and its finish area unless

@@ -4,8 +4,10 @@
 use anyhow::Context;
 use futures::StreamExt;
 
+use crate::client::{refusal, Remote};
+
 pub struct TailOptions {
-    pub server: String,
+    pub remote: Remote,
     pub stream: String,
     pub from_beginning: bool,
     /// Start at this time (ms since the epoch or RFC 3339).
@@ -20,21 +22,14 @@ pub async fn tail(o: TailOptions) -> anyhow::Result<()> {
         (None, true) => "beginning".to_string(),
         (None, false) => "end".to_string(),
     };
-    let url = format!("{}/api/v1/live", o.server.trim_end_matches('/'));
+    let url = o.remote.url("/api/v1/live");
     let mut query = vec![("stream", o.stream.clone()), ("from", from)];
     if let Some(key) = &o.key {
         query.push(("key", key.clone()));
     }
-    let response = reqwest::Client::new()
-        .get(&url)
-        .query(&query)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach Pacer at {} (is `pacer up` running?)", o.server))?;
+    let response = o.remote.client()?.get(&url).query(&query).send().await.with_context(|| o.remote.unreachable())?;
     if !response.status().is_success() {
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        anyhow::bail!("{url}: {status}: {body}");
+        anyhow::bail!("{url}: {}", refusal(response).await);
     }
     let mut printed = 0u64;
     if o.limit == Some(0) {

@@ -64,6 +64,13 @@ pub enum Statement {
     },
 }
 
+impl Statement {
+    /// Whether it changes the catalog (what runs and what exists), rather than reading.
+    pub fn changes_catalog(&self) -> bool {
+        !matches!(self, Statement::Select(_) | Statement::Show(_) | Statement::Describe { .. })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Show {
     Streams,

@@ -26,7 +26,9 @@ use std::sync::Arc;
 
 use pacer_core::{NewRecord, Record};
 use pacer_history::{HistoryStore, Segment};
-use pacer_log::{validate_stream_name, Log, Positions, StartAt, StreamReader, TimeOrdered};
+use pacer_log::{
+    is_internal, validate_stream_name, FilteredLog, Log, Positions, RecordFilter, StartAt, StreamReader, TimeOrdered,
+};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 use tokio::sync::{mpsc, watch, Mutex};
@@ -57,6 +59,9 @@ pub enum SqlError {
     Log(#[from] pacer_log::LogError),
     #[error("history: {0}")]
     History(String),
+    /// The caller may not run this statement (see [`Caller`]).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 fn invalid<T>(message: impl Into<String>) -> Result<T, SqlError> {
@@ -89,6 +94,30 @@ pub struct StatementOptions {
     /// `earliest` makes push queries start at the beginning of their input.
     #[serde(rename = "auto.offset.reset")]
     pub auto_offset_reset: Option<String>,
+}
+
+/// Who runs a statement, as far as the engine needs to know.
+#[derive(Clone)]
+pub struct Caller {
+    /// May change the catalog: CREATE, DROP, INSERT INTO, TERMINATE.
+    pub may_change_catalog: bool,
+    /// The records its queries may read; None: all of them.
+    pub reads: Option<RecordFilter>,
+}
+
+impl Caller {
+    /// Pacer itself (the configured SQL file, the command line): anything.
+    pub fn trusted() -> Caller {
+        Caller { may_change_catalog: true, reads: None }
+    }
+}
+
+/// Where one statement's queries read: the log (through the caller's filter) and the
+/// Parquet history, whose records are filtered the same way.
+pub(crate) struct Reads<'a> {
+    log: Arc<dyn Log>,
+    history: Option<&'a HistoryStore>,
+    keep: Option<RecordFilter>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -152,7 +181,10 @@ impl Engine {
             for record in batch {
                 let sql = String::from_utf8_lossy(&record.value).into_owned();
                 for (statement, text) in parse::parse_with_text(&sql)? {
-                    if let Err(e) = engine.run_statement(statement, &text, false, &StatementOptions::default()).await {
+                    if let Err(e) = engine
+                        .run_statement(statement, &text, false, &StatementOptions::default(), &Caller::trusted())
+                        .await
+                    {
                         tracing::error!(sql = %text, error = %e, "a catalog statement failed on replay");
                     }
                     replayed += 1;
@@ -165,9 +197,29 @@ impl Engine {
 
     /// Runs every statement in `sql`, in order; stops at the first that fails.
     pub async fn execute(&self, sql: &str, options: &StatementOptions) -> Result<Vec<Response>, SqlError> {
+        self.execute_as(sql, options, &Caller::trusted()).await
+    }
+
+    /// Runs every statement in `sql` for `caller`: one it may not run stops them all
+    /// before any has run, and its queries read only what it may read.
+    pub async fn execute_as(
+        &self,
+        sql: &str,
+        options: &StatementOptions,
+        caller: &Caller,
+    ) -> Result<Vec<Response>, SqlError> {
+        let statements = parse::parse_with_text(sql)?;
+        if !caller.may_change_catalog {
+            if let Some((_, text)) = statements.iter().find(|(s, _)| s.changes_catalog()) {
+                return Err(SqlError::Forbidden(format!(
+                    "{}: only admins may change the catalog (CREATE, DROP, INSERT INTO, TERMINATE)",
+                    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+                )));
+            }
+        }
         let mut responses = Vec::new();
-        for (statement, text) in parse::parse_with_text(sql)? {
-            responses.push(self.run_statement(statement, &text, true, options).await?);
+        for (statement, text) in statements {
+            responses.push(self.run_statement(statement, &text, true, options, caller).await?);
         }
         Ok(responses)
     }
@@ -193,7 +245,7 @@ impl Engine {
                 tracing::debug!(name, "already in the catalog; left as it is");
                 continue;
             }
-            self.run_statement(statement, &text, true, &StatementOptions::default()).await?;
+            self.run_statement(statement, &text, true, &StatementOptions::default(), &Caller::trusted()).await?;
         }
         Ok(())
     }
@@ -214,7 +266,16 @@ impl Engine {
         text: &str,
         persist: bool,
         options: &StatementOptions,
+        caller: &Caller,
     ) -> Result<Response, SqlError> {
+        let reads = Reads {
+            log: match &caller.reads {
+                Some(keep) => Arc::new(FilteredLog::new(self.log.clone(), keep.clone())),
+                None => self.log.clone(),
+            },
+            history: self.history.as_ref(),
+            keep: caller.reads.clone(),
+        };
         match statement {
             Statement::CreateSource { kind, name, columns, properties, or_replace, if_not_exists } => {
                 let mut catalog = self.catalog.lock().await;
@@ -274,6 +335,7 @@ impl Engine {
                 };
                 let topic = properties.get("KAFKA_TOPIC").cloned().unwrap_or_else(|| name.clone());
                 validate_stream_name(&topic)?;
+                written_from_outside(&topic)?;
                 let id = format!(
                     "{}_{}",
                     if kind == SourceKind::Table { "CTAS" } else { "CSAS" },
@@ -310,6 +372,7 @@ impl Engine {
                 if sink.kind != SourceKind::Stream {
                     return invalid(format!("{target} is a table; INSERT INTO writes streams"));
                 }
+                written_from_outside(&sink.topic)?;
                 if !query.ctes.is_empty() {
                     return invalid("INSERT INTO takes a query without WITH (CREATE STREAM … AS WITH … runs one)");
                 }
@@ -334,11 +397,19 @@ impl Engine {
                 if select.emit != Emit::None && select.ctes.is_empty() && !select.joins.is_empty() {
                     let (plan, _) = {
                         let catalog = self.catalog.lock().await;
+                        if reads.keep.is_some() && self.joins_tables(&catalog, &select)? {
+                            // The joined tables are followed whole, for every query that joins them.
+                            return Err(SqlError::Forbidden(
+                                "a push query joining a table reads the whole table: only admins may run one; \
+                                 run it as a pull query, or ask for a derived stream"
+                                    .into(),
+                            ));
+                        }
                         self.plan_continuous(&catalog, &select).await?
                     };
                     let earliest =
                         options.auto_offset_reset.as_deref().is_some_and(|r| r.eq_ignore_ascii_case("earliest"));
-                    return self.push(plan, if earliest { StartAt::Beginning } else { StartAt::End });
+                    return self.push(&reads, plan, if earliest { StartAt::Beginning } else { StartAt::End });
                 }
                 if !select.ctes.is_empty() || !select.joins.is_empty() {
                     if select.emit != Emit::None {
@@ -347,7 +418,7 @@ impl Engine {
                              (without EMIT), or CREATE STREAM … AS over a window table function",
                         );
                     }
-                    let mut result = self.pull_relational(&select).await?;
+                    let mut result = self.pull_relational(&reads, &select).await?;
                     result.rows.truncate(select.limit.map_or(DEFAULT_PULL_LIMIT, |l| l as usize));
                     return Ok(Response::Rows(result.into_result()));
                 }
@@ -362,10 +433,10 @@ impl Engine {
                 };
                 let plan = plan::plan(&select, &source, &self.geometry)?;
                 if select.emit == Emit::None {
-                    return Ok(Response::Rows(self.pull(plan).await?));
+                    return Ok(Response::Rows(self.pull(&reads, plan).await?));
                 }
                 let earliest = options.auto_offset_reset.as_deref().is_some_and(|r| r.eq_ignore_ascii_case("earliest"));
-                Ok(self.push(plan, if earliest { StartAt::Beginning } else { StartAt::End })?)
+                Ok(self.push(&reads, plan, if earliest { StartAt::Beginning } else { StartAt::End })?)
             }
             Statement::Drop { kind, name, if_exists, delete_topic } => {
                 let mut catalog = self.catalog.lock().await;
@@ -423,6 +494,12 @@ impl Engine {
                 Ok(Response::Rows(QueryResult { columns: ["field", "type", "key"].map(String::from).to_vec(), rows }))
             }
         }
+    }
+
+    /// Whether a query joins a stream with tables as it flows (see `lookup_plan`).
+    fn joins_tables(&self, catalog: &Catalog, select: &Select) -> Result<bool, SqlError> {
+        let (left, right) = (self.source(catalog, &select.from)?, self.source(catalog, &select.joins[0].source)?);
+        Ok(right.kind == SourceKind::Table && left.kind != SourceKind::Table)
     }
 
     /// The plan of a query without WITH that runs as records come, and the source it reads:
@@ -632,38 +709,39 @@ impl Engine {
 
     /// A pull query with CTEs or joins: the sources it reads, each whole as of now, then its
     /// CTEs in order, then its body.
-    async fn pull_relational(&self, select: &Select) -> Result<relation::Relation, SqlError> {
+    async fn pull_relational(&self, reads: &Reads<'_>, select: &Select) -> Result<relation::Relation, SqlError> {
         let mut env = relation::Env::new();
         for name in relation::base_names(select) {
             let source = {
                 let catalog = self.catalog.lock().await;
                 self.source(&catalog, &name)?
             };
-            env.insert(name, whole(&self.log, self.history.as_ref(), source, &self.geometry).await?);
+            env.insert(name, whole(reads, source, &self.geometry).await?);
         }
         Ok(relation::evaluate_query(select, &env, &self.geometry)?)
     }
 
     /// A pull query: the history and the log read up to now; an aggregation over Parquet
     /// history a column at a time when it can be.
-    async fn pull(&self, plan: Plan) -> Result<QueryResult, SqlError> {
+    async fn pull(&self, reads: &Reads<'_>, plan: Plan) -> Result<QueryResult, SqlError> {
         let limit = plan.limit.map_or(DEFAULT_PULL_LIMIT, |l| l as usize);
-        if let Some(history) = &self.history {
+        // Columns are aggregated without records, so only where every record may be read.
+        if let (Some(history), None) = (reads.history, &reads.keep) {
             if let Some(mut rows) = columnar_pull(self.log.as_ref(), history, &plan).await? {
                 rows.truncate(limit);
                 return Ok(QueryResult { columns: plan.output.into_iter().map(|c| c.name).collect(), rows });
             }
         }
-        let (columns, rows) = pull_rows(&self.log, self.history.as_ref(), plan, limit).await?;
+        let (columns, rows) = pull_rows(reads, plan, limit).await?;
         Ok(relation::Relation::from_rows(columns, rows).into_result())
     }
 
     /// A push query: a task running the plan from `start`, sending rows until the
     /// receiver goes away.
-    fn push(&self, plan: Plan, start: StartAt) -> Result<Response, SqlError> {
+    fn push(&self, reads: &Reads<'_>, plan: Plan, start: StartAt) -> Result<Response, SqlError> {
         let columns: Vec<String> = plan.output.iter().map(|c| c.name.clone()).collect();
         let limit = plan.limit;
-        let mut reader = query::input_reader(&self.log, &plan, None, start)?;
+        let mut reader = query::input_reader(&reads.log, &plan, None, start)?;
         let mut operator = Operator::new(plan);
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(async move {
@@ -701,15 +779,14 @@ impl Engine {
 
 /// Every row of a source as of now (a table: its latest row per key), for joins and CTEs.
 pub(crate) async fn whole(
-    log: &Arc<dyn Log>,
-    history: Option<&HistoryStore>,
+    reads: &Reads<'_>,
     source: Source,
     geometry: &Geometry,
 ) -> Result<relation::Relation, SqlError> {
     let everything = parse::parse(&format!("SELECT * FROM \"{}\"", source.name))?;
     let Some(Statement::Select(select)) = everything.into_iter().next() else { unreachable!("a SELECT") };
     let plan = plan::plan(&select, &source, geometry)?;
-    let (columns, rows) = pull_rows(log, history, plan, MAX_RELATION_ROWS).await?;
+    let (columns, rows) = pull_rows(reads, plan, MAX_RELATION_ROWS).await?;
     if rows.len() >= MAX_RELATION_ROWS {
         return invalid(format!(
             "{}: more than {MAX_RELATION_ROWS} rows; joins and WITH read their sources whole, so narrow it first",
@@ -724,12 +801,7 @@ pub(crate) async fn whole(
 /// counts only its latest row per key (and window); so does an aggregation's result. Without
 /// aggregation, reading stops after `cap` rows. Also gives the output column names, with `*`
 /// spelled out.
-pub(crate) async fn pull_rows(
-    log: &Arc<dyn Log>,
-    history: Option<&HistoryStore>,
-    plan: Plan,
-    cap: usize,
-) -> Result<(Vec<Column>, Vec<Row>), SqlError> {
+async fn pull_rows(reads: &Reads<'_>, plan: Plan, cap: usize) -> Result<(Vec<Column>, Vec<Row>), SqlError> {
     let table_source = plan.source.kind == SourceKind::Table;
     let aggregated = matches!(plan.shape, Shape::Aggregate { .. });
     let topic = plan.source.topic.clone();
@@ -745,14 +817,14 @@ pub(crate) async fn pull_rows(
     }
     let mut operator = Operator::new(plan);
     // Parquet history first, then the log from where it ends.
-    let (mut segments, start) = match history {
+    let (mut segments, start) = match reads.history {
         Some(h) => {
             let (segments, covered) = history_of(h, &topic).await?;
             (segments.into(), StartAt::Positions(covered))
         }
         None => (std::collections::VecDeque::new(), StartAt::Beginning),
     };
-    let mut reader = TimeOrdered::open(log.clone(), &topic, start, order)?;
+    let mut reader = TimeOrdered::open(reads.log.clone(), &topic, start, order)?;
     let mut latest: LatestRows = LatestRows::default();
     let mut table: LatestRows = LatestRows::default();
     let mut rows: Vec<Row> = Vec::new();
@@ -761,7 +833,13 @@ pub(crate) async fn pull_rows(
     'read: loop {
         // A table's current state is its latest row per key (and window), read first.
         let batch = match segments.pop_front() {
-            Some(segment) => segment_records(segment).await?,
+            Some(segment) => {
+                let mut records = segment_records(segment).await?;
+                if let Some(keep) = &reads.keep {
+                    records.retain(|r| keep(&topic, r));
+                }
+                records
+            }
             None => reader.try_batch().await?,
         };
         let records = match (batch.is_empty() && segments.is_empty(), table_source) {
@@ -813,6 +891,14 @@ pub(crate) async fn pull_rows(
         columns = expand_wildcard(&columns, &rows);
     }
     Ok((columns, rows))
+}
+
+/// Refuses a query writing into one of Pacer's own streams (`__…`): only Pacer writes them.
+fn written_from_outside(topic: &str) -> Result<(), SqlError> {
+    if is_internal(topic) {
+        return Err(SqlError::Forbidden(format!("{topic} is one of Pacer's own streams: no query may write it")));
+    }
+    Ok(())
 }
 
 /// A stream's Parquet segments, and where the log takes over from them.

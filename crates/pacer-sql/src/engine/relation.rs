@@ -257,7 +257,8 @@ impl WindowStage {
         let mut env = Env::new();
         for source in &self.sources {
             // Live tables and the window's own rows: what the log holds now, not history.
-            let rows = whole(log, None, source.clone(), &self.geometry).await.map_err(|e| e.to_string())?;
+            let reads = super::Reads { log: log.clone(), history: None, keep: None };
+            let rows = whole(&reads, source.clone(), &self.geometry).await.map_err(|e| e.to_string())?;
             env.insert(source.name.to_ascii_lowercase(), rows);
         }
         let mut out = Vec::new();

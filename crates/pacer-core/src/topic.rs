@@ -1,4 +1,5 @@
-//! Topic names and filters: validation and matching as MQTT 3.1.1 §4.7 defines them.
+//! MQTT topic names and filters: validation and matching as MQTT 3.1.1 §4.7 defines them,
+//! shared by the broker, the ingest rules and the ACL.
 
 /// Why a topic name or filter was refused.
 pub fn validate_topic_name(topic: &str) -> Result<(), &'static str> {
