@@ -5,9 +5,10 @@
 //! `osmand/{id}` as an OwnTracks location (speeds in km/h, `tst` in seconds), so the
 //! default rules put it in the `locations` stream beside the OwnTracks apps'.
 //!
-//! The protocol has no credentials, so the device id decides ([`OsmandDevices`]): with a
-//! password file only listed ids, or ids the ACL lets publish on `osmand/{id}` as a user
-//! of that name, are taken; the others get 403.
+//! The protocol has no credentials, so the device id decides ([`OsmandDevices`]): ids
+//! listed in `[osmand] devices`, ids the ACL lets publish on `osmand/{id}` as a user of that
+//! name, and, where anonymous clients are let in, what the ACL lets them publish. Without a
+//! password file and with no ids listed, any id; the others get 403.
 
 use std::sync::Arc;
 
@@ -28,6 +29,36 @@ pub struct OsmandDevices {
     pub auth: Arc<Authorizer>,
     /// Taken whatever the ACL says. Without a password file and with none listed: any id.
     pub listed: Vec<String>,
+}
+
+/// Who a fix is taken from.
+enum Sender {
+    /// Listed in `[osmand] devices`.
+    Listed,
+    /// A user named as the device (with a password file and an ACL), or an anonymous client
+    /// (where allowed): the ACL decides.
+    As(pacer_auth::Identity),
+    Refused,
+}
+
+impl OsmandDevices {
+    fn sender(&self, id: &str) -> Sender {
+        if self.listed.iter().any(|d| d == id) {
+            return Sender::Listed;
+        }
+        if self.auth.checks_passwords() && self.auth.has_acl() {
+            let device = self.auth.acting_as(Some(id));
+            let topic = format!("osmand/{id}");
+            if self.auth.may_use_topic(&device, None, &topic, pacer_auth::Access::Write) {
+                return Sender::As(device);
+            }
+        }
+        match self.auth.anonymous() {
+            // Open (no password file, nothing listed), or anonymous clients let in on purpose.
+            Ok(anonymous) if self.listed.is_empty() || self.auth.checks_passwords() => Sender::As(anonymous),
+            _ => Sender::Refused,
+        }
+    }
 }
 
 struct Osmand {
@@ -64,13 +95,10 @@ async fn receive(
         received_at: now_ms(),
         ..Default::default()
     };
-    let devices = &osmand.devices;
-    let published = if devices.listed.contains(&id) || (devices.listed.is_empty() && !devices.auth.checks_passwords()) {
-        osmand.broker.publish(publication).await
-    } else if devices.auth.checks_passwords() && devices.auth.has_acl() {
-        osmand.broker.publish_as(&devices.auth.acting_as(Some(&id)), publication).await
-    } else {
-        Err(PublishRefused::NotAuthorized(publication.topic))
+    let published = match osmand.devices.sender(&id) {
+        Sender::Listed => osmand.broker.publish(publication).await,
+        Sender::As(identity) => osmand.broker.publish_as(&identity, publication).await,
+        Sender::Refused => Err(PublishRefused::NotAuthorized(publication.topic)),
     };
     match published {
         Ok(()) => StatusCode::OK.into_response(),

@@ -764,6 +764,16 @@ fn the_http_listener_speaks_https() {
     assert!(login.starts_with("HTTP/1.1 200"), "{login}");
     let cookie = login.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).unwrap();
     assert!(cookie.contains("; Secure"), "{cookie}");
+    // The command line, trusting the CA it is given.
+    let sql = |extra: &[&str]| {
+        let mut command = Command::new(PACER);
+        command.args(["sql", "--server", &pacer.http, "--user", "alice", "--password", "secret1"]).args(extra);
+        command.arg("SHOW STREAMS").output().unwrap()
+    };
+    let ca = dir.path().join("ca.pem");
+    let trusted = sql(&["--cacert", ca.to_str().unwrap()]);
+    assert!(trusted.status.success(), "{}", String::from_utf8_lossy(&trusted.stderr));
+    assert!(!sql(&[]).status.success(), "a certificate no system CA signed");
     // Plain HTTP to the HTTPS port gets no answer in the clear.
     let plain = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
