@@ -15,7 +15,7 @@ import { Streams } from './streams.js';
 import { SqlConsole } from './sql.js';
 import { Replay } from './replay.js';
 import { MetricGrid } from './grid.js';
-import { signIn, showUser } from './login.js';
+import { signIn } from './login.js';
 
 const COLORS = ['#e63946', '#1d4ed8', '#059669', '#d97706', '#7c3aed', '#db2777', '#0891b2', '#65a30d'];
 const TRAIL_POINTS = 2000;
@@ -92,14 +92,16 @@ new SqlConsole({
 });
 
 async function start() {
-  const me = await signIn({
+  await signIn({
     screen: $('login-screen'),
     form: $('login-form'),
     user: $('login-user'),
     password: $('login-password'),
     error: $('login-error'),
+    who: $('who'),
+    logout: $('logout'),
+    login: $('login'),
   });
-  showUser(me, { who: $('who'), logout: $('logout') });
   const config = await (await fetch('/api/v1/config')).json();
   liveStream = config.live_stream;
   addTiles(config);

@@ -1,11 +1,14 @@
 // Logging in. The page first asks the server who it is; when the server wants a user, the
 // login form comes first, and the dashboard starts once the server has set the session
-// cookie (HttpOnly: the page never sees it). Logging out ends the session on the server.
+// cookie (HttpOnly: the page never sees it). Where anonymous visitors may look, a Log in
+// button offers the form. Logging out ends the session on the server.
 
-/** Who the page is to the server: {user, role, signed_in, login_required, can_log_in}. */
-export async function signIn(els) {
-  const me = await (await fetch('/api/v1/auth/me')).json();
-  if (!me.login_required) return me;
+async function whoAmI() {
+  return (await fetch('/api/v1/auth/me')).json();
+}
+
+/** Shows the form until the server takes a user and password. */
+function loginForm(els) {
   els.screen.hidden = false;
   els.user.focus();
   return new Promise((resolve) => {
@@ -25,19 +28,35 @@ export async function signIn(els) {
       }
       els.password.value = '';
       els.screen.hidden = true;
-      resolve(answer);
+      resolve();
     });
   });
 }
 
-/** The signed-in user in the header, with a button that logs out. */
-export function showUser(me, els) {
-  if (!me.signed_in) return;
-  els.who.textContent = `${me.user} (${me.role})`;
-  els.who.hidden = false;
-  els.logout.hidden = false;
-  els.logout.addEventListener('click', async () => {
-    await fetch('/api/v1/auth/logout', { method: 'POST' });
-    location.reload();
-  });
+/**
+ * Who the page is to the server ({user, role, signed_in, ...}), once it may go on: after the
+ * login form where one is needed. The header shows the user with Log out, or Log in.
+ */
+export async function signIn(els) {
+  let me = await whoAmI();
+  if (me.login_required) {
+    await loginForm(els);
+    me = await whoAmI();
+  }
+  if (me.signed_in) {
+    els.who.textContent = `${me.user} (${me.role})`;
+    els.who.hidden = false;
+    els.logout.hidden = false;
+    els.logout.addEventListener('click', async () => {
+      await fetch('/api/v1/auth/logout', { method: 'POST' });
+      location.reload();
+    });
+  } else if (me.can_log_in) {
+    els.login.hidden = false;
+    els.login.addEventListener('click', async () => {
+      await loginForm(els);
+      location.reload();
+    });
+  }
+  return me;
 }

@@ -75,3 +75,35 @@ test('log in, see what the ACL allows, log out', { timeout: 180_000 }, async () 
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('where anonymous visitors may look, the page shows what they may and offers a login', { timeout: 180_000 }, async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'pacer-login-'));
+  addUser(path.join(dir, 'passwd'), 'root', 'admin-pw');
+  // Anonymous visitors read the league table (the ACL's lines before any user).
+  await writeFile(path.join(dir, 'acl'), 'topic read $stream/race_status/#\n');
+  await writeFile(path.join(dir, 'pacer.toml'),
+    '[auth]\npassword_file = "passwd"\nacl_file = "acl"\nadmins = ["root"]\nallow_anonymous = true\n');
+  const mqttPort = await freePort();
+  const pacer = await startPacer(['up', '--config', path.join(dir, 'pacer.toml'), '--data-dir', path.join(dir, 'data'),
+    '--mqtt-listen', `127.0.0.1:${mqttPort}`, '--http-listen', '127.0.0.1:0', '--osmand-listen', '']);
+  const browser = await chromium.launch(CHROMIUM);
+  try {
+    await publish(mqttPort, 'race/bob', walk('bob', 151.2131), { user: 'root', password: 'admin-pw' });
+    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    await page.goto(pacer.http);
+    await page.waitForSelector('#league-rows tr[data-who="bob"]', { timeout: 30_000 });
+    assert.equal(await page.isHidden('#login-screen'), true, 'no login asked for');
+    const refused = await page.evaluate(async () => (await fetch('/api/v1/streams/race/records')).json());
+    assert.deepEqual(refused.records, [], 'the raw fixes are not for anonymous visitors');
+    await page.click('#login');
+    await page.fill('#login-user', 'root');
+    await page.fill('#login-password', 'admin-pw');
+    await Promise.all([page.waitForNavigation(), page.click('#login-submit')]);
+    await page.waitForFunction(() => document.getElementById('who').textContent === 'root (admin)');
+    assert.equal(await page.isHidden('#login'), true);
+  } finally {
+    await browser.close();
+    pacer.child.kill('SIGKILL');
+    await rm(dir, { recursive: true, force: true });
+  }
+});

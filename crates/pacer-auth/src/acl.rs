@@ -106,6 +106,10 @@ impl Acl {
 
     /// The rules that apply to a client, with `%u`/`%c` filled in. `client_id` is None
     /// off MQTT (HTTP has no client id): patterns naming `%c` then grant nothing.
+    pub fn rules_for(&self, username: Option<&str>, client_id: Option<&str>) -> Rules {
+        Rules(self.rules(username, client_id))
+    }
+
     fn rules(&self, username: Option<&str>, client_id: Option<&str>) -> Vec<Rule> {
         let own = match username {
             Some(u) => self.users.get(u).cloned().unwrap_or_default(),
@@ -134,16 +138,7 @@ impl Acl {
         topic_name: &str,
         access: Access,
     ) -> bool {
-        let rules = self.rules(username, client_id);
-        let matching = rules.iter().filter(|r| topic::matches(&r.topic, topic_name));
-        let mut allowed = false;
-        for r in matching {
-            if r.grant == Grant::Deny {
-                return false;
-            }
-            allowed |= r.grant.allows(access);
-        }
-        allowed
+        self.rules_for(username, client_id).allows_topic(topic_name, access)
     }
 
     /// Whether the client may subscribe to `filter`: some read rule covers every topic it
@@ -155,6 +150,25 @@ impl Acl {
             return false;
         }
         rules.iter().any(|r| r.grant.allows(Access::Read) && covers(&r.topic, filter))
+    }
+}
+
+/// One client's rules, worked out once: for checking many records against them.
+#[derive(Debug, Clone)]
+pub struct Rules(Vec<Rule>);
+
+impl Rules {
+    /// Whether these rules let their client publish to (Write) or receive from (Read)
+    /// `topic_name`: some rule grants it and no deny rule matches it.
+    pub fn allows_topic(&self, topic_name: &str, access: Access) -> bool {
+        let mut allowed = false;
+        for r in self.0.iter().filter(|r| topic::matches(&r.topic, topic_name)) {
+            if r.grant == Grant::Deny {
+                return false;
+            }
+            allowed |= r.grant.allows(access);
+        }
+        allowed
     }
 }
 

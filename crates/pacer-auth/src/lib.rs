@@ -244,9 +244,10 @@ impl Authorizer {
         Ok(self.identity(Some(&user)))
     }
 
-    /// Logging out: the session of this cookie value ends now.
+    /// Logging out: the session of this cookie value ends now. Only a valid one is kept
+    /// as ended, so made-up cookies cannot fill the list.
     pub fn end_session(&self, cookie: &str) {
-        if let Some(sessions) = &self.sessions {
+        if let (Some(sessions), Ok(_)) = (&self.sessions, self.session(cookie)) {
             sessions.end(cookie);
         }
     }
@@ -270,15 +271,8 @@ impl Authorizer {
 
     /// Whether `who` may read `record` of `stream`: by its MQTT topic, or its stream topic.
     pub fn may_read_record(&self, who: &Identity, stream: &str, record: &Record) -> bool {
-        if pacer_log::is_internal(stream) {
-            return who.is_admin();
-        }
-        if let Some(topic) = record.header(header::TOPIC).and_then(|t| std::str::from_utf8(t).ok()) {
-            if self.may_use_topic(who, None, topic, Access::Read) {
-                return true;
-            }
-        }
-        self.may_use_topic(who, None, &stream_topic(stream, record.key.as_deref()), Access::Read)
+        let rules = self.acl.as_ref().map(|acl| acl.rules_for(who.user(), None));
+        readable(who, rules.as_ref(), stream, record)
     }
 
     /// Whether `who` may append a record with `key` to `stream` (over HTTP): admins
@@ -307,13 +301,26 @@ impl Authorizer {
     }
 
     /// What `who` may read of the records leaving Pacer: None for admins (everything).
-    pub fn record_filter(self: &Arc<Self>, who: &Identity) -> Option<RecordFilter> {
+    /// The caller's rules are worked out once, not per record.
+    pub fn record_filter(&self, who: &Identity) -> Option<RecordFilter> {
         if who.is_admin() {
             return None;
         }
-        let (this, who) = (self.clone(), who.clone());
-        Some(Arc::new(move |stream: &str, record: &Record| this.may_read_record(&who, stream, record)))
+        let rules = self.acl.as_ref().map(|acl| acl.rules_for(who.user(), None));
+        let who = who.clone();
+        Some(Arc::new(move |stream: &str, record: &Record| readable(&who, rules.as_ref(), stream, record)))
     }
+}
+
+/// [`Authorizer::may_read_record`], with `who`'s ACL rules (None: no ACL) at hand.
+fn readable(who: &Identity, rules: Option<&acl::Rules>, stream: &str, record: &Record) -> bool {
+    if pacer_log::is_internal(stream) {
+        return who.is_admin();
+    }
+    let Some(rules) = rules.filter(|_| who.role == Role::User) else { return true };
+    let topic = record.header(header::TOPIC).and_then(|t| std::str::from_utf8(t).ok());
+    topic.is_some_and(|t| rules.allows_topic(t, Access::Read))
+        || rules.allows_topic(&stream_topic(stream, record.key.as_deref()), Access::Read)
 }
 
 /// The topic a record without an MQTT topic is judged by: `$stream/{stream}/{key}`.

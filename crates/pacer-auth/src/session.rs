@@ -2,10 +2,11 @@
 //! directory (HMAC-SHA256), so it survives restarts and nothing is stored per session.
 //! The signature covers a digest of the user's password hash, so changing the password (or
 //! removing the user) ends every session opened with the old one; logging out ends one
-//! session at once (its nonce is remembered until it would have expired anyway).
+//! session at once (its nonce is kept beside the key until it would have expired anyway, so
+//! a restart does not bring it back).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -23,6 +24,8 @@ pub(crate) struct Sessions {
     key: [u8; KEY_LEN],
     /// Nonces of sessions ended by logging out, with when they would have expired.
     ended: Mutex<HashMap<String, i64>>,
+    /// Where they are kept (None: in memory only).
+    ended_file: Option<PathBuf>,
 }
 
 impl Sessions {
@@ -30,7 +33,7 @@ impl Sessions {
     pub fn ephemeral() -> Result<Sessions, AuthError> {
         let mut key = [0u8; KEY_LEN];
         crate::random(&mut key)?;
-        Ok(Sessions { key, ended: Mutex::new(HashMap::new()) })
+        Ok(Sessions { key, ended: Mutex::new(HashMap::new()), ended_file: None })
     }
 
     /// The signing key in `path`, made on first use (readable by this user only).
@@ -46,7 +49,18 @@ impl Sessions {
             }
             Err(e) => return Err(AuthError::file("session key", path, e)),
         };
-        Ok(Sessions { key, ended: Mutex::new(HashMap::new()) })
+        let ended_file = path.with_extension("ended");
+        let now = pacer_core::now_ms();
+        let ended: HashMap<String, i64> = std::fs::read_to_string(&ended_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (nonce, expires) = line.split_once(' ')?;
+                Some((nonce.to_string(), expires.parse().ok()?))
+            })
+            .filter(|(_, expires)| *expires > now)
+            .collect();
+        Ok(Sessions { key, ended: Mutex::new(ended), ended_file: Some(ended_file) })
     }
 
     fn mac(&self, user: &str, expires: i64, nonce: &str, fingerprint: &[u8; 32]) -> Hmac<Sha256> {
@@ -86,7 +100,8 @@ impl Sessions {
         Ok(user)
     }
 
-    /// Ends the session of a cookie value (logging out); others of the same user go on.
+    /// Ends the session of a cookie value that verified (logging out); others of the same
+    /// user go on.
     pub fn end(&self, cookie: &str) {
         let parts: Vec<&str> = cookie.split('.').collect();
         let [_, expires, nonce, _] = parts.as_slice() else { return };
@@ -95,6 +110,12 @@ impl Sessions {
         let mut ended = self.ended.lock().expect("not poisoned");
         ended.retain(|_, e| *e > now);
         ended.insert(nonce.to_string(), expires);
+        if let Some(file) = &self.ended_file {
+            let lines: String = ended.iter().map(|(nonce, expires)| format!("{nonce} {expires}\n")).collect();
+            if let Err(e) = crate::write_private(file, lines.as_bytes()) {
+                tracing::warn!(file = %file.display(), error = %e, "a logout is not kept: it lasts until Pacer stops");
+            }
+        }
     }
 }
 
@@ -125,5 +146,8 @@ mod tests {
         sessions.end(&cookie);
         assert_eq!(sessions.verify(&cookie, |_| Some(pw1)), Err(Refused::Expired), "logged out");
         assert_eq!(sessions.verify(&second, |_| Some(pw1)), Ok("alice".into()), "other sessions go on");
+        let restarted = Sessions::open(&path).unwrap();
+        assert_eq!(restarted.verify(&cookie, |_| Some(pw1)), Err(Refused::Expired), "still logged out after a restart");
+        assert_eq!(restarted.verify(&second, |_| Some(pw1)), Ok("alice".into()));
     }
 }

@@ -46,15 +46,11 @@ impl Remote {
             headers.insert(AUTHORIZATION, value);
         }
         let mut builder = reqwest::Client::builder().default_headers(headers);
-        if self.server.starts_with("https://") {
-            // Pacer's TLS runs on ring; the first client of the process makes it the default.
-            let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-            if let Some(file) = &self.cacert {
-                let pem = std::fs::read(file).with_context(|| format!("--cacert {}", file.display()))?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                    .with_context(|| format!("--cacert {}: not PEM certificates", file.display()))?;
-                builder = builder.tls_certs_merge(certs);
-            }
+        if let Some(file) = &self.cacert {
+            let pem = std::fs::read(file).with_context(|| format!("--cacert {}", file.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--cacert {}: not PEM certificates", file.display()))?;
+            builder = builder.tls_certs_merge(certs);
         }
         builder.build().context("building the HTTP client")
     }
