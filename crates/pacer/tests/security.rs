@@ -784,3 +784,82 @@ fn the_http_listener_speaks_https() {
     });
     assert!(!String::from_utf8_lossy(&plain).contains("HTTP/1.1 200"));
 }
+
+/// The MQTT side of the matrix, with MQTT 5's reason codes: each user × {publish own,
+/// publish other's, subscribe own, subscribe other's, subscribe to everything}.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_answers_each_user_with_the_reason_codes_the_model_says() {
+    use rumqttc::v5::mqttbytes::v5::Packet as P5;
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    use rumqttc::v5::{AsyncClient as Client5, ConnectionError, Event as E5, MqttOptions as Options5};
+    use rumqttc::Outgoing;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = tokio::task::block_in_place(|| secured_pacer(dir.path()));
+    let mut cells = BTreeMap::new();
+    for who in EVERYONE {
+        let user = who.credentials().map_or("nobody", |(u, _)| u);
+        let mut options = Options5::new(format!("matrix-{who:?}"), "127.0.0.1", pacer.mqtt_port);
+        if let Some((u, p)) = who.credentials() {
+            options.set_credentials(u, p);
+        }
+        let (client, mut events) = Client5::new(options, 10);
+        let actions = [
+            ("publish own", format!("owntracks/{user}/phone")),
+            ("publish other's", "owntracks/bob/phone".to_string()),
+            ("subscribe own", format!("owntracks/{user}/#")),
+            ("subscribe other's", "owntracks/bob/#".to_string()),
+            ("subscribe to everything", "#".to_string()),
+        ];
+        for (action, topic) in &actions {
+            if action.starts_with("publish") {
+                client.publish(topic.as_str(), Q5::AtLeastOnce, false, FIX).await.unwrap();
+            } else {
+                client.subscribe(topic.as_str(), Q5::AtLeastOnce).await.unwrap();
+            }
+        }
+        // Packets go out in the order asked for; acks come back by packet id, in any order.
+        let (mut sent, mut acks) = (Vec::new(), BTreeMap::new());
+        while acks.len() < actions.len() {
+            match tokio::time::timeout(Duration::from_secs(30), events.poll()).await.unwrap() {
+                Ok(E5::Outgoing(Outgoing::Publish(id) | Outgoing::Subscribe(id))) => sent.push(id),
+                Ok(E5::Incoming(P5::PubAck(ack))) => {
+                    acks.insert(ack.pkid, format!("{:?}", ack.reason));
+                }
+                Ok(E5::Incoming(P5::SubAck(ack))) => {
+                    acks.insert(ack.pkid, format!("{:?}", ack.return_codes[0]));
+                }
+                Ok(_) => {}
+                Err(ConnectionError::ConnectionRefused(code)) => {
+                    sent = (1..=actions.len() as u16).collect();
+                    acks = sent.iter().map(|id| (*id, format!("CONNACK {code:?}"))).collect();
+                }
+                Err(e) => panic!("{who:?}: {e}"),
+            }
+        }
+        for ((action, _), id) in actions.iter().zip(&sent) {
+            cells.insert((*action, who), acks[id].clone());
+        }
+    }
+    let ok = "Success";
+    let granted = "Success(AtLeastOnce)";
+    let no = "NotAuthorized";
+    let expected: [(&str, [&str; 5]); 5] = [
+        ("publish own", ["CONNACK NotAuthorized", "CONNACK BadUserNamePassword", ok, no, ok]),
+        ("publish other's", ["CONNACK NotAuthorized", "CONNACK BadUserNamePassword", no, no, ok]),
+        ("subscribe own", ["CONNACK NotAuthorized", "CONNACK BadUserNamePassword", granted, granted, granted]),
+        ("subscribe other's", ["CONNACK NotAuthorized", "CONNACK BadUserNamePassword", no, granted, granted]),
+        ("subscribe to everything", ["CONNACK NotAuthorized", "CONNACK BadUserNamePassword", no, granted, granted]),
+    ];
+    let mut wrong = Vec::new();
+    for (action, wants) in expected {
+        for (who, want) in EVERYONE.iter().zip(wants) {
+            let got = &cells[&(action, *who)];
+            println!("{got:<28} {who:?}  {action}");
+            if got != want {
+                wrong.push(format!("{action} as {who:?}: {got}, want {want}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
