@@ -178,6 +178,12 @@ impl Authorizer {
         self.allow_anonymous
     }
 
+    /// A device that names itself but proves nothing (OsmAnd's id): a plain user, whatever
+    /// the name, so the ACL alone decides; never an admin or reader.
+    pub fn device(&self, name: &str) -> Identity {
+        Identity { user: Some(name.to_string()), role: Role::User }
+    }
+
     /// The identity of a user whose credentials were checked before (the owner of a stored
     /// MQTT session, back after a restart); None: anonymous.
     pub fn acting_as(&self, user: Option<&str>) -> Identity {
@@ -294,10 +300,10 @@ impl Authorizer {
         who.is_admin()
     }
 
-    /// Whether `who` may read every stream but the internal ones (the dashboard's
-    /// settings, `/metrics`).
+    /// Whether `who` reads every stream but the internal ones, and `/metrics`: admins and
+    /// readers (everyone, on a Pacer without a password file or ACL).
     pub fn may_read_everything(&self, who: &Identity) -> bool {
-        matches!(who.role, Role::Admin | Role::Reader) || (who.role == Role::User && self.acl.is_none())
+        matches!(who.role, Role::Admin | Role::Reader)
     }
 
     /// What `who` may read of the records leaving Pacer: None for admins (everything).

@@ -58,7 +58,12 @@ impl PasswordFile {
     }
 
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
-        let Some(stored) = self.users.get(user) else { return false };
+        let Some(stored) = self.users.get(user) else {
+            // As long as for a known user, so the time taken does not tell who exists.
+            let mut out = [0u8; 64];
+            pbkdf2::pbkdf2_hmac::<Sha512>(password, b"no such user", PBKDF2_ITERATIONS, &mut out);
+            return false;
+        };
         let computed = match stored {
             Hash::Pbkdf2 { iterations, salt, hash } => {
                 let mut out = vec![0u8; hash.len()];

@@ -199,6 +199,10 @@ where
     let connected = match shared.router.connect(&client_id, &identity, request.clean_start, request.session_expiry) {
         Ok(connected) => connected,
         Err(_taken) => {
+            // What another node handed over stays here, for the session's owner.
+            if !owed_elsewhere.is_empty() {
+                shared.adopt(&client_id, owed_elsewhere).await;
+            }
             let _ = transport.send(refuse(Refusal::NotAuthorized)).await;
             shared.metrics.denied.inc();
             tracing::warn!(%peer, %client_id, user = ?identity.user(), "refused: the client id's session belongs to another user");

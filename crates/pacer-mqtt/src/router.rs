@@ -145,7 +145,8 @@ impl Router {
     /// Attaches a new connection to `client_id`'s session, disconnecting an earlier one
     /// (MQTT-3.1.4-2). A clean start discards what the session had. A session, connected
     /// or not, belongs to the user that made it: another user gets [`Taken`], and the
-    /// session and its connection stay as they were.
+    /// session and its connection stay as they were. One without an owner (stored by an
+    /// older Pacer) starts clean.
     pub fn connect(
         &self,
         client_id: &str,
@@ -168,7 +169,9 @@ impl Router {
                 if let Some(old) = state.connection.take() {
                     old.kick.notify_one();
                 }
-                if clean_start || !state.persistent() {
+                // A session stored before sessions had owners is nobody's to resume: what it
+                // queued was for whoever made it, so it starts clean.
+                if clean_start || !state.persistent() || state.owner.is_none() {
                     discarded_stored = state.persistent();
                     None
                 } else {
@@ -398,6 +401,33 @@ mod tests {
             subscription_ids: Vec::new(),
             stored: None,
         }
+    }
+
+    /// A session of a user, and one stored before sessions had owners: another user cannot
+    /// have the first; the second starts clean for whoever connects, without its messages.
+    #[test]
+    fn sessions_change_hands_only_empty() {
+        use pacer_auth::{AuthConfig, Authorizer};
+        let auth = Arc::new(Authorizer::open(&AuthConfig { allow_anonymous: true, ..Default::default() }).unwrap());
+        let router = Router::new(100, auth.clone(), Metrics::default());
+        let (alice, bob) = (auth.acting_as(Some("alice")), auth.acting_as(Some("bob")));
+        let owned = SessionRecord {
+            expiry_secs: 60,
+            subscriptions: Vec::new(),
+            owner: Some(Owner { user: Some("alice".into()) }),
+        };
+        router.restore_session("phone", owned);
+        router.session("phone").unwrap().lock().unwrap().queue.push_back(delivery(1));
+        assert!(router.owned_by_another("phone", &bob));
+        assert!(router.connect("phone", &bob, false, 60).is_err());
+        let resumed = router.connect("phone", &alice, false, 60).unwrap();
+        assert!(resumed.session_present && resumed.session.lock().unwrap().queue.len() == 1);
+
+        router.restore_session("legacy", SessionRecord { expiry_secs: 60, subscriptions: Vec::new(), owner: None });
+        router.session("legacy").unwrap().lock().unwrap().queue.push_back(delivery(2));
+        let taken = router.connect("legacy", &bob, false, 60).unwrap();
+        assert!(!taken.session_present && taken.session.lock().unwrap().queue.is_empty());
+        assert!(router.owned_by_another("legacy", &alice), "bob's from now on");
     }
 
     /// A session taken over from another node: what that node still owed goes first, without

@@ -50,10 +50,8 @@ pub async fn guard(State(state): State<Arc<WebState>>, mut request: Request, nex
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
         .or_else(|| request.uri().authority().map(|a| a.to_string()));
-    if let Some(host) = &host {
-        if !access.hosts.is_empty() && !access.hosts.iter().any(|h| h.eq_ignore_ascii_case(host_name(host))) {
-            return error(StatusCode::FORBIDDEN, format!("this Pacer does not serve the host {host:?} ([http] hosts)"));
-        }
+    if let Some(host) = host.as_deref().filter(|h| !serves(&access.hosts, h)) {
+        return error(StatusCode::FORBIDDEN, format!("this Pacer does not serve the host {host:?} ([http] hosts)"));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let same = match (origin.to_str().ok().and_then(|o| o.split_once("://")), &host) {
@@ -75,6 +73,11 @@ pub async fn guard(State(state): State<Arc<WebState>>, mut request: Request, nex
         Err(refused) => return unauthorized(refused, request.headers()),
     }
     next.run(request).await
+}
+
+/// Whether a request's Host (with or without its port) is one of `hosts` (empty: any).
+pub(crate) fn serves(hosts: &[String], host: &str) -> bool {
+    hosts.is_empty() || hosts.iter().any(|h| h.eq_ignore_ascii_case(host_name(host)))
 }
 
 /// `example.com` of `example.com:8080`, `::1` of `[::1]:8080`.

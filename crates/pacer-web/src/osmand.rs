@@ -29,6 +29,8 @@ pub struct OsmandDevices {
     pub auth: Arc<Authorizer>,
     /// Taken whatever the ACL says. Without a password file and with none listed: any id.
     pub listed: Vec<String>,
+    /// Host names the listener answers to (empty: any), as for the HTTP listener.
+    pub hosts: Vec<String>,
 }
 
 /// Who a fix is taken from.
@@ -47,7 +49,7 @@ impl OsmandDevices {
             return Sender::Listed;
         }
         if self.auth.checks_passwords() && self.auth.has_acl() {
-            let device = self.auth.acting_as(Some(id));
+            let device = self.auth.device(id);
             let topic = format!("osmand/{id}");
             if self.auth.may_use_topic(&device, None, &topic, pacer_auth::Access::Write) {
                 return Sender::As(device);
@@ -76,6 +78,13 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Tracker apps send neither; a web page in someone's browser (an <img>, a form) does.
+    let from_a_page = headers.contains_key(header::ORIGIN)
+        || headers.get("sec-fetch-site").is_some_and(|site| site != "none" && site != "same-origin");
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    if from_a_page || (!host.is_empty() && !crate::access::serves(&osmand.devices.hosts, host)) {
+        return (StatusCode::FORBIDDEN, "OsmAnd takes fixes from tracker apps, not from web pages").into_response();
+    }
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -48,8 +48,9 @@ struct Seen {
 }
 
 impl Seen {
-    fn visible_to(&self, state: &WebState, who: &pacer_auth::Identity) -> bool {
-        state.access.auth.may_read_record(who, self.stream, &self.record)
+    /// Whether a caller whose filter is `keep` (None: everything) may see it.
+    fn kept(&self, keep: &Option<pacer_log::RecordFilter>) -> bool {
+        keep.as_ref().is_none_or(|keep| keep(self.stream, &self.record))
     }
 }
 
@@ -179,7 +180,8 @@ pub async fn list(
 ) -> Response {
     let p = p.with_headers(&headers);
     let last = state.recorder.last.read().unwrap();
-    let keys = last.iter().filter(|(_, seen)| seen.visible_to(&state, &who)).map(|(k, _)| k);
+    let keep = state.access.auth.record_filter(&who);
+    let keys = last.iter().filter(|(_, seen)| seen.kept(&keep)).map(|(k, _)| k);
     let mut results: Vec<&str> = match &p.user {
         None => keys.map(|k| user_device(k).0).collect(),
         Some(user) => keys.map(|k| user_device(k)).filter(|(u, _)| u == user).map(|(_, d)| d).collect(),
@@ -196,6 +198,7 @@ pub async fn last(
     headers: HeaderMap,
 ) -> Response {
     let p = p.with_headers(&headers);
+    let keep = state.access.auth.record_filter(&who);
     let last = state.recorder.last.read().unwrap();
     let objects: Vec<Value> = last
         .iter()
@@ -203,7 +206,7 @@ pub async fn last(
             let (u, d) = user_device(k);
             p.user.as_deref().is_none_or(|user| user == u) && p.device.as_deref().is_none_or(|device| device == d)
         })
-        .filter(|(_, seen)| seen.visible_to(&state, &who))
+        .filter(|(_, seen)| seen.kept(&keep))
         .map(|(_, seen)| p.select(seen.object.clone()))
         .collect();
     recorder_json(Value::Array(objects))
@@ -230,7 +233,8 @@ pub async fn locations(
         return refuse(StatusCode::RANGE_NOT_SATISFIABLE, "impossible date/time ranges");
     }
     let key = format!("{user}/{device}");
-    let keep = |r: &Record| state.access.auth.may_read_record(&who, LOCATIONS, r);
+    let filter = state.access.auth.record_filter(&who);
+    let keep = |r: &Record| filter.as_ref().is_none_or(|keep| keep(LOCATIONS, r));
     let read = read_range(state.log.as_ref(), LOCATIONS, Some(from), Some(to), Some(&key), MAX_LOCATIONS, keep);
     let records = match read.await {
         Ok(r) => r,
@@ -321,6 +325,7 @@ pub async fn websocket(
 }
 
 async fn live(mut socket: WebSocket, state: Arc<WebState>, who: pacer_auth::Identity) {
+    let keep = state.access.auth.record_filter(&who);
     let mut feed = state.recorder.live.subscribe();
     loop {
         tokio::select! {
@@ -334,7 +339,7 @@ async fn live(mut socket: WebSocket, state: Arc<WebState>, who: pacer_auth::Iden
                         .read()
                         .unwrap()
                         .values()
-                        .filter(|seen| seen.visible_to(&state, &who))
+                        .filter(|seen| seen.kept(&keep))
                         .map(|seen| seen.object.clone())
                         .collect();
                     for object in last {
@@ -348,7 +353,7 @@ async fn live(mut socket: WebSocket, state: Arc<WebState>, who: pacer_auth::Iden
                 }
             }
             pushed = feed.recv() => match pushed {
-                Ok(seen) if !seen.visible_to(&state, &who) => {}
+                Ok(seen) if !seen.kept(&keep) => {}
                 Ok(seen) => {
                     if socket.send(Message::text(seen.object.to_string())).await.is_err() {
                         return;

@@ -76,7 +76,8 @@ pub async fn read(
     };
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
     let auth = &state.access.auth;
-    let keep = |r: &pacer_core::Record| auth.may_read_record(&who, &name, r);
+    let filter = auth.record_filter(&who);
+    let keep = |r: &pacer_core::Record| filter.as_ref().is_none_or(|keep| keep(&name, r));
     let out = match read_range(state.log.as_ref(), &name, from, to, q.key.as_deref(), limit, keep).await {
         Ok(records) => records.iter().map(|r| r.to_json(&name)).collect::<Vec<_>>(),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

@@ -165,7 +165,7 @@ impl Server {
             history: Some(history),
             access: HttpAccess {
                 auth: auth.clone(),
-                hosts: served_hosts(&config),
+                hosts: served_hosts(&config.http.hosts, &config.http.listen),
                 tls: config.http.tls_cert.is_some(),
             },
         });
@@ -219,8 +219,11 @@ impl Server {
             let listener =
                 TcpListener::bind(listen).await.with_context(|| format!("OsmAnd listener: cannot bind {listen}"))?;
             osmand_addr = Some(listener.local_addr()?);
-            let devices =
-                pacer_web::osmand::OsmandDevices { auth: auth.clone(), listed: config.osmand.devices.clone() };
+            let devices = pacer_web::osmand::OsmandDevices {
+                auth: auth.clone(),
+                listed: config.osmand.devices.clone(),
+                hosts: served_hosts(&config.http.hosts, listen),
+            };
             let osmand = pacer_web::osmand::router(broker.clone(), devices);
             tasks.spawn(async move { axum::serve(without_nagle(listener), osmand).await.context("OsmAnd server") });
         }
@@ -350,13 +353,13 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     Ok(file)
 }
 
-/// The Host names the HTTP listener answers to: as configured, else the loopback names when
-/// it listens on loopback (a DNS rebinding page names its own host), else any.
-fn served_hosts(config: &Config) -> Vec<String> {
-    if !config.http.hosts.is_empty() {
-        return config.http.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+/// The Host names an HTTP listener on `listen` answers to: as configured, else the loopback
+/// names when it listens on loopback (a DNS rebinding page names its own host), else any.
+fn served_hosts(configured: &[String], listen: &str) -> Vec<String> {
+    if !configured.is_empty() {
+        return configured.iter().map(|h| h.to_ascii_lowercase()).collect();
     }
-    if is_loopback(&config.http.listen) {
+    if is_loopback(listen) {
         return ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
     }
     Vec::new()

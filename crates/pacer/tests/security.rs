@@ -656,6 +656,12 @@ fn osmand_takes_fixes_only_from_allowed_devices() {
     assert_eq!(get("tracker-1").0, 200, "listed in [osmand] devices");
     let (status, body) = get("stranger");
     assert_eq!(status, 403, "{body}");
+    assert_eq!(get("root").0, 403, "a device named as an admin is no admin");
+    let url = format!("{osmand}/?id=tracker-1&lat=1&lon=2");
+    let from_a_page = http.client.get(&url).header("sec-fetch-site", "cross-site");
+    assert_eq!(http.send(from_a_page).0, 403, "an <img> on another site's page");
+    assert_eq!(http.send(http.client.get(&url).header("origin", "http://evil.example")).0, 403, "a form");
+    assert_eq!(http.send(http.client.get(&url).header("host", "evil.example")).0, 403, "a rebound DNS name");
     let (_, stored) = http.call(Who::Admin, "GET", "/api/v1/streams/locations/records", None);
     assert_eq!(keys_in(&stored), ["osmand/tracker-1"]);
 }
