@@ -26,6 +26,12 @@ use server::Server;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The stack of each runtime thread (tokio's default is 2 MiB). Statements are planned
+/// and evaluated by recursion over their expressions, up to MAX_EXPRESSION_DEPTH (1000)
+/// levels deep, and copying or dropping sqlparser's trees recurses too: a few KiB a level in a
+/// debug build. Only the part used is ever committed.
+const THREAD_STACK_BYTES: usize = 32 << 20;
+
 #[derive(Parser)]
 #[command(
     name = "pacer",
@@ -342,7 +348,11 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(THREAD_STACK_BYTES)
+        .build()
+        .expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -130,6 +130,16 @@ pub trait Scope {
 
 /// Compiles `e` against `scope`, returning it with its type.
 pub fn compile(e: &sql::Expr, scope: &mut dyn Scope) -> Result<(Expr, DataType), PlanError> {
+    // One level of recursion per level of the expression (up to MAX_EXPRESSION_DEPTH): this
+    // runs once per query, so it takes more stack where a thread's runs short.
+    stacker::maybe_grow(STACK_RED_ZONE, STACK_GROWTH, || compile_here(e, scope))
+}
+
+/// Stack left below which deep planning continues on a new segment, and that segment's size.
+pub(crate) const STACK_RED_ZONE: usize = 128 * 1024;
+pub(crate) const STACK_GROWTH: usize = 4 << 20;
+
+fn compile_here(e: &sql::Expr, scope: &mut dyn Scope) -> Result<(Expr, DataType), PlanError> {
     if let Some((slot, t)) = scope.replace(e)? {
         return Ok((Expr::Column(slot), t));
     }

@@ -1,11 +1,19 @@
 //! The ksqlDB grammar on top of sqlparser: our code reads the statement shapes ksqlDB adds
 //! (CREATE STREAM, WINDOW …, EMIT …, TERMINATE), sqlparser reads every expression and select
 //! item, and both report errors with the line and column.
+//!
+//! Statements come from anyone who may query, so their size is bounded: at most
+//! [`MAX_SQL_BYTES`] of text, and expressions at most [`MAX_EXPRESSION_DEPTH`] deep (as DuckDB's
+//! `max_expression_depth`), so planning and evaluating them, which recurse, stay within a
+//! thread's stack. Parsing runs on a stack of its own, large enough to build and drop the
+//! deepest tree the text allows before it is refused.
 
-use sqlparser::ast::Expr;
+use std::ops::ControlFlow;
+
+use sqlparser::ast::{Expr, Visit, Visitor};
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::{Parser, ParserError};
-use sqlparser::tokenizer::{Token, TokenWithSpan};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan};
 
 use super::ast::*;
 use super::value::DataType;
@@ -14,6 +22,14 @@ use super::value::DataType;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
 pub struct SyntaxError(pub String);
+
+/// Most bytes of SQL text taken at once.
+pub const MAX_SQL_BYTES: usize = 256 * 1024;
+/// Deepest nesting of an expression (each operator, call or parenthesis is a level).
+pub const MAX_EXPRESSION_DEPTH: usize = 1000;
+/// The stack parsing runs on: a chain `1+1+…` as long as MAX_SQL_BYTES allows is a tree
+/// that deep, built and dropped recursively.
+const PARSE_STACK_BYTES: usize = 128 << 20;
 
 /// Parses one or more statements separated by `;`.
 pub fn parse(sql: &str) -> Result<Vec<Statement>, SyntaxError> {
@@ -32,6 +48,17 @@ pub fn parse_with_text(sql: &str) -> Result<Vec<(Statement, String)>, SyntaxErro
 
 /// The statements of a file, which may hold none (only comments, or nothing).
 pub fn parse_file(sql: &str) -> Result<Vec<(Statement, String)>, SyntaxError> {
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(SyntaxError(format!(
+            "the SQL text is {} bytes; at most {MAX_SQL_BYTES} are taken at once: send the statements one by one",
+            sql.len()
+        )));
+    }
+    // What is refused is dropped here too, on the big stack.
+    stacker::grow(PARSE_STACK_BYTES, || parse_statements(sql))
+}
+
+fn parse_statements(sql: &str) -> Result<Vec<(Statement, String)>, SyntaxError> {
     let dialect = GenericDialect {};
     let parser = Parser::new(&dialect).try_with_sql(sql).map_err(|e| syntax_error(sql, e))?;
     let mut p = Grammar { p: parser, pending_gt: false };
@@ -52,6 +79,33 @@ pub fn parse_file(sql: &str) -> Result<Vec<(Statement, String)>, SyntaxError> {
         }
     }
     Ok(statements)
+}
+
+/// Refuses expressions nested deeper than [`MAX_EXPRESSION_DEPTH`], naming where they start.
+fn check_depth<T: Visit + ?Sized>(node: &T, start: Location) -> Result<(), ParserError> {
+    struct Depth(usize);
+    impl Visitor for Depth {
+        type Break = ();
+        fn pre_visit_expr(&mut self, _: &Expr) -> ControlFlow<Self::Break> {
+            self.0 += 1;
+            if self.0 > MAX_EXPRESSION_DEPTH {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+        fn post_visit_expr(&mut self, _: &Expr) -> ControlFlow<Self::Break> {
+            self.0 -= 1;
+            ControlFlow::Continue(())
+        }
+    }
+    match node.visit(&mut Depth(0)) {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(ParserError::ParserError(format!(
+            "the expression at Line: {}, Column: {} nests more than {MAX_EXPRESSION_DEPTH} levels deep (operators, calls, \
+             parentheses): split it, or use IN (…) for long lists of alternatives",
+            start.line, start.column
+        ))),
+    }
 }
 
 /// The byte offset of a 1-based line and character column.
@@ -205,7 +259,9 @@ impl Grammar<'_> {
 
     /// After `SELECT`: the rest of a query.
     fn select(&mut self) -> R<Select> {
+        let start = self.p.peek_token().span.start;
         let items = self.p.parse_projection()?;
+        check_depth(&items, start)?;
         self.expect_word("FROM")?;
         let (from, window_table) = if self.word("TABLE") { self.window_table()? } else { (self.name()?, None) };
         let alias = self.alias()?;
@@ -224,10 +280,10 @@ impl Grammar<'_> {
             let alias = self.alias()?;
             let within = if self.word("WITHIN") { Some(self.within()?) } else { None };
             self.expect_word("ON")?;
-            joins.push(Join { kind, source, alias, within, on: self.p.parse_expr()? });
+            joins.push(Join { kind, source, alias, within, on: self.expr()? });
         }
         let window = if self.word("WINDOW") { Some(self.window()?) } else { None };
-        let selection = if self.word("WHERE") { Some(self.p.parse_expr()?) } else { None };
+        let selection = if self.word("WHERE") { Some(self.expr()?) } else { None };
         let mut group_by = Vec::new();
         let mut partition_by = Vec::new();
         if self.word("GROUP") {
@@ -238,7 +294,7 @@ impl Grammar<'_> {
             self.expect_word("BY")?;
             partition_by = self.expressions()?;
         }
-        let having = if self.word("HAVING") { Some(self.p.parse_expr()?) } else { None };
+        let having = if self.word("HAVING") { Some(self.expr()?) } else { None };
         let emit = if self.word("EMIT") {
             if self.word("CHANGES") {
                 Emit::Changes
@@ -328,12 +384,22 @@ impl Grammar<'_> {
     }
 
     fn expressions(&mut self) -> R<Vec<Expr>> {
-        if self.p.consume_token(&Token::LParen) {
-            let list = self.p.parse_comma_separated(Parser::parse_expr)?;
+        let parenthesized = self.p.consume_token(&Token::LParen);
+        let start = self.p.peek_token().span.start;
+        let list = self.p.parse_comma_separated(Parser::parse_expr)?;
+        check_depth(&list, start)?;
+        if parenthesized {
             self.p.expect_token(&Token::RParen)?;
-            return Ok(list);
         }
-        self.p.parse_comma_separated(Parser::parse_expr)
+        Ok(list)
+    }
+
+    /// An expression, no deeper than [`MAX_EXPRESSION_DEPTH`].
+    fn expr(&mut self) -> R<Expr> {
+        let start = self.p.peek_token().span.start;
+        let expr = self.p.parse_expr()?;
+        check_depth(&expr, start)?;
+        Ok(expr)
     }
 
     /// After `WINDOW`: `TUMBLING (SIZE 5 MINUTES[, GRACE PERIOD …][, RETENTION …])`,
@@ -744,5 +810,29 @@ GROUP BY who;";
         assert!(e.contains("HOP or TUMBLE"), "{e}");
         let Some(Statement::Select(limited)) = parse("SELECT * FROM s LIMIT 3").unwrap().pop() else { panic!() };
         assert_eq!((limited.alias.as_deref(), limited.limit), (None, Some(3)), "LIMIT right after FROM");
+    }
+
+    #[test]
+    fn deep_and_huge_statements_are_refused_with_the_limit_named() {
+        let chain = |n: usize, op: &str| format!("SELECT {} AS x FROM s", vec!["1"; n].join(op));
+        // MAX_EXPRESSION_DEPTH levels: the chain's n - 1 operators and the literal below them.
+        assert!(parse(&chain(MAX_EXPRESSION_DEPTH, "+")).is_ok());
+        let too_deep = parse(&chain(MAX_EXPRESSION_DEPTH + 1, "+")).unwrap_err().0;
+        assert!(too_deep.contains("more than 1000 levels") && too_deep.contains("Line: 1, Column: 8"), "{too_deep}");
+        for op in [" AND ", " || ", " * "] {
+            let where_clause = format!("SELECT x FROM s WHERE {}", vec!["x = 1"; 5000].join(op));
+            assert!(parse(&where_clause).is_err(), "{op}");
+        }
+        // As long a chain as the size limit allows is built, refused and dropped without harm.
+        let longest = chain((MAX_SQL_BYTES - 40) / 2, "+");
+        assert!(longest.len() <= MAX_SQL_BYTES);
+        assert!(parse(&longest).unwrap_err().0.contains("levels"));
+        let grouped = format!("SELECT COUNT(*) AS n FROM s GROUP BY {}", vec!["x"; 3000].join(" + "));
+        assert!(parse(&grouped).unwrap_err().0.contains("levels"), "GROUP BY is checked too");
+        let huge = format!("SELECT x FROM s WHERE x IN ({})", vec!["1"; MAX_SQL_BYTES / 2].join(","));
+        assert!(parse(&huge).unwrap_err().0.contains("at most 262144"));
+        // Wide is fine: a long IN list is one level.
+        let wide = format!("SELECT x FROM s WHERE x IN ({})", vec!["1"; 20_000].join(","));
+        assert!(parse(&wide).is_ok());
     }
 }

@@ -1,0 +1,57 @@
+//! Input a careless or hostile user sends: it gets a clear error, and Pacer goes on serving
+//! everyone else. Each case is tried against a real `pacer up` over its real interfaces.
+
+mod common;
+
+use common::Pacer;
+use serde_json::json;
+
+/// `SELECT 1+1+…+1` of 1,500 terms used to overflow a worker's stack and abort the process.
+/// Expressions up to the depth limit run, in pull, push and persistent queries; deeper ones
+/// and oversized texts get a 400 that names the limit; the server stays up throughout.
+#[test]
+fn deep_and_huge_sql_gets_a_clear_error_and_pacer_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(dir.path());
+    pacer.mosquitto_pub("race/tom", 1, r#"{"who":"tom","timeepoc":1558212482,"lat":1,"lon":2,"speed":3}"#);
+    let chain = |n: usize, term: &str, op: &str| vec![term; n].join(op);
+    let deepest = 1000; // pacer_sql::engine::parse::MAX_EXPRESSION_DEPTH
+
+    // At the limit: a sum of 1000 columns, and as deep a WHERE, GROUP BY and CASE.
+    let (status, body) = pacer.post_sql(&format!("SELECT {} AS x FROM race", chain(deepest, "speed", "+")));
+    assert_eq!((status, body["rows"][0][0].as_f64()), (200, Some(3000.0)), "{body}");
+    let filtered = format!("SELECT who FROM race WHERE {}", chain(deepest / 2, "speed > 0", " AND "));
+    assert_eq!(pacer.post_sql(&filtered).1["rows"], json!([["tom"]]));
+    let grouped = format!("SELECT COUNT(*) AS n FROM race GROUP BY {}", chain(deepest, "speed", " * "));
+    assert_eq!(pacer.post_sql(&grouped).1["rows"], json!([[1]]));
+    let joined = format!(
+        "WITH w AS (SELECT who, {} AS s FROM race) SELECT w.who, w.s FROM w JOIN race r ON w.who = r.who",
+        chain(deepest / 2, "speed", "-")
+    );
+    assert_eq!(pacer.post_sql(&joined).0, 200, "{}", pacer.post_sql(&joined).1);
+    // A persistent query with such an expression runs record after record.
+    let create = format!("CREATE STREAM deep AS SELECT who, {} AS s FROM race;", chain(deepest, "speed", "+"));
+    assert_eq!(pacer.post_sql(&create).0, 200);
+    pacer.mosquitto_pub("race/ann", 1, r#"{"who":"ann","timeepoc":1558212483,"lat":1,"lon":2,"speed":2}"#);
+    let row = pacer.wait_for_record("deep", |r| r["value"]["WHO"] == "ann" || r["value"]["who"] == "ann");
+    assert!(row["value"].as_object().unwrap().values().any(|v| v.as_f64() == Some(2000.0)), "{row}");
+
+    // Past it, and past the size limit: a 400 that says what is wrong, and where.
+    for (what, sql) in [
+        ("1,500 terms", format!("SELECT {} AS x FROM race", chain(1500, "1", "+"))),
+        ("a long AND", format!("SELECT who FROM race WHERE {}", chain(3000, "speed > 0", " AND "))),
+        ("a long ||", format!("SELECT {} AS x FROM race", chain(5000, "'a'", " || "))),
+        ("100,000 terms", format!("SELECT {} AS x FROM race", chain(100_000, "1", "+"))),
+    ] {
+        let (status, body) = pacer.post_sql(&sql);
+        let error = body["error"].as_str().unwrap_or_default();
+        assert_eq!(status, 400, "{what}: {body}");
+        assert!(error.contains("levels deep") || error.contains("at most 262144"), "{what}: {error}");
+    }
+    let (status, body) = pacer.post_sql(&format!("SELECT x FROM race WHERE x IN ({})", chain(150_000, "1", ",")));
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("at most 262144"), "{body}");
+
+    // Still serving.
+    assert_eq!(pacer.post_sql("SELECT who FROM race WHERE who = 'tom'").1["rows"], json!([["tom"]]));
+}
