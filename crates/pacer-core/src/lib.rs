@@ -145,6 +145,21 @@ pub fn format_time(ms: i64) -> String {
         .map_or_else(|| format!("{ms} ms"), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
+/// The latest event time taken: the end of the year 9999, the last RFC 3339 can write.
+pub const MAX_EVENT_TIME_MS: i64 = 253_402_300_799_999;
+
+/// An event time from outside (a payload, a request): milliseconds since the Unix epoch,
+/// from 1970 to the end of 9999. Anything else is a mistake to say, not a time to keep.
+pub fn check_event_time(ms: i64) -> Result<i64, String> {
+    if (0..=MAX_EVENT_TIME_MS).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(format!(
+            "timestamp {ms} ms is not between 1970-01-01T00:00:00Z (0) and 9999-12-31T23:59:59.999Z ({MAX_EVENT_TIME_MS})"
+        ))
+    }
+}
+
 /// Wall-clock time in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)

@@ -216,14 +216,16 @@ enum Matcher {
 /// Milliseconds from a timestamp field: a number (or numeric string) in the unit, or an
 /// RFC 3339 string.
 fn event_time(v: &Value, unit: TimestampUnit) -> Result<i64, String> {
-    let number = v.as_f64().or_else(|| v.as_str()?.trim().parse::<f64>().ok());
-    match (unit, number, v.as_str()) {
-        (TimestampUnit::S, Some(n), _) => Ok((n * 1000.0).round() as i64),
-        (TimestampUnit::Ms, Some(n), _) => Ok(n.round() as i64),
-        (TimestampUnit::Iso8601, _, Some(s)) => pacer_core::parse_time(s),
-        (TimestampUnit::Iso8601, _, None) => Err(format!("{v} is not an RFC 3339 string")),
-        (_, None, _) => Err(format!("{v} is not a number")),
-    }
+    let number = v.as_f64().or_else(|| v.as_str()?.trim().parse::<f64>().ok()).filter(|n| n.is_finite());
+    // Out-of-range floats saturate; the range check below refuses them.
+    let ms = match (unit, number, v.as_str()) {
+        (TimestampUnit::S, Some(n), _) => (n * 1000.0).round() as i64,
+        (TimestampUnit::Ms, Some(n), _) => n.round() as i64,
+        (TimestampUnit::Iso8601, _, Some(s)) => pacer_core::parse_time(s)?,
+        (TimestampUnit::Iso8601, _, None) => return Err(format!("{v} is not an RFC 3339 string")),
+        (_, None, _) => return Err(format!("{v} is not a number")),
+    };
+    pacer_core::check_event_time(ms)
 }
 
 /// A rule ready to run.
@@ -327,7 +329,9 @@ impl IngestRule {
                 let v = lookup(j, path).ok_or_else(|| format!("timestamp field {field} missing"))?;
                 event_time(v, self.unit).map_err(|e| format!("timestamp field {field}: {e}"))?
             }
-            (None, _, Some(seconds)) => seconds.saturating_mul(1000),
+            (None, _, Some(seconds)) => {
+                pacer_core::check_event_time(seconds.saturating_mul(1000)).map_err(|e| format!("tst {seconds}: {e}"))?
+            }
             _ => p.received_at,
         };
         let key = match &self.key {
@@ -432,5 +436,8 @@ mod tests {
         assert_eq!(at(TimestampUnit::Iso8601, r#"{"t":"2019-05-18T20:48:02Z"}"#), Ok(1_558_212_482_000));
         assert!(at(TimestampUnit::Iso8601, r#"{"t":12}"#).unwrap_err().contains("not an RFC 3339 string"));
         assert!(at(TimestampUnit::S, r#"{"x":1}"#).unwrap_err().contains("$.t missing"));
+        assert!(at(TimestampUnit::S, r#"{"t":-1}"#).unwrap_err().contains("not between 1970"));
+        assert!(at(TimestampUnit::Ms, r#"{"t":1e300}"#).unwrap_err().contains("not between 1970"));
+        assert!(at(TimestampUnit::Iso8601, r#"{"t":"1969-12-31T23:59:59Z"}"#).unwrap_err().contains("not between"));
     }
 }

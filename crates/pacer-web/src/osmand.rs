@@ -220,13 +220,20 @@ fn location(
 /// Unix seconds or milliseconds, RFC 3339, or `yyyy-MM-dd HH:mm:ss` (UTC).
 fn timestamp_ms(text: &str) -> Result<i64, String> {
     let text = text.trim();
-    if let Ok(n) = text.parse::<f64>() {
+    let ms = match text.parse::<f64>() {
         // Milliseconds from 1973 on; seconds before the year 5138.
-        return Ok(if n.abs() >= 1e11 { n as i64 } else { (n * 1000.0) as i64 });
-    }
-    parse_time(text)
-        .or_else(|_| parse_time(&format!("{}Z", text.replacen(' ', "T", 1))))
-        .map_err(|_| format!("timestamp {text:?}: expected Unix seconds or milliseconds, or an ISO 8601 time"))
+        Ok(n) if n.is_finite() => {
+            if n.abs() >= 1e11 {
+                n as i64
+            } else {
+                (n * 1000.0) as i64
+            }
+        }
+        _ => parse_time(text)
+            .or_else(|_| parse_time(&format!("{}Z", text.replacen(' ', "T", 1))))
+            .map_err(|_| format!("timestamp {text:?}: expected Unix seconds or milliseconds, or an ISO 8601 time"))?,
+    };
+    pacer_core::check_event_time(ms).map_err(|e| format!("timestamp {text:?}: {e}"))
 }
 
 #[cfg(test)]

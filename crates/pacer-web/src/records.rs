@@ -114,7 +114,10 @@ pub async fn append(
         let timestamp = match &item.timestamp {
             None | Some(Value::Null) => now_ms(),
             Some(Value::Number(n)) => match n.as_i64() {
-                Some(ms) => ms,
+                Some(ms) => match pacer_core::check_event_time(ms) {
+                    Ok(ms) => ms,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, format!("record {i}: {e}")),
+                },
                 None => {
                     return error(
                         StatusCode::BAD_REQUEST,
@@ -122,7 +125,7 @@ pub async fn append(
                     )
                 }
             },
-            Some(Value::String(s)) => match parse_time(s) {
+            Some(Value::String(s)) => match parse_time(s).and_then(pacer_core::check_event_time) {
                 Ok(ms) => ms,
                 Err(e) => return error(StatusCode::BAD_REQUEST, format!("record {i}: timestamp: {e}")),
             },

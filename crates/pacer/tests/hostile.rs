@@ -55,3 +55,25 @@ fn deep_and_huge_sql_gets_a_clear_error_and_pacer_stays_up() {
     // Still serving.
     assert_eq!(pacer.post_sql("SELECT who FROM race WHERE who = 'tom'").1["rows"], json!([["tom"]]));
 }
+
+/// Event times outside 1970..9999 (a timestamp of -1 used to be stored): refused over HTTP
+/// with the reason, and dead-lettered with it when they come in a payload over MQTT.
+#[test]
+fn impossible_timestamps_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let pacer = Pacer::start(dir.path());
+    for timestamp in [json!(-1), json!(253_402_300_800_000i64), json!("1969-12-31T23:59:59Z")] {
+        let (status, body) =
+            pacer.post("/api/v1/streams/notes/records", &json!([{ "value": {"a": 1}, "timestamp": timestamp }]));
+        assert_eq!(status, 400, "{timestamp}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("not between 1970"), "{body}");
+    }
+    let (status, _) = pacer.post("/api/v1/streams/notes/records", &json!([{ "value": {"a": 1}, "timestamp": 0 }]));
+    assert_eq!(status, 200, "the epoch itself is a time");
+
+    pacer.mosquitto_pub("race/tom", 1, r#"{"who":"tom","timeepoc":-5,"lat":1,"lon":2}"#);
+    pacer.mosquitto_pub("owntracks/ann/phone", 1, r#"{"_type":"location","tst":-1,"lat":1,"lon":2}"#);
+    let dead = pacer.tail("_dead_letters", 2);
+    let reasons: Vec<&str> = dead.iter().map(|r| r["value"]["reason"].as_str().unwrap_or_default()).collect();
+    assert!(reasons.iter().all(|r| r.contains("not between 1970")), "{dead:?}");
+}
