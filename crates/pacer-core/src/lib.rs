@@ -145,6 +145,38 @@ pub fn format_time(ms: i64) -> String {
         .map_or_else(|| format!("{ms} ms"), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
+/// Says when something that may happen very often (a message dropped, a connection refused)
+/// is due to be logged again: at most once per interval, with how many happened meanwhile.
+#[derive(Debug)]
+pub struct Occasionally {
+    interval_ms: i64,
+    last_ms: std::sync::atomic::AtomicI64,
+    since: std::sync::atomic::AtomicU64,
+}
+
+impl Occasionally {
+    pub fn new(interval_ms: i64) -> Self {
+        Occasionally {
+            interval_ms,
+            last_ms: std::sync::atomic::AtomicI64::new(i64::MIN / 2),
+            since: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one more; Some(how many since the last time it said so) when it is time to log.
+    pub fn tick(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let count = self.since.fetch_add(1, Relaxed) + 1;
+        let now = now_ms();
+        let last = self.last_ms.load(Relaxed);
+        if now - last < self.interval_ms || self.last_ms.compare_exchange(last, now, Relaxed, Relaxed).is_err() {
+            return None;
+        }
+        self.since.fetch_sub(count, Relaxed);
+        Some(count)
+    }
+}
+
 /// The latest event time taken: the end of the year 9999, the last RFC 3339 can write.
 pub const MAX_EVENT_TIME_MS: i64 = 253_402_300_799_999;
 
@@ -168,6 +200,15 @@ pub fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn occasionally_says_when_to_log_and_how_many_were_not() {
+        let every_hour = Occasionally::new(3_600_000);
+        assert_eq!(every_hour.tick(), Some(1), "the first is logged");
+        assert_eq!((every_hour.tick(), every_hour.tick()), (None, None));
+        let always = Occasionally::new(0);
+        assert_eq!((always.tick(), always.tick()), (Some(1), Some(1)));
+    }
 
     #[test]
     fn times_parse_as_milliseconds_or_rfc3339() {

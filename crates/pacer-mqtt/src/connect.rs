@@ -106,6 +106,8 @@ pub enum Refusal {
     NotAuthorized,
     ServerUnavailable,
     BadAuthenticationMethod,
+    /// Too many connections: MQTT 5's Quota exceeded (0x97); 3.1.1 says server unavailable.
+    QuotaExceeded,
 }
 
 pub fn refusal(version: Version, why: Refusal) -> MqttPacket {
@@ -115,7 +117,7 @@ pub fn refusal(version: Version, why: Refusal) -> MqttPacket {
                 Refusal::IdentifierRejected => v3::ConnectAckReason::IdentifierRejected,
                 Refusal::BadCredentials => v3::ConnectAckReason::BadUserNameOrPassword,
                 Refusal::NotAuthorized | Refusal::BadAuthenticationMethod => v3::ConnectAckReason::NotAuthorized,
-                Refusal::ServerUnavailable => v3::ConnectAckReason::ServiceUnavailable,
+                Refusal::ServerUnavailable | Refusal::QuotaExceeded => v3::ConnectAckReason::ServiceUnavailable,
             };
             MqttPacket::V3(v3::Packet::ConnectAck(v3::ConnectAck { return_code, session_present: false }))
         }
@@ -126,6 +128,7 @@ pub fn refusal(version: Version, why: Refusal) -> MqttPacket {
                 Refusal::NotAuthorized => v5::ConnectAckReason::NotAuthorized,
                 Refusal::ServerUnavailable => v5::ConnectAckReason::ServerUnavailable,
                 Refusal::BadAuthenticationMethod => v5::ConnectAckReason::BadAuthenticationMethod,
+                Refusal::QuotaExceeded => v5::ConnectAckReason::QuotaExceeded,
             };
             MqttPacket::V5(v5::Packet::ConnectAck(Box::new(v5::ConnectAck { reason_code, ..Default::default() })))
         }

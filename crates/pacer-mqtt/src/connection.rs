@@ -92,7 +92,12 @@ where
 {
     let Ok(_slot) = shared.connection_slots.clone().try_acquire_owned() else {
         shared.metrics.refused.inc();
-        tracing::warn!(%peer, max = shared.config.max_connections, "connection refused: mqtt.max_connections reached");
+        if let Some(refused) = shared.refusals.tick() {
+            tracing::warn!(%peer, refused, max = shared.config.max_connections, "connections refused: mqtt.max_connections reached");
+        }
+        if let Ok(_answering) = shared.refusal_slots.clone().try_acquire_owned() {
+            refuse_at_capacity(stream).await;
+        }
         return;
     };
     let mut transport = Transport::new(stream, MqttCodec::Version(VersionCodec));
@@ -343,6 +348,29 @@ where
             });
         }
     }
+}
+
+/// Tells a client past the connection limit so, in its CONNACK (MQTT 5: 0x97 Quota exceeded;
+/// 3.1.1: server unavailable), if its CONNECT comes within a second.
+async fn refuse_at_capacity<S>(stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut transport = Transport::new(stream, MqttCodec::Version(VersionCodec));
+    let answered = tokio::time::timeout(Duration::from_secs(1), async {
+        let Some(Ok((MqttPacket::Version(version), _))) = transport.next().await else { return };
+        // Only the CONNECT's first bytes are needed; a small limit keeps this cheap.
+        *transport.codec_mut() = match version {
+            ProtocolVersion::MQTT3 => MqttCodec::V3(v3::Codec::new(4096)),
+            ProtocolVersion::MQTT5 => MqttCodec::V5(v5::Codec::new(4096, 0)),
+        };
+        if let Some(Ok((packet, _))) = transport.next().await {
+            if let Some(request) = ConnectRequest::from_packet(packet) {
+                let _ = transport.send(connect::refusal(request.version, Refusal::QuotaExceeded)).await;
+            }
+        }
+    });
+    let _ = answered.await;
 }
 
 /// Nodes sharing one log: makes this node the owner of the client's session; returns what

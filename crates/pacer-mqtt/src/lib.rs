@@ -131,6 +131,9 @@ pub struct BrokerConfig {
     pub max_inflight: usize,
     /// Messages a session may have waiting; more are dropped for it, counted and logged.
     pub max_queued: usize,
+    /// Bytes (topics and payloads) a session may have waiting, likewise: what a subscriber
+    /// that stops reading can pin in memory.
+    pub max_queued_bytes: usize,
     /// Topic filters nobody may subscribe to (SUBACK failure).
     pub deny_subscribe: Vec<String>,
     /// MQTT 5 Receive Maximum: unacknowledged QoS 1/2 publishes a client may send at once;
@@ -150,6 +153,7 @@ impl Default for BrokerConfig {
             max_connections: 100_000,
             max_inflight: 20,
             max_queued: 100_000,
+            max_queued_bytes: 16 << 20,
             deny_subscribe: Vec::new(),
             receive_maximum: u16::MAX,
             topic_alias_maximum: 10,
@@ -157,6 +161,10 @@ impl Default for BrokerConfig {
         }
     }
 }
+
+/// Connections past `max_connections` told why at once (each holds a socket for up to a
+/// second while its CONNECT comes); more are closed without a word.
+const REFUSALS_ANSWERED: usize = 32;
 
 /// Handles to one broker; clones share it.
 #[derive(Clone)]
@@ -168,6 +176,10 @@ struct Shared {
     config: BrokerConfig,
     /// One permit per connection allowed.
     connection_slots: Arc<tokio::sync::Semaphore>,
+    /// Connections past the limit being told so (CONNACK 0x97); past these, closed at once.
+    refusal_slots: Arc<tokio::sync::Semaphore>,
+    /// When refusals are due to be logged again.
+    refusals: pacer_core::Occasionally,
     /// Who may connect, and what they may publish and receive.
     auth: Arc<Authorizer>,
     router: Router,
@@ -264,7 +276,7 @@ impl Broker {
         store: Arc<dyn BrokerStore>,
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::default();
-        let router = Router::new(config.max_queued, auth.clone(), metrics.clone());
+        let router = Router::new(config.max_queued, config.max_queued_bytes, auth.clone(), metrics.clone());
         let stored = store.load().await?;
         for p in stored.retained {
             router.set_retained(&Arc::new(p));
@@ -282,11 +294,15 @@ impl Broker {
             "broker state restored"
         );
         let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+        let refusal_slots = Arc::new(tokio::sync::Semaphore::new(REFUSALS_ANSWERED));
+        let refusals = pacer_core::Occasionally::new(10_000);
         let observer = std::sync::OnceLock::new();
         let (routing, message_ids) = (tokio::sync::RwLock::new(()), MessageIds::new());
         let shared = Arc::new(Shared {
             config,
             connection_slots,
+            refusal_slots,
+            refusals,
             auth,
             router,
             sink,

@@ -36,6 +36,7 @@ pub struct Router {
     /// Picks the member of a share group that gets the next message.
     share_turn: AtomicUsize,
     max_queued: usize,
+    max_queued_bytes: usize,
     /// Read permissions, checked for every message on its way to a subscriber.
     auth: Arc<Authorizer>,
     metrics: Metrics,
@@ -59,13 +60,14 @@ pub struct Connected {
 }
 
 impl Router {
-    pub fn new(max_queued: usize, auth: Arc<Authorizer>, metrics: Metrics) -> Self {
+    pub fn new(max_queued: usize, max_queued_bytes: usize, auth: Arc<Authorizer>, metrics: Metrics) -> Self {
         Router {
             sessions: RwLock::default(),
             retained: RwLock::default(),
             next_generation: AtomicU64::new(1),
             share_turn: AtomicUsize::new(0),
             max_queued,
+            max_queued_bytes,
             auth,
             metrics,
             next_stored: AtomicU64::new(1),
@@ -349,11 +351,15 @@ impl Router {
         }
     }
 
-    /// Queues a delivery for a session; false when the queue was full and it was dropped.
+    /// Queues a delivery for a session; false when the queue was full (in messages or bytes)
+    /// and it was dropped: counted, and said once per interval per session.
     pub fn enqueue(&self, client_id: &str, state: &mut SessionState, delivery: Delivery) -> bool {
-        if state.queue.len() >= self.max_queued {
+        let bytes = delivery.publication.topic.len() + delivery.publication.payload.len();
+        if state.queue.len() >= self.max_queued || state.queue.bytes() + bytes > self.max_queued_bytes {
             self.metrics.dropped.inc();
-            tracing::warn!(%client_id, topic = %delivery.publication.topic, qos = delivery.qos, queued = state.queue.len(), "session queue full (mqtt.max_queued); message dropped for this subscriber");
+            if let Some(dropped) = state.drops.tick() {
+                tracing::warn!(%client_id, dropped, queued = state.queue.len(), queued_bytes = state.queue.bytes(), "session queue full (mqtt.max_queued, max_queued_bytes): messages dropped for this subscriber");
+            }
             return false;
         }
         state.queue.push_back(delivery);
@@ -409,7 +415,7 @@ mod tests {
     fn sessions_change_hands_only_empty() {
         use pacer_auth::{AuthConfig, Authorizer};
         let auth = Arc::new(Authorizer::open(&AuthConfig { allow_anonymous: true, ..Default::default() }).unwrap());
-        let router = Router::new(100, auth.clone(), Metrics::default());
+        let router = Router::new(100, 1 << 20, auth.clone(), Metrics::default());
         let (alice, bob) = (auth.acting_as(Some("alice")), auth.acting_as(Some("bob")));
         let owned = SessionRecord {
             expiry_secs: 60,
@@ -426,15 +432,43 @@ mod tests {
         router.restore_session("legacy", SessionRecord { expiry_secs: 60, subscriptions: Vec::new(), owner: None });
         router.session("legacy").unwrap().lock().unwrap().queue.push_back(delivery(2));
         let taken = router.connect("legacy", &bob, false, 60).unwrap();
-        assert!(!taken.session_present && taken.session.lock().unwrap().queue.is_empty());
+        assert!(!taken.session_present && taken.session.lock().unwrap().queue.len() == 0);
         assert!(router.owned_by_another("legacy", &alice), "bob's from now on");
+    }
+
+    /// A subscriber that stops reading holds at most max_queued_bytes: past it messages are
+    /// dropped for it, counted, and warned about once per interval, not once each.
+    #[test]
+    fn a_full_queue_drops_by_bytes_and_counts() {
+        let metrics = Metrics::default();
+        let router = Router::new(1_000_000, 10_000, Arc::new(Authorizer::open_to_everyone()), metrics.clone());
+        router.restore_session("stalled", SessionRecord { expiry_secs: 60, subscriptions: Vec::new(), owner: None });
+        let session = router.session("stalled").unwrap();
+        let mut state = session.lock().unwrap();
+        let big = |id| {
+            let payload = bytes::Bytes::from(vec![b'x'; 1000]);
+            let publication = Publication { topic: "t/1".into(), payload, qos: 1, id: Some(id), ..Default::default() };
+            Delivery {
+                publication: Arc::new(publication),
+                qos: 1,
+                retain: false,
+                subscription_ids: Vec::new(),
+                stored: None,
+            }
+        };
+        let taken = (0..50).filter(|i| router.enqueue("stalled", &mut state, big(*i))).count();
+        assert_eq!(taken, 9, "9 x 1003 bytes fit in 10,000");
+        assert!(state.queue.bytes() <= 10_000);
+        assert_eq!(metrics.dropped.get(), 41);
+        state.queue.pop_front();
+        assert!(router.enqueue("stalled", &mut state, big(99)), "room again once one went out");
     }
 
     /// A session taken over from another node: what that node still owed goes first, without
     /// the messages routed here too while the session moved, each numbered anew.
     #[test]
     fn adopted_deliveries_go_first_and_not_twice() {
-        let router = Router::new(100, Arc::new(Authorizer::open_to_everyone()), Metrics::default());
+        let router = Router::new(100, 1 << 20, Arc::new(Authorizer::open_to_everyone()), Metrics::default());
         router.install("keeper", &SessionRecord { expiry_secs: u32::MAX, subscriptions: Vec::new(), owner: None });
         let session = router.session("keeper").unwrap();
         session.lock().unwrap().queue.extend([delivery(3), delivery(4)]);

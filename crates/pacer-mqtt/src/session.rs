@@ -14,6 +14,57 @@ use tokio::sync::Notify;
 
 use crate::wire::SubOptions;
 
+/// How often a session that keeps dropping messages is warned about, at most.
+const DROP_LOG_INTERVAL_MS: i64 = 10_000;
+
+/// Messages waiting for a session, with the bytes they hold (topic and payload): what a
+/// subscriber that stops reading pins in memory.
+#[derive(Debug, Default)]
+pub struct Queue {
+    items: VecDeque<Delivery>,
+    bytes: usize,
+}
+
+fn weight(d: &Delivery) -> usize {
+    d.publication.topic.len() + d.publication.payload.len()
+}
+
+impl Queue {
+    pub fn push_back(&mut self, d: Delivery) {
+        self.bytes += weight(&d);
+        self.items.push_back(d);
+    }
+
+    pub fn push_front(&mut self, d: Delivery) {
+        self.bytes += weight(&d);
+        self.items.push_front(d);
+    }
+
+    pub fn pop_front(&mut self) -> Option<Delivery> {
+        let d = self.items.pop_front()?;
+        self.bytes -= weight(&d);
+        Some(d)
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Delivery> {
+        self.items.iter()
+    }
+}
+
+impl Extend<Delivery> for Queue {
+    fn extend<T: IntoIterator<Item = Delivery>>(&mut self, deliveries: T) {
+        deliveries.into_iter().for_each(|d| self.push_back(d));
+    }
+}
+
 /// Session expiry meaning "never" (MQTT 5: 0xFFFFFFFF; a 3.1.1 persistent session).
 pub const NEVER_EXPIRES: u32 = u32::MAX;
 
@@ -85,7 +136,9 @@ pub struct Attached {
 pub struct SessionState {
     pub expiry_secs: u32,
     pub subscriptions: Vec<Subscription>,
-    pub queue: VecDeque<Delivery>,
+    pub queue: Queue,
+    /// Messages dropped for this session since its last warning (logged once per interval).
+    pub drops: pacer_core::Occasionally,
     pub inflight: BTreeMap<u16, Inflight>,
     pub inbound_qos2: HashSet<u16>,
     next_packet_id: u16,
@@ -104,7 +157,8 @@ impl SessionState {
         SessionState {
             expiry_secs,
             subscriptions: Vec::new(),
-            queue: VecDeque::new(),
+            queue: Queue::default(),
+            drops: pacer_core::Occasionally::new(DROP_LOG_INTERVAL_MS),
             inflight: BTreeMap::new(),
             inbound_qos2: HashSet::new(),
             next_packet_id: 1,

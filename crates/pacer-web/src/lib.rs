@@ -13,6 +13,7 @@ pub mod osmand;
 mod owntracks;
 pub mod recorder;
 mod records;
+pub mod serve;
 pub mod tls;
 
 use std::sync::Arc;

@@ -194,12 +194,15 @@ pub struct MqttConfig {
     /// Alias of `[auth] allow_anonymous`.
     pub allow_anonymous: Option<bool>,
     pub max_packet_size: u32,
-    /// Open connections at most, over all transports.
-    pub max_connections: usize,
+    /// Open connections at most, over all transports; unset: three quarters of what the
+    /// process's file descriptor limit leaves (see [`ConnectionBudget`]).
+    pub max_connections: Option<usize>,
     /// Outbound QoS 1/2 messages a client may have unacknowledged at once.
     pub max_inflight: usize,
     /// Messages a session may have waiting before more are dropped (counted and logged).
     pub max_queued: usize,
+    /// Bytes (topics and payloads) a session may have waiting, likewise.
+    pub max_queued_bytes: usize,
     /// Topic filters nobody may subscribe to.
     pub deny_subscribe: Vec<String>,
     /// MQTT 5 Receive Maximum offered to clients.
@@ -233,6 +236,12 @@ pub struct HttpConfig {
     /// Host names the server answers to (against DNS rebinding). Empty: localhost and the
     /// loopback addresses when listening on loopback, any host otherwise.
     pub hosts: Vec<String>,
+    /// Open connections at most (the OsmAnd listener has as many again); unset: a quarter of
+    /// what the file descriptor limit leaves. One more gets a 503.
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers, from connecting or from the last
+    /// answer on a kept-alive connection.
+    pub header_timeout_s: f64,
     /// Map tiles; empty string: offline basemap only.
     pub tile_url: String,
     pub tile_attribution: String,
@@ -448,6 +457,45 @@ impl Config {
     }
 }
 
+/// How many connections the listeners take when the config does not say: what the file
+/// descriptor limit leaves after a reserve for the log's files, three quarters to MQTT and a
+/// quarter to HTTP. A connection past the limit is refused at once (MQTT CONNACK 0x97, HTTP
+/// 503) instead of failing at accept, where it would wait, unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBudget {
+    pub mqtt: usize,
+    pub http: usize,
+}
+
+/// Descriptors kept for everything but connections: segment and index files, listeners.
+const FD_RESERVE: u64 = 1024;
+
+impl ConnectionBudget {
+    pub fn from_fd_limit(limit: u64) -> ConnectionBudget {
+        let left = limit.saturating_sub(FD_RESERVE) as usize;
+        ConnectionBudget { mqtt: (left * 3 / 4).clamp(16, 1_000_000), http: (left / 4).clamp(16, 100_000) }
+    }
+}
+
+/// Raises the process's soft limit on open files to its hard limit (as most servers do) and
+/// returns it.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
 /// Whether a listen address is reachable only from this machine.
 pub fn is_loopback(address: &str) -> bool {
     let host = match address.rsplit_once(':') {
@@ -472,12 +520,13 @@ impl MqttConfig {
     }
 
     /// The broker's own settings; listeners and files are wired by the server.
-    pub fn broker(&self) -> pacer_mqtt::BrokerConfig {
+    pub fn broker(&self, budget: &ConnectionBudget) -> pacer_mqtt::BrokerConfig {
         pacer_mqtt::BrokerConfig {
             max_packet_size: self.max_packet_size,
-            max_connections: self.max_connections,
+            max_connections: self.max_connections.unwrap_or(budget.mqtt).max(1),
             max_inflight: self.max_inflight.max(1),
             max_queued: self.max_queued,
+            max_queued_bytes: self.max_queued_bytes,
             deny_subscribe: self.deny_subscribe.clone(),
             receive_maximum: self.receive_maximum.max(1),
             topic_alias_maximum: self.topic_alias_maximum,
@@ -498,9 +547,10 @@ impl Default for MqttConfig {
             wss_listen: String::new(),
             allow_anonymous: None,
             max_packet_size: broker.max_packet_size,
-            max_connections: broker.max_connections,
+            max_connections: None,
             max_inflight: broker.max_inflight,
             max_queued: broker.max_queued,
+            max_queued_bytes: broker.max_queued_bytes,
             deny_subscribe: broker.deny_subscribe,
             receive_maximum: broker.receive_maximum,
             topic_alias_maximum: broker.topic_alias_maximum,
@@ -520,6 +570,8 @@ impl Default for HttpConfig {
             tls_cert: None,
             tls_key: None,
             hosts: Vec::new(),
+            max_connections: None,
+            header_timeout_s: 10.0,
             tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".into(),
             tile_attribution: "© OpenStreetMap contributors".into(),
             alert_streams: vec!["race_zone_events".into()],

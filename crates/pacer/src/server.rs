@@ -15,13 +15,14 @@ use pacer_log::{EmbeddedLog, EmbeddedLogConfig, Log};
 use pacer_mqtt::Broker;
 use pacer_sql::{Course, Engine, Geometry};
 use pacer_web::access::HttpAccess;
+use pacer_web::serve::HttpLimits;
 use pacer_web::{DashboardConfig, LatLon, WebState};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::config::{is_loopback, Config, LogBackend, BUILTIN_COURSE, BUILTIN_SQL};
+use crate::config::{is_loopback, Config, ConnectionBudget, LogBackend, BUILTIN_COURSE, BUILTIN_SQL};
 
 /// The table the dashboard shows: the league table of the race queries.
 const LEAGUE_TABLE: &str = "race_status";
@@ -76,7 +77,25 @@ impl Server {
         let devices =
             DeviceStatus::open(config.device_status.config(), log.clone()).await.context("restoring device status")?;
         let ingest = Arc::new(Ingest::new(&rules, log.clone())?.with_device_status(devices.clone()));
-        let broker_config = config.mqtt.broker();
+        let fd_limit = crate::config::raise_fd_limit();
+        let budget = ConnectionBudget::from_fd_limit(fd_limit);
+        let broker_config = config.mqtt.broker(&budget);
+        let http_limits = HttpLimits {
+            max_connections: config.http.max_connections.unwrap_or(budget.http).max(1),
+            header_timeout: std::time::Duration::from_secs_f64(config.http.header_timeout_s.max(0.1)),
+        };
+        tracing::info!(
+            fd_limit,
+            mqtt = broker_config.max_connections,
+            http = http_limits.max_connections,
+            "connections taken at most"
+        );
+        let http_refused = prometheus_client::metrics::counter::Counter::default();
+        registry.register(
+            "pacer_http_connections_refused",
+            "HTTP connections answered 503 because [http] max_connections were open",
+            http_refused.clone(),
+        );
         // On a shared log other nodes' clients publish too: relay between the nodes, and
         // keep each persistent session on one node.
         let node = config.mqtt.node_name();
@@ -225,7 +244,11 @@ impl Server {
                 hosts: served_hosts(&config.http.hosts, listen),
             };
             let osmand = pacer_web::osmand::router(broker.clone(), devices);
-            tasks.spawn(async move { axum::serve(without_nagle(listener), osmand).await.context("OsmAnd server") });
+            let (limits, refused) = (http_limits.clone(), http_refused.clone());
+            tasks.spawn(async move {
+                pacer_web::serve::serve(without_nagle(listener), osmand, limits, refused).await;
+                Ok(())
+            });
         }
         for compactor in compactors {
             tasks.spawn(async move {
@@ -248,13 +271,24 @@ impl Server {
             (Some(cert), Some(key)) => {
                 let acceptor = pacer_mqtt::tls_acceptor(cert, key).context("[http] tls_cert, tls_key")?;
                 let listener = pacer_web::tls::TlsListener::new(http_listener, acceptor)?;
-                let http = axum::serve(listener, pacer_web::router(web));
-                tasks.spawn(async move { http.await.context("HTTPS server") });
+                let http = pacer_web::serve::serve(listener, pacer_web::router(web), http_limits, http_refused);
+                tasks.spawn(async move {
+                    http.await;
+                    Ok(())
+                });
                 true
             }
             (None, None) => {
-                let http = axum::serve(without_nagle(http_listener), pacer_web::router(web));
-                tasks.spawn(async move { http.await.context("HTTP server") });
+                let http = pacer_web::serve::serve(
+                    without_nagle(http_listener),
+                    pacer_web::router(web),
+                    http_limits,
+                    http_refused,
+                );
+                tasks.spawn(async move {
+                    http.await;
+                    Ok(())
+                });
                 false
             }
             _ => anyhow::bail!("[http] HTTPS needs both tls_cert and tls_key (PEM files)"),

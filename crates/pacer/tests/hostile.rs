@@ -77,3 +77,70 @@ fn impossible_timestamps_are_refused_with_the_reason() {
     let reasons: Vec<&str> = dead.iter().map(|r| r["value"]["reason"].as_str().unwrap_or_default()).collect();
     assert!(reasons.iter().all(|r| r.contains("not between 1970")), "{dead:?}");
 }
+
+/// Connections past the limits are refused at once and said so (HTTP 503, MQTT CONNACK 0x97)
+/// while those already open go on; a client that connects and sends nothing is let go.
+#[test]
+fn connection_limits_refuse_at_once_and_idle_clients_are_let_go() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pacer.toml");
+    std::fs::write(&config, "[http]\nmax_connections = 2\nheader_timeout_s = 1\n[mqtt]\nmax_connections = 2\n")
+        .unwrap();
+    let pacer = Pacer::start_with(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    let http = pacer.http.trim_start_matches("http://").to_string();
+
+    // A client that sends nothing is closed once the header deadline passes.
+    let mut silent = TcpStream::connect(&http).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    assert_eq!(silent.read(&mut buf).unwrap(), 0, "closed, not answered");
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+
+    // Two live feeds hold both connections; a third client is told at once.
+    let feed = || {
+        let mut s = TcpStream::connect(&http).unwrap();
+        write!(s, "GET /api/v1/live?stream=race HTTP/1.1\r\nHost: {http}\r\n\r\n").unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        s
+    };
+    let (_a, _b) = (feed(), feed());
+    let mut third = TcpStream::connect(&http).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut answer = String::new();
+    let _ = third.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("max_connections"), "{answer}");
+    drop((_a, _b));
+
+    // MQTT: two clients connected, the third gets CONNACK 0x97 (MQTT 5) / 3 (3.1.1).
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _held: Vec<rumqttc::AsyncClient> = (0..2)
+        .map(|i| {
+            let options = rumqttc::MqttOptions::new(format!("holder-{i}"), "127.0.0.1", pacer.mqtt_port);
+            let (client, mut events) = rumqttc::AsyncClient::new(options, 10);
+            runtime.block_on(async {
+                while !matches!(events.poll().await, Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) {}
+            });
+            runtime.spawn(async move { while events.poll().await.is_ok() {} });
+            client
+        })
+        .collect();
+    let refused = |version: &str| {
+        std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &pacer.mqtt_port.to_string(), "-V", version, "-t", "x", "-m", "1"])
+            .output()
+            .unwrap()
+    };
+    let v5 = refused("mqttv5");
+    assert!(String::from_utf8_lossy(&v5.stderr).contains("Quota exceeded"), "{v5:?}");
+    let v3 = refused("mqttv311");
+    assert!(String::from_utf8_lossy(&v3.stderr).contains("unavailable"), "{v3:?}");
+    let metrics = pacer.get("/metrics");
+    assert!(metrics.contains("pacer_http_connections_refused_total 1"), "{metrics}");
+}

@@ -1,0 +1,89 @@
+//! Serving HTTP with the limits a server open to a network needs, which `axum::serve` does
+//! not set: at most `max_connections` at once (one more gets a 503 and is closed; those
+//! already open go on), a deadline for each request's headers (a client that connects and
+//! sends nothing, or leaves a keep-alive connection idle, is let go), and the client's
+//! address on each request, for limits per client.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tower::ServiceExt;
+
+/// How much one HTTP listener takes.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    /// For a request's headers to arrive, from the connection's start or its last response.
+    pub header_timeout: Duration,
+}
+
+/// The address a request came from (in its extensions).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// What a connection past the limit is told.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n\
+content-length: 61\r\nretry-after: 1\r\n\r\n{\"error\":\"too many connections: [http] max_connections open\"}";
+
+/// Serves `router` on `listener` until the task is dropped. Refused connections are counted
+/// in `refused` and logged at most every ten seconds.
+pub async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    limits: HttpLimits,
+    refused: prometheus_client::metrics::counter::Counter,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let refusals = pacer_core::Occasionally::new(10_000);
+    // HTTP/1.1 only: hyper's HTTP/1-or-2 detection reads the first bytes with no deadline,
+    // so a client that sends nothing would hold its connection for ever. (Browsers speak
+    // HTTP/2 only over TLS with ALPN, which Pacer's TLS does not offer.)
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    loop {
+        let (io, addr) = listener.accept().await;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused.inc();
+            if let Some(count) = refusals.tick() {
+                tracing::warn!(
+                    refused = count,
+                    max = limits.max_connections,
+                    "HTTP connections refused: [http] max_connections open"
+                );
+            }
+            tokio::spawn(async move {
+                let mut io = io;
+                let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(BUSY)).await;
+                let _ = io.shutdown().await;
+            });
+            continue;
+        };
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ClientAddr(addr));
+            let router = router.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    router.oneshot(request.map(axum::body::Body::new)).await.unwrap_or_else(|e| match e {}),
+                )
+            }
+        });
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            if let Err(error) = builder.serve_connection(TokioIo::new(io), service).with_upgrades().await {
+                tracing::debug!(%addr, %error, "HTTP connection ended");
+            }
+            drop(slot);
+        });
+    }
+}
