@@ -54,7 +54,8 @@ async fn a_caller_reads_only_its_records_and_changes_nothing() {
     .unwrap();
     assert_eq!(compactor.compact().await.unwrap(), 3000);
     log.append("fixes", fixes(3000, 3600)).await.unwrap();
-    let engine = Engine::start(log.clone(), Some(store), Arc::new(Geometry::default())).await.unwrap();
+    let engine =
+        Engine::start(log.clone(), Some(store), Arc::new(Geometry::default()), Default::default()).await.unwrap();
     engine
         .execute("CREATE STREAM fixes (who VARCHAR, speed BIGINT) WITH (kafka_topic='fixes');", &Default::default())
         .await

@@ -110,11 +110,12 @@ async fn history_queries_over_parquet_equal_the_same_queries_over_the_log() {
     log.append("readings", readings(7500, 8000)).await.unwrap();
 
     let geometry = Arc::new(Geometry::default());
-    let with_history = Engine::start(log.clone(), Some(store.clone()), geometry.clone()).await.unwrap();
+    let with_history =
+        Engine::start(log.clone(), Some(store.clone()), geometry.clone(), Default::default()).await.unwrap();
     let create = "CREATE STREAM readings (device VARCHAR, temp DOUBLE, level BIGINT, status VARCHAR) \
                   WITH (kafka_topic='readings', value_format='JSON');";
     with_history.execute(create, &StatementOptions::default()).await.unwrap();
-    let log_only = Engine::start(log.clone(), None, geometry.clone()).await.unwrap();
+    let log_only = Engine::start(log.clone(), None, geometry.clone(), Default::default()).await.unwrap();
 
     let source = Source {
         name: "readings".into(),

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use crate::access::Caller;
-use crate::records::read_range;
+use crate::records::RangeReader;
 use crate::WebState;
 
 /// Where locations are, and where OwnTracks events (transitions, waypoints) are.
@@ -32,6 +32,8 @@ const EVENTS: &str = "owntracks";
 /// `/api/0/locations` without `from`: the last six hours, as the Recorder does.
 const DEFAULT_HISTORY_MS: i64 = 6 * 3600 * 1000;
 const MAX_LOCATIONS: usize = 1_000_000;
+/// Bytes of stored locations one answer reads at most (it sorts them, so it holds them all).
+const MAX_LOCATION_BYTES: usize = 64 << 20;
 
 /// The last location of every device, kept by following the streams, and the live feed
 /// `/ws/last` pushes.
@@ -235,11 +237,27 @@ pub async fn locations(
     let key = format!("{user}/{device}");
     let filter = state.access.auth.record_filter(&who);
     let keep = |r: &Record| filter.as_ref().is_none_or(|keep| keep(LOCATIONS, r));
-    let read = read_range(state.log.as_ref(), LOCATIONS, Some(from), Some(to), Some(&key), MAX_LOCATIONS, keep);
-    let records = match read.await {
-        Ok(r) => r,
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    };
+    let mut range =
+        match RangeReader::open(state.log.as_ref(), LOCATIONS, Some(from), Some(to), Some(&key), MAX_LOCATIONS) {
+            Ok(range) => range,
+            Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+    let (mut records, mut bytes) = (Vec::new(), 0);
+    loop {
+        match range.next(keep).await {
+            Ok(Some(batch)) => {
+                bytes += batch.iter().map(|r| r.value.len()).sum::<usize>();
+                if bytes > MAX_LOCATION_BYTES {
+                    let too_many =
+                        format!("more than {} MiB of locations: narrow from and to", MAX_LOCATION_BYTES >> 20);
+                    return refuse(StatusCode::PAYLOAD_TOO_LARGE, &too_many);
+                }
+                records.extend(batch);
+            }
+            Ok(None) => break,
+            Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        }
+    }
     let mut data: Vec<Value> = records.iter().filter_map(enriched).filter(|v| v["_type"] == "location").collect();
     data.sort_by_key(|v| v["tst"].as_i64());
     if let Some(limit) = p.limit {

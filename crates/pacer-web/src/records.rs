@@ -1,5 +1,7 @@
 //! `/api/v1/streams/{name}/records`: read a stream over a time range (the records the caller
 //! may read), or append to it (where the caller may write; Pacer's own streams never).
+//! Reads are streamed a batch at a time, so a large `limit` costs a batch of memory, not the
+//! whole answer (100,000 records held ~500 MB).
 
 use std::sync::Arc;
 
@@ -20,34 +22,55 @@ use crate::{error, WebState};
 const DEFAULT_LIMIT: usize = 1000;
 const MAX_LIMIT: usize = 100_000;
 
-/// Up to `limit` records of `stream` with event times in [from, to] (ms) and key `key`
-/// that `keep` keeps, in log order.
-pub(crate) async fn read_range(
-    log: &dyn pacer_log::Log,
-    stream: &str,
+/// The records of a stream with event times in [from, to] (ms) and a given key, up to a
+/// limit, in log order, a batch at a time.
+pub(crate) struct RangeReader {
+    reader: Box<dyn pacer_log::StreamReader>,
     from: Option<i64>,
     to: Option<i64>,
-    key: Option<&str>,
-    limit: usize,
-    keep: impl Fn(&pacer_core::Record) -> bool,
-) -> Result<Vec<pacer_core::Record>, pacer_log::LogError> {
-    let start = from.map_or(StartAt::Beginning, StartAt::Timestamp);
-    let mut reader = log.reader(stream, start)?;
-    let mut out = Vec::new();
-    while out.len() < limit {
-        let batch = reader.try_batch().await?;
-        if batch.is_empty() {
-            break;
-        }
-        // Event times are not ordered across a partition, so the range is a filter.
-        let wanted = batch
-            .into_iter()
-            .filter(|r| from.is_none_or(|f| r.timestamp >= f) && to.is_none_or(|t| r.timestamp <= t))
-            .filter(|r| key.is_none_or(|k| r.key.as_deref() == Some(k.as_bytes())))
-            .filter(|r| keep(r));
-        out.extend(wanted.take(limit - out.len()));
+    key: Option<String>,
+    left: usize,
+}
+
+impl RangeReader {
+    pub(crate) fn open(
+        log: &dyn pacer_log::Log,
+        stream: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+        key: Option<&str>,
+        limit: usize,
+    ) -> Result<RangeReader, pacer_log::LogError> {
+        let reader = log.reader(stream, from.map_or(StartAt::Beginning, StartAt::Timestamp))?;
+        Ok(RangeReader { reader, from, to, key: key.map(str::to_string), left: limit })
     }
-    Ok(out)
+
+    /// The next records in range that `keep` keeps; None once the log or the limit is done.
+    pub(crate) async fn next(
+        &mut self,
+        keep: impl Fn(&pacer_core::Record) -> bool,
+    ) -> Result<Option<Vec<pacer_core::Record>>, pacer_log::LogError> {
+        while self.left > 0 {
+            let batch = self.reader.try_batch().await?;
+            if batch.is_empty() {
+                break;
+            }
+            // Event times are not ordered across a partition, so the range is a filter.
+            let (from, to, key) = (self.from, self.to, self.key.as_deref());
+            let wanted: Vec<_> = batch
+                .into_iter()
+                .filter(|r| from.is_none_or(|f| r.timestamp >= f) && to.is_none_or(|t| r.timestamp <= t))
+                .filter(|r| key.is_none_or(|k| r.key.as_deref() == Some(k.as_bytes())))
+                .filter(|r| keep(r))
+                .take(self.left)
+                .collect();
+            if !wanted.is_empty() {
+                self.left -= wanted.len();
+                return Ok(Some(wanted));
+            }
+        }
+        Ok(None)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,14 +98,34 @@ pub async fn read(
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
     };
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    let auth = &state.access.auth;
-    let filter = auth.record_filter(&who);
-    let keep = |r: &pacer_core::Record| filter.as_ref().is_none_or(|keep| keep(&name, r));
-    let out = match read_range(state.log.as_ref(), &name, from, to, q.key.as_deref(), limit, keep).await {
-        Ok(records) => records.iter().map(|r| r.to_json(&name)).collect::<Vec<_>>(),
+    let range = match RangeReader::open(state.log.as_ref(), &name, from, to, q.key.as_deref(), limit) {
+        Ok(range) => range,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    Json(json!({ "records": out })).into_response()
+    let filter = state.access.auth.record_filter(&who);
+    // `{"records":[`, each batch's records, `]}`: the same JSON as collected, a batch at a time.
+    let chunks = futures::stream::unfold(Some((range, true)), move |reading| {
+        let (filter, name) = (filter.clone(), name.clone());
+        async move {
+            let (mut range, first) = reading?;
+            let keep = |r: &pacer_core::Record| filter.as_ref().is_none_or(|keep| keep(&name, r));
+            match range.next(keep).await {
+                Ok(Some(batch)) => {
+                    let mut chunk = String::from(if first { "{\"records\":[" } else { "," });
+                    let records: Vec<String> = batch.iter().map(|r| r.to_json(&name).to_string()).collect();
+                    chunk.push_str(&records.join(","));
+                    Some((Ok::<_, std::convert::Infallible>(Bytes::from(chunk)), Some((range, false))))
+                }
+                Ok(None) => Some((Ok(Bytes::from_static(if first { b"{\"records\":[]}" } else { b"]}" })), None)),
+                Err(e) => {
+                    // The status is sent: the answer ends short, which no JSON reader takes.
+                    tracing::warn!(stream = %name, error = %e, "reading records failed mid-answer");
+                    None
+                }
+            }
+        }
+    });
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(chunks)).into_response()
 }
 
 #[derive(Debug, Deserialize)]

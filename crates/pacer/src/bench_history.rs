@@ -66,7 +66,7 @@ pub async fn history(b: HistoryBench) -> anyhow::Result<()> {
     );
 
     let geometry = Arc::new(pacer_sql::Geometry::default());
-    let engine = Engine::start(log.clone(), Some(store), geometry.clone()).await?;
+    let engine = Engine::start(log.clone(), Some(store), geometry.clone(), Default::default()).await?;
     let create = "CREATE STREAM readings (device VARCHAR, ts BIGINT, temp DOUBLE) \
                   WITH (kafka_topic='readings', value_format='JSON');";
     engine.execute(create, &StatementOptions::default()).await?;
@@ -88,7 +88,7 @@ pub async fn history(b: HistoryBench) -> anyhow::Result<()> {
         b.records as f64 / median
     );
     if b.log_rows {
-        let log_only = Engine::start(log, None, geometry).await?;
+        let log_only = Engine::start(log, None, geometry, Default::default()).await?;
         let (secs, checksum) = timed(&log_only, b.records).await?;
         println!(
             "pacer over the log's rows: {} events in {secs:.3} s = {:.0} events/s on one core; {checksum}",

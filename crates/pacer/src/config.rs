@@ -170,13 +170,30 @@ impl DeviceStatusSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqlConfig {
     /// ksqlDB statements run at start (relative to the config file). Sources and queries
     /// already in the catalog are left running as they are. Unset: the race example's
     /// league table (`examples/race/race.sql`).
     pub file: Option<PathBuf>,
+    /// Rows one pull or history query may hold (read from a source, made by a join, groups).
+    pub query_rows: usize,
+    /// Bytes of rows one pull or history query may hold.
+    pub query_bytes: usize,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        let limits = pacer_sql::engine::QueryLimits::default();
+        SqlConfig { file: None, query_rows: limits.rows, query_bytes: limits.bytes }
+    }
+}
+
+impl SqlConfig {
+    pub fn limits(&self) -> pacer_sql::engine::QueryLimits {
+        pacer_sql::engine::QueryLimits { rows: self.query_rows.max(1), bytes: self.query_bytes.max(1) }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -137,7 +137,7 @@ impl Server {
                 compactors.push(Compactor::new(history.clone(), log.clone(), compaction).with_context(what)?);
             }
         }
-        let engine = Engine::start(log.clone(), Some(history.clone()), geometry.clone())
+        let engine = Engine::start(log.clone(), Some(history.clone()), geometry.clone(), config.sql.limits())
             .await
             .context("loading the SQL catalog")?;
         match &config.sql.file {

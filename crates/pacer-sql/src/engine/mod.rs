@@ -45,8 +45,67 @@ use relation::Row;
 const CATALOG: &str = "__catalog";
 /// Rows a pull query on a stream returns when it has no LIMIT.
 pub const DEFAULT_PULL_LIMIT: usize = 10_000;
-/// Rows a join or CTE reads from one source, at most.
-const MAX_RELATION_ROWS: usize = 1_000_000;
+
+/// What one pull or history query may hold at once: the rows it reads from a source, the
+/// rows a join makes, and their bytes (JSON values, roughly as held in memory). Past either
+/// the query stops with an error naming the limit, instead of taking the process's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryLimits {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits { rows: 1_000_000, bytes: 256 << 20 }
+    }
+}
+
+impl QueryLimits {
+    /// Counts `more` rows of `bytes` into `used`; the error names what grew too big.
+    pub(crate) fn take(
+        &self,
+        used: &mut (usize, usize),
+        more: usize,
+        bytes: usize,
+        what: &str,
+    ) -> Result<(), PlanError> {
+        used.0 += more;
+        used.1 += bytes;
+        if used.0 > self.rows {
+            return Err(PlanError(format!(
+                "{what}: more than {} rows ([sql] query_rows): narrow it with WHERE, a time range or LIMIT",
+                self.rows
+            )));
+        }
+        if used.1 > self.bytes {
+            return Err(PlanError(format!(
+                "{what}: more than {} MiB of rows ([sql] query_bytes): narrow it with WHERE, a time range or LIMIT",
+                self.bytes >> 20
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Roughly what a row holds in memory, its allocations' overhead included: an ordered map's
+/// entry (key, value, index slot) is about 80 bytes before the key's and strings' text, and
+/// a vector of rows keeps up to half as much again spare as it grows (checked against
+/// VmHWM: a self-join held to 256 MiB peaked at 347 MB, from 72 MB before it).
+pub(crate) fn row_bytes(value: &Map<String, Json>) -> usize {
+    fn entries(map: &Map<String, Json>) -> usize {
+        96 + map.iter().map(|(k, v)| 80 + k.len() + size(v)).sum::<usize>()
+    }
+    fn size(v: &Json) -> usize {
+        match v {
+            Json::String(s) => 16 + s.len(),
+            Json::Array(items) => 32 + items.iter().map(|i| 72 + size(i)).sum::<usize>(),
+            Json::Object(map) => entries(map),
+            _ => 0,
+        }
+    }
+    (entries(value) + 64) * 3 / 2
+}
 
 /// Transparent: the message is the cause's, said once in an error chain.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +177,14 @@ pub(crate) struct Reads<'a> {
     log: Arc<dyn Log>,
     history: Option<&'a HistoryStore>,
     keep: Option<RecordFilter>,
+    limits: QueryLimits,
+}
+
+impl Reads<'_> {
+    /// Everything in the log, no history: what a persistent query's window stage reads.
+    pub(crate) fn log_only(log: Arc<dyn Log>, limits: QueryLimits) -> Reads<'static> {
+        Reads { log, history: None, keep: None, limits }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -154,6 +221,7 @@ pub struct Engine {
     geometry: Arc<Geometry>,
     /// Streams' older records as Parquet segments, read before the log.
     history: Option<HistoryStore>,
+    limits: QueryLimits,
 }
 
 impl Engine {
@@ -163,11 +231,13 @@ impl Engine {
         log: Arc<dyn Log>,
         history: Option<HistoryStore>,
         geometry: Arc<Geometry>,
+        limits: QueryLimits,
     ) -> Result<Arc<Engine>, SqlError> {
         let engine = Arc::new(Engine {
             log: log.clone(),
             geometry,
             history,
+            limits,
             table_caches: Default::default(),
             catalog: Mutex::new(Catalog { sources: BTreeMap::new(), queries: BTreeMap::new(), insert_count: 0 }),
         });
@@ -275,6 +345,7 @@ impl Engine {
             },
             history: self.history.as_ref(),
             keep: caller.reads.clone(),
+            limits: self.limits,
         };
         match statement {
             Statement::CreateSource { kind, name, columns, properties, or_replace, if_not_exists } => {
@@ -586,13 +657,14 @@ impl Engine {
             env.insert(base, relation::Relation::from_rows(s.columns.clone(), Vec::new()));
             sources.push(s);
         }
-        let columns = relation::evaluate_query(&rest, &env, &self.geometry)?.columns;
+        let columns = relation::evaluate_query(&rest, &env, &self.geometry, &self.limits)?.columns;
         let stage = relation::WindowStage {
             name,
             columns: plan.output.clone(),
             rest,
             sources,
             geometry: self.geometry.clone(),
+            limits: self.limits,
         };
         plan.stage = Some(Arc::new(stage));
         Ok((plan, source, columns))
@@ -718,7 +790,7 @@ impl Engine {
             };
             env.insert(name, whole(reads, source, &self.geometry).await?);
         }
-        Ok(relation::evaluate_query(select, &env, &self.geometry)?)
+        Ok(relation::evaluate_query(select, &env, &self.geometry, &reads.limits)?)
     }
 
     /// A pull query: the history and the log read up to now; an aggregation over Parquet
@@ -786,11 +858,11 @@ pub(crate) async fn whole(
     let everything = parse::parse(&format!("SELECT * FROM \"{}\"", source.name))?;
     let Some(Statement::Select(select)) = everything.into_iter().next() else { unreachable!("a SELECT") };
     let plan = plan::plan(&select, &source, geometry)?;
-    let (columns, rows) = pull_rows(reads, plan, MAX_RELATION_ROWS).await?;
-    if rows.len() >= MAX_RELATION_ROWS {
+    let (columns, rows) = pull_rows(reads, plan, reads.limits.rows + 1).await?;
+    if rows.len() > reads.limits.rows {
         return invalid(format!(
-            "{}: more than {MAX_RELATION_ROWS} rows; joins and WITH read their sources whole, so narrow it first",
-            source.name
+            "{}: more than {} rows ([sql] query_rows); joins and WITH read their sources whole, so narrow it first",
+            source.name, reads.limits.rows
         ));
     }
     Ok(relation::Relation::from_rows(columns, rows))
@@ -830,6 +902,8 @@ async fn pull_rows(reads: &Reads<'_>, plan: Plan, cap: usize) -> Result<(Vec<Col
     let mut rows: Vec<Row> = Vec::new();
     let mut out = Vec::new();
     let (mut rejected, mut first_reason) = (0usize, None);
+    let mut used = (0, 0);
+    let what = format!("the query over {topic}");
     'read: loop {
         // A table's current state is its latest row per key (and window), read first.
         let batch = match segments.pop_front() {
@@ -860,11 +934,15 @@ async fn pull_rows(reads: &Reads<'_>, plan: Plan, cap: usize) -> Result<(Vec<Col
                 if aggregated {
                     latest.put(o.key, o.window, o.value.map(|value| Row { timestamp: o.timestamp, value }));
                 } else if let Some(value) = o.value {
+                    reads.limits.take(&mut used, 1, row_bytes(&value), &what)?;
                     rows.push(Row { timestamp: o.timestamp, value });
                 }
             }
             if !aggregated && rows.len() >= cap {
                 break 'read;
+            }
+            if aggregated && latest.len() > reads.limits.rows {
+                return invalid(format!("{what}: more than {} groups ([sql] query_rows)", reads.limits.rows));
             }
         }
         if table_source {
@@ -1002,6 +1080,10 @@ impl LatestRows {
         self.records.push(None);
         self.index.insert(id, self.order.len() - 1);
         self.order.len() - 1
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
     }
 
     pub(crate) fn put(&mut self, key: Option<String>, window: Option<i64>, value: Option<Row>) {

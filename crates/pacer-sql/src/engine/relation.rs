@@ -19,7 +19,7 @@ use super::ast::{Emit, Join, JoinKind, Select, SourceKind, Window};
 use super::expr::{plan_error, PlanError};
 use super::operator::{json_field, Operator, Output};
 use super::plan::{self, conjuncts, Column, Shape, Source};
-use super::{whole, LatestRows, QueryResult};
+use super::{row_bytes, whole, LatestRows, QueryLimits, QueryResult};
 use crate::geometry::Geometry;
 
 /// A row and its event time (ms).
@@ -204,15 +204,20 @@ pub fn split_windowed(select: &Select) -> Result<(String, Select, Select), PlanE
 }
 
 /// Evaluates a query: its CTEs in order, each then readable by name, then its body.
-pub fn evaluate_query(select: &Select, env: &Env, geometry: &Geometry) -> Result<Relation, PlanError> {
+pub fn evaluate_query(
+    select: &Select,
+    env: &Env,
+    geometry: &Geometry,
+    limits: &QueryLimits,
+) -> Result<Relation, PlanError> {
     // The CTEs beside `env`, which is not copied: it may hold whole streams.
     let mut ctes = Env::new();
     for (name, cte) in &select.ctes {
-        let rows = evaluate(cte, &|n| ctes.get(n).or_else(|| env.get(n)), geometry)?;
+        let rows = evaluate(cte, &|n| ctes.get(n).or_else(|| env.get(n)), geometry, limits)?;
         ctes.insert(name.to_ascii_lowercase(), rows);
     }
     let body = Select { ctes: Vec::new(), ..select.clone() };
-    evaluate(&body, &|n| ctes.get(n).or_else(|| env.get(n)), geometry)
+    evaluate(&body, &|n| ctes.get(n).or_else(|| env.get(n)), geometry, limits)
 }
 
 /// A window table function's query over data that is all there (history, a closed window's
@@ -237,6 +242,7 @@ pub struct WindowStage {
     /// The streams and tables it reads, whole, at each window.
     pub sources: Vec<Source>,
     pub geometry: Arc<Geometry>,
+    pub limits: QueryLimits,
 }
 
 impl WindowStage {
@@ -257,14 +263,14 @@ impl WindowStage {
         let mut env = Env::new();
         for source in &self.sources {
             // Live tables and the window's own rows: what the log holds now, not history.
-            let reads = super::Reads { log: log.clone(), history: None, keep: None };
+            let reads = super::Reads::log_only(log.clone(), self.limits);
             let rows = whole(&reads, source.clone(), &self.geometry).await.map_err(|e| e.to_string())?;
             env.insert(source.name.to_ascii_lowercase(), rows);
         }
         let mut out = Vec::new();
         for (start, rows) in windows {
             env.insert(self.name.to_ascii_lowercase(), Relation { columns: self.columns.clone(), rows });
-            let result = evaluate_query(&self.rest, &env, &self.geometry).map_err(|e| e.to_string())?;
+            let result = evaluate_query(&self.rest, &env, &self.geometry, &self.limits).map_err(|e| e.to_string())?;
             out.extend(result.rows.into_iter().enumerate().map(|(i, row)| Output {
                 key: None,
                 value: Some(row.value),
@@ -283,6 +289,7 @@ fn evaluate<'a>(
     select: &Select,
     relations: &dyn Fn(&str) -> Option<&'a Relation>,
     geometry: &Geometry,
+    limits: &QueryLimits,
 ) -> Result<Relation, PlanError> {
     let (select, time) = desugar_window_table(select)?;
     let select = without_lateness(select);
@@ -297,7 +304,7 @@ fn evaluate<'a>(
         let mut input = lookup(&select.from)?.qualified(select.alias.as_deref().unwrap_or(&select.from));
         for join in &select.joins {
             let right = lookup(&join.source)?.qualified(join.alias.as_deref().unwrap_or(&join.source));
-            input = hash_join(input, right, join)?;
+            input = hash_join(input, right, join, limits)?;
         }
         joined = input;
         (qualify_names(&select, &joined.columns)?, &joined)
@@ -351,7 +358,9 @@ fn evaluate<'a>(
 /// column of each side, joined by AND; with WITHIN, only rows that close in event time. Outer
 /// joins keep the unmatched rows of their side (the other side's columns NULL). A NULL never
 /// equals anything. A pair's time is the later of its rows'.
-fn hash_join(left: Relation, right: Relation, join: &Join) -> Result<Relation, PlanError> {
+fn hash_join(left: Relation, right: Relation, join: &Join, limits: &QueryLimits) -> Result<Relation, PlanError> {
+    let what = format!("the JOIN of {}", join.source);
+    let mut used = (0, 0);
     let keys = equi_keys(&join.on, &left.columns, &right.columns)?;
     let key = |row: &Row, side: fn(&(String, String)) -> &String| -> Option<String> {
         let mut text = String::new();
@@ -383,14 +392,19 @@ fn hash_join(left: Relation, right: Relation, join: &Join) -> Result<Relation, P
             right_matched[i] = true;
             let mut value = row.value.clone();
             value.extend(right.rows[i].value.iter().map(|(k, v)| (k.clone(), v.clone())));
+            limits.take(&mut used, 1, row_bytes(&value), &what)?;
             rows.push(Row { timestamp: row.timestamp.max(right.rows[i].timestamp), value });
         }
         if !matched && join.kind.keeps_unmatched(0) {
+            limits.take(&mut used, 1, row_bytes(&row.value), &what)?;
             rows.push(row);
         }
     }
     if join.kind.keeps_unmatched(1) {
-        rows.extend(right.rows.into_iter().zip(right_matched).filter(|(_, m)| !m).map(|(r, _)| r));
+        for (r, _) in right.rows.into_iter().zip(right_matched).filter(|(_, m)| !m) {
+            limits.take(&mut used, 1, row_bytes(&r.value), &what)?;
+            rows.push(r);
+        }
     }
     let mut columns = left.columns;
     columns.extend(right.columns);
@@ -697,7 +711,7 @@ mod tests {
         .into();
         let rows = |sql: &str| -> Vec<(i64, Json, Json)> {
             let Some(Statement::Select(select)) = parse(sql).unwrap().pop() else { panic!() };
-            let result = evaluate_query(&select, &env, &Geometry::default()).unwrap();
+            let result = evaluate_query(&select, &env, &Geometry::default(), &QueryLimits::default()).unwrap();
             let mut rows: Vec<_> =
                 result.rows.into_iter().map(|r| (r.timestamp, r.value["av"].clone(), r.value["bv"].clone())).collect();
             rows.sort_by_key(|r| (r.0, r.1.to_string()));
