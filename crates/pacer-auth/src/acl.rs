@@ -229,4 +229,21 @@ mod tests {
         assert!(!acl.allows_topic(Some("bob/x"), Some("c"), "users/bob/x", Access::Write), "user name with '/'");
         assert!(acl.allows_topic(Some("bob"), Some("c"), "users/bob", Access::Write));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        /// Any ACL text parses or names a line; any name, id or topic is then judged, never a panic.
+        #[test]
+        fn any_acl_and_any_name_are_judged(text in "((user|topic|pattern|read|write|deny|%u|%c|[a-z/+#]{1,6})[ \n]){0,30}",
+                                           user in "\\PC{0,8}", id in "\\PC{0,8}", topic in "[a-z/+#$%]{0,16}") {
+            match Acl::parse(&text) {
+                Ok(acl) => {
+                    let _ = acl.allows_topic(Some(&user), Some(&id), &topic, Access::Read);
+                    let _ = acl.allows_subscription(Some(&user), Some(&id), &topic);
+                }
+                Err((line, message)) => proptest::prop_assert!(line >= 1 && !message.is_empty()),
+            }
+        }
+    }
 }

@@ -179,4 +179,15 @@ mod tests {
         assert_ne!(first.fingerprint("alice"), second.fingerprint("alice"));
         assert_eq!(first.fingerprint("bob"), None);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        #[test]
+        fn any_password_file_parses_or_names_a_line(text in "([a-z]{0,4}:?[$]?[0-9]?[$]?[A-Za-z0-9+/=]{0,20}[$]?[A-Za-z0-9+/=]{0,8}\n){0,6}") {
+            if let Err((line, message)) = PasswordFile::parse(&text) {
+                proptest::prop_assert!(line >= 1 && !message.is_empty());
+            }
+        }
+    }
 }

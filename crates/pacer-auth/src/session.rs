@@ -150,4 +150,16 @@ mod tests {
         assert_eq!(restarted.verify(&cookie, |_| Some(pw1)), Err(Refused::Expired), "still logged out after a restart");
         assert_eq!(restarted.verify(&second, |_| Some(pw1)), Ok("alice".into()));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        /// No cookie but one Pacer signed is taken, whatever its shape.
+        #[test]
+        fn made_up_cookies_are_refused(cookie in "[A-Za-z0-9_.-]{0,120}") {
+            let sessions = Sessions::ephemeral().unwrap();
+            proptest::prop_assert!(sessions.verify(&cookie, |_| Some([0u8; 32])).is_err());
+            sessions.end(&cookie);
+        }
+    }
 }

@@ -124,3 +124,64 @@ fn valid_seeds_are_not_disconnected() {
     let outcome = session("v3-garbage-after-connect", &data);
     assert!(matches!(outcome.replies[..], [MqttPacket::V3(v3::Packet::ConnectAck(_))]), "{:?}", outcome.replies);
 }
+
+/// Cases each mutation test runs: a few hundred in every test run (seconds), more with
+/// PACER_FUZZ_CASES for a longer hunt on stable Rust (docs/fuzzing.md).
+fn cases(default: u32) -> u32 {
+    std::env::var("PACER_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A target's inputs, read once for all the cases.
+fn corpus(target: &'static str) -> &'static [(String, Vec<u8>)] {
+    static DECODE: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    static SESSION: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    let cell = if target == "session" { &SESSION } else { &DECODE };
+    cell.get_or_init(|| inputs(target))
+}
+
+/// A corpus input changed the ways a fuzzer would: bytes overwritten, inserted and cut,
+/// another input spliced in.
+fn mutated(inputs: &[(String, Vec<u8>)], pick: usize, edits: &[(u16, u8, u8)]) -> Vec<u8> {
+    let mut data = inputs[pick % inputs.len()].1.clone();
+    for &(at, byte, kind) in edits {
+        let at = if data.is_empty() { 0 } else { at as usize % (data.len() + 1) };
+        match kind % 4 {
+            0 if at < data.len() => data[at] = byte,
+            1 => data.insert(at, byte),
+            2 if at < data.len() => {
+                data.drain(at..(at + byte as usize % 8 + 1).min(data.len()));
+            }
+            3 => {
+                let other = &inputs[byte as usize % inputs.len()].1;
+                let end = other.len().min(at % 64 + 16);
+                data.splice(at..at, other[..end].iter().copied());
+            }
+            _ => {}
+        }
+    }
+    data
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: cases(512), failure_persistence: None, ..Default::default() })]
+
+    /// Mutated packets decode (or fail to) the same whole or split, and never panic.
+    #[test]
+    fn mutated_packets_decode_without_panicking(pick in 0usize..10_000, edits in proptest::collection::vec((0u16..4096, proptest::num::u8::ANY, 0u8..4), 1..8)) {
+        let data = mutated(corpus("decode_packets"), pick, &edits);
+        let decoded = std::panic::catch_unwind(|| decode_bytes(&data));
+        proptest::prop_assert!(decoded.is_ok(), "input {:?} panicked", data);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: cases(48), failure_persistence: None, ..Default::default() })]
+
+    /// Mutated client streams end their own connection at worst: the bystander and the probe
+    /// are served, nothing hangs, every reply decodes (checked by the harness).
+    #[test]
+    fn mutated_sessions_leave_other_clients_served(pick in 0usize..10_000, edits in proptest::collection::vec((0u16..4096, proptest::num::u8::ANY, 0u8..4), 1..6)) {
+        let data = mutated(corpus("session"), pick, &edits);
+        session("a mutated session input", &data);
+    }
+}

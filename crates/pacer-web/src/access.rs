@@ -212,4 +212,24 @@ mod tests {
         assert_eq!(session_cookie(&headers).as_deref(), Some("abc.1.n.t"));
         assert_eq!(basic_credentials("YWxpY2U6czNjcjN0"), Some(("alice".into(), "s3cr3t".into())));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        /// Credentials and headers of any shape are parsed or refused, never a panic.
+        #[test]
+        fn any_header_is_read_or_refused(text in "\\PC{0,80}", raw in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            let _ = host_name(&text);
+            let _ = basic_credentials(&text);
+            let _ = basic_credentials(&String::from_utf8_lossy(&raw));
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = axum::http::HeaderValue::from_bytes(&raw) {
+                headers.insert(header::COOKIE, value.clone());
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            let _ = session_cookie(&headers);
+            let auth = Authorizer::open_to_everyone();
+            let _ = identify(&auth, &headers);
+        }
+    }
 }

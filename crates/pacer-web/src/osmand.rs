@@ -284,4 +284,29 @@ mod tests {
         assert_eq!(l["tst"], 1700000000);
         assert_eq!((l["vel"].clone(), l["batt"].clone(), l["cog"].clone()), (json!(18.0), json!(50.0), json!(180.0)));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        /// Whatever a client sends, it gets a fix or a reason, and a fix is a place on Earth
+        /// at a time Pacer keeps.
+        #[test]
+        fn any_request_gets_a_fix_or_a_reason(
+            query in "[a-z=&%0-9.,:+ TZ-]{0,120}",
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..160),
+            id in "[^&=]{0,12}", lat in "[-+0-9.eE]{0,12}", lon in "[-+0-9.eEinfNa]{0,12}", ts in "[-0-9.:T Z]{0,24}",
+        ) {
+            let fixes = [
+                from_params(&query, &body),
+                from_json(&body),
+                from_params(&format!("id={id}&lat={lat}&lon={lon}&timestamp={ts}"), b""),
+            ];
+            for (id, l) in fixes.into_iter().flatten() {
+                proptest::prop_assert!(!id.is_empty() && !id.contains(['/', '+', '#']));
+                let (lat, lon) = (l["lat"].as_f64().unwrap(), l["lon"].as_f64().unwrap());
+                proptest::prop_assert!((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon));
+                proptest::prop_assert!(l["tst"].as_i64().is_some_and(|t| t >= 0));
+            }
+        }
+    }
 }

@@ -412,4 +412,16 @@ mod tests {
         assert!(first < g.find("lat='1.500000'").unwrap(), "oldest first: {g}");
         assert!(g.contains("<ele>35.00</ele>") && g.contains("<time>1970-01-01T00:00:02Z</time>"), "{g}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        #[test]
+        fn any_date_text_is_a_time_or_none(text in "\\PC{0,40}", digits in "[0-9T:tZ-]{0,30}") {
+            let _ = recorder_time(&text);
+            let _ = recorder_time(&digits);
+            let _ = crate::live::parse_start(Some(&text));
+            let _ = crate::live::parse_start(Some(&digits));
+        }
+    }
 }

@@ -858,4 +858,95 @@ mod tests {
         let (result, _) = read(br#"[1]"#, false);
         assert_eq!(result, Err("value is not a JSON object: [1]".to_string()));
     }
+
+    /// Pieces JSON objects are made of, and some of what breaks them.
+    const PIECES: &[&str] = &[
+        "{",
+        "}",
+        "\"",
+        ":",
+        ",",
+        " ",
+        "\t",
+        "\n",
+        "\"name\"",
+        "\"n\"",
+        "\"x\"",
+        "\"ok\"",
+        "\"id\"",
+        "\"NAME\"",
+        "\"other\"",
+        "0",
+        "7",
+        "-",
+        "+",
+        ".",
+        "e",
+        "E",
+        "123456789",
+        "18446744073709551615",
+        "1e400",
+        "true",
+        "false",
+        "null",
+        "tru",
+        "\\",
+        "\\\"",
+        "\\u0041",
+        "\\ud83d",
+        "é",
+        "😀",
+        "[",
+        "]",
+        "\"s\"",
+        "\u{0}",
+        "\u{7f}",
+    ];
+
+    fn fuzz_cases() -> u32 {
+        std::env::var("PACER_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: fuzz_cases(), failure_persistence: None, ..Default::default() })]
+
+        /// Differential fuzzing: whatever the bytes (objects made of JSON's pieces, or broken
+        /// ones, or bytes that are not UTF-8), the fast flat reader and serde_json agree on
+        /// the outcome and the row, and neither panics.
+        #[test]
+        fn the_flat_reader_and_serde_json_agree_on_any_bytes(
+            pieces in proptest::collection::vec(0usize..PIECES.len(), 0..40),
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 0..3),
+            at in 0usize..64,
+        ) {
+            let mut bytes: Vec<u8> = pieces.iter().flat_map(|&p| PIECES[p].bytes()).collect();
+            let at = at.min(bytes.len());
+            bytes.splice(at..at, raw);
+            proptest::prop_assert_eq!(read(&bytes, false), read(&bytes, true), "{:?}", String::from_utf8_lossy(&bytes));
+        }
+
+        /// Well-formed objects with the fields' names and values of every kind read the same too.
+        #[test]
+        fn well_formed_objects_read_the_same_both_ways(
+            entries in proptest::collection::vec((0usize..7, proptest::num::f64::ANY, proptest::num::i64::ANY, ".{0,8}", 0u8..6), 0..8),
+        ) {
+            let names = ["name", "n", "x", "ok", "id", "other", "NAME"];
+            let members: Vec<String> = entries
+                .iter()
+                .map(|(name, f, i, text, kind)| {
+                    let value = match kind {
+                        0 if f.is_finite() => serde_json::json!(f),
+                        1 => serde_json::json!(i),
+                        2 => serde_json::json!(text),
+                        3 => serde_json::json!(i % 2 == 0),
+                        4 => serde_json::Value::Null,
+                        _ => serde_json::json!({"inner": text}),
+                    };
+                    format!("{}:{}", serde_json::json!(names[*name]), value)
+                })
+                .collect();
+            let object = format!("{{{}}}", members.join(","));
+            proptest::prop_assert_eq!(read(object.as_bytes(), false), read(object.as_bytes(), true), "{}", object);
+        }
+    }
 }
