@@ -131,6 +131,9 @@ pub struct PubSubBench {
     pub messages_per_publisher: usize,
     pub payload_bytes: usize,
     pub qos: u8,
+    /// Subscribers to the same messages that never read them: their socket buffers fill and
+    /// the broker has to hold or drop what is theirs while it serves the others.
+    pub stalled: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +226,17 @@ pub async fn pubsub(b: PubSubBench) -> anyhow::Result<PubSubReport> {
     for _ in 0..b.subscribers {
         ready_rx.recv().await.context("a subscriber failed before subscribing")?;
     }
+    // Subscribed, then never polled again: nothing more is read from their sockets. A long
+    // keep-alive, so the broker does not end them for their silence during the run.
+    let mut stalled = Vec::new();
+    for i in 0..b.stalled {
+        let mut options = MqttOptions::new(format!("pacer-bench-stalled-{i}"), b.host.clone(), b.port);
+        options.set_keep_alive(Duration::from_secs(3600));
+        let (client, mut events) = AsyncClient::new(options, 10);
+        client.subscribe("bench/pubsub/#", qos).await?;
+        while !matches!(events.poll().await?, Event::Incoming(Packet::SubAck(_))) {}
+        stalled.push((client, events));
+    }
 
     let start = origin.elapsed();
     let mut publishers = Vec::new();
@@ -267,6 +281,7 @@ pub async fn pubsub(b: PubSubBench) -> anyhow::Result<PubSubReport> {
         last = last.max(at);
     }
     progress.finish_and_clear();
+    drop(stalled);
     latencies.sort_unstable();
     // From the first publish to the last delivery (the subscribers' idle wait is not counted).
     Ok(PubSubReport { expected, received: latencies.len(), elapsed: last - start, latencies })

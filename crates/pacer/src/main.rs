@@ -239,6 +239,9 @@ enum Bench {
         payload_bytes: usize,
         #[arg(long, default_value_t = 0)]
         qos: u8,
+        /// More subscribers to the same messages that never read them
+        #[arg(long, default_value_t = 0)]
+        stalled: usize,
     },
     /// Append, replay and start-up of the embedded log, per fsync policy
     Log {
@@ -423,7 +426,7 @@ async fn run_bench(bench: Bench) -> anyhow::Result<()> {
             let bench = pacer_sim::bench::ConnectionsBench { host, port, count, hold: Duration::from_secs(hold) };
             pacer_sim::bench::connections(bench).await
         }
-        Bench::Pubsub { host, port, publishers, subscribers, messages, payload_bytes, qos } => {
+        Bench::Pubsub { host, port, publishers, subscribers, messages, payload_bytes, qos, stalled } => {
             let bench = pacer_sim::bench::PubSubBench {
                 host,
                 port,
@@ -432,6 +435,7 @@ async fn run_bench(bench: Bench) -> anyhow::Result<()> {
                 messages_per_publisher: messages,
                 payload_bytes,
                 qos,
+                stalled,
             };
             println!("{}", pacer_sim::bench::pubsub(bench).await?);
             Ok(())
