@@ -69,6 +69,8 @@ pub struct WebState {
     pub history: Option<pacer_history::HistoryStore>,
     /// Who may reach this listener, and what each caller may do.
     pub access: HttpAccess,
+    /// Streams open per client.
+    pub streams: Arc<serve::StreamSlots>,
 }
 
 pub fn router(state: Arc<WebState>) -> Router {
@@ -182,6 +184,7 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 async fn sql(
     State(state): State<Arc<WebState>>,
     Extension(Caller(who)): Extension<Caller>,
+    client: Option<Extension<serve::ClientAddr>>,
     Json(request): Json<SqlRequest>,
 ) -> Response {
     let format = match request.format.as_deref().map(str::parse::<export::Format>).transpose() {
@@ -215,7 +218,10 @@ async fn sql(
                 if !bodies.is_empty() {
                     return error(StatusCode::BAD_REQUEST, "a push query (EMIT CHANGES) must be the only statement");
                 }
-                return push_stream(columns, rows);
+                return match state.streams.take(client.map(|c| c.0 .0)) {
+                    Ok(slot) => push_stream(columns, rows, slot),
+                    Err(refused) => refused.into_response(),
+                };
             }
         }
     }
@@ -225,10 +231,16 @@ async fn sql(
     }
 }
 
-fn push_stream(columns: Vec<String>, rows: tokio::sync::mpsc::Receiver<serde_json::Map<String, Value>>) -> Response {
+fn push_stream(
+    columns: Vec<String>,
+    rows: tokio::sync::mpsc::Receiver<serde_json::Map<String, Value>>,
+    slot: Option<serve::StreamSlot>,
+) -> Response {
     let header = futures::stream::once(async move { json!({ "columns": columns }) });
-    let rows =
-        futures::stream::unfold(rows, |mut rows| async move { rows.recv().await.map(|r| (Value::Object(r), rows)) });
+    // The slot goes with the rows: free again when the client leaves.
+    let rows = futures::stream::unfold((rows, slot), |(mut rows, slot)| async move {
+        rows.recv().await.map(|r| (Value::Object(r), (rows, slot)))
+    });
     let lines = header.chain(rows).map(|v| Ok::<_, std::convert::Infallible>(format!("{v}\n")));
     ([(header::CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines)).into_response()
 }

@@ -37,6 +37,7 @@ pub struct LiveQuery {
 pub async fn live(
     State(state): State<Arc<WebState>>,
     Extension(Caller(who)): Extension<Caller>,
+    client: Option<Extension<crate::serve::ClientAddr>>,
     Query(q): Query<LiveQuery>,
     headers: HeaderMap,
 ) -> Response {
@@ -51,10 +52,14 @@ pub async fn live(
             Err(message) => return error(StatusCode::BAD_REQUEST, message),
         },
     };
+    let slot = match state.streams.take(client.map(|c| c.0 .0)) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
+    };
     match state.log.reader(&q.stream, start) {
         Ok(reader) => {
             let keep = state.access.auth.record_filter(&who);
-            events(reader, q.stream, q.key, q.compact, keep).into_response()
+            events(reader, q.stream, q.key, q.compact, keep, slot).into_response()
         }
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
@@ -80,8 +85,11 @@ fn events(
     key: Option<String>,
     compact: bool,
     keep: Option<RecordFilter>,
+    slot: Option<crate::serve::StreamSlot>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let events = futures::stream::unfold(Some(reader), move |reader| {
+        // The stream holds the client's slot until it ends.
+        let _slot = &slot;
         let (stream, key, keep) = (stream.clone(), key.clone(), keep.clone());
         async move {
             let mut reader = reader?;

@@ -337,9 +337,17 @@ fn gpx(data: &[Value]) -> String {
 pub async fn websocket(
     State(state): State<Arc<WebState>>,
     Extension(Caller(who)): Extension<Caller>,
+    client: Option<Extension<crate::serve::ClientAddr>>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    upgrade.on_upgrade(move |socket| live(socket, state, who))
+    let slot = match state.streams.take(client.map(|c| c.0 .0)) {
+        Ok(slot) => slot,
+        Err(refused) => return refused.into_response(),
+    };
+    upgrade.on_upgrade(move |socket| async move {
+        live(socket, state, who).await;
+        drop(slot);
+    })
 }
 
 async fn live(mut socket: WebSocket, state: Arc<WebState>, who: pacer_auth::Identity) {

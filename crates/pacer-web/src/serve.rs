@@ -29,6 +29,63 @@ pub struct HttpLimits {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// Streams (SSE feeds, WebSockets, push queries) open per client address, at most `max`:
+/// one client cannot hold every reader and connection by itself.
+pub struct StreamSlots {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A client has as many streams open as it may: answered 429.
+#[derive(Debug)]
+pub struct TooManyStreams(String);
+
+impl axum::response::IntoResponse for TooManyStreams {
+    fn into_response(self) -> axum::response::Response {
+        crate::error(axum::http::StatusCode::TOO_MANY_REQUESTS, self.0)
+    }
+}
+
+/// One open stream of a client; the slot is free again when it is dropped.
+pub struct StreamSlot {
+    slots: Arc<StreamSlots>,
+    ip: std::net::IpAddr,
+}
+
+impl StreamSlots {
+    pub fn new(max: usize) -> Arc<StreamSlots> {
+        Arc::new(StreamSlots { max, open: Default::default() })
+    }
+
+    /// A slot for a stream of the client at `addr`, or the refusal to answer with.
+    pub fn take(self: &Arc<Self>, addr: Option<SocketAddr>) -> Result<Option<StreamSlot>, TooManyStreams> {
+        let Some(addr) = addr else { return Ok(None) };
+        let mut open = self.open.lock().expect("not poisoned");
+        let count = open.entry(addr.ip()).or_insert(0);
+        if *count >= self.max {
+            return Err(TooManyStreams(format!(
+                "{} streams open from {} ([http] max_streams_per_client)",
+                self.max,
+                addr.ip()
+            )));
+        }
+        *count += 1;
+        Ok(Some(StreamSlot { slots: self.clone(), ip: addr.ip() }))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().expect("not poisoned");
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// What a connection past the limit is told.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n\
 content-length: 61\r\nretry-after: 1\r\n\r\n{\"error\":\"too many connections: [http] max_connections open\"}";

@@ -259,6 +259,9 @@ pub struct HttpConfig {
     /// Seconds a client has to send a request's headers, from connecting or from the last
     /// answer on a kept-alive connection.
     pub header_timeout_s: f64,
+    /// Streams (live feeds, WebSockets, push queries) one client address may have open; one
+    /// more gets a 429.
+    pub max_streams_per_client: usize,
     /// Map tiles; empty string: offline basemap only.
     pub tile_url: String,
     pub tile_attribution: String,
@@ -589,6 +592,7 @@ impl Default for HttpConfig {
             hosts: Vec::new(),
             max_connections: None,
             header_timeout_s: 10.0,
+            max_streams_per_client: 64,
             tile_url: "https://tile.openstreetmap.org/{z}/{x}/{y}.png".into(),
             tile_attribution: "© OpenStreetMap contributors".into(),
             alert_streams: vec!["race_zone_events".into()],

@@ -182,6 +182,7 @@ impl Server {
             broker: Some(broker.clone()),
             recorder: pacer_web::recorder::LastLocations::follow(log.clone()),
             history: Some(history),
+            streams: pacer_web::serve::StreamSlots::new(config.http.max_streams_per_client.max(1)),
             access: HttpAccess {
                 auth: auth.clone(),
                 hosts: served_hosts(&config.http.hosts, &config.http.listen),

@@ -203,3 +203,40 @@ fn large_record_reads_are_streamed() {
     println!("peak RSS grew {} MB serving 4 x 60,000 records ({} MB of JSON each)", grew >> 20, lines.len() >> 20);
     assert!(grew < 200 << 20, "grew {} MB", grew >> 20);
 }
+
+/// One client cannot hold every reader: past [http] max_streams_per_client its next live feed
+/// or push query gets a 429, and a slot is free again once one of its streams ends.
+#[test]
+fn streams_per_client_are_limited() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pacer.toml");
+    std::fs::write(&config, "[http]\nmax_streams_per_client = 3\n").unwrap();
+    let pacer = Pacer::start_with(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    let http = pacer.http.trim_start_matches("http://").to_string();
+    let open = |request: &str| {
+        let mut s = TcpStream::connect(&http).unwrap();
+        s.write_all(request.replace("HOST", &http).as_bytes()).unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        (s, String::from_utf8_lossy(&head).into_owned())
+    };
+    let live = "GET /api/v1/live?stream=race HTTP/1.1\r\nHost: HOST\r\n\r\n";
+    let body = r#"{"sql":"SELECT * FROM race EMIT CHANGES"}"#;
+    let push = format!(
+        "POST /api/v1/sql HTTP/1.1\r\nHost: HOST\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let held: Vec<_> = [live, live, &push].iter().map(|r| open(r)).collect();
+    assert!(held.iter().all(|(_, head)| head == "HTTP/1.1 200"), "{:?}", held.iter().map(|h| &h.1).collect::<Vec<_>>());
+    assert_eq!(open(live).1, "HTTP/1.1 429");
+    assert_eq!(open(&push).1, "HTTP/1.1 429");
+    drop(held);
+    // The slots come back as the server sees the streams end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while open(live).1 != "HTTP/1.1 200" {
+        assert!(std::time::Instant::now() < deadline, "no slot came back");
+    }
+}
