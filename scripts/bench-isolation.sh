@@ -17,7 +17,7 @@ printf 'listener 18841 127.0.0.1\nallow_anonymous true\n' > "$tmp/mosquitto.conf
 # Starts a broker, prints its pid.
 start() {
   case $1 in
-    mosquitto) mosquitto -c "$tmp/mosquitto.conf" 2>>"$tmp/mosquitto.log" & echo $! ;;
+    mosquitto) mosquitto -c "$tmp/mosquitto.conf" >/dev/null 2>>"$tmp/mosquitto.log" & echo $! ;;
     pacer) rm -rf "$tmp/pacer"
       PACER_LOG=warn "$pacer" up --data-dir "$tmp/pacer" --mqtt-listen 127.0.0.1:18842 --http-listen 127.0.0.1:0 \
         --osmand-listen "" >"$tmp/pacer.out" 2>>"$tmp/pacer.log" & echo $! ;;

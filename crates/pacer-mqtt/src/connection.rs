@@ -275,6 +275,10 @@ where
         inbound_qos1: 0,
         recording: Vec::new(),
     };
+    if let Some(attached) = connected.session.lock().unwrap().connection.as_mut().filter(|c| c.generation == generation)
+    {
+        attached.window = conn.send_window;
+    }
     let close = conn.run(&mut transport, &connected.wake, &connected.kick).await;
     for recording in std::mem::take(&mut conn.recording) {
         let _ = recording.await;

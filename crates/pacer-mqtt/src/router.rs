@@ -192,7 +192,8 @@ impl Router {
         });
         {
             let mut state = session.lock().unwrap();
-            state.connection = Some(Attached { generation, wake: wake.clone(), kick: kick.clone() });
+            state.connection =
+                Some(Attached { generation, wake: wake.clone(), kick: kick.clone(), window: usize::MAX });
             state.identity = identity.clone();
             state.owner = Some(owner);
         }

@@ -129,6 +129,9 @@ pub struct Attached {
     pub generation: u64,
     /// Told when the session has something new to send.
     pub wake: Arc<Notify>,
+    /// Messages it may have unacknowledged at once (its send window): while that many are
+    /// in flight, waking it would send nothing; its next acknowledgement sends more.
+    pub window: usize,
     /// Told when another connection takes the client id over.
     pub kick: Arc<Notify>,
 }
@@ -192,8 +195,11 @@ impl SessionState {
         }
     }
 
+    /// Tells the connection there is something to send, unless its window is full (a
+    /// subscriber that stopped acknowledging): then its next ack sends it, and routing to it
+    /// costs no task switch per message.
     pub fn wake(&self) {
-        if let Some(c) = &self.connection {
+        if let Some(c) = self.connection.as_ref().filter(|c| self.inflight.len() < c.window) {
             c.wake.notify_one();
         }
     }
