@@ -276,6 +276,7 @@ impl Broker {
         store: Arc<dyn BrokerStore>,
     ) -> anyhow::Result<Self> {
         let metrics = Metrics::default();
+        metrics.connections_max.set(config.max_connections as i64);
         let router = Router::new(config.max_queued, config.max_queued_bytes, auth.clone(), metrics.clone());
         let stored = store.load().await?;
         for p in stored.retained {

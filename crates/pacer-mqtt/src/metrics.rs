@@ -14,6 +14,11 @@ pub struct Metrics {
     pub malformed: Counter,
     pub denied: Counter,
     pub refused: Counter,
+    /// The limit on connections (`max_connections`), beside `connections`.
+    pub connections_max: Gauge,
+    /// Messages and bytes waiting in every session's queue: what the queue budgets hold.
+    pub queued: Gauge,
+    pub queued_bytes: Gauge,
 }
 
 impl Metrics {
@@ -37,6 +42,13 @@ impl Metrics {
             "pacer_mqtt_malformed_packets",
             "Connections closed because of a malformed packet",
             self.malformed.clone(),
+        );
+        registry.register("pacer_mqtt_connections_max", "mqtt.max_connections", self.connections_max.clone());
+        registry.register("pacer_mqtt_queued_messages", "Messages waiting in sessions' queues", self.queued.clone());
+        registry.register(
+            "pacer_mqtt_queued_bytes",
+            "Bytes (topics and payloads) waiting in sessions' queues; each is held to mqtt.max_queued_bytes",
+            self.queued_bytes.clone(),
         );
     }
 }

@@ -74,6 +74,10 @@ impl Router {
         }
     }
 
+    fn queue_totals(&self) -> crate::session::QueueTotals {
+        crate::session::QueueTotals { messages: self.metrics.queued.clone(), bytes: self.metrics.queued_bytes.clone() }
+    }
+
     /// Whether this session's client may receive messages on `topic_name`.
     pub fn may_read(&self, state: &SessionState, client_id: &str, topic_name: &str) -> bool {
         self.auth.may_use_topic(&state.identity, Some(client_id), topic_name, Access::Read)
@@ -82,7 +86,7 @@ impl Router {
     /// A stored session, offline until its client connects: it reads as its owner.
     fn offline(&self, record: &SessionRecord) -> SessionState {
         let owner = record.owner.as_ref().and_then(|o| o.user.as_deref());
-        let mut state = SessionState::new(record.expiry_secs, self.auth.acting_as(owner));
+        let mut state = SessionState::new(record.expiry_secs, self.auth.acting_as(owner), self.queue_totals());
         state.subscriptions = record.subscriptions.clone();
         state.owner = record.owner.clone();
         state
@@ -186,7 +190,7 @@ impl Router {
         };
         let session_present = resumed.is_some();
         let session = resumed.unwrap_or_else(|| {
-            let fresh = Arc::new(Mutex::new(SessionState::new(expiry_secs, identity.clone())));
+            let fresh = Arc::new(Mutex::new(SessionState::new(expiry_secs, identity.clone(), self.queue_totals())));
             sessions.insert(client_id.to_string(), fresh.clone());
             fresh
         });
@@ -461,6 +465,7 @@ mod tests {
         assert_eq!(taken, 9, "9 x 1003 bytes fit in 10,000");
         assert!(state.queue.bytes() <= 10_000);
         assert_eq!(metrics.dropped.get(), 41);
+        assert_eq!((metrics.queued.get(), metrics.queued_bytes.get()), (9, 9 * 1003), "in /metrics");
         state.queue.pop_front();
         assert!(router.enqueue("stalled", &mut state, big(99)), "room again once one went out");
     }

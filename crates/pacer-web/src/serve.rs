@@ -34,6 +34,8 @@ pub struct ClientAddr(pub SocketAddr);
 pub struct StreamSlots {
     max: usize,
     open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// All clients' streams together.
+    total: prometheus_client::metrics::gauge::Gauge,
 }
 
 /// A client has as many streams open as it may: answered 429.
@@ -53,8 +55,8 @@ pub struct StreamSlot {
 }
 
 impl StreamSlots {
-    pub fn new(max: usize) -> Arc<StreamSlots> {
-        Arc::new(StreamSlots { max, open: Default::default() })
+    pub fn new(max: usize, total: prometheus_client::metrics::gauge::Gauge) -> Arc<StreamSlots> {
+        Arc::new(StreamSlots { max, open: Default::default(), total })
     }
 
     /// A slot for a stream of the client at `addr`, or the refusal to answer with.
@@ -70,6 +72,7 @@ impl StreamSlots {
             )));
         }
         *count += 1;
+        self.total.inc();
         Ok(Some(StreamSlot { slots: self.clone(), ip: addr.ip() }))
     }
 }
@@ -78,6 +81,7 @@ impl Drop for StreamSlot {
     fn drop(&mut self) {
         let mut open = self.slots.open.lock().expect("not poisoned");
         if let Some(count) = open.get_mut(&self.ip) {
+            self.slots.total.dec();
             *count -= 1;
             if *count == 0 {
                 open.remove(&self.ip);
@@ -90,16 +94,36 @@ impl Drop for StreamSlot {
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n\
 content-length: 61\r\nretry-after: 1\r\n\r\n{\"error\":\"too many connections: [http] max_connections open\"}";
 
+/// What the HTTP listeners report in /metrics: connections open against the limit, refused,
+/// and streams open.
+#[derive(Debug, Clone, Default)]
+pub struct HttpMetrics {
+    pub connections: prometheus_client::metrics::gauge::Gauge,
+    pub connections_max: prometheus_client::metrics::gauge::Gauge,
+    pub refused: prometheus_client::metrics::counter::Counter,
+    pub streams: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl HttpMetrics {
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register("pacer_http_connections", "Open HTTP connections", self.connections.clone());
+        registry.register("pacer_http_connections_max", "[http] max_connections", self.connections_max.clone());
+        registry.register(
+            "pacer_http_connections_refused",
+            "HTTP connections answered 503 because [http] max_connections were open",
+            self.refused.clone(),
+        );
+        registry.register("pacer_http_streams", "Open live feeds, WebSockets and push queries", self.streams.clone());
+    }
+}
+
 /// Serves `router` on `listener` until the task is dropped. Refused connections are counted
-/// in `refused` and logged at most every ten seconds.
-pub async fn serve<L>(
-    mut listener: L,
-    router: Router,
-    limits: HttpLimits,
-    refused: prometheus_client::metrics::counter::Counter,
-) where
+/// and logged at most every ten seconds.
+pub async fn serve<L>(mut listener: L, router: Router, limits: HttpLimits, metrics: HttpMetrics)
+where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
+    metrics.connections_max.set(limits.max_connections as i64);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let refusals = pacer_core::Occasionally::new(10_000);
     // HTTP/1.1 only: hyper's HTTP/1-or-2 detection reads the first bytes with no deadline,
@@ -110,7 +134,7 @@ pub async fn serve<L>(
     loop {
         let (io, addr) = listener.accept().await;
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            refused.inc();
+            metrics.refused.inc();
             if let Some(count) = refusals.tick() {
                 tracing::warn!(
                     refused = count,
@@ -135,11 +159,13 @@ pub async fn serve<L>(
                 )
             }
         });
-        let builder = builder.clone();
+        let (builder, open) = (builder.clone(), metrics.connections.clone());
+        open.inc();
         tokio::spawn(async move {
             if let Err(error) = builder.serve_connection(TokioIo::new(io), service).with_upgrades().await {
                 tracing::debug!(%addr, %error, "HTTP connection ended");
             }
+            open.dec();
             drop(slot);
         });
     }

@@ -90,11 +90,12 @@ impl Server {
             http = http_limits.max_connections,
             "connections taken at most"
         );
-        let http_refused = prometheus_client::metrics::counter::Counter::default();
+        let http_metrics = pacer_web::serve::HttpMetrics::default();
+        http_metrics.register(&mut registry);
         registry.register(
-            "pacer_http_connections_refused",
-            "HTTP connections answered 503 because [http] max_connections were open",
-            http_refused.clone(),
+            "pacer_sql_query_bytes_held",
+            "Bytes of rows the pull and history queries running now hold; each is held to [sql] query_bytes",
+            pacer_sql::engine::held_bytes(),
         );
         // On a shared log other nodes' clients publish too: relay between the nodes, and
         // keep each persistent session on one node.
@@ -182,7 +183,10 @@ impl Server {
             broker: Some(broker.clone()),
             recorder: pacer_web::recorder::LastLocations::follow(log.clone()),
             history: Some(history),
-            streams: pacer_web::serve::StreamSlots::new(config.http.max_streams_per_client.max(1)),
+            streams: pacer_web::serve::StreamSlots::new(
+                config.http.max_streams_per_client.max(1),
+                http_metrics.streams.clone(),
+            ),
             access: HttpAccess {
                 auth: auth.clone(),
                 hosts: served_hosts(&config.http.hosts, &config.http.listen),
@@ -245,9 +249,9 @@ impl Server {
                 hosts: served_hosts(&config.http.hosts, listen),
             };
             let osmand = pacer_web::osmand::router(broker.clone(), devices);
-            let (limits, refused) = (http_limits.clone(), http_refused.clone());
+            let (limits, metrics) = (http_limits.clone(), http_metrics.clone());
             tasks.spawn(async move {
-                pacer_web::serve::serve(without_nagle(listener), osmand, limits, refused).await;
+                pacer_web::serve::serve(without_nagle(listener), osmand, limits, metrics).await;
                 Ok(())
             });
         }
@@ -272,7 +276,7 @@ impl Server {
             (Some(cert), Some(key)) => {
                 let acceptor = pacer_mqtt::tls_acceptor(cert, key).context("[http] tls_cert, tls_key")?;
                 let listener = pacer_web::tls::TlsListener::new(http_listener, acceptor)?;
-                let http = pacer_web::serve::serve(listener, pacer_web::router(web), http_limits, http_refused);
+                let http = pacer_web::serve::serve(listener, pacer_web::router(web), http_limits, http_metrics);
                 tasks.spawn(async move {
                     http.await;
                     Ok(())
@@ -284,7 +288,7 @@ impl Server {
                     without_nagle(http_listener),
                     pacer_web::router(web),
                     http_limits,
-                    http_refused,
+                    http_metrics,
                 );
                 tasks.spawn(async move {
                     http.await;

@@ -143,6 +143,7 @@ fn connection_limits_refuse_at_once_and_idle_clients_are_let_go() {
     assert!(String::from_utf8_lossy(&v3.stderr).contains("unavailable"), "{v3:?}");
     let metrics = pacer.get("/metrics");
     assert!(metrics.contains("pacer_http_connections_refused_total 1"), "{metrics}");
+    assert!(metrics.contains("pacer_http_connections_max 2") && metrics.contains("pacer_mqtt_connections_max 2"), "{metrics}");
 }
 
 /// The peak memory of a process, from /proc (bytes).
@@ -171,6 +172,8 @@ fn a_join_that_explodes_stops_at_its_budget() {
     let peak = peak_rss(pacer.child.id());
     println!("peak RSS {} MB before the join, {} MB after", before >> 20, peak >> 20);
     assert!(peak < 1 << 30, "peak RSS {} MB", peak >> 20);
+    let metrics = pacer.get("/metrics");
+    assert!(metrics.contains("pacer_sql_query_bytes_held 0"), "the refused query gave its budget back: {metrics}");
     // Still answering, and a join that fits runs.
     let (status, body) = pacer.post_sql("SELECT COUNT(*) AS n FROM readings a JOIN readings b ON a.n = b.n");
     assert_eq!((status, body["rows"].clone()), (200, json!([[20000]])), "{body}");

@@ -61,24 +61,40 @@ impl Default for QueryLimits {
     }
 }
 
+/// Bytes of rows the pull and history queries running now hold together (for /metrics,
+/// beside each query's `query_bytes`).
+pub fn held_bytes() -> prometheus_client::metrics::gauge::Gauge {
+    static HELD: std::sync::LazyLock<prometheus_client::metrics::gauge::Gauge> =
+        std::sync::LazyLock::new(Default::default);
+    HELD.clone()
+}
+
+/// What one query holds of its budget so far; given back (in /metrics) when it ends.
+#[derive(Default)]
+pub(crate) struct Used {
+    rows: usize,
+    bytes: usize,
+}
+
+impl Drop for Used {
+    fn drop(&mut self) {
+        held_bytes().dec_by(self.bytes as i64);
+    }
+}
+
 impl QueryLimits {
     /// Counts `more` rows of `bytes` into `used`; the error names what grew too big.
-    pub(crate) fn take(
-        &self,
-        used: &mut (usize, usize),
-        more: usize,
-        bytes: usize,
-        what: &str,
-    ) -> Result<(), PlanError> {
-        used.0 += more;
-        used.1 += bytes;
-        if used.0 > self.rows {
+    pub(crate) fn take(&self, used: &mut Used, more: usize, bytes: usize, what: &str) -> Result<(), PlanError> {
+        used.rows += more;
+        used.bytes += bytes;
+        held_bytes().inc_by(bytes as i64);
+        if used.rows > self.rows {
             return Err(PlanError(format!(
                 "{what}: more than {} rows ([sql] query_rows): narrow it with WHERE, a time range or LIMIT",
                 self.rows
             )));
         }
-        if used.1 > self.bytes {
+        if used.bytes > self.bytes {
             return Err(PlanError(format!(
                 "{what}: more than {} MiB of rows ([sql] query_bytes): narrow it with WHERE, a time range or LIMIT",
                 self.bytes >> 20
@@ -902,7 +918,7 @@ async fn pull_rows(reads: &Reads<'_>, plan: Plan, cap: usize) -> Result<(Vec<Col
     let mut rows: Vec<Row> = Vec::new();
     let mut out = Vec::new();
     let (mut rejected, mut first_reason) = (0usize, None);
-    let mut used = (0, 0);
+    let mut used = Used::default();
     let what = format!("the query over {topic}");
     'read: loop {
         // A table's current state is its latest row per key (and window), read first.

@@ -360,7 +360,7 @@ fn evaluate<'a>(
 /// equals anything. A pair's time is the later of its rows'.
 fn hash_join(left: Relation, right: Relation, join: &Join, limits: &QueryLimits) -> Result<Relation, PlanError> {
     let what = format!("the JOIN of {}", join.source);
-    let mut used = (0, 0);
+    let mut used = super::Used::default();
     let keys = equi_keys(&join.on, &left.columns, &right.columns)?;
     let key = |row: &Row, side: fn(&(String, String)) -> &String| -> Option<String> {
         let mut text = String::new();
