@@ -313,6 +313,18 @@ impl Broker {
             routing,
             message_ids,
         });
+        // What the queues hold, in /metrics, refreshed every few seconds.
+        let sampled = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                let Some(shared) = sampled.upgrade() else { return };
+                let (messages, bytes) = shared.router.queued_totals();
+                shared.metrics.queued.set(messages as i64);
+                shared.metrics.queued_bytes.set(bytes as i64);
+            }
+        });
         // Restored sessions are away from now on: their expiry clock starts now.
         for client_id in restored {
             connection::schedule_expiry(&shared, &client_id, 0);

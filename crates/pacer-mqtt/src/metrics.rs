@@ -16,7 +16,8 @@ pub struct Metrics {
     pub refused: Counter,
     /// The limit on connections (`max_connections`), beside `connections`.
     pub connections_max: Gauge,
-    /// Messages and bytes waiting in every session's queue: what the queue budgets hold.
+    /// Messages and bytes waiting in every session's queue (sampled every 5 s): what the
+    /// queue budgets hold.
     pub queued: Gauge,
     pub queued_bytes: Gauge,
 }

@@ -23,22 +23,6 @@ const DROP_LOG_INTERVAL_MS: i64 = 10_000;
 pub struct Queue {
     items: VecDeque<Delivery>,
     bytes: usize,
-    /// What every session's queue holds together, for /metrics.
-    totals: QueueTotals,
-}
-
-/// Gauges of all sessions' queued messages and bytes.
-#[derive(Debug, Clone, Default)]
-pub struct QueueTotals {
-    pub messages: prometheus_client::metrics::gauge::Gauge,
-    pub bytes: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl Drop for Queue {
-    fn drop(&mut self) {
-        self.totals.messages.dec_by(self.items.len() as i64);
-        self.totals.bytes.dec_by(self.bytes as i64);
-    }
 }
 
 fn weight(d: &Delivery) -> usize {
@@ -46,31 +30,19 @@ fn weight(d: &Delivery) -> usize {
 }
 
 impl Queue {
-    pub fn new(totals: QueueTotals) -> Queue {
-        Queue { items: VecDeque::new(), bytes: 0, totals }
-    }
-
-    fn counted(&mut self, d: &Delivery) {
-        self.bytes += weight(d);
-        self.totals.messages.inc();
-        self.totals.bytes.inc_by(weight(d) as i64);
-    }
-
     pub fn push_back(&mut self, d: Delivery) {
-        self.counted(&d);
+        self.bytes += weight(&d);
         self.items.push_back(d);
     }
 
     pub fn push_front(&mut self, d: Delivery) {
-        self.counted(&d);
+        self.bytes += weight(&d);
         self.items.push_front(d);
     }
 
     pub fn pop_front(&mut self) -> Option<Delivery> {
         let d = self.items.pop_front()?;
         self.bytes -= weight(&d);
-        self.totals.messages.dec();
-        self.totals.bytes.dec_by(weight(&d) as i64);
         Some(d)
     }
 
@@ -184,11 +156,11 @@ pub struct SessionState {
 }
 
 impl SessionState {
-    pub fn new(expiry_secs: u32, identity: Identity, totals: QueueTotals) -> Self {
+    pub fn new(expiry_secs: u32, identity: Identity) -> Self {
         SessionState {
             expiry_secs,
             subscriptions: Vec::new(),
-            queue: Queue::new(totals),
+            queue: Queue::default(),
             drops: pacer_core::Occasionally::new(DROP_LOG_INTERVAL_MS),
             inflight: BTreeMap::new(),
             inbound_qos2: HashSet::new(),

@@ -143,7 +143,10 @@ fn connection_limits_refuse_at_once_and_idle_clients_are_let_go() {
     assert!(String::from_utf8_lossy(&v3.stderr).contains("unavailable"), "{v3:?}");
     let metrics = pacer.get("/metrics");
     assert!(metrics.contains("pacer_http_connections_refused_total 1"), "{metrics}");
-    assert!(metrics.contains("pacer_http_connections_max 2") && metrics.contains("pacer_mqtt_connections_max 2"), "{metrics}");
+    assert!(
+        metrics.contains("pacer_http_connections_max 2") && metrics.contains("pacer_mqtt_connections_max 2"),
+        "{metrics}"
+    );
 }
 
 /// The peak memory of a process, from /proc (bytes).
