@@ -181,18 +181,25 @@ pub struct SqlConfig {
     pub query_rows: usize,
     /// Bytes of rows one pull or history query may hold.
     pub query_bytes: usize,
+    /// State entries (windows of groups, rows a join holds) one persistent query keeps in
+    /// memory; past them it stops, named in SHOW QUERIES, and the others go on.
+    pub state_rows: usize,
 }
 
 impl Default for SqlConfig {
     fn default() -> Self {
         let limits = pacer_sql::engine::QueryLimits::default();
-        SqlConfig { file: None, query_rows: limits.rows, query_bytes: limits.bytes }
+        SqlConfig { file: None, query_rows: limits.rows, query_bytes: limits.bytes, state_rows: limits.state_rows }
     }
 }
 
 impl SqlConfig {
     pub fn limits(&self) -> pacer_sql::engine::QueryLimits {
-        pacer_sql::engine::QueryLimits { rows: self.query_rows.max(1), bytes: self.query_bytes.max(1) }
+        pacer_sql::engine::QueryLimits {
+            rows: self.query_rows.max(1),
+            bytes: self.query_bytes.max(1),
+            state_rows: self.state_rows.max(1),
+        }
     }
 }
 

@@ -246,3 +246,39 @@ fn streams_per_client_are_limited() {
         assert!(std::time::Instant::now() < deadline, "no slot came back");
     }
 }
+
+/// A persistent query whose state would outgrow [sql] state_rows (here: a count per key over
+/// a thousand keys, held to 100) stops with an error that names it, in SHOW QUERIES, and
+/// the other queries go on.
+#[test]
+fn a_persistent_query_past_its_state_budget_stops_named_and_the_others_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pacer.toml");
+    std::fs::write(&config, "[sql]\nstate_rows = 100\n").unwrap();
+    let pacer = Pacer::start_with(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    for sql in [
+        "CREATE STREAM readings (k VARCHAR, v INT) WITH (kafka_topic='readings');",
+        "CREATE TABLE per_key AS SELECT k, COUNT(*) AS n FROM readings GROUP BY k;",
+        "CREATE STREAM big AS SELECT k, v FROM readings WHERE v > 500;",
+    ] {
+        let (status, body) = pacer.post_sql(sql);
+        assert_eq!(status, 200, "{sql}: {body}");
+    }
+    let lines: String = (0..1000).map(|i| format!("{{\"k\":\"key-{i}\",\"v\":{i}}}\n")).collect();
+    pacer.produce("readings", Some("k"), &lines);
+    // The stateless query goes on through it all.
+    pacer.wait_for_record("big", |r| r["value"]["V"] == 999 || r["value"]["v"] == 999);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let state = loop {
+        let (_, body) = pacer.post_sql("SHOW QUERIES");
+        let rows = body["rows"].as_array().unwrap().clone();
+        let per_key = rows.iter().find(|r| r[0] == "CTAS_PER_KEY").cloned().unwrap();
+        let state = per_key[1].as_str().unwrap().to_string();
+        if state.starts_with("ERROR") {
+            assert!(rows.iter().any(|r| r[0] == "CSAS_BIG" && r[1] == "RUNNING"), "{rows:?}");
+            break state;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {state}");
+    };
+    assert!(state.contains("CTAS_PER_KEY") && state.contains("state_rows (100)"), "{state}");
+}

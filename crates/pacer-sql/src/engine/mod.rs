@@ -53,11 +53,14 @@ pub const DEFAULT_PULL_LIMIT: usize = 10_000;
 pub struct QueryLimits {
     pub rows: usize,
     pub bytes: usize,
+    /// State entries a persistent query keeps in memory (windows of groups, rows a join
+    /// holds), per task.
+    pub state_rows: usize,
 }
 
 impl Default for QueryLimits {
     fn default() -> Self {
-        QueryLimits { rows: 1_000_000, bytes: 256 << 20 }
+        QueryLimits { rows: 1_000_000, bytes: 256 << 20, state_rows: 2_000_000 }
     }
 }
 
@@ -737,6 +740,7 @@ impl Engine {
             spread_groups: self.log.shared(),
             owned: owned.clone(),
             failure: failure.clone(),
+            state_rows: self.limits.state_rows,
         };
         tokio::spawn(runner.keep_running(stopped));
         RunningQuery { info, stop, failure, owned }

@@ -92,6 +92,8 @@ pub struct QueryRunner {
     pub owned: Arc<Mutex<Vec<u32>>>,
     /// The last failure while a task waits to start again, for SHOW QUERIES.
     pub failure: Arc<Mutex<Option<String>>>,
+    /// State entries (windows of groups, joined rows held) a task may keep in memory.
+    pub state_rows: usize,
 }
 
 /// A task the coordinator started, and which of the share's starts it is.
@@ -265,6 +267,7 @@ impl QueryRunner {
             lanes,
             quiet: None,
             since_snapshot: 0,
+            state_rows: self.state_rows,
         };
         let failed = failed.clone();
         let handle = tokio::spawn(async move {
@@ -367,6 +370,8 @@ struct Task {
     quiet: Option<Arc<AtomicBool>>,
     /// Entries written to the state stream since the last whole-state checkpoint.
     since_snapshot: usize,
+    /// State entries it may hold; past them it stops with an error naming the query.
+    state_rows: usize,
 }
 
 impl Task {
@@ -577,7 +582,18 @@ impl Task {
         marker.input = input.to_string();
         marker.output = output_ends.to_string();
         marker.stream_time = self.operator.stream_time();
-        let whole = self.since_snapshot >= SNAPSHOT_ENTRIES.max(4 * self.operator.state_len());
+        let held = self.operator.state_len();
+        if held > self.state_rows {
+            // In memory only: refusing is what keeps the process (and the other queries) up.
+            // The task starts again from its last checkpoint, and says why in SHOW QUERIES.
+            anyhow::bail!(
+                "query {}: its state holds {held} entries (windows of groups, joined rows), more than [sql] \
+                 state_rows ({}): group by fewer keys, use shorter windows or WITHIN, or raise the limit",
+                self.id,
+                self.state_rows
+            );
+        }
+        let whole = self.since_snapshot >= SNAPSHOT_ENTRIES.max(4 * held);
         let changes = if whole { self.operator.snapshot() } else { self.operator.take_changes() };
         self.since_snapshot += changes.len() + 1;
         let first = self.checkpoint(marker, changes).await?;
@@ -785,6 +801,7 @@ mod tests {
             lanes: 0,
             quiet: None,
             since_snapshot: 0,
+            state_rows: usize::MAX,
         };
         let (stop, stopped) = watch::channel(false);
         (stop, tokio::spawn(task.run(stopped)))
@@ -888,6 +905,7 @@ mod tests {
             spread_groups,
             owned: Arc::default(),
             failure: Arc::default(),
+            state_rows: usize::MAX,
         }
     }
 
